@@ -1,0 +1,1 @@
+"""Stores for cross-message state; see :mod:`outpost.store.base`."""

@@ -1,0 +1,171 @@
+"""The one store interface behind every piece of cross-message state.
+
+Connection slots, rate-limit buckets, abuse events, locks and bulk
+fingerprints all live here, so that several Outpost processes (one host:
+sqlite) or several relays (a cluster: Redis) share them.  Every method is a
+single atomic step in the backend.  Implementations: ``memory`` (one process,
+tests), ``sqlite`` (one host, many processes), ``redis`` (a cluster; time is
+taken from the Redis server).
+
+Any backend failure raises :class:`StoreError`; callers apply the configured
+``on_store_error`` policy.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+
+class StoreError(Exception):
+    """The store could not answer (down, timeout, read-only, corrupt)."""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One rate-limit window applied to one key.
+
+    ``limit`` units per ``window`` seconds; ``cost`` is what this request adds
+    (1 for a message, the number of recipients for a recipient limit).
+    ``label`` is what a user may see in a reply, e.g. ``"1000/1h"``.
+    """
+
+    key: str
+    limit: int
+    window: float
+    cost: int = 1
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class HitResult:
+    allowed: bool
+    #: index into the buckets passed in of the bucket that refused (the one
+    #: with the longest wait when several refuse); None when allowed.
+    blocked: Optional[int] = None
+    #: seconds until the refused request would fit; 0 when allowed.
+    retry_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class BucketState:
+    key: str
+    limit: int
+    window: float
+    used: int            # units currently counted against the limit
+    resets_in: float     # seconds until the bucket is empty again
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Lock:
+    key: str                  # identity key, e.g. "webfarm/alice"
+    reason: str
+    since: float              # epoch seconds
+    until: Optional[float]    # None: permanent until an operator unlocks
+    auto_unlocks: int = 0     # how many locks of this key already expired by time
+    by: str = "auto"          # "auto" or "operator"
+
+    @property
+    def permanent(self) -> bool:
+        return self.until is None
+
+
+@dataclass(frozen=True)
+class FingerprintStats:
+    messages: int     # messages seen with this fingerprint in the window (incl. this one)
+    recipients: int   # recipients summed over those messages
+    members: int      # distinct identities that sent it
+
+
+class Store(abc.ABC):
+    """Abstract store; see module docstring."""
+
+    url: str = ""
+
+    # -- clock ---------------------------------------------------------
+    @abc.abstractmethod
+    def now(self) -> float:
+        """Store time in epoch seconds (Redis: the server's TIME)."""
+
+    # -- connection slots ------------------------------------------------
+    @abc.abstractmethod
+    def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
+        """Take a slot for ``ip`` unless ``limit`` are held.
+
+        ``slot`` is unique per connection and starts with the owning
+        process' ``"<host>:<pid>:"`` so that slots of dead processes can be
+        reclaimed.  Returns (acquired, slots held now incl. this one if taken).
+        """
+
+    @abc.abstractmethod
+    def conn_release(self, ip: str, slot: str) -> None:
+        """Free a slot (idempotent)."""
+
+    @abc.abstractmethod
+    def conn_count(self, ip: str) -> int:
+        ...
+
+    @abc.abstractmethod
+    def process_alive(self, host: str, pid: int) -> None:
+        """Heartbeat of a serving process (slots of processes that stop
+        beating, or whose pid is gone on this host, are reclaimed)."""
+
+    @abc.abstractmethod
+    def process_gone(self, host: str, pid: int) -> None:
+        """Drop every slot held by that process (clean shutdown, or start-up
+        of a new process that reuses the pid)."""
+
+    # -- rate limits -----------------------------------------------------
+    @abc.abstractmethod
+    def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
+        """Atomically check all buckets and, if every one admits its cost,
+        count it in all of them (nothing is counted when one refuses, nor
+        when ``dry_run``)."""
+
+    @abc.abstractmethod
+    def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        ...
+
+    @abc.abstractmethod
+    def reset(self, key_prefix: str) -> int:
+        """Forget the buckets and events whose key starts with the prefix;
+        returns how many were dropped."""
+
+    # -- events (limit hits, spam verdicts) -------------------------------
+    @abc.abstractmethod
+    def record_event(self, key: str, window: float) -> int:
+        """Record one event; return the number recorded within ``window``
+        seconds, this one included."""
+
+    # -- locks -------------------------------------------------------------
+    @abc.abstractmethod
+    def get_lock(self, key: str) -> Optional[Lock]:
+        """The lock in force for ``key``, or None (an expired lock is not in
+        force; its expiry increments ``auto_unlocks`` kept for the key)."""
+
+    @abc.abstractmethod
+    def set_lock(self, key: str, reason: str, duration: Optional[float],
+                 by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
+        """Lock ``key`` for ``duration`` seconds (None: permanent).  When
+        ``max_auto_unlocks`` is given and the key already expired that many
+        locks, the new lock is permanent."""
+
+    @abc.abstractmethod
+    def remove_lock(self, key: str) -> bool:
+        """Operator unlock: drops the lock and the auto-unlock history."""
+
+    @abc.abstractmethod
+    def list_locks(self) -> list[Lock]:
+        ...
+
+    # -- bulk fingerprints ---------------------------------------------------
+    @abc.abstractmethod
+    def fingerprint_add(self, fp: str, member: str, recipients: int,
+                        window: float) -> FingerprintStats:
+        """Count one message with content fingerprint ``fp`` from identity
+        ``member`` to ``recipients`` recipients; return totals in the window."""
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass
