@@ -167,5 +167,14 @@ class Store(abc.ABC):
         """Count one message with content fingerprint ``fp`` from identity
         ``member`` to ``recipients`` recipients; return totals in the window."""
 
+    # -- small named blobs (operator-trained spam model, …) ------------------
+    @abc.abstractmethod
+    def put_blob(self, name: str, data: bytes) -> None:
+        ...
+
+    @abc.abstractmethod
+    def get_blob(self, name: str) -> Optional[bytes]:
+        ...
+
     def close(self) -> None:  # pragma: no cover - trivial
         pass

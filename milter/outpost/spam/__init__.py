@@ -1,0 +1,1 @@
+"""Outbound spam scoring: pure logic, no pymilter."""
