@@ -1,0 +1,185 @@
+"""The pymilter class: a thin translation between libmilter and the core.
+
+Each callback turns pymilter's arguments into core calls and the core's
+:class:`~outpost.core.types.Decision` into milter replies and message edits.
+Any exception answers ``451 4.3.0`` and is logged with the queue id and the
+traceback; the process keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Optional
+
+import Milter
+
+from ..core.types import INTERNAL_ERROR, Action, Decision, Session
+
+log = logging.getLogger("outpost.milter")
+
+_CODES = {
+    Action.CONTINUE: Milter.CONTINUE,
+    Action.ACCEPT: Milter.CONTINUE,     # at end of message CONTINUE = deliver with our edits
+    Action.REJECT: Milter.REJECT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+    Action.DISCARD: Milter.DISCARD,
+}
+
+#: The modifications Outpost may make (negotiated with the MTA).
+FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
+
+
+class Live:
+    """Number of open milter connections in this process (for a graceful stop)."""
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        with self._lock:
+            self._n += 1
+
+    def down(self) -> None:
+        with self._lock:
+            self._n -= 1
+
+    @property
+    def count(self) -> int:
+        return self._n
+
+
+@Milter.header_leading_space
+class OutpostMilter(Milter.Base):
+    """One instance per MTA connection (``Milter.factory``)."""
+
+    def __init__(self, runtime, live: Optional[Live] = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.policy = runtime.policy
+        self.session = Session()
+        self.queue_id = ""
+        self._live = live
+        if live is not None:
+            live.up()
+
+    # -- plumbing ----------------------------------------------------------------
+    def _macro(self, name: str) -> Optional[str]:
+        try:
+            value = self.getsymval(name)
+        except (TypeError, AttributeError):      # no context (tests) or stage without macros
+            return None
+        return value or None
+
+    def _reply(self, decision: Decision) -> int:
+        if decision.reply is not None and decision.action in (Action.REJECT, Action.TEMPFAIL):
+            r = decision.reply
+            self.setreply(r.code, r.xcode, r.text.replace("%", "%%"))
+        return _CODES[decision.action]
+
+    def _guarded(self, stage: str, fn: Callable[[], int]) -> int:
+        started = time.monotonic()
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - any failure must tempfail, never accept
+            log.exception("internal error at %s (qid=%s, client=%s); answering 451 4.3.0",
+                          stage, self.queue_id or "-", self.session.client_ip or "-")
+            self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
+            try:
+                self.setreply(INTERNAL_ERROR.code, INTERNAL_ERROR.xcode, INTERNAL_ERROR.text)
+            except Exception:  # noqa: BLE001 - the reply is best effort, the code is what counts
+                log.debug("setreply failed after an internal error", exc_info=True)
+            return Milter.TEMPFAIL
+        finally:
+            msg = self.session.message
+            if msg is not None:
+                msg.spent += time.monotonic() - started
+
+    def _finish(self, decision: Decision) -> None:
+        """Log the message's line and forget it (after a final decision)."""
+        if self.session.message is not None:
+            self.policy.log_message(self.session, decision, self.queue_id)
+            self.session.message = None
+
+    def _stage_result(self, decision: Decision) -> int:
+        if decision.blocks:
+            self._finish(decision)
+        return self._reply(decision)
+
+    # -- callbacks -------------------------------------------------------------------
+    def connect(self, hostname, family, hostaddr):
+        def run() -> int:
+            addr = self._macro("{client_addr}")
+            if addr is None and family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+                addr = hostaddr[0] if isinstance(hostaddr, tuple) else str(hostaddr)
+            return self._reply(self.policy.connect(self.session, addr, hostname or ""))
+        return self._guarded("connect", run)
+
+    def envfrom(self, mailfrom, *params):
+        def run() -> int:
+            if self.session.message is not None:           # RSET without abort callback
+                self._finish(Decision(Action.CONTINUE, reason="reset"))
+            self.queue_id = self._macro("i") or ""
+            d = self.policy.mail_from(self.session, mailfrom, self._macro("{auth_authen}"),
+                                      self._macro("{client_addr}"))
+            return self._stage_result(d)
+        return self._guarded("envfrom", run)
+
+    def envrcpt(self, to, *params):
+        def run() -> int:
+            self.queue_id = self._macro("i") or self.queue_id
+            d = self.policy.rcpt(self.session, to)
+            if d.blocks:                                    # one recipient refused, not the message
+                return self._reply(d)
+            return Milter.CONTINUE
+        return self._guarded("envrcpt", run)
+
+    @Milter.noreply
+    def header(self, name, value):
+        def run() -> int:
+            self.policy.header(self.session, name, value)
+            return Milter.CONTINUE
+        return self._guarded("header", run)
+
+    @Milter.noreply
+    def body(self, chunk):
+        def run() -> int:
+            self.policy.body(self.session, len(chunk))
+            return Milter.CONTINUE
+        return self._guarded("body", run)
+
+    def eom(self):
+        def run() -> int:
+            self.queue_id = self._macro("i") or self.queue_id
+            d = self.policy.end_of_message(self.session, self.queue_id)
+            if not d.blocks:
+                for name, idx in d.remove_headers:
+                    self.chgheader(name, idx, "")
+                for name, value in d.add_headers:
+                    self.addheader(name, value)
+                if d.quarantine:
+                    self.quarantine(d.quarantine)
+            self._finish(d)
+            return self._reply(d)
+        return self._guarded("eom", run)
+
+    def abort(self):
+        def run() -> int:
+            self._finish(Decision(Action.CONTINUE, reason="aborted"))
+            return Milter.CONTINUE
+        return self._guarded("abort", run)
+
+    def close(self):
+        try:
+            self._finish(Decision(Action.CONTINUE, reason="closed"))
+            self.policy.close(self.session)
+        except Exception:  # noqa: BLE001 - close must never raise into libmilter
+            log.exception("error while closing a connection")
+        finally:
+            if self._live is not None:
+                self._live.down()
+                self._live = None
+        return Milter.CONTINUE

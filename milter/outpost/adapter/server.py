@@ -1,0 +1,292 @@
+"""``outpost run``: one listening socket served by N pre-forked workers.
+
+The GIL serialises pymilter callbacks inside a process, so Outpost scales
+across cores with processes.  The master opens the milter socket once (or
+takes it from systemd socket activation), then forks workers that each run
+libmilter on the inherited descriptor (``fd:N``); the kernel spreads
+connections between them.  All cross-message state lives in the store.
+
+Signals to the master:
+- SIGTERM/SIGINT: workers stop accepting, finish open connections (up to a
+  grace period), the socket file is removed, exit 0.
+- SIGHUP: the configuration is read again; if it is valid, new workers start
+  with it and the old ones are stopped gracefully; if not, the error is logged
+  and the old configuration keeps serving.
+A worker that dies is replaced, and the connection slots it held are freed.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from ..config import Config, ConfigError, load_config
+from ..runtime import Runtime, StartupError, open_configured_store
+
+log = logging.getLogger("outpost.server")
+
+GRACE = 30.0              # seconds a stopping worker waits for open connections
+HEARTBEAT = 10.0          # seconds between a worker's store heartbeats
+
+
+class ServeError(Exception):
+    pass
+
+
+# -- the listening socket ------------------------------------------------------------------
+
+def open_listener(spec: str, group: Optional[str] = None) -> tuple[socket.socket, Optional[str]]:
+    """Bind the milter socket; returns (socket, unix path to remove at exit)."""
+    if spec.startswith("fd:"):
+        fd = int(spec[3:])
+        sock = socket.socket(fileno=fd)
+        return sock, None
+    if spec.startswith(("unix:", "local:")):
+        path = spec.split(":", 1)[1]
+        _clear_stale_socket(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o117)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        gid = _group_id(group)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        else:
+            os.chmod(path, 0o666)
+        sock.listen(128)
+        return sock, path
+    if spec.startswith(("inet:", "inet6:")):
+        fam = socket.AF_INET6 if spec.startswith("inet6:") else socket.AF_INET
+        port, _, host = spec.split(":", 1)[1].partition("@")
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # accepted sockets inherit it
+        sock.bind((host or ("::1" if fam == socket.AF_INET6 else "127.0.0.1"), int(port)))
+        sock.listen(128)
+        return sock, None
+    raise ServeError(f"unsupported socket {spec!r}")
+
+
+def _group_id(group: Optional[str]) -> Optional[int]:
+    for name in ([group] if group else ["postfix"]):
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            if group:
+                raise ServeError(f"socket group {group!r} does not exist") from None
+    return None
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead Outpost; refuse if one is alive."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServeError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            log.info("removing stale socket %s", path)
+            os.unlink(path)
+            return
+        raise ServeError(f"cannot probe {path}: {exc}") from None
+    finally:
+        probe.close()
+    raise ServeError(f"another process is already serving {path}")
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+def _worker_main(config: Config, fd: int) -> int:
+    """Body of a worker process: libmilter on the inherited socket."""
+    import Milter
+    from .milter import FLAGS, Live, OutpostMilter
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)    # reloads are the master's business
+    runtime = Runtime.build(config)
+    host, pid = runtime.policy.host, os.getpid()
+    store = runtime.store
+    store.process_gone(host, pid)                   # slots of an earlier process with our pid
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            try:
+                store.process_alive(host, pid)
+            except Exception:  # noqa: BLE001 - a failed heartbeat is retried next beat
+                log.warning("store heartbeat failed", exc_info=True)
+
+    store.process_alive(host, pid)
+    threading.Thread(target=beat, name="outpost-heartbeat", daemon=True).start()
+    live = Live()
+    Milter.factory = functools.partial(OutpostMilter, runtime, live=live)
+    Milter.set_flags(FLAGS)
+    Milter.set_exception_policy(Milter.TEMPFAIL)
+    log.info("worker %d serving", pid)
+    try:
+        Milter.runmilter("outpost", f"fd:{fd}", config.milter_timeout)
+    except Milter.milter.error as exc:
+        log.error("worker %d: libmilter failed: %s", pid, exc)
+        return 1
+    deadline = time.monotonic() + GRACE
+    while live.count > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if live.count:
+        log.warning("worker %d: %d connections still open after %ds; exiting", pid, live.count, GRACE)
+    stop.set()
+    try:
+        store.process_gone(host, pid)
+    finally:
+        runtime.close()
+    log.info("worker %d stopped", pid)
+    return 0
+
+
+@dataclass
+class Master:
+    config_path: str
+    config: Config
+    sock: socket.socket
+    nworkers: int
+    workers: dict[int, int] = field(default_factory=dict)     # pid → generation
+    generation: int = 0
+    _flags: set = field(default_factory=set)
+
+    def spawn(self) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker_main(self.config, self.sock.fileno())
+            except StartupError as exc:
+                log.error("worker cannot start: %s", exc)
+            except Exception:  # noqa: BLE001 - report and exit the child, never return into the master loop
+                log.exception("worker crashed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.workers[pid] = self.generation
+        return pid
+
+    def fill(self) -> None:
+        current = [p for p, g in self.workers.items() if g == self.generation]
+        for _ in range(self.nworkers - len(current)):
+            self.spawn()
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+            Runtime.build(config).close()          # secret, store: fail here, not in workers
+        except (ConfigError, StartupError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = [p for p, g in self.workers.items() if g == self.generation]
+        self.config = config
+        self.generation += 1
+        self.fill()
+        for pid in old:
+            _kill(pid, signal.SIGTERM)
+        log.info("configuration reloaded (generation %d)", self.generation)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            gen = self.workers.pop(pid, None)
+            if gen == self.generation and not self._flags & {"stop"}:
+                log.error("worker %d died (status %d); starting a new one", pid, status)
+                self._forget(pid)
+                time.sleep(0.2)                     # no fork storm if workers crash at start
+
+    def _forget(self, pid: int) -> None:
+        try:
+            store = open_configured_store(self.config)
+            try:
+                store.process_gone(socket.gethostname(), pid)
+            finally:
+                store.close()
+        except Exception:  # noqa: BLE001 - slots are reclaimed lazily anyway
+            log.warning("could not free the slots of worker %d", pid, exc_info=True)
+
+    def run(self) -> int:
+        def flag(name: str):
+            return lambda signum, frame: self._flags.add(name)
+        signal.signal(signal.SIGTERM, flag("stop"))
+        signal.signal(signal.SIGINT, flag("stop"))
+        signal.signal(signal.SIGHUP, flag("reload"))
+        self.fill()
+        while True:
+            if "stop" in self._flags:
+                break
+            if "reload" in self._flags:
+                self._flags.discard("reload")
+                self.reload()
+            self.reap()
+            self.fill()
+            time.sleep(0.2)
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE + 5
+        while self.workers and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.1)
+        for pid in list(self.workers):
+            _kill(pid, signal.SIGKILL)
+        return 0
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def serve(config_path: str, socket_spec: Optional[str] = None, workers: Optional[int] = None,
+          socket_group: Optional[str] = None) -> int:
+    config = load_config(config_path)
+    if socket_spec:
+        config = replace(config, listen=socket_spec)
+    Runtime.build(config).close()                    # fail fast, with a clear message
+    n = workers or config.workers or os.cpu_count() or 1
+    listen = config.listen
+    if os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid()):
+        listen = "fd:3"                              # systemd socket activation
+    sock, path = open_listener(listen, socket_group)
+    os.set_inheritable(sock.fileno(), True)
+    log.info("outpost listening on %s with %d workers", listen, n)
+    master = Master(config_path=config_path, config=config, sock=sock, nworkers=n)
+    try:
+        return master.run()
+    finally:
+        sock.close()
+        if path:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("outpost stopped")

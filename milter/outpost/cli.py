@@ -1,0 +1,119 @@
+"""The ``outpost`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from . import __version__
+from .config import ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .adapter.server import ServeError, serve
+    from .runtime import StartupError
+    config = load_config(args.config)
+    _setup_logging(config.log_level)
+    try:
+        return serve(args.config, args.socket, args.workers, args.socket_group)
+    except (StartupError, ServeError) as exc:
+        logging.getLogger("outpost").error("cannot start: %s", exc)
+        return 1
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    nets = sum(len(u.ips) for u in config.users)
+    print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
+          f"{len(config.domains)} domains)")
+    return 0
+
+
+def cmd_whois(args: argparse.Namespace) -> int:
+    from .core.idtoken import TokenCodec, TokenError, read_secret
+    config = load_config(args.config)
+    codec = TokenCodec(read_secret(config.secret_file))
+    try:
+        origin = codec.open(args.token)
+    except TokenError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 1
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(origin.time))
+    print(f"user:      {origin.user}\nidentity:  {origin.identity}\nclient ip: {origin.client_ip or '-'}\n"
+          f"queue id:  {origin.queue_id or '-'}\ntime:      {when}")
+    return 0
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    from .core.idtoken import new_secret
+    if os.path.exists(args.path) and not args.force:
+        print(f"outpost: {args.path} exists (use --force to replace it; old X-Outpost-IDs "
+              f"become unreadable)", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
+    tmp = f"{args.path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(new_secret())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, args.path)
+    print(f"wrote a new secret to {args.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="outpost", description="Outbound mail filter (milter)")
+    p.add_argument("--version", action="version", version=f"outpost {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", default=os.environ.get("OUTPOST_CONFIG", DEFAULT_CONFIG),
+                        help=f"configuration file (default {DEFAULT_CONFIG})")
+        return sp
+
+    sp = with_config(cmd("run", cmd_run, "serve the milter socket"))
+    sp.add_argument("--socket", help="override 'listen' (unix:/path, inet:PORT@HOST, fd:N)")
+    sp.add_argument("--workers", type=int, help="worker processes (default: config, else number of cores)")
+    sp.add_argument("--socket-group", help="group owning a unix socket (default: postfix if it exists)")
+
+    with_config(cmd("check-config", cmd_check_config, "validate the configuration"))
+
+    sp = with_config(cmd("whois", cmd_whois, "reveal who sent a message from its X-Outpost-ID"))
+    sp.add_argument("token")
+
+    sp = cmd("secret", cmd_secret, "create the secret file for X-Outpost-ID tokens")
+    sp.add_argument("path")
+    sp.add_argument("--force", action="store_true")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"outpost: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

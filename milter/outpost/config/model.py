@@ -1,0 +1,117 @@
+"""The configuration as frozen, typed objects (built by :mod:`.parse`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Optional, Union
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+USER_TYPES = ("ip", "domain", "login")
+HEADER_FROM_MODES = ("enforce", "warn", "off")
+MODES = ("enforce", "monitor")
+STORE_ERROR_POLICIES = ("tempfail", "accept", "local")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``limit`` units per ``window`` seconds, written ``label`` (``60/1m``)."""
+
+    limit: int
+    window: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-identity limits (``limits:``) or whole-user limits (``user_limits:``)."""
+
+    messages: tuple[RateLimit, ...] = ()
+    recipients: tuple[RateLimit, ...] = ()
+    max_recipients: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    after_limit_hits: Optional[int] = None   # lock after that many limit refusals in `window`
+    after_spam: Optional[int] = None         # lock after that many spam verdicts in `window`
+    window: float = 600.0
+    duration: float = 3600.0
+    max_auto_unlocks: Optional[int] = 3      # then the next lock is permanent
+
+
+@dataclass(frozen=True)
+class IdentityHeader:
+    header: str
+    regex: Optional[re.Pattern] = None
+    remove: bool = False
+
+    def extract(self, value: str) -> Optional[str]:
+        """The identity carried by a header value, or None when it doesn't match."""
+        value = value.strip()
+        if self.regex is None:
+            return value or None
+        m = self.regex.search(value)
+        if not m:
+            return None
+        got = m.group(1) if m.groups() else m.group(0)
+        return got.strip() or None if got else None
+
+
+@dataclass(frozen=True)
+class UserPolicy:
+    """The settings a user inherits from ``defaults:`` and may override."""
+
+    mode: str = "enforce"
+    header_from: str = "enforce"
+    connection_limit: Optional[int] = None
+    limits: Limits = Limits()
+    user_limits: Limits = Limits()
+    lock: LockPolicy = LockPolicy()
+    abuse_contact: Optional[str] = None     # report recipient for this user's blocks
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    type: str                                  # ip | domain | login
+    ips: tuple[IPNetwork, ...] = ()
+    logins: tuple[str, ...] = ()
+    domains: frozenset[str] = frozenset()      # sender domains this user may use
+    identity_headers: tuple[IdentityHeader, ...] = ()
+    policy: UserPolicy = UserPolicy()
+    line: int = 0                              # where it is defined (for messages)
+
+    @property
+    def allows_null_sender(self) -> bool:
+        """Bounces (``MAIL FROM:<>``) from a customer's own server."""
+        return self.type == "ip"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str
+    store: str
+    hostname: str
+    secret_file: str
+    report_abuse_to: str
+    connection_limit: int
+    domains: tuple[Domain, ...]
+    users: tuple[User, ...]
+    defaults: UserPolicy
+    on_store_error: str = "local"
+    workers: Optional[int] = None
+    milter_timeout: int = 600
+    log_level: str = "info"
+    source: str = ""                           # file it was read from
+
+    @property
+    def domain_names(self) -> frozenset[str]:
+        return frozenset(d.name for d in self.domains)

@@ -1,0 +1,303 @@
+"""Turn the YAML document into a :class:`~.model.Config`, validating as we go.
+
+Every error names the file, the line and the key path, e.g.
+``outpost.yaml:14: users[1].ips[0]: '192.0.2.300' is not an IP network``.
+Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import replace
+from typing import Optional
+
+from .model import (
+    HEADER_FROM_MODES, MODES, STORE_ERROR_POLICIES, USER_TYPES,
+    Config, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, User, UserPolicy,
+)
+from .source import ConfigError, Node, parse_text
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
+_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")      # RFC 5322 ftext
+_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+TOP_KEYS = {
+    "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
+    "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
+    "log_level", "header_from", "mode",
+}
+POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
+               "abuse_contact"}
+USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    root = parse_text(text, file)
+    top = root.mapping(TOP_KEYS, required=("report_abuse_to", "domains", "users"))
+
+    def opt(key: str) -> Node:
+        return top.get(key) or Node(None, key, file, line=root.line)
+
+    domains = _domains(top["domains"])
+    names = {d.name for d in domains}
+
+    base = UserPolicy()
+    if "mode" in top:
+        base = replace(base, mode=top["mode"].str(MODES))
+    if "header_from" in top:
+        base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES))
+    defaults = _policy(opt("defaults").mapping(POLICY_KEYS), base)
+
+    users = _users(top["users"], defaults, names)
+
+    listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
+    _check_socket_spec(listen, opt("listen"))
+    store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
+    if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
+        raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
+
+    return Config(
+        listen=listen,
+        store=store,
+        on_store_error=opt("on_store_error").str(STORE_ERROR_POLICIES) if "on_store_error" in top else "local",
+        hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
+        secret_file=opt("secret_file").str() if "secret_file" in top else "/etc/outpost/secret",
+        report_abuse_to=_address(top["report_abuse_to"]),
+        connection_limit=opt("connection_limit").int(minimum=1) if "connection_limit" in top else 10,
+        domains=domains,
+        users=users,
+        defaults=defaults,
+        workers=opt("workers").int(minimum=1, maximum=256) if "workers" in top else None,
+        milter_timeout=opt("milter_timeout").int(minimum=5) if "milter_timeout" in top else 600,
+        log_level=opt("log_level").str(("debug", "info", "warning", "error")) if "log_level" in top else "info",
+        source=file,
+    )
+
+
+# -- pieces ----------------------------------------------------------------------
+
+def _domain_name(node: Node) -> str:
+    name = node.str().strip().lower().rstrip(".")
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise node.error(f"'{node.value}' is not a domain name") from None
+    if not _DOMAIN.match(name):
+        raise node.error(f"'{node.value}' is not a domain name")
+    return name
+
+
+def _domains(node: Node) -> tuple[Domain, ...]:
+    out: list[Domain] = []
+    seen: set[str] = set()
+    for item in node.items():
+        if item.is_mapping():
+            fields = item.mapping({"name"}, required=("name",))
+            name = _domain_name(fields["name"])
+        else:
+            name = _domain_name(item)
+        if name in seen:
+            raise item.error(f"domain '{name}' is listed twice")
+        seen.add(name)
+        out.append(Domain(name=name))
+    if not out:
+        raise node.error("at least one registered sender domain is needed")
+    return tuple(out)
+
+
+def _address(node: Node) -> str:
+    addr = node.str().strip()
+    if not _ADDRESS.match(addr) or any(c in addr for c in "\r\n\0"):
+        raise node.error(f"'{addr}' is not an e-mail address")
+    return addr
+
+
+def parse_rate(text: str) -> RateLimit:
+    """``"60/1m"`` → 60 per 60 s (units s, m, h, d, w; ``"100/m"`` = 100/1m)."""
+    m = _RATE.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ValueError("a rate like 60/1m, 1000/1h or 10000/1d")
+    limit, count, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
+    if limit < 1 or count < 1:
+        raise ValueError("limit and window must be positive")
+    return RateLimit(limit=limit, window=float(count * _RATE_UNITS[unit]), label=text.replace(" ", ""))
+
+
+def _rates(node: Node) -> tuple[RateLimit, ...]:
+    rates = tuple(item.parsed(parse_rate, "a rate like 60/1m") for item in node.items())
+    windows = [r.window for r in rates]
+    if len(set(windows)) != len(windows):
+        raise node.error("two rates with the same window")
+    return rates
+
+
+def _limits(node: Node, base: Limits, per_message: bool) -> Limits:
+    keys = {"messages", "recipients"} | ({"max_recipients"} if per_message else set())
+    fields = node.mapping(keys)
+    out = base
+    if "messages" in fields:
+        out = replace(out, messages=_rates(fields["messages"]))
+    if "recipients" in fields:
+        out = replace(out, recipients=_rates(fields["recipients"]))
+    if "max_recipients" in fields:
+        out = replace(out, max_recipients=fields["max_recipients"].int(minimum=1))
+    return out
+
+
+def _lock(node: Node, base: LockPolicy) -> LockPolicy:
+    fields = node.mapping({"after_limit_hits", "after_spam", "window", "duration", "max_auto_unlocks"})
+    out = base
+    for key in ("after_limit_hits", "after_spam", "max_auto_unlocks"):
+        if key in fields:
+            out = replace(out, **{key: None if fields[key].value is None
+                                  else fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
+    for key in ("window", "duration"):
+        if key in fields:
+            out = replace(out, **{key: fields[key].duration()})
+    return out
+
+
+def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
+    out = base
+    if "mode" in fields:
+        out = replace(out, mode=fields["mode"].str(MODES))
+    if "header_from" in fields:
+        out = replace(out, header_from=fields["header_from"].str(HEADER_FROM_MODES))
+    if "connection_limit" in fields:
+        out = replace(out, connection_limit=fields["connection_limit"].int(minimum=1))
+    if "limits" in fields:
+        out = replace(out, limits=_limits(fields["limits"], base.limits, per_message=True))
+    if "user_limits" in fields:
+        out = replace(out, user_limits=_limits(fields["user_limits"], base.user_limits, per_message=False))
+    if "lock" in fields:
+        out = replace(out, lock=_lock(fields["lock"], base.lock))
+    if "abuse_contact" in fields:
+        out = replace(out, abuse_contact=_address(fields["abuse_contact"]))
+    return out
+
+
+def parse_network(value: object) -> IPNetwork:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("an IP network")
+    net = ipaddress.ip_network(value.strip(), strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        net = ipaddress.ip_network(f"{mapped}/{net.prefixlen - 96}", strict=False)
+    return net
+
+
+def _identity_header(node: Node) -> IdentityHeader:
+    fields = node.mapping({"header", "regex", "remove"}, required=("header",))
+    name = fields["header"].str().strip()
+    if not _HEADER_NAME.match(name):
+        raise fields["header"].error(f"'{name}' is not a header field name")
+    regex = None
+    if "regex" in fields:
+        pattern = fields["regex"].str()
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise fields["regex"].error(f"invalid regular expression: {exc}") from None
+        if regex.groups > 1:
+            raise fields["regex"].error("use at most one capture group (the identity)")
+    remove = fields["remove"].bool() if "remove" in fields else False
+    return IdentityHeader(header=name, regex=regex, remove=remove)
+
+
+def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User, ...]:
+    users: list[User] = []
+    names: dict[str, Node] = {}
+    networks: dict[IPNetwork, str] = {}
+    logins: dict[str, str] = {}
+    for item in node.items():
+        fields = item.mapping(USER_KEYS, required=("name", "type"))
+        name = fields["name"].str().strip()
+        if name in names:
+            raise fields["name"].error(f"duplicate user name '{name}' (first defined on line {names[name].line})")
+        names[name] = fields["name"]
+        utype = fields["type"].str(USER_TYPES)
+        policy = _policy(fields, defaults)
+
+        ips: list[IPNetwork] = []
+        for n in (fields.get("ips") or Node(None, "", item.file)).items():
+            net = n.parsed(parse_network, "an IP network")
+            if net in networks:
+                raise n.error(f"network {net} is already listed for user '{networks[net]}'")
+            networks[net] = name
+            ips.append(net)
+        if utype == "ip" and not ips:
+            raise item.error(f"user '{name}' of type ip needs 'ips'")
+        if utype != "ip" and "ips" in fields:
+            raise fields["ips"].error(f"'ips' is only for users of type ip")
+
+        user_logins: list[str] = []
+        for n in (fields.get("logins") or Node(None, "", item.file)).items():
+            login = n.str().strip()
+            if any(c in login for c in "\r\n\0"):
+                raise n.error("control characters in a login")
+            key = login.lower()
+            if key in logins:
+                raise n.error(f"login '{login}' is already listed for user '{logins[key]}'")
+            logins[key] = name
+            user_logins.append(login)
+        if utype == "login" and not user_logins:
+            raise item.error(f"user '{name}' of type login needs 'logins'")
+        if utype != "login" and "logins" in fields:
+            raise fields["logins"].error("'logins' is only for users of type login")
+
+        if utype == "domain":
+            dom = _domain_name(fields["name"])
+            if dom not in registered:
+                raise fields["name"].error(f"domain '{dom}' is not registered in 'domains'")
+            if "domains" in fields:
+                raise fields["domains"].error("a domain user sends as its own domain; 'domains' is not allowed")
+            doms = frozenset({dom})
+            name = dom
+        else:
+            dnodes = (fields.get("domains") or Node(None, "", item.file)).items()
+            if not dnodes:
+                raise item.error(f"user '{name}' needs 'domains' (the sender domains it may use)")
+            doms_l = []
+            for dn in dnodes:
+                d = _domain_name(dn)
+                if d not in registered:
+                    raise dn.error(f"domain '{d}' is not registered in 'domains'")
+                doms_l.append(d)
+            doms = frozenset(doms_l)
+
+        headers = tuple(_identity_header(n) for n in
+                        (fields.get("identity_headers") or Node(None, "", item.file)).items())
+        users.append(User(name=name, type=utype, ips=tuple(ips), logins=tuple(user_logins),
+                          domains=doms, identity_headers=headers, policy=policy, line=item.line))
+    if not users:
+        raise node.error("no users: Outpost would refuse every sender")
+    return tuple(users)
+
+
+def _check_socket_spec(spec: str, node: Node) -> None:
+    if spec.startswith("unix:") or spec.startswith("local:"):
+        if not spec.split(":", 1)[1].startswith("/"):
+            raise node.error("a unix socket path must be absolute")
+        return
+    m = re.match(r"^inet6?:(\d+)(@.+)?$", spec)
+    if m and 0 < int(m.group(1)) < 65536:
+        return
+    if re.match(r"^fd:\d+$", spec):
+        return
+    raise node.error(f"'{spec}' is not a socket (unix:/path, inet:PORT@HOST, inet6:PORT@HOST, fd:N)")

@@ -1,0 +1,196 @@
+"""YAML read safely, with the key path and line of every value.
+
+The file is parsed once with PyYAML's *safe* loader (``yaml.compose`` with
+``SafeLoader`` — the node tree behind ``yaml.safe_load``), so every value keeps
+the line it came from.  :class:`Node` wraps one value and knows its key path
+(``users[1].ips[0]``); its accessors validate types and raise
+:class:`ConfigError` naming the path and the line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names file, line and key path."""
+
+
+class Node:
+    """One value of the YAML document with its path and line."""
+
+    __slots__ = ("value", "path", "line", "file", "_node")
+
+    def __init__(self, node: Optional[yaml.Node], path: str, file: str, line: Optional[int] = None):
+        self._node = node
+        self.path = path
+        self.file = file
+        self.line = line if line is not None else (node.start_mark.line + 1 if node is not None else 0)
+        self.value = _plain(node) if node is not None else None
+
+    # -- errors ---------------------------------------------------------------
+    def error(self, message: str) -> ConfigError:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        path = self.path or "(top level)"
+        return ConfigError(f"{where}: {path}: {message}")
+
+    @property
+    def missing(self) -> bool:
+        return self._node is None
+
+    # -- structure -----------------------------------------------------------
+    def mapping(self, allowed: Optional[set[str]] = None, required: tuple[str, ...] = ()) -> dict[str, "Node"]:
+        """The mapping's entries as Nodes; unknown keys and duplicates are errors."""
+        if self._node is None:
+            out: dict[str, Node] = {}
+        elif isinstance(self._node, yaml.MappingNode):
+            out = {}
+            for knode, vnode in self._node.value:
+                key = _plain(knode)
+                if not isinstance(key, str):
+                    raise Node(knode, self.path, self.file).error(f"key {key!r} is not a string")
+                kpath = f"{self.path}.{key}" if self.path else key
+                if key in out:
+                    raise Node(knode, kpath, self.file).error("duplicate key")
+                if allowed is not None and key not in allowed:
+                    hint = _closest(key, allowed)
+                    raise Node(knode, kpath, self.file).error(
+                        "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                out[key] = Node(vnode, kpath, self.file)
+        else:
+            raise self.error(f"expected a mapping, got {_kind(self._node)}")
+        for key in required:
+            if key not in out:
+                raise self.error(f"required key '{key}' is missing")
+        return out
+
+    def items(self) -> list["Node"]:
+        """The sequence's items as Nodes (a missing value is an empty list)."""
+        if self._node is None:
+            return []
+        if isinstance(self._node, yaml.SequenceNode):
+            return [Node(n, f"{self.path}[{i}]", self.file) for i, n in enumerate(self._node.value)]
+        raise self.error(f"expected a list, got {_kind(self._node)}")
+
+    def is_mapping(self) -> bool:
+        return isinstance(self._node, yaml.MappingNode)
+
+    # -- scalars ---------------------------------------------------------------
+    def str(self, choices: Optional[tuple[str, ...]] = None, nonempty: bool = True) -> str:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise self.error(f"expected a string, got {_kind(self._node)}")
+        s = str(v)
+        if nonempty and not s.strip():
+            raise self.error("must not be empty")
+        if choices is not None and s not in choices:
+            raise self.error(f"'{s}' is not one of: {', '.join(choices)}")
+        return s
+
+    def int(self, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.error(f"expected an integer, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise self.error(f"{v} is below the minimum {minimum}")
+        if maximum is not None and v > maximum:
+            raise self.error(f"{v} is above the maximum {maximum}")
+        return v
+
+    def float(self, minimum: Optional[float] = None) -> float:
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.error(f"expected a number, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise self.error(f"{v} is below the minimum {minimum}")
+        return float(v)
+
+    def bool(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self.error(f"expected true or false, got {self.value!r}")
+        return self.value
+
+    def duration(self) -> float:
+        """Seconds from ``90``, ``30s``, ``10m``, ``1h``, ``1d``, ``1w``."""
+        v = self.value
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            seconds = float(v)
+        elif isinstance(v, str) and (m := _DURATION.match(v)):
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        else:
+            raise self.error(f"{v!r} is not a duration (e.g. 30s, 10m, 1h, 1d)")
+        if seconds <= 0:
+            raise self.error("duration must be positive")
+        return seconds
+
+    def parsed(self, fn: Callable[[Any], T], what: str) -> T:
+        """Apply a parser; its ValueError becomes a located ConfigError."""
+        try:
+            return fn(self.value)
+        except (ValueError, TypeError) as exc:
+            detail = f" ({exc})" if str(exc) and repr(self.value) not in str(exc) else ""
+            raise self.error(f"{self.value!r} is not {what}{detail}") from None
+
+    def str_list(self) -> list[str]:
+        return [n.str() for n in self.items()]
+
+    def __iter__(self) -> Iterator["Node"]:  # pragma: no cover - convenience
+        return iter(self.items())
+
+
+def _plain(node: yaml.Node) -> Any:
+    """Python value of a node (scalars constructed by the safe loader)."""
+    if isinstance(node, yaml.ScalarNode):
+        return _CONSTRUCTOR.construct_object(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(n) for n in node.value]
+    if isinstance(node, yaml.MappingNode):
+        return {_plain(k): _plain(v) for k, v in node.value}
+    return None
+
+
+class _Constructor(yaml.SafeLoader):
+    def __init__(self) -> None:  # no stream: we only construct scalars
+        yaml.constructor.SafeConstructor.__init__(self)
+
+
+_CONSTRUCTOR = _Constructor()
+
+
+def _kind(node: Optional[yaml.Node]) -> str:
+    if node is None:
+        return "nothing"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    v = _plain(node)
+    return "nothing (null)" if v is None else f"{type(v).__name__} {v!r}"
+
+
+def _closest(key: str, allowed: set[str]) -> Optional[str]:
+    import difflib
+    found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
+def parse_text(text: str, file: str = "<config>") -> Node:
+    """Root Node of a YAML document (safe loader); syntax errors are located."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{file}{line}: YAML syntax error: {problem}") from None
+    if root is None:
+        raise ConfigError(f"{file}: the configuration is empty")
+    return Node(root, "", file)

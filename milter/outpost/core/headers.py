@@ -1,0 +1,60 @@
+"""Header names Outpost owns, and safe header values."""
+
+from __future__ import annotations
+
+import re
+
+#: Headers Outpost stamps; any copy arriving from the client is a forgery.
+PREFIX = "X-Outpost-"
+STAMPED = ("X-Outpost-User", "X-Outpost-Domain", "X-Originating-IP", "X-Outpost-ID",
+           "X-Report-Abuse-To")
+_OWNED_EXACT = frozenset(h.lower() for h in STAMPED)
+
+#: libmilter refuses header lines of 2048 bytes or more; keep well under.
+MAX_VALUE = 1900
+_LINE = 78
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def is_owned(name: str) -> bool:
+    """True for a header Outpost stamps (any case): X-Outpost-*, X-Originating-IP,
+    X-Report-Abuse-To."""
+    lname = name.strip().lower()
+    return lname.startswith(PREFIX.lower()) or lname in _OWNED_EXACT
+
+
+def unfold(value: str) -> str:
+    """A header value as one logical line (folding removed, ends stripped)."""
+    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+
+
+def clean(value: str, limit: int = MAX_VALUE) -> str:
+    """One-line value: CR, LF, NUL and other controls become spaces, runs of
+    blanks collapse, the result is cut to ``limit`` characters (with an
+    ellipsis)."""
+    value = _CONTROL.sub(" ", value)
+    value = re.sub(r"[ \t]{2,}", " ", value).strip()
+    if len(value) > limit:
+        value = value[: limit - 1].rstrip() + "\u2026"
+    return value
+
+
+def fold(value: str, width: int = _LINE) -> str:
+    """Fold a cleaned value at blanks with LF + TAB (libmilter adds the CR).
+    A word longer than the width stays whole (lines remain far below 998)."""
+    words = value.split(" ")
+    lines: list[str] = []
+    cur = ""
+    for word in words:
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}" if cur else word
+    lines.append(cur)
+    return "\n\t".join(lines)
+
+
+def safe_value(value: str, limit: int = MAX_VALUE) -> str:
+    """Clean then fold: what to pass to ``addheader``."""
+    return fold(clean(value, limit))

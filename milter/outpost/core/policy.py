@@ -1,0 +1,415 @@
+"""The decision core: typed SMTP events in, :class:`Decision` out.
+
+Imports no pymilter.  One :class:`Policy` is built per configuration (per
+worker process); per-connection state lives in :class:`Session` objects that
+the MTA adapter owns and passes back in.  Cross-message state (connection
+slots, rate-limit buckets, locks) lives in the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+from email.headerregistry import HeaderRegistry
+from typing import Callable, Optional
+
+from ..config.model import Config, RateLimit, User
+from ..store.base import Bucket, Store, StoreError
+from . import headers as hdr
+from .idtoken import Origin, TokenCodec
+from .mapping import UserIndex, parse_client_ip
+from .types import (
+    CONTINUE, Action, Decision, Message, Reply, Session, reject,
+)
+
+log = logging.getLogger("outpost.policy")
+msglog = logging.getLogger("outpost.message")
+
+_HEADERS = HeaderRegistry()
+
+
+def _q(value: Optional[str]) -> str:
+    """A log field: '-' when empty, control characters and blanks made safe."""
+    if not value:
+        return "-"
+    value = hdr.clean(value, 200)
+    return f'"{value}"' if " " in value or '"' in value else value
+
+
+class StoreUnavailable(Exception):
+    """The store failed and the policy says tempfail."""
+
+
+TOO_MANY_CONNECTIONS = Reply(
+    "421", "4.7.0", "Too many concurrent SMTP connections from this IP address; please try again later")
+STORE_DOWN = Reply("451", "4.3.0", "Temporary local problem; please try again later")
+
+
+def split_address(addr: str) -> tuple[str, str]:
+    """(address without <>, lower-case IDNA domain or '')."""
+    addr = addr.strip()
+    if addr.startswith("<") and addr.endswith(">"):
+        addr = addr[1:-1].strip()
+    if "@" not in addr:
+        return addr, ""
+    domain = addr.rsplit("@", 1)[1].strip().rstrip(".").lower()
+    if domain.startswith("[") or not domain:
+        return addr, domain
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return addr, domain
+
+
+def header_from_address(values: list[str]) -> tuple[Optional[str], Optional[Reply]]:
+    """The single From address of a message, or a 5.x reply saying why not."""
+    if not values:
+        return None, Reply("550", "5.6.0", "Message has no From header")
+    if len(values) > 1:
+        return None, Reply("550", "5.6.0", "Message has more than one From header")
+    try:
+        parsed = _HEADERS("From", hdr.unfold(values[0]))
+        addresses = parsed.addresses
+    except (ValueError, TypeError, IndexError):
+        addresses = ()
+    if len(addresses) != 1 or not addresses[0].domain or not addresses[0].username:
+        return None, Reply("550", "5.6.0", "The From header must hold exactly one valid address")
+    return addresses[0].addr_spec, None
+
+
+class Policy:
+    """Decisions for one configuration."""
+
+    def __init__(self, config: Config, store: Store, codec: TokenCodec,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.codec = codec
+        self.clock = clock
+        self.index = UserIndex(config.users)
+        self.host = socket.gethostname()
+        self._slots = itertools.count(1)
+        self._contacts = {config.report_abuse_to.lower()} | {
+            u.policy.abuse_contact.lower() for u in config.users if u.policy.abuse_contact}
+
+    # -- helpers ------------------------------------------------------------------
+    def _mode(self, user: Optional[User]) -> str:
+        return user.policy.mode if user is not None else self.config.defaults.mode
+
+    def _block(self, msg: Optional[Message], user: Optional[User], decision: Decision) -> Decision:
+        """Enforce a blocking decision, or in monitor mode note it and go on."""
+        if self._mode(user) == "monitor":
+            if msg is not None:
+                msg.would.append(f"{decision.action.value} ({decision.reason}: {decision.reply})")
+            log.info("monitor: would %s (%s)", decision.action.value, decision.reason)
+            return CONTINUE
+        return decision
+
+    def _store_call(self, fn: Callable, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StoreError as exc:
+            log.error("store error (%s): %s", self.config.on_store_error, exc)
+            if self.config.on_store_error == "accept":
+                return None
+            raise StoreUnavailable(str(exc)) from exc
+
+    def user_of(self, msg: Message) -> Optional[User]:
+        return self.index.by_name.get(msg.user_name) if msg.user_name else None
+
+    # -- connection -----------------------------------------------------------------
+    def connect(self, session: Session, client_addr: Optional[str], hostname: str = "") -> Decision:
+        addr = parse_client_ip(client_addr)
+        session.client_ip = str(addr) if addr is not None else None
+        session.hostname = hostname or ""
+        if addr is None:
+            return CONTINUE                    # local submission (unix socket): no per-IP limit
+        ip_user = self.index.by_ip(addr)
+        session.ip_user = ip_user.name if ip_user else None
+        limit = (ip_user.policy.connection_limit if ip_user else None) or self.config.connection_limit
+        slot = f"{self.host}:{os.getpid()}:{next(self._slots)}"
+        try:
+            got = self._store_call(self.store.conn_acquire, session.client_ip, limit, slot)
+        except StoreUnavailable:
+            return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+        if got is None:                        # store down, policy accept
+            return CONTINUE
+        acquired, count = got
+        if acquired:
+            session.slot = slot
+            return CONTINUE
+        decision = Decision(Action.TEMPFAIL, TOO_MANY_CONNECTIONS, "connection_limit")
+        log.info("connection limit: %s holds %d of %d", session.client_ip, count, limit)
+        return self._block(None, ip_user, decision)
+
+    def close(self, session: Session) -> None:
+        if session.slot and session.client_ip:
+            try:
+                self.store.conn_release(session.client_ip, session.slot)
+            except StoreError as exc:
+                log.warning("could not release connection slot %s: %s", session.slot, exc)
+        session.slot = None
+
+    # -- MAIL FROM ------------------------------------------------------------------
+    def mail_from(self, session: Session, sender: str, login: Optional[str],
+                  client_addr: Optional[str] = None) -> Decision:
+        if session.client_ip is None and client_addr:
+            addr = parse_client_ip(client_addr)
+            session.client_ip = str(addr) if addr is not None else None
+        addr, domain = split_address(sender)
+        login = hdr.clean(login, 320) if login else None
+        msg = Message(sender=addr, sender_domain=domain, login=login or None,
+                      started=time.monotonic())
+        session.message = msg
+        session.messages += 1
+        ip = parse_client_ip(session.client_ip)
+        user, how = self.index.resolve(login, ip)
+        if user is None:
+            who = f"Login {login}" if login else (session.client_ip or "unknown client")
+            return self._block(msg, None, reject(
+                "550", "5.7.1", f"{who} is not an authorized outgoing sender", "unknown_sender"))
+        msg.user_name, msg.mapped_by = user.name, how
+        log.debug("mapped %s/%s to %s by %s", session.client_ip, login, user.name, how)
+
+        if how != "ip" and user.policy.connection_limit and session.client_ip and session.slot:
+            try:
+                count = self._store_call(self.store.conn_count, session.client_ip)
+            except StoreUnavailable:
+                return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+            if count is not None and count > user.policy.connection_limit:
+                d = self._block(msg, user, Decision(Action.TEMPFAIL, TOO_MANY_CONNECTIONS, "connection_limit"))
+                if d.blocks:
+                    return d
+
+        if not addr:
+            if not user.allows_null_sender:
+                d = self._block(msg, user, reject(
+                    "550", "5.7.1", f"Null sender is not allowed for {user.name}", "sender_domain"))
+                if d.blocks:
+                    return d
+        elif domain not in user.domains or domain not in self.config.domain_names:
+            d = self._block(msg, user, reject(
+                "550", "5.7.1", f"Sender domain {domain or '(none)'} is not allowed for {user.name}",
+                "sender_domain"))
+            if d.blocks:
+                return d
+
+        if not user.identity_headers:
+            msg.identity = self._default_identity(msg)
+            return self._check_limits(msg, user, dry_run=True)
+        return CONTINUE
+
+    @staticmethod
+    def _default_identity(msg: Message) -> str:
+        return (msg.login or msg.sender or "<>").lower()
+
+    # -- RCPT TO ---------------------------------------------------------------------
+    def rcpt(self, session: Session, recipient: str) -> Decision:
+        msg = session.message
+        if msg is None or msg.user_name is None:
+            return CONTINUE
+        user = self.user_of(msg)
+        addr, _ = split_address(recipient)
+        if msg.identity and addr.lower() not in self._contacts:
+            d = self._lock_decision(msg, user)
+            if d is not None:
+                return d
+        limit = user.policy.limits.max_recipients if user else None
+        if limit is not None and len(msg.recipients) >= limit:
+            d = self._block(msg, user, reject("452", "4.5.3", "Too many recipients", "max_recipients"))
+            if d.blocks:
+                return d
+        msg.recipients.append(addr)
+        return CONTINUE
+
+    # -- headers -----------------------------------------------------------------------
+    def header(self, session: Session, name: str, value: str) -> None:
+        msg = session.message
+        if msg is not None:
+            msg.headers.append((name, value))
+            msg.header_bytes += len(name) + len(value) + 4
+
+    def body(self, session: Session, size: int) -> None:
+        if session.message is not None:
+            session.message.body_size += size
+
+    # -- end of message -------------------------------------------------------------------
+    def end_of_message(self, session: Session, queue_id: str = "") -> Decision:
+        msg = session.message
+        if msg is None or msg.user_name is None:
+            # Unmapped sender let through by monitor mode: stamp only the verdict.
+            return Decision(Action.ACCEPT, reason="monitor",
+                            remove_headers=self._removals(msg, None) if msg else (),
+                            add_headers=self._would_header(msg))
+        user = self.user_of(msg)
+        assert user is not None
+        if not msg.identity:
+            msg.identity = self._identity(msg, user)
+            if not all(r.lower() in self._contacts for r in msg.recipients):
+                d = self._lock_decision(msg, user)
+                if d is not None:
+                    return d
+
+        if user.policy.header_from != "off":
+            d = self._check_header_from(msg, user)
+            if d is not None and d.blocks:
+                return d
+
+        d = self._check_limits(msg, user, dry_run=False)
+        if d.blocks:
+            return d
+
+        return Decision(Action.ACCEPT, reason="ok",
+                        remove_headers=self._removals(msg, user),
+                        add_headers=self._stamps(session, msg, user, queue_id))
+
+    def log_message(self, session: Session, decision: Decision, queue_id: str = "") -> None:
+        """The one log line per message."""
+        msg = session.message
+        if msg is None:
+            return
+        msglog.info(
+            "qid=%s ip=%s login=%s user=%s identity=%s from=<%s> rcpts=%d size=%d action=%s reason=%s%s ms=%.1f",
+            queue_id or "-", session.client_ip or "-", _q(msg.login), _q(msg.user_name), _q(msg.identity),
+            hdr.clean(msg.sender, 320), len(msg.recipients), msg.header_bytes + msg.body_size,
+            decision.action.value, decision.reason or "-",
+            f" would=\"{hdr.clean('; '.join(msg.would), 300)}\"" if msg.would else "",
+            msg.spent * 1000.0)
+
+    # -- pieces -------------------------------------------------------------------------
+    def _identity(self, msg: Message, user: User) -> str:
+        for rule in user.identity_headers:
+            lname = rule.header.lower()
+            for name, value in msg.headers:
+                if name.lower() == lname:
+                    found = rule.extract(hdr.clean(hdr.unfold(value), 320))
+                    if found:
+                        return found.lower()
+        return self._default_identity(msg)
+
+    def identity_key(self, msg: Message) -> str:
+        return f"{msg.user_name}/{msg.identity}"
+
+    def _lock_decision(self, msg: Message, user: Optional[User]) -> Optional[Decision]:
+        """The refusal for a locked identity (checked once per message), or None."""
+        if msg.lock_decision is None:
+            try:
+                lock = self._store_call(self.store.get_lock, self.identity_key(msg))
+            except StoreUnavailable:
+                return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+            if lock is None:
+                msg.lock_decision = CONTINUE
+            else:
+                msg.lock_decision = self._block(msg, user, reject(
+                    "451", "4.7.1",
+                    f"Sending from {msg.identity} is suspended because of suspected abuse; "
+                    f"contact {self.config.report_abuse_to}", "locked"))
+        return msg.lock_decision if msg.lock_decision.blocks else None
+
+    def _check_header_from(self, msg: Message, user: User) -> Optional[Decision]:
+        values = [v for n, v in msg.headers if n.lower() == "from"]
+        addr, problem = header_from_address(values)
+        if problem is not None:
+            return self._block(msg, user, Decision(Action.REJECT, problem, "header_from"))
+        _, domain = split_address(addr or "")
+        if domain in user.domains and domain in self.config.domain_names:
+            return None
+        d = reject("550", "5.7.1", f"Header From domain {domain} is not allowed for {user.name}",
+                   "header_from")
+        if user.policy.header_from == "warn":
+            log.warning("header From %s not allowed for %s (warn only)", addr, user.name)
+            msg.would.append(f"reject (header_from: {d.reply})")
+            return None
+        return self._block(msg, user, d)
+
+    def buckets(self, msg: Message, user: User, cost_rcpts: int) -> list[Bucket]:
+        """Rate-limit buckets a message from ``msg.identity`` fills."""
+        out: list[Bucket] = []
+        idkey = self.identity_key(msg)
+
+        def add(prefix: str, kind: str, rates: tuple[RateLimit, ...], cost: int) -> None:
+            for r in rates:
+                out.append(Bucket(key=f"rl:{prefix}:{kind}:{int(r.window)}", limit=r.limit,
+                                  window=r.window, cost=cost, label=r.label))
+
+        lim, ulim = user.policy.limits, user.policy.user_limits
+        add(f"id:{idkey}", "msg", lim.messages, 1)
+        add(f"id:{idkey}", "rcpt", lim.recipients, cost_rcpts)
+        add(f"user:{user.name}", "msg", ulim.messages, 1)
+        add(f"user:{user.name}", "rcpt", ulim.recipients, cost_rcpts)
+        return out
+
+    def _check_limits(self, msg: Message, user: User, dry_run: bool) -> Decision:
+        buckets = self.buckets(msg, user, max(1, len(msg.recipients)) if not dry_run else 1)
+        if not buckets:
+            return CONTINUE
+        try:
+            result = self._store_call(self.store.hit, buckets, dry_run=dry_run)
+        except StoreUnavailable:
+            return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+        if result is None or result.allowed:
+            return CONTINUE
+        bucket = buckets[result.blocked if result.blocked is not None else 0]
+        what = "recipients" if ":rcpt:" in bucket.key else "messages"
+        whom = user.name if bucket.key.startswith("rl:user:") else msg.identity
+        d = reject("451", "4.7.1",
+                   f"Too many {what} from {whom} ({bucket.label}); please wait and try again",
+                   "rate_limit")
+        if not dry_run:
+            self._limit_hit(msg, user)
+        return self._block(msg, user, d)
+
+    def _limit_hit(self, msg: Message, user: User) -> None:
+        lock = user.policy.lock
+        if not lock.after_limit_hits:
+            return
+        key = self.identity_key(msg)
+        try:
+            hits = self.store.record_event(f"hits:{key}", lock.window)
+            if hits >= lock.after_limit_hits and self._mode(user) != "monitor":
+                got = self.store.set_lock(key, f"{hits} rate-limit hits in {int(lock.window)}s",
+                                          lock.duration, max_auto_unlocks=lock.max_auto_unlocks)
+                log.warning("locked %s: %s (until %s)", key, got.reason, got.until or "operator unlock")
+        except StoreError as exc:
+            log.error("could not record the limit hit of %s: %s", key, exc)
+
+    def _removals(self, msg: Optional[Message], user: Optional[User]) -> tuple[tuple[str, int], ...]:
+        """Forged copies of our headers, and identity headers marked remove.
+
+        Occurrences are counted case-insensitively per name (as Postfix and
+        Sendmail do) and removed last-first so indexes stay valid."""
+        if msg is None:
+            return ()
+        drop = {h.header.lower() for h in (user.identity_headers if user else ()) if h.remove}
+        seen: dict[str, int] = {}
+        out: list[tuple[str, int]] = []
+        for name, _ in msg.headers:
+            lname = name.lower()
+            seen[lname] = seen.get(lname, 0) + 1
+            if hdr.is_owned(name) or lname in drop:
+                out.append((name, seen[lname]))
+        out.reverse()
+        return tuple(out)
+
+    def _would_header(self, msg: Optional[Message]) -> tuple[tuple[str, str], ...]:
+        if msg is None or not msg.would:
+            return ()
+        return (("X-Outpost-Would", hdr.safe_value("; ".join(msg.would))),)
+
+    def _stamps(self, session: Session, msg: Message, user: User, queue_id: str) -> tuple[tuple[str, str], ...]:
+        token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
+                                       client_ip=session.client_ip or "", queue_id=queue_id or "",
+                                       time=int(self.clock())))
+        stamps = [
+            ("X-Outpost-User", hdr.safe_value(user.name)),
+            ("X-Outpost-Domain", hdr.safe_value(msg.sender_domain or "")),
+            ("X-Originating-IP", hdr.safe_value(f"[{session.client_ip}]" if session.client_ip else "unknown")),
+            ("X-Outpost-ID", token),
+            ("X-Report-Abuse-To", hdr.safe_value(user.policy.abuse_contact or self.config.report_abuse_to)),
+        ]
+        stamps.extend(self._would_header(msg))
+        return tuple(stamps)

@@ -1,0 +1,85 @@
+"""Typed inputs and outputs of the policy core (no pymilter here)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class Action(enum.Enum):
+    CONTINUE = "continue"     # go on to the next stage
+    ACCEPT = "accept"         # accept the message (at end of message: with edits)
+    REJECT = "reject"         # 5xx
+    TEMPFAIL = "tempfail"     # 4xx
+    DISCARD = "discard"
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: str       # "550"
+    xcode: str      # "5.7.1"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.xcode} {self.text}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the MTA adapter must do at one stage."""
+
+    action: Action
+    reply: Optional[Reply] = None
+    reason: str = ""                                        # short tag for logs/metrics
+    add_headers: tuple[tuple[str, str], ...] = ()           # appended, in order
+    remove_headers: tuple[tuple[str, int], ...] = ()        # (name, 1-based occurrence), apply in order
+    quarantine: Optional[str] = None                        # hold the message with this reason
+
+    @property
+    def blocks(self) -> bool:
+        return self.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD)
+
+
+CONTINUE = Decision(Action.CONTINUE)
+
+
+def reject(code: str, xcode: str, text: str, reason: str) -> Decision:
+    action = Action.TEMPFAIL if code.startswith("4") else Action.REJECT
+    return Decision(action, Reply(code, xcode, text), reason)
+
+
+INTERNAL_ERROR = Reply("451", "4.3.0", "Temporary local problem; please try again later")
+
+
+@dataclass
+class Message:
+    """One transaction (MAIL FROM … end of message) as the core sees it."""
+
+    sender: str = ""                     # envelope sender without <>, '' for the null sender
+    sender_domain: str = ""
+    login: Optional[str] = None
+    user_name: Optional[str] = None
+    mapped_by: str = ""                  # login | domain | ip
+    identity: str = ""                   # end user inside the user
+    recipients: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    header_bytes: int = 0
+    body_size: int = 0
+    would: list[str] = field(default_factory=list)          # monitor mode: what would have happened
+    lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
+    started: float = 0.0                 # monotonic time of MAIL FROM
+    spent: float = 0.0                   # seconds spent inside Outpost for this message
+
+
+@dataclass
+class Session:
+    """One SMTP connection."""
+
+    client_ip: Optional[str] = None      # normalised text (IPv4-mapped → IPv4), None if unknown
+    hostname: str = ""
+    helo: str = ""
+    slot: Optional[str] = None           # connection slot held in the store
+    ip_user: Optional[str] = None        # user mapped from the address at connect
+    message: Optional[Message] = None
+    messages: int = 0

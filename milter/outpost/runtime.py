@@ -1,0 +1,59 @@
+"""The composition root: build every part Outpost needs from one Config.
+
+A :class:`Runtime` is built once per configuration in each worker process
+and handed to the milter factory; nothing is kept in module-level state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import Config
+from .core.idtoken import TokenCodec, read_secret
+from .core.policy import Policy
+from .store import open_store
+from .store.base import Store
+
+log = logging.getLogger("outpost")
+
+
+class StartupError(Exception):
+    """Outpost cannot start with this configuration (secret, store, keys…)."""
+
+
+def open_configured_store(config: Config) -> Store:
+    """The store named by the config, wrapped for ``on_store_error: local``."""
+    store = open_store(config.store)
+    if config.on_store_error == "local":
+        from .store.resilient import ResilientStore
+        store = ResilientStore(store)
+    return store
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: Store
+    codec: TokenCodec
+    policy: Policy
+
+    @classmethod
+    def build(cls, config: Config) -> "Runtime":
+        try:
+            secret = read_secret(config.secret_file)
+        except OSError as exc:
+            raise StartupError(f"secret_file {config.secret_file}: {exc.strerror} "
+                               f"(create one with: outpost secret {config.secret_file})") from None
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        codec = TokenCodec(secret)
+        try:
+            store = open_configured_store(config)
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"store {config.store}: {exc}") from None
+        return cls(config=config, store=store, codec=codec,
+                   policy=Policy(config, store, codec))
+
+    def close(self) -> None:
+        self.store.close()
