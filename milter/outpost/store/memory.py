@@ -1,0 +1,225 @@
+"""In-process store: one process, thread-safe (one lock).
+
+State is lost when the process ends and is not shared with other
+processes; use it for tests, a single-process deployment, or as the
+fallback of :class:`~outpost.store.resilient.ResilientStore`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from typing import Callable, Optional, Sequence
+
+from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
+from .logic import (LockRecord, bucket_id, bucket_state, gcra_decide, slot_owner,
+                    validate_buckets)
+from .settings import StoreSettings
+
+
+class _FingerprintLog:
+    """Messages of one fingerprint in time order, with running totals."""
+
+    __slots__ = ("entries", "recipients", "members")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, str, int]] = deque()
+        self.recipients = 0
+        self.members: Counter[str] = Counter()
+
+    def add(self, now: float, member: str, recipients: int) -> None:
+        self.entries.append((now, member, recipients))
+        self.recipients += recipients
+        self.members[member] += 1
+
+    def trim(self, cutoff: float, keep: int) -> None:
+        """Drop entries at or before ``cutoff`` and all but the ``keep`` newest."""
+        entries = self.entries
+        while entries and (entries[0][0] <= cutoff or len(entries) > keep):
+            _t, member, recipients = entries.popleft()
+            self.recipients -= recipients
+            self.members[member] -= 1
+            if self.members[member] <= 0:
+                del self.members[member]
+
+
+class MemoryStore(Store):
+    """Store kept in this process' memory."""
+
+    def __init__(self, settings: Optional[StoreSettings] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.url = "memory:"
+        self.settings = settings or StoreSettings()
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._tats: dict[str, float] = {}
+        self._events: dict[str, tuple[deque[float], float]] = {}
+        self._locks: dict[str, LockRecord] = {}
+        self._lock_touched: dict[str, float] = {}
+        self._fingerprints: dict[str, tuple[_FingerprintLog, float]] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._conns: dict[str, set[str]] = {}
+        self._next_sweep = 0.0
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- housekeeping ------------------------------------------------------
+    def _sweep(self, now: float) -> None:
+        """Drop expired state (caller holds the mutex); cheap when not due."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.settings.sweep_interval
+        self._tats = {k: t for k, t in self._tats.items() if t > now}
+        for key, (log, window) in list(self._events.items()):
+            if not log or log[-1] <= now - window:
+                del self._events[key]
+        for fp, (fplog, window) in list(self._fingerprints.items()):
+            if not fplog.entries or fplog.entries[-1][0] <= now - window:
+                del self._fingerprints[fp]
+        for key, rec in list(self._locks.items()):
+            rec, _changed = rec.settle(now)
+            self._locks[key] = rec
+            if rec.lock is None and (
+                    rec.auto_unlocks == 0
+                    or self._lock_touched.get(key, 0.0) < now - self.settings.lock_history_ttl):
+                del self._locks[key]
+                self._lock_touched.pop(key, None)
+
+    # -- connection slots ----------------------------------------------------
+    def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
+        slot_owner(slot)
+        with self._mutex:
+            slots = self._conns.setdefault(ip, set())
+            if slot in slots:
+                return True, len(slots)
+            if len(slots) >= limit:
+                if not slots:
+                    del self._conns[ip]
+                return False, len(slots)
+            slots.add(slot)
+            return True, len(slots)
+
+    def conn_release(self, ip: str, slot: str) -> None:
+        with self._mutex:
+            slots = self._conns.get(ip)
+            if slots is not None:
+                slots.discard(slot)
+                if not slots:
+                    del self._conns[ip]
+
+    def conn_count(self, ip: str) -> int:
+        with self._mutex:
+            return len(self._conns.get(ip, ()))
+
+    def process_alive(self, host: str, pid: int) -> None:
+        """Nothing to do: slots never outlive this process."""
+
+    def process_gone(self, host: str, pid: int) -> None:
+        owner = f"{host}:{pid}:"
+        with self._mutex:
+            for ip, slots in list(self._conns.items()):
+                slots.difference_update([s for s in slots if s.startswith(owner)])
+                if not slots:
+                    del self._conns[ip]
+
+    # -- rate limits -----------------------------------------------------------
+    def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
+        validate_buckets(buckets)
+        with self._mutex:
+            now = self._clock()
+            self._sweep(now)
+            result, new = gcra_decide(buckets, self._tats, now)
+            if result.allowed and not dry_run:
+                self._tats.update(new)
+            return result
+
+    def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        validate_buckets(buckets)
+        with self._mutex:
+            now = self._clock()
+            return [bucket_state(b, self._tats.get(bucket_id(b)), now) for b in buckets]
+
+    def reset(self, key_prefix: str) -> int:
+        with self._mutex:
+            dropped = 0
+            for table in (self._tats, self._events):
+                for key in [k for k in table if k.startswith(key_prefix)]:
+                    del table[key]
+                    dropped += 1
+            return dropped
+
+    # -- events ------------------------------------------------------------------
+    def record_event(self, key: str, window: float) -> int:
+        with self._mutex:
+            now = self._clock()
+            self._sweep(now)
+            entry = self._events.get(key)
+            log = entry[0] if entry else deque(maxlen=self.settings.max_events)
+            cutoff = now - window
+            while log and log[0] <= cutoff:
+                log.popleft()
+            log.append(now)
+            self._events[key] = (log, window)
+            return len(log)
+
+    # -- locks ---------------------------------------------------------------------
+    def _settled(self, key: str, now: float) -> LockRecord:
+        rec, changed = self._locks.get(key, LockRecord(None)).settle(now)
+        if changed:
+            self._locks[key] = rec
+            self._lock_touched[key] = now
+        return rec
+
+    def get_lock(self, key: str) -> Optional[Lock]:
+        with self._mutex:
+            return self._settled(key, self._clock()).in_force()
+
+    def set_lock(self, key: str, reason: str, duration: Optional[float],
+                 by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
+        with self._mutex:
+            now = self._clock()
+            rec = self._settled(key, now).locked(key, reason, duration, by,
+                                                 max_auto_unlocks, now)
+            self._locks[key] = rec
+            self._lock_touched[key] = now
+            lock = rec.in_force()
+            assert lock is not None
+            return lock
+
+    def remove_lock(self, key: str) -> bool:
+        with self._mutex:
+            rec = self._settled(key, self._clock())
+            self._locks.pop(key, None)
+            self._lock_touched.pop(key, None)
+            return rec.lock is not None
+
+    def list_locks(self) -> list[Lock]:
+        with self._mutex:
+            now = self._clock()
+            locks = [self._settled(key, now).in_force() for key in list(self._locks)]
+            return sorted((lk for lk in locks if lk is not None), key=lambda lk: lk.key)
+
+    # -- fingerprints ----------------------------------------------------------------
+    def fingerprint_add(self, fp: str, member: str, recipients: int,
+                        window: float) -> FingerprintStats:
+        with self._mutex:
+            now = self._clock()
+            self._sweep(now)
+            entry = self._fingerprints.get(fp)
+            log = entry[0] if entry else _FingerprintLog()
+            log.add(now, member, recipients)
+            log.trim(now - window, self.settings.max_fingerprint_entries)
+            self._fingerprints[fp] = (log, window)
+            return FingerprintStats(messages=len(log.entries), recipients=log.recipients,
+                                    members=len(log.members))
+
+    # -- blobs -------------------------------------------------------------------------
+    def put_blob(self, name: str, data: bytes) -> None:
+        with self._mutex:
+            self._blobs[name] = bytes(data)
+
+    def get_blob(self, name: str) -> Optional[bytes]:
+        with self._mutex:
+            return self._blobs.get(name)

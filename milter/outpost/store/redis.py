@@ -1,0 +1,468 @@
+"""Redis store: shared by every relay of a cluster.
+
+Every operation that reads and writes is one Lua script (atomic on the
+server).  Time is always the Redis server's ``TIME`` taken inside the
+script, never a relay's clock, so relays with skewed clocks agree.  Socket
+timeouts are short (``StoreSettings.connect_timeout`` / ``op_timeout``) and
+every Redis failure raises :class:`~outpost.store.base.StoreError`.  Works
+with a standalone Redis (or one behind Sentinel), not Redis Cluster (the
+scripts touch keys they do not declare).
+
+Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
+
+=============================  =================================================
+``P rl:<key>@<window>``        string: GCRA theoretical arrival time (epoch s),
+                               expires when the bucket is empty
+``P ev:<key>``                 sorted set: event timestamps, expires after window
+``P seq``                      counter making event/fingerprint members unique
+``P lock:<key>``               hash: locked, reason, since, until, by, auto
+``P locks``                    set: keys that hold a lock (for ``list_locks``)
+``P fp:<fp>``                  sorted set of ``seq|recipients|member`` by time
+``P fpa:<fp>``                 hash: running totals of ``P fp:<fp>``
+``P blob:<name>``              string: blob
+``P conn:<ip>``                set: connection slots ``host:pid:n``
+``P alive:<host>:<pid>``       heartbeat of a process (TTL ``heartbeat_ttl``)
+``P pslots:<host>:<pid>``      set: IPs where that process holds slots
+=============================  =================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import Any, Iterator, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import redis as redis_lib
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
+from .logic import EPSILON, bucket_id, bucket_state, slot_owner, validate_buckets
+from .settings import StoreSettings
+
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt(x) return string.format('%.17g', x) end
+"""
+
+# KEYS: bucket ids.  ARGV: dry_run, epsilon, then limit, window, cost per key.
+_HIT = _PRELUDE + """
+local now = clock()
+local eps = tonumber(ARGV[2])
+local new, order = {}, {}
+local worst, worst_wait = -1, -1
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local limit, window, cost = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
+  local tat = new[k] or tonumber(redis.call('GET', k) or '0')
+  if tat < now then tat = now end
+  local wait = nil
+  if cost > limit then
+    wait = window
+  else
+    local nt = tat + cost * (window / limit)
+    wait = nt - window - now
+    if wait <= eps then
+      if not new[k] then order[#order + 1] = k end
+      new[k] = nt
+      wait = nil
+    end
+  end
+  if wait and wait > worst_wait then worst, worst_wait = i, wait end
+end
+if worst > 0 then return {0, worst - 1, fmt(worst_wait)} end
+if ARGV[1] ~= '1' then
+  for _, k in ipairs(order) do
+    local nt = new[k]
+    redis.call('SET', k, fmt(nt), 'PX', math.ceil((nt - now) * 1000) + 1)
+  end
+end
+return {1, -1, '0'}
+"""
+
+# KEYS: bucket ids.  Returns now, then each TAT ('' when absent).
+_PEEK = _PRELUDE + """
+local out = {fmt(clock())}
+for i = 1, #KEYS do out[i + 1] = redis.call('GET', KEYS[i]) or '' end
+return out
+"""
+
+# KEYS: event set, sequence.  ARGV: window, max events.
+_EVENT = _PRELUDE + """
+local now, window, most = clock(), tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now - window))
+redis.call('ZADD', KEYS[1], fmt(now), fmt(now) .. ':' .. redis.call('INCR', KEYS[2]))
+local n = redis.call('ZCARD', KEYS[1])
+if n > most then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - most - 1)
+  n = most
+end
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000) + 1)
+return n
+"""
+
+_LOCK_PRELUDE = _PRELUDE + """
+local function settle(k, key, index, now, hist_ms)
+  local h = redis.call('HMGET', k, 'locked', 'until')
+  if h[1] == '1' and h[2] ~= '' and tonumber(h[2]) <= now then
+    redis.call('HDEL', k, 'reason', 'since', 'until', 'by')
+    redis.call('HSET', k, 'locked', '0')
+    redis.call('HINCRBY', k, 'auto', 1)
+    redis.call('SREM', index, key)
+    redis.call('PEXPIRE', k, hist_ms)
+  end
+end
+local function info(k)
+  local h = redis.call('HMGET', k, 'locked', 'reason', 'since', 'until', 'by', 'auto')
+  if h[1] ~= '1' then return {} end
+  return {h[2], h[3], h[4], h[5], h[6] or '0'}
+end
+"""
+
+# KEYS: lock hash, index.  ARGV: key, history ms.
+_GET_LOCK = _LOCK_PRELUDE + """
+settle(KEYS[1], ARGV[1], KEYS[2], clock(), ARGV[2])
+return info(KEYS[1])
+"""
+
+# KEYS: lock hash, index.  ARGV: key, history ms, reason, duration|'', by, max|''.
+_SET_LOCK = _LOCK_PRELUDE + """
+local now = clock()
+settle(KEYS[1], ARGV[1], KEYS[2], now, ARGV[2])
+local auto = tonumber(redis.call('HGET', KEYS[1], 'auto') or '0')
+local untilv = ''
+if ARGV[4] ~= '' and not (ARGV[6] ~= '' and auto >= tonumber(ARGV[6])) then
+  untilv = fmt(now + tonumber(ARGV[4]))
+end
+redis.call('HSET', KEYS[1], 'locked', '1', 'reason', ARGV[3], 'since', fmt(now),
+           'until', untilv, 'by', ARGV[5], 'auto', auto)
+if untilv == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[4]) * 1000) + tonumber(ARGV[2]))
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+return info(KEYS[1])
+"""
+
+# KEYS: lock hash, index.  ARGV: key, history ms.
+_REMOVE_LOCK = _LOCK_PRELUDE + """
+settle(KEYS[1], ARGV[1], KEYS[2], clock(), ARGV[2])
+local was = redis.call('HGET', KEYS[1], 'locked') == '1'
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+if was then return 1 end
+return 0
+"""
+
+# KEYS: index.  ARGV: lock key prefix, history ms.  Returns key + info per lock.
+_LIST_LOCKS = _LOCK_PRELUDE + """
+local now, out = clock(), {}
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local k = ARGV[1] .. key
+  settle(k, key, KEYS[1], now, ARGV[2])
+  local i = info(k)
+  if #i > 0 then
+    out[#out + 1] = key
+    for _, v in ipairs(i) do out[#out + 1] = v end
+  elseif redis.call('HGET', k, 'locked') ~= '1' then
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+return out
+"""
+
+# KEYS: entries, totals, sequence.  ARGV: member, recipients, window, max entries.
+_FINGERPRINT = _PRELUDE + """
+local z, agg = KEYS[1], KEYS[2]
+local now, window, most = clock(), tonumber(ARGV[3]), tonumber(ARGV[4])
+local function forget(entries)
+  for _, e in ipairs(entries) do
+    local r, m = string.match(e, '^%d+|(%d+)|(.*)$')
+    redis.call('HINCRBY', agg, '#m', -1)
+    redis.call('HINCRBY', agg, '#r', -tonumber(r))
+    if redis.call('HINCRBY', agg, 'u:' .. m, -1) <= 0 then
+      redis.call('HDEL', agg, 'u:' .. m)
+      redis.call('HINCRBY', agg, '#u', -1)
+    end
+  end
+end
+local cutoff = fmt(now - window)
+forget(redis.call('ZRANGEBYSCORE', z, '-inf', cutoff))
+redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', z, fmt(now), seq .. '|' .. ARGV[2] .. '|' .. ARGV[1])
+redis.call('HINCRBY', agg, '#m', 1)
+redis.call('HINCRBY', agg, '#r', tonumber(ARGV[2]))
+if redis.call('HINCRBY', agg, 'u:' .. ARGV[1], 1) == 1 then
+  redis.call('HINCRBY', agg, '#u', 1)
+end
+local n = redis.call('ZCARD', z)
+if n > most then
+  forget(redis.call('ZRANGE', z, 0, n - most - 1))
+  redis.call('ZREMRANGEBYRANK', z, 0, n - most - 1)
+end
+local ms = math.ceil(window * 1000) + 1
+redis.call('PEXPIRE', z, ms)
+redis.call('PEXPIRE', agg, ms)
+return redis.call('HMGET', agg, '#m', '#r', '#u')
+"""
+
+_CONN_PRELUDE = _PRELUDE + """
+local function reclaim(set, alive_prefix)
+  local alive = {}
+  for _, s in ipairs(redis.call('SMEMBERS', set)) do
+    local owner = string.match(s, '^(.*):[^:]*$') or s
+    if alive[owner] == nil then
+      alive[owner] = redis.call('EXISTS', alive_prefix .. owner) == 1
+    end
+    if not alive[owner] then redis.call('SREM', set, s) end
+  end
+end
+"""
+
+# KEYS: conn set, own heartbeat, own pslots.  ARGV: slot, limit, ttl ms, alive prefix, ip.
+_CONN_ACQUIRE = _CONN_PRELUDE + """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+reclaim(KEYS[1], ARGV[4])
+local n = redis.call('SCARD', KEYS[1])
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {1, n} end
+if n >= tonumber(ARGV[2]) then return {0, n} end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {1, n + 1}
+"""
+
+# KEYS: conn set.  ARGV: alive prefix.
+_CONN_COUNT = _CONN_PRELUDE + """
+reclaim(KEYS[1], ARGV[1])
+return redis.call('SCARD', KEYS[1])
+"""
+
+# KEYS: heartbeat, pslots.  ARGV: ttl ms.
+_ALIVE = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: heartbeat, pslots.  ARGV: conn prefix, owner.
+_GONE = """
+local mark = ARGV[2] .. ':'
+for _, ip in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local set = ARGV[1] .. ip
+  for _, s in ipairs(redis.call('SMEMBERS', set)) do
+    if string.sub(s, 1, #mark) == mark then redis.call('SREM', set, s) end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore(Store):
+    """Store in a Redis server (``redis://[:password@]host:port/db`` or
+    ``rediss://`` for TLS)."""
+
+    def __init__(self, url: str, settings: Optional[StoreSettings] = None) -> None:
+        self.settings = s = settings or StoreSettings()
+        self.url = redact_url(url)
+        try:
+            self._r = redis_lib.Redis.from_url(
+                url, socket_connect_timeout=s.connect_timeout, socket_timeout=s.op_timeout,
+                retry=Retry(NoBackoff(), s.retries), health_check_interval=0)
+        except ValueError as exc:
+            raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
+        self._p = s.key_prefix
+        self._ttl_ms = int(math.ceil(s.heartbeat_ttl * 1000))
+        self._hist_ms = int(math.ceil(s.lock_history_ttl * 1000))
+        reg = self._r.register_script
+        self._hit, self._peek, self._event = reg(_HIT), reg(_PEEK), reg(_EVENT)
+        self._get_lock, self._set_lock = reg(_GET_LOCK), reg(_SET_LOCK)
+        self._remove_lock, self._list_locks = reg(_REMOVE_LOCK), reg(_LIST_LOCKS)
+        self._fingerprint = reg(_FINGERPRINT)
+        self._acquire, self._count = reg(_CONN_ACQUIRE), reg(_CONN_COUNT)
+        self._alive, self._gone = reg(_ALIVE), reg(_GONE)
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except redis_lib.RedisError as exc:
+            raise StoreError(f"redis store {self.url}: {what}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._r.close()
+
+    def now(self) -> float:
+        with self._guard("TIME"):
+            sec, usec = self._r.time()
+        return sec + usec / 1e6
+
+    # -- connection slots -----------------------------------------------------------
+    def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
+        host, pid = slot_owner(slot)
+        owner = f"{host}:{pid}"
+        p = self._p
+        with self._guard("conn_acquire"):
+            ok, n = self._acquire(
+                keys=[f"{p}conn:{ip}", f"{p}alive:{owner}", f"{p}pslots:{owner}"],
+                args=[slot, limit, self._ttl_ms, f"{p}alive:", ip])
+        return bool(ok), int(n)
+
+    def conn_release(self, ip: str, slot: str) -> None:
+        with self._guard("conn_release"):
+            self._r.srem(f"{self._p}conn:{ip}", slot)
+
+    def conn_count(self, ip: str) -> int:
+        with self._guard("conn_count"):
+            return int(self._count(keys=[f"{self._p}conn:{ip}"], args=[f"{self._p}alive:"]))
+
+    def process_alive(self, host: str, pid: int) -> None:
+        owner = f"{host}:{pid}"
+        with self._guard("process_alive"):
+            self._alive(keys=[f"{self._p}alive:{owner}", f"{self._p}pslots:{owner}"],
+                        args=[self._ttl_ms])
+
+    def process_gone(self, host: str, pid: int) -> None:
+        owner = f"{host}:{pid}"
+        with self._guard("process_gone"):
+            self._gone(keys=[f"{self._p}alive:{owner}", f"{self._p}pslots:{owner}"],
+                       args=[f"{self._p}conn:", owner])
+
+    # -- rate limits ------------------------------------------------------------------
+    def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
+        validate_buckets(buckets)
+        if not buckets:
+            return HitResult(True)
+        args: list[Any] = ["1" if dry_run else "0", repr(EPSILON)]
+        for b in buckets:
+            args += [b.limit, repr(float(b.window)), b.cost]
+        with self._guard("hit"):
+            allowed, index, wait = self._hit(
+                keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets], args=args)
+        if allowed:
+            return HitResult(True)
+        return HitResult(False, int(index), float(wait))
+
+    def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        validate_buckets(buckets)
+        if not buckets:
+            return []
+        with self._guard("peek"):
+            now, *tats = self._peek(keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets])
+        t = float(now)
+        return [bucket_state(b, float(tat) if tat else None, t) for b, tat in zip(buckets, tats)]
+
+    def reset(self, key_prefix: str) -> int:
+        escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)
+        dropped = 0
+        with self._guard("reset"):
+            for kind in ("rl:", "ev:"):
+                batch: list[bytes] = []
+                for key in self._r.scan_iter(match=f"{self._p}{kind}{escaped}*", count=500):
+                    batch.append(key)
+                    if len(batch) >= 500:
+                        dropped += self._r.delete(*batch)
+                        batch = []
+                if batch:
+                    dropped += self._r.delete(*batch)
+        return dropped
+
+    # -- events --------------------------------------------------------------------------
+    def record_event(self, key: str, window: float) -> int:
+        with self._guard("record_event"):
+            return int(self._event(keys=[f"{self._p}ev:{key}", f"{self._p}seq"],
+                                   args=[repr(float(window)), self.settings.max_events]))
+
+    # -- locks -----------------------------------------------------------------------------
+    @staticmethod
+    def _lock(key: str, fields: Sequence[Any]) -> Optional[Lock]:
+        if not fields:
+            return None
+        reason, since, until, by, auto = (_text(f) for f in fields)
+        return Lock(key=key, reason=reason, since=float(since),
+                    until=float(until) if until else None, auto_unlocks=int(auto), by=by)
+
+    def _lock_keys(self, key: str) -> list[str]:
+        return [f"{self._p}lock:{key}", f"{self._p}locks"]
+
+    def get_lock(self, key: str) -> Optional[Lock]:
+        with self._guard("get_lock"):
+            fields = self._get_lock(keys=self._lock_keys(key), args=[key, self._hist_ms])
+        return self._lock(key, fields)
+
+    def set_lock(self, key: str, reason: str, duration: Optional[float],
+                 by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
+        if duration is not None and not duration > 0:
+            raise ValueError(f"lock duration must be > 0 or None, got {duration}")
+        args = [key, self._hist_ms, reason, "" if duration is None else repr(float(duration)),
+                by, "" if max_auto_unlocks is None else int(max_auto_unlocks)]
+        with self._guard("set_lock"):
+            fields = self._set_lock(keys=self._lock_keys(key), args=args)
+        lock = self._lock(key, fields)
+        assert lock is not None
+        return lock
+
+    def remove_lock(self, key: str) -> bool:
+        with self._guard("remove_lock"):
+            return bool(self._remove_lock(keys=self._lock_keys(key),
+                                          args=[key, self._hist_ms]))
+
+    def list_locks(self) -> list[Lock]:
+        with self._guard("list_locks"):
+            flat = self._list_locks(keys=[f"{self._p}locks"],
+                                    args=[f"{self._p}lock:", self._hist_ms])
+        locks = []
+        for i in range(0, len(flat), 6):
+            lock = self._lock(_text(flat[i]), flat[i + 1:i + 6])
+            if lock is not None:
+                locks.append(lock)
+        return sorted(locks, key=lambda lk: lk.key)
+
+    # -- fingerprints ---------------------------------------------------------------------
+    def fingerprint_add(self, fp: str, member: str, recipients: int,
+                        window: float) -> FingerprintStats:
+        if recipients < 0:
+            raise ValueError(f"recipients must be >= 0, got {recipients}")
+        p = self._p
+        with self._guard("fingerprint_add"):
+            m, r, u = self._fingerprint(
+                keys=[f"{p}fp:{fp}", f"{p}fpa:{fp}", f"{p}seq"],
+                args=[member, int(recipients), repr(float(window)),
+                      self.settings.max_fingerprint_entries])
+        return FingerprintStats(messages=int(m), recipients=int(r), members=int(u))
+
+    # -- blobs --------------------------------------------------------------------------------
+    def put_blob(self, name: str, data: bytes) -> None:
+        with self._guard("put_blob"):
+            self._r.set(f"{self._p}blob:{name}", bytes(data))
+
+    def get_blob(self, name: str) -> Optional[bytes]:
+        with self._guard("get_blob"):
+            value = self._r.get(f"{self._p}blob:{name}")
+        return None if value is None else bytes(value)

@@ -1,0 +1,334 @@
+"""SQLite store: one host, shared safely by many processes and threads.
+
+The database runs in WAL mode; every operation that reads and then writes
+is one ``BEGIN IMMEDIATE`` transaction, so a check and its count are atomic
+across processes.  Connections come from a small per-process pool (pymilter
+runs each SMTP session on its own short-lived thread).  Time is this host's
+clock.  Connection slots of processes that no longer exist on this host are
+reclaimed when slots of their IP are acquired or counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from typing import Iterator, Optional, Sequence
+
+from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
+from .logic import (LockRecord, bucket_id, bucket_state, gcra_decide, pid_exists,
+                    slot_owner, validate_buckets)
+from .settings import StoreSettings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bucket (id TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bucket_tat ON bucket (tat);
+CREATE TABLE IF NOT EXISTS event (key TEXT NOT NULL, t REAL NOT NULL, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS event_key_t ON event (key, t);
+CREATE INDEX IF NOT EXISTS event_expires ON event (expires);
+CREATE TABLE IF NOT EXISTS lock (
+    key TEXT PRIMARY KEY, locked INTEGER NOT NULL, reason TEXT, since REAL, until REAL,
+    by TEXT, auto_unlocks INTEGER NOT NULL, touched REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fingerprint (
+    fp TEXT NOT NULL, t REAL NOT NULL, expires REAL NOT NULL, member TEXT NOT NULL,
+    recipients INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS fingerprint_fp_t ON fingerprint (fp, t);
+CREATE INDEX IF NOT EXISTS fingerprint_expires ON fingerprint (expires);
+CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conn (
+    slot TEXT PRIMARY KEY, ip TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL)
+    WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conn_ip ON conn (ip);
+CREATE INDEX IF NOT EXISTS conn_owner ON conn (host, pid);
+"""
+
+_POOL_SIZE = 16
+
+
+class SqliteStore(Store):
+    """Store in one SQLite database file (absolute path)."""
+
+    def __init__(self, path: str, settings: Optional[StoreSettings] = None) -> None:
+        if not os.path.isabs(path):
+            raise ValueError(f"sqlite store path must be absolute, got {path!r}")
+        self.path = path
+        self.url = f"sqlite://{path}"
+        self.settings = settings or StoreSettings()
+        self.host = os.uname().nodename
+        self._pool_mutex = threading.Lock()
+        self._pool: list[sqlite3.Connection] = []
+        self._pool_pid = os.getpid()
+        self._sweep_mutex = threading.Lock()
+        self._next_sweep = 0.0
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"sqlite store {path}: cannot create its directory: {exc}") from exc
+        with self._conn() as db:
+            db.executescript(_SCHEMA)
+
+    # -- plumbing ------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.settings.busy_timeout,
+                             isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout * 1000)}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        return db
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection; sqlite errors become StoreError."""
+        with self._pool_mutex:
+            if self._pool_pid != os.getpid():   # forked: never share a connection
+                self._pool, self._pool_pid = [], os.getpid()
+            db = self._pool.pop() if self._pool else None
+        healthy = False
+        try:
+            if db is None:
+                db = self._connect()
+            yield db
+            healthy = True
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
+        finally:
+            if db is not None:
+                self._give_back(db, healthy and not db.in_transaction)
+
+    def _give_back(self, db: sqlite3.Connection, reuse: bool) -> None:
+        """Return a connection to the pool, or close it."""
+        if reuse:
+            with self._pool_mutex:
+                if len(self._pool) < _POOL_SIZE and self._pool_pid == os.getpid():
+                    self._pool.append(db)
+                    return
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
+        with self._conn() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.rollback()
+                raise
+            db.execute("COMMIT")
+
+    def now(self) -> float:
+        return time.time()
+
+    def close(self) -> None:
+        with self._pool_mutex:
+            pool, self._pool = self._pool, []
+        for db in pool:
+            db.close()
+
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete expired state inside the caller's transaction, at most once
+        per ``sweep_interval`` per process."""
+        with self._sweep_mutex:
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self.settings.sweep_interval
+        db.execute("DELETE FROM bucket WHERE tat <= ?", (now,))
+        db.execute("DELETE FROM event WHERE expires <= ?", (now,))
+        db.execute("DELETE FROM fingerprint WHERE expires <= ?", (now,))
+        for (key,) in db.execute("SELECT key FROM lock WHERE locked = 1 "
+                                 "AND until IS NOT NULL AND until <= ?", (now,)).fetchall():
+            self._settle(db, key, now)
+        db.execute("DELETE FROM lock WHERE locked = 0 AND touched <= ?",
+                   (now - self.settings.lock_history_ttl,))
+
+    # -- connection slots ----------------------------------------------------------
+    def _reclaim(self, db: sqlite3.Connection, ip: str) -> None:
+        """Drop slots of ``ip`` owned by processes of this host that are gone."""
+        pids = [r[0] for r in db.execute(
+            "SELECT DISTINCT pid FROM conn WHERE ip = ? AND host = ?", (ip, self.host))]
+        for pid in pids:
+            if not pid_exists(pid):
+                db.execute("DELETE FROM conn WHERE host = ? AND pid = ?", (self.host, pid))
+
+    def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
+        host, pid = slot_owner(slot)
+        with self._tx() as db:
+            self._reclaim(db, ip)
+            held = db.execute("SELECT count(*) FROM conn WHERE ip = ?", (ip,)).fetchone()[0]
+            if db.execute("SELECT 1 FROM conn WHERE slot = ?", (slot,)).fetchone():
+                return True, held
+            if held >= limit:
+                return False, held
+            db.execute("INSERT INTO conn (slot, ip, host, pid) VALUES (?, ?, ?, ?)",
+                       (slot, ip, host, pid))
+            return True, held + 1
+
+    def conn_release(self, ip: str, slot: str) -> None:
+        with self._conn() as db:
+            db.execute("DELETE FROM conn WHERE slot = ? AND ip = ?", (slot, ip))
+
+    def conn_count(self, ip: str) -> int:
+        with self._tx() as db:
+            self._reclaim(db, ip)
+            return db.execute("SELECT count(*) FROM conn WHERE ip = ?", (ip,)).fetchone()[0]
+
+    def process_alive(self, host: str, pid: int) -> None:
+        """Nothing to store: liveness is the pid existing on this host."""
+
+    def process_gone(self, host: str, pid: int) -> None:
+        with self._conn() as db:
+            db.execute("DELETE FROM conn WHERE host = ? AND pid = ?", (host, pid))
+
+    # -- rate limits ------------------------------------------------------------------
+    @staticmethod
+    def _tats(db: sqlite3.Connection, buckets: Sequence[Bucket]) -> dict[str, float]:
+        ids = sorted({bucket_id(b) for b in buckets})
+        marks = ",".join("?" * len(ids))
+        return dict(db.execute(f"SELECT id, tat FROM bucket WHERE id IN ({marks})", ids))
+
+    def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
+        validate_buckets(buckets)
+        if not buckets:
+            return HitResult(True)
+        with self._tx() as db:
+            now = time.time()
+            result, new = gcra_decide(buckets, self._tats(db, buckets), now)
+            if result.allowed and not dry_run:
+                db.executemany("INSERT INTO bucket (id, tat) VALUES (?, ?) "
+                               "ON CONFLICT (id) DO UPDATE SET tat = excluded.tat",
+                               new.items())
+                self._sweep(db, now)
+            return result
+
+    def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
+        validate_buckets(buckets)
+        if not buckets:
+            return []
+        with self._conn() as db:
+            tats = self._tats(db, buckets)
+            now = time.time()
+            return [bucket_state(b, tats.get(bucket_id(b)), now) for b in buckets]
+
+    def reset(self, key_prefix: str) -> int:
+        pattern = (key_prefix.replace("\\", "\\\\").replace("%", "\\%")
+                   .replace("_", "\\_") + "%")
+        with self._tx() as db:
+            dropped = db.execute("DELETE FROM bucket WHERE id LIKE ? ESCAPE '\\'",
+                                 (pattern,)).rowcount
+            keys = db.execute("SELECT count(DISTINCT key) FROM event WHERE key LIKE ? "
+                              "ESCAPE '\\'", (pattern,)).fetchone()[0]
+            db.execute("DELETE FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+            return dropped + keys
+
+    # -- events -------------------------------------------------------------------------
+    def record_event(self, key: str, window: float) -> int:
+        with self._tx() as db:
+            now = time.time()
+            db.execute("DELETE FROM event WHERE key = ? AND t <= ?", (key, now - window))
+            db.execute("INSERT INTO event (key, t, expires) VALUES (?, ?, ?)",
+                       (key, now, now + window))
+            count = db.execute("SELECT count(*) FROM event WHERE key = ?", (key,)).fetchone()[0]
+            excess = count - self.settings.max_events
+            if excess > 0:
+                db.execute("DELETE FROM event WHERE rowid IN (SELECT rowid FROM event "
+                           "WHERE key = ? ORDER BY t LIMIT ?)", (key, excess))
+                count -= excess
+            self._sweep(db, now)
+            return count
+
+    # -- locks ----------------------------------------------------------------------------
+    @staticmethod
+    def _load(db: sqlite3.Connection, key: str) -> LockRecord:
+        row = db.execute("SELECT locked, reason, since, until, by, auto_unlocks FROM lock "
+                         "WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return LockRecord(None)
+        locked, reason, since, until, by, auto = row
+        lock = Lock(key=key, reason=reason, since=since, until=until, by=by,
+                    auto_unlocks=auto) if locked else None
+        return LockRecord(lock, auto)
+
+    @staticmethod
+    def _save(db: sqlite3.Connection, key: str, rec: LockRecord, now: float) -> None:
+        lk = rec.lock
+        if lk is None and rec.auto_unlocks == 0:
+            db.execute("DELETE FROM lock WHERE key = ?", (key,))
+            return
+        db.execute(
+            "INSERT OR REPLACE INTO lock (key, locked, reason, since, until, by, auto_unlocks,"
+            " touched) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, int(lk is not None), lk and lk.reason, lk and lk.since, lk and lk.until,
+             lk and lk.by, rec.auto_unlocks, now))
+
+    def _settle(self, db: sqlite3.Connection, key: str, now: float) -> LockRecord:
+        rec, changed = self._load(db, key).settle(now)
+        if changed:
+            self._save(db, key, rec, now)
+        return rec
+
+    def get_lock(self, key: str) -> Optional[Lock]:
+        with self._conn() as db:
+            rec = self._load(db, key)
+        if rec.lock is None or not rec.settle(time.time())[1]:
+            return rec.in_force()
+        with self._tx() as db:       # expired: count the auto-unlock
+            return self._settle(db, key, time.time()).in_force()
+
+    def set_lock(self, key: str, reason: str, duration: Optional[float],
+                 by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
+        with self._tx() as db:
+            now = time.time()
+            rec = self._settle(db, key, now).locked(key, reason, duration, by,
+                                                    max_auto_unlocks, now)
+            self._save(db, key, rec, now)
+        lock = rec.in_force()
+        assert lock is not None
+        return lock
+
+    def remove_lock(self, key: str) -> bool:
+        with self._tx() as db:
+            rec = self._settle(db, key, time.time())
+            db.execute("DELETE FROM lock WHERE key = ?", (key,))
+            return rec.lock is not None
+
+    def list_locks(self) -> list[Lock]:
+        with self._tx() as db:
+            now = time.time()
+            keys = [r[0] for r in db.execute("SELECT key FROM lock WHERE locked = 1 ORDER BY key")]
+            locks = [self._settle(db, key, now).in_force() for key in keys]
+        return [lk for lk in locks if lk is not None]
+
+    # -- fingerprints ------------------------------------------------------------------------
+    def fingerprint_add(self, fp: str, member: str, recipients: int,
+                        window: float) -> FingerprintStats:
+        with self._tx() as db:
+            now = time.time()
+            db.execute("DELETE FROM fingerprint WHERE fp = ? AND t <= ?", (fp, now - window))
+            db.execute("INSERT INTO fingerprint (fp, t, expires, member, recipients) "
+                       "VALUES (?, ?, ?, ?, ?)", (fp, now, now + window, member, recipients))
+            count = db.execute("SELECT count(*) FROM fingerprint WHERE fp = ?",
+                               (fp,)).fetchone()[0]
+            excess = count - self.settings.max_fingerprint_entries
+            if excess > 0:
+                db.execute("DELETE FROM fingerprint WHERE rowid IN (SELECT rowid FROM "
+                           "fingerprint WHERE fp = ? ORDER BY t LIMIT ?)", (fp, excess))
+            messages, rcpts, members = db.execute(
+                "SELECT count(*), coalesce(sum(recipients), 0), count(DISTINCT member) "
+                "FROM fingerprint WHERE fp = ?", (fp,)).fetchone()
+            self._sweep(db, now)
+            return FingerprintStats(messages=messages, recipients=rcpts, members=members)
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def put_blob(self, name: str, data: bytes) -> None:
+        with self._conn() as db:
+            db.execute("INSERT OR REPLACE INTO blob (name, data) VALUES (?, ?)",
+                       (name, bytes(data)))
+
+    def get_blob(self, name: str) -> Optional[bytes]:
+        with self._conn() as db:
+            row = db.execute("SELECT data FROM blob WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
