@@ -23,12 +23,8 @@ class StartupError(Exception):
 
 
 def open_configured_store(config: Config) -> Store:
-    """The store named by the config, wrapped for ``on_store_error: local``."""
-    store = open_store(config.store)
-    if config.on_store_error == "local":
-        from .store.resilient import ResilientStore
-        store = ResilientStore(store)
-    return store
+    """The store named by the config (wrapped for ``on_store_error: local``)."""
+    return open_store(config.store, config.store_settings)
 
 
 @dataclass

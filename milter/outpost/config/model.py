@@ -5,7 +5,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    from ..store.settings import StoreSettings
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -106,6 +109,7 @@ class Config:
     domains: tuple[Domain, ...]
     users: tuple[User, ...]
     defaults: UserPolicy
+    store_settings: "StoreSettings" = None     # type: ignore[assignment]  # set by the loader
     on_store_error: str = "local"
     workers: Optional[int] = None
     milter_timeout: int = 600

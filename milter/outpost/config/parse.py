@@ -28,7 +28,7 @@ _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
-    "log_level", "header_from", "mode",
+    "log_level", "header_from", "mode", "store_options",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact"}
@@ -72,10 +72,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
         raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
 
+    from ..store.settings import StoreSettings
+    on_error = opt("on_store_error").str(STORE_ERROR_POLICIES) if "on_store_error" in top else "local"
+    store_settings = settings_from(opt("store_options"), StoreSettings, on_store_error=on_error)
+
     return Config(
         listen=listen,
+        store_settings=store_settings,
         store=store,
-        on_store_error=opt("on_store_error").str(STORE_ERROR_POLICIES) if "on_store_error" in top else "local",
+        on_store_error=on_error,
         hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
         secret_file=opt("secret_file").str() if "secret_file" in top else "/etc/outpost/secret",
         report_abuse_to=_address(top["report_abuse_to"]),
@@ -301,3 +306,54 @@ def _check_socket_spec(spec: str, node: Node) -> None:
     if re.match(r"^fd:\d+$", spec):
         return
     raise node.error(f"'{spec}' is not a socket (unix:/path, inet:PORT@HOST, inet6:PORT@HOST, fd:N)")
+
+
+# -- settings dataclasses of the other layers ---------------------------------------
+
+def settings_from(node: Node, cls: type, **fixed):
+    """Fill a frozen settings dataclass from a YAML mapping.
+
+    Keys are the dataclass' field names (unknown keys are errors); values are
+    checked against the field types (int, float — durations like ``30s`` are
+    accepted —, str, bool, Optional[…], tuple[str, …]); the dataclass' own
+    ``__post_init__`` validation errors are reported at the mapping's line.
+    ``fixed`` supplies fields that do not come from this mapping.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)
+    fields = node.mapping(names)
+    values = dict(fixed)
+    for key, vnode in fields.items():
+        values[key] = _typed(vnode, hints[key])
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise node.error(str(exc)) from None
+
+
+def _typed(node: Node, hint):
+    import typing
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:
+        if node.value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _typed(node, inner[0])
+    if hint is bool:
+        return node.bool()
+    if hint is int:
+        return node.int()
+    if hint is float:
+        return node.duration() if isinstance(node.value, str) else node.float()
+    if hint is str:
+        return node.str(nonempty=False)
+    if origin in (tuple, list, frozenset):
+        inner = args[0] if args else str
+        return (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
+    if origin is dict:
+        return {k: _typed(v, args[1]) for k, v in node.mapping().items()}
+    raise node.error(f"unsupported setting type {hint!r}")

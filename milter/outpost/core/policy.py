@@ -200,7 +200,6 @@ class Policy:
 
         if not user.identity_headers:
             msg.identity = self._default_identity(msg)
-            return self._check_limits(msg, user, dry_run=True)
         return CONTINUE
 
     @staticmethod
@@ -214,10 +213,14 @@ class Policy:
             return CONTINUE
         user = self.user_of(msg)
         addr, _ = split_address(recipient)
-        if msg.identity and addr.lower() not in self._contacts:
+        if msg.identity and user is not None and addr.lower() not in self._contacts:
             d = self._lock_decision(msg, user)
             if d is not None:
                 return d
+            if msg.early_limit is None:          # refuse early rather than after DATA
+                msg.early_limit = self._check_limits(msg, user, dry_run=True)
+            if msg.early_limit.blocks:
+                return msg.early_limit
         limit = user.policy.limits.max_recipients if user else None
         if limit is not None and len(msg.recipients) >= limit:
             d = self._block(msg, user, reject("452", "4.5.3", "Too many recipients", "max_recipients"))
@@ -259,9 +262,10 @@ class Policy:
             if d is not None and d.blocks:
                 return d
 
-        d = self._check_limits(msg, user, dry_run=False)
-        if d.blocks:
-            return d
+        if not all(r.lower() in self._contacts for r in msg.recipients):
+            d = self._check_limits(msg, user, dry_run=False)
+            if d.blocks:
+                return d
 
         return Decision(Action.ACCEPT, reason="ok",
                         remove_headers=self._removals(msg, user),
@@ -359,8 +363,7 @@ class Policy:
         d = reject("451", "4.7.1",
                    f"Too many {what} from {whom} ({bucket.label}); please wait and try again",
                    "rate_limit")
-        if not dry_run:
-            self._limit_hit(msg, user)
+        self._limit_hit(msg, user)
         return self._block(msg, user, d)
 
     def _limit_hit(self, msg: Message, user: User) -> None:

@@ -1,0 +1,134 @@
+"""The pymilter adapter, driven through pymilter's own Milter.testctx.TestCtx.
+
+Traps handled (see shared notes): NOREPLY patched to CONTINUE so _feedFile
+goes past envfrom; a fresh copy of TestCtx.default_opts per test; hostaddr is
+a bare string here.
+"""
+
+import functools
+import io
+import textwrap
+
+import Milter
+import pytest
+from Milter.testctx import TestCtx as MilterTestCtx
+
+from outpost.adapter.milter import OutpostMilter
+from outpost.config import parse_config
+from outpost.core.idtoken import TokenCodec
+from outpost.core.policy import Policy
+from outpost.runtime import Runtime
+from outpost.store.memory import MemoryStore
+
+from ..core.conftest import CONFIG, SECRET
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    monkeypatch.setattr(Milter, "NOREPLY", Milter.CONTINUE)
+    monkeypatch.setattr(MilterTestCtx, "default_opts", list(MilterTestCtx.default_opts))
+    config = parse_config(CONFIG)
+    store = MemoryStore()
+    codec = TokenCodec(SECRET)
+    rt = Runtime(config=config, store=store, codec=codec, policy=Policy(config, store, codec))
+    Milter.factory = functools.partial(OutpostMilter, rt)
+    yield rt
+    store.close()
+
+
+MESSAGE = textwrap.dedent("""\
+    From: Bob <bob@example.com>
+    To: x@dest.example
+    Subject: hello
+    X-Outpost-ID: forged
+    x-outpost-user: forged-user
+    X-PHP-Originating-Script: 1001:mail.php
+
+    body line
+    """)
+
+
+def feed(text=MESSAGE, ip="192.0.2.5", login=None, sender="bob@example.com", rcpts=("x@dest.example",),
+         qid="4XyZ01"):
+    ctx = MilterTestCtx()
+    if login:
+        ctx._setsymval("{auth_authen}", login)
+    ctx._setsymval("i", qid)
+    rc = ctx._connect(host="client.example", helo="client.example", ip=ip)
+    if rc != Milter.CONTINUE:
+        return ctx, rc
+    rc = ctx._feedFile(io.BytesIO(text.encode()), sender, *rcpts)
+    return ctx, rc
+
+
+def test_accepted_message_is_stamped_and_forgeries_removed(runtime):
+    ctx, rc = feed()
+    assert rc == Milter.CONTINUE
+    msg = ctx._msg
+    assert msg["X-Outpost-User"] == "webfarm"
+    assert msg["X-Outpost-Domain"] == "example.com"
+    assert msg["X-Originating-IP"] == "[192.0.2.5]"
+    assert msg.get_all("X-Outpost-ID") != ["forged"] and len(msg.get_all("X-Outpost-ID")) == 1
+    origin = runtime.codec.open(msg["X-Outpost-ID"])
+    assert (origin.user, origin.identity, origin.queue_id) == ("webfarm", "1001", "4XyZ01")
+    assert msg.get("X-PHP-Originating-Script") is None       # identity header marked remove
+    assert msg.get_all("X-Outpost-User") == ["webfarm"]
+    ctx._close()
+    assert runtime.store.conn_count("192.0.2.5") == 0          # slot freed at close
+
+
+def test_unknown_sender_rejected_with_reply(runtime):
+    ctx, rc = feed(ip="198.51.100.9")
+    assert rc == Milter.REJECT
+    assert ctx._reply == ("550", "5.7.1", "198.51.100.9 is not an authorized outgoing sender")
+
+
+def test_login_with_percent_gets_an_escaped_reply(runtime):
+    ctx, rc = feed(ip="198.51.100.9", login="100%evil@example.net")
+    assert rc == Milter.REJECT
+    assert ctx._reply[2] == "Login 100%%evil@example.net is not an authorized outgoing sender"
+
+
+def test_connection_limit_421(runtime):
+    ctxs = [MilterTestCtx() for _ in range(3)]
+    for c in ctxs:
+        assert c._connect(ip="198.51.100.7") == Milter.CONTINUE
+    extra = MilterTestCtx()
+    assert extra._connect(ip="198.51.100.7") == Milter.TEMPFAIL
+    assert extra._reply == ("421", "4.7.0", "Too many concurrent SMTP connections from this IP address; "
+                                           "please try again later")
+    ctxs[0]._close()
+    again = MilterTestCtx()
+    assert again._connect(ip="198.51.100.7") == Milter.CONTINUE
+
+
+def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch, caplog):
+    real = runtime.policy.end_of_message
+    calls = []
+
+    def broken(session, queue_id=""):
+        if not calls:
+            calls.append(1)
+            raise KeyError("boom")
+        return real(session, queue_id)
+
+    monkeypatch.setattr(runtime.policy, "end_of_message", broken)
+    ctx, rc = feed(qid="QERR1")
+    assert rc == Milter.TEMPFAIL
+    assert ctx._reply == ("451", "4.3.0", "Temporary local problem; please try again later")
+    assert "internal error at eom (qid=QERR1" in caplog.text and "KeyError: 'boom'" in caplog.text
+    assert not ctx._headerschanged and ctx._msg["X-Outpost-ID"] == "forged"   # nothing stamped
+    ctx2, rc2 = feed(qid="QOK2")
+    assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == "webfarm"
+
+
+def test_one_log_line_per_message(runtime, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="outpost.message")
+    feed(qid="QLOG1")
+    lines = [r.getMessage() for r in caplog.records if r.name == "outpost.message"]
+    assert len(lines) == 1
+    line = lines[0]
+    for part in ("qid=QLOG1", "ip=192.0.2.5", "login=-", "user=webfarm", "identity=1001",
+                 "from=<bob@example.com>", "rcpts=1", "action=accept", "reason=ok", "ms="):
+        assert part in line, part
