@@ -7,7 +7,9 @@ and handed to the milter factory; nothing is kept in module-level state.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Optional
 
 from .config import Config
 from .core.idtoken import TokenCodec, read_secret
@@ -50,6 +52,18 @@ class Runtime:
             raise StartupError(f"store {config.store}: {exc}") from None
         return cls(config=config, store=store, codec=codec,
                    policy=Policy(config, store, codec))
+
+    #: Fault injection for the end-to-end tests of the error path: when the
+    #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that
+    #: carries it raises inside the milter.  Unset in production.
+    fault_header: Optional[str] = field(
+        default_factory=lambda: os.environ.get("OUTPOST_FAULT_HEADER", "").lower() or None)
+
+    def fault_point(self, session) -> None:
+        msg = session.message
+        if self.fault_header and msg is not None and any(
+                n.lower() == self.fault_header for n, _ in msg.headers):
+            raise RuntimeError(f"fault injected by {self.fault_header} (OUTPOST_FAULT_HEADER)")
 
     def close(self) -> None:
         self.store.close()

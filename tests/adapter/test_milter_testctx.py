@@ -94,12 +94,14 @@ def test_connection_limit_421(runtime):
     for c in ctxs:
         assert c._connect(ip="198.51.100.7") == Milter.CONTINUE
     extra = MilterTestCtx()
-    assert extra._connect(ip="198.51.100.7") == Milter.TEMPFAIL
+    assert extra._connect(ip="198.51.100.7") == Milter.CONTINUE
+    assert extra._envfrom("<bob@example.com>") == Milter.TEMPFAIL
     assert extra._reply == ("421", "4.7.0", "Too many concurrent SMTP connections from this IP address; "
                                            "please try again later")
     ctxs[0]._close()
     again = MilterTestCtx()
-    assert again._connect(ip="198.51.100.7") == Milter.CONTINUE
+    again._connect(ip="198.51.100.7")
+    assert again.getpriv().session.slot is not None
 
 
 def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch, caplog):

@@ -145,25 +145,39 @@ def test_header_values_are_sanitised(policy):
     assert d.action is Action.REJECT and "\n" not in d.reply.text
 
 
+def over_limit(policy, ip):
+    """Connect and try MAIL FROM: the reply that connection gets."""
+    s = Session()
+    assert policy.connect(s, ip).action is Action.CONTINUE
+    d = policy.mail_from(s, "<bob@shop.example>", None)
+    return s, d
+
+
+TOO_MANY = "421 4.7.0 Too many concurrent SMTP connections from this IP address; please try again later"
+
+
 def test_connection_limit_and_release(policy, store):
     sessions = []
     for _ in range(3):
         s = Session()
         assert policy.connect(s, "198.51.100.7").action is Action.CONTINUE
         sessions.append(s)
-    s4 = Session()
-    d = policy.connect(s4, "198.51.100.7")
-    assert str(d.reply) == ("421 4.7.0 Too many concurrent SMTP connections from this IP address; "
-                            "please try again later")
+    s4, d = over_limit(policy, "198.51.100.7")
+    assert str(d.reply) == TOO_MANY and s4.slot is None      # refused at MAIL FROM, holds no slot
     policy.close(sessions[0])
-    assert policy.connect(Session(), "198.51.100.7").action is Action.CONTINUE
+    s5 = Session()
+    policy.connect(s5, "198.51.100.7")
+    assert s5.slot is not None
     assert store.conn_count("198.51.100.7") == 3
 
 
 def test_connection_limit_user_override(policy):
     held = [Session() for _ in range(5)]
-    assert all(policy.connect(s, "192.0.2.77").action is Action.CONTINUE for s in held)   # bigfarm: 5
-    assert policy.connect(Session(), "192.0.2.77").action is Action.TEMPFAIL
+    for s in held:                                           # bigfarm: 5
+        policy.connect(s, "192.0.2.77")
+        assert s.slot is not None
+    _, d = over_limit(policy, "192.0.2.77")
+    assert str(d.reply) == TOO_MANY
 
 
 def test_ipv4_mapped_client(policy):
@@ -245,6 +259,7 @@ def test_store_down_tempfails_under_tempfail_policy(config, codec):
     policy = Policy(replace(config, on_store_error="tempfail"), FailingStore(), codec)
     d = policy.connect(Session(), "192.0.2.5")
     assert str(d.reply) == "451 4.3.0 Temporary local problem; please try again later"
+    assert d.action is Action.TEMPFAIL
     accept = Policy(replace(config, on_store_error="accept"), FailingStore(), codec)
     _, _, d = transaction(accept)
     assert d.action is Action.ACCEPT

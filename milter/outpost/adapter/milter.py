@@ -154,6 +154,7 @@ class OutpostMilter(Milter.Base):
     def eom(self):
         def run() -> int:
             self.queue_id = self._macro("i") or self.queue_id
+            self.runtime.fault_point(self.session)
             d = self.policy.end_of_message(self.session, self.queue_id)
             if not d.blocks:
                 for name, idx in d.remove_headers:

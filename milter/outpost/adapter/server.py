@@ -115,6 +115,20 @@ def _clear_stale_socket(path: str) -> None:
 
 # -- workers ----------------------------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this worker when the master dies (even by
+    SIGKILL), so that no orphan keeps serving an old configuration."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the heartbeat thread checks the parent
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+# -- workers (body) ----------------------------------------------------------------------------------
+
 def _worker_main(config: Config, fd: int) -> int:
     """Body of a worker process: libmilter on the inherited socket."""
     import Milter
@@ -123,14 +137,20 @@ def _worker_main(config: Config, fd: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # reloads are the master's business
+    _die_with_parent()
     runtime = Runtime.build(config)
     host, pid = runtime.policy.host, os.getpid()
     store = runtime.store
     store.process_gone(host, pid)                   # slots of an earlier process with our pid
     stop = threading.Event()
 
+    parent = os.getppid()
+
     def beat() -> None:
         while not stop.wait(HEARTBEAT):
+            if os.getppid() != parent:
+                log.error("worker %d: the master is gone; stopping", pid)
+                os.kill(pid, signal.SIGTERM)
             try:
                 store.process_alive(host, pid)
             except Exception:  # noqa: BLE001 - a failed heartbeat is retried next beat

@@ -142,9 +142,14 @@ class Policy:
         if acquired:
             session.slot = slot
             return CONTINUE
-        decision = Decision(Action.TEMPFAIL, TOO_MANY_CONNECTIONS, "connection_limit")
         log.info("connection limit: %s holds %d of %d", session.client_ip, count, limit)
-        return self._block(None, ip_user, decision)
+        if self._mode(ip_user) == "monitor":
+            session.would.append(f"tempfail (connection_limit: {TOO_MANY_CONNECTIONS})")
+            return CONTINUE
+        # Refused at the first MAIL FROM: Postfix replaces a milter's text at
+        # connect time by a generic 421, and clients should see ours.
+        session.refusal = Decision(Action.TEMPFAIL, TOO_MANY_CONNECTIONS, "connection_limit")
+        return CONTINUE
 
     def close(self, session: Session) -> None:
         if session.slot and session.client_ip:
@@ -163,9 +168,11 @@ class Policy:
         addr, domain = split_address(sender)
         login = hdr.clean(login, 320) if login else None
         msg = Message(sender=addr, sender_domain=domain, login=login or None,
-                      started=time.monotonic())
+                      started=time.monotonic(), would=list(session.would))
         session.message = msg
         session.messages += 1
+        if session.refusal is not None:
+            return session.refusal
         ip = parse_client_ip(session.client_ip)
         user, how = self.index.resolve(login, ip)
         if user is None:

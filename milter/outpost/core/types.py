@@ -84,3 +84,5 @@ class Session:
     ip_user: Optional[str] = None        # user mapped from the address at connect
     message: Optional[Message] = None
     messages: int = 0
+    refusal: Optional[Decision] = None   # answer every MAIL FROM with this (connection limit)
+    would: list[str] = field(default_factory=list)   # monitor mode, connection stage

@@ -1,0 +1,164 @@
+"""Process behaviour end to end: internal errors, killed workers, reload,
+shutdown and stale sockets — real Postfix, real Outpost processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+
+import pytest
+
+from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
+from tests.services.milter import unix_socket_ready
+from tests.services.smtp import build_message, send
+
+from .outpost_proc import E2E_CONFIG, Outpost
+
+
+@pytest.fixture
+def outpost(postfix):  # noqa: F811
+    proc = Outpost(postfix.milter_socket, extra_env={"OUTPOST_FAULT_HEADER": "X-Test-Fault"}).start()
+    yield proc
+    _kill_all(proc)
+
+
+@pytest.fixture
+def sink(smtp_sink):  # noqa: F811
+    smtp_sink.clear()
+    return smtp_sink
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _kill_all(proc: Outpost) -> None:
+    """SIGKILL the workers, then the master, and wait until all are gone (so
+    the next test's Outpost never meets a dying one on the same socket)."""
+    if proc.proc.proc is None:
+        return
+    pids = _children(proc.proc.proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.stop(graceful=False)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _send_ip(postfix, **kw):  # noqa: F811
+    return send(postfix.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="web@example.com",
+                rcpt_tos=["x@dest.example"], **kw)
+
+
+def test_internal_error_gives_451_and_next_message_is_fine(postfix, outpost, sink):
+    bad = build_message("web@example.com", "x@dest.example", headers={"X-Test-Fault": "1"})
+    r = _send_ip(postfix, message=bad)
+    assert (r.stage, r.code) == ("end", 451) and r.text.startswith("4.3.0"), r
+    log = outpost.log()
+    assert "internal error at eom (qid=" in log and "RuntimeError: fault injected" in log
+    assert "Traceback" in log
+    r2 = _send_ip(postfix)
+    assert r2.accepted, r2
+    [m] = sink.wait_for(1)
+    assert m.headers("X-Outpost-User") == ["webfarm"]
+    assert sink.messages == [m]                    # the failed one was not relayed
+
+
+def _connect_from(port: int, source: str):
+    c = smtplib.SMTP(timeout=15, source_address=(source, 0))
+    c.connect("127.0.0.1", port)
+    c.ehlo("client.example")
+    code, _ = c.docmd("MAIL", "FROM:<app@example.com>")
+    if code == 250:
+        c.rset()
+    return c, code
+
+
+def test_slots_of_a_killed_worker_are_reclaimed(postfix, outpost, sink):
+    held = [_connect_from(postfix.relay_port, "127.0.0.77") for _ in range(10)]
+    assert [code for _, code in held] == [250] * 10, outpost.log()[-3000:] + postfix.maillog()[-3000:]
+    extra, code = _connect_from(postfix.relay_port, "127.0.0.77")
+    extra.close()
+    assert code == 421
+    master = outpost.proc.proc.pid
+    workers = _children(master)
+    assert len(workers) == 2
+    for w in workers:
+        os.kill(w, signal.SIGKILL)                 # no close callbacks run
+    for c, _ in held:
+        try:
+            c.close()
+        except OSError:
+            pass
+    deadline = time.monotonic() + 20
+    while len(set(_children(master)) - set(workers)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(set(_children(master)) - set(workers)) == 2, "the master replaces dead workers"
+    time.sleep(0.5)
+    fresh = [_connect_from(postfix.relay_port, "127.0.0.77") for _ in range(10)]
+    try:
+        assert [code for _, code in fresh] == [250] * 10
+    finally:
+        for c, _ in fresh:
+            c.close()
+
+
+def test_sighup_reload_and_invalid_config_keeps_old(postfix, outpost, sink):
+    r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.40"}, mail_from="a@example.com")
+    assert r.code == 550
+    outpost.write_config(E2E_CONFIG + "  - name: newcomer\n    type: ip\n    ips: [198.51.100.40/32]\n"
+                                      "    domains: [example.com]\n")
+    os.kill(outpost.proc.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.40"}, mail_from="a@example.com")
+        if r.accepted:
+            break
+        time.sleep(0.3)
+    assert r.accepted, r
+    # an invalid configuration is refused and the running one stays
+    outpost.write_config(E2E_CONFIG.replace("203.0.113.0/28", "203.0.113.300"))
+    os.kill(outpost.proc.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload refused" not in outpost.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "reload refused, keeping the running configuration" in outpost.log()
+    assert "users[0].ips[0]: '203.0.113.300' is not an IP network" in outpost.log()
+    r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.40"}, mail_from="a@example.com")
+    assert r.accepted, r
+
+
+def test_sigterm_clean_shutdown_and_restart_on_stale_socket(postfix, outpost, sink):
+    sock = postfix.milter_socket
+    assert outpost.stop(graceful=True) == 0
+    assert not sock.exists(), "clean shutdown removes the socket"
+    r = _send_ip(postfix)
+    assert r.code == 451, r                           # Postfix: milter_default_action = tempfail
+    outpost.start()
+    master = outpost.proc.proc.pid
+    workers = _children(master)
+    os.kill(master, signal.SIGKILL)
+    for w in workers:
+        os.kill(w, signal.SIGKILL)
+    time.sleep(0.3)
+    assert sock.exists() and not unix_socket_ready(sock)   # stale socket left behind
+    outpost.proc.proc = None
+    outpost.start()
+    r = _send_ip(postfix)
+    assert r.accepted, r
