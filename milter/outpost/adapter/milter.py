@@ -62,6 +62,7 @@ class OutpostMilter(Milter.Base):
         self.policy = runtime.policy
         self.session = Session()
         self.queue_id = ""
+        self._stage_started = time.monotonic()
         self._live = live
         if live is not None:
             live.up()
@@ -81,7 +82,7 @@ class OutpostMilter(Milter.Base):
         return _CODES[decision.action]
 
     def _guarded(self, stage: str, fn: Callable[[], int]) -> int:
-        started = time.monotonic()
+        started = self._stage_started = time.monotonic()
         try:
             return fn()
         except Exception:  # noqa: BLE001 - any failure must tempfail, never accept
@@ -100,7 +101,11 @@ class OutpostMilter(Milter.Base):
 
     def _finish(self, decision: Decision) -> None:
         """Log the message's line and forget it (after a final decision)."""
-        if self.session.message is not None:
+        msg = self.session.message
+        if msg is not None:
+            now = time.monotonic()
+            msg.spent += now - self._stage_started
+            self._stage_started = now
             self.policy.log_message(self.session, decision, self.queue_id)
             self.session.message = None
 

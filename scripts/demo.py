@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""``make demo``: Outpost at work in a throw-away Postfix on loopback.
+
+Starts an SMTP sink (the "Internet"), a private Postfix whose submission and
+relay services call Outpost, and Outpost itself with an embedded example
+configuration and an sqlite store in a temporary directory.  Then it sends a
+few messages the way customers would, prints what happened to each and the
+headers that arrived, and stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
+
+from outpost.core.idtoken import new_secret  # noqa: E402
+from tests.services.milter import MilterProcess  # noqa: E402
+from tests.services.postfix import PostfixInstance  # noqa: E402
+from tests.services.sink import SmtpSink  # noqa: E402
+from tests.services.smtp import build_message, send  # noqa: E402
+
+CONFIG = textwrap.dedent("""\
+    hostname: relay.example.net
+    report_abuse_to: abuse@example.net
+    connection_limit: 10
+    domains: [example.com, example.org]
+    defaults:
+      limits:
+        messages: ["60/1m", "1000/1h"]
+        max_recipients: 100
+    users:
+      - name: webfarm                      # a shared web server, relaying by IP
+        type: ip
+        ips: [203.0.113.0/28]
+        domains: [example.com]
+        identity_headers:
+          - {header: X-AuthUser}
+          - {header: X-PHP-Originating-Script, regex: '^(\\d+):', remove: true}
+      - name: alice                        # a customer with an SMTP AUTH login
+        type: login
+        logins: [alice@example.com]
+        domains: [example.com]
+    """)
+
+BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") \
+    if sys.stdout.isatty() else ("",) * 5
+
+SHOWN = ("From", "To", "Subject", "X-Outpost-User", "X-Outpost-Domain", "X-Originating-IP",
+         "X-Outpost-ID", "X-Report-Abuse-To", "X-PHP-Originating-Script")
+
+
+def title(n: int, text: str) -> None:
+    print(f"\n{BOLD}{n}. {text}{RESET}")
+
+
+def outcome(result) -> None:
+    colour = GREEN if result.accepted else RED
+    verdict = "accepted" if result.accepted else f"refused at {result.stage.upper()}"
+    print(f"   SMTP: {colour}{result.code} {result.text}{RESET}  ({verdict})")
+
+
+def arrived(sink: SmtpSink, count: int) -> None:
+    msgs = sink.wait_for(count, timeout=20)
+    msg = msgs[-1].message
+    print("   arrived at the destination with:")
+    for name in SHOWN:
+        for value in msg.get_all(name, []):
+            print(f"     {name}: {value}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--mta", default="postfix", choices=["postfix"])
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("make demo runs a private Postfix and must run as root", file=sys.stderr)
+        return 1
+
+    work = Path(tempfile.mkdtemp(prefix="outpost-demo-"))
+    work.chmod(0o755)
+    secret = work / "secret"
+    secret.write_bytes(new_secret())
+    secret.chmod(0o600)
+    config = work / "outpost.yaml"
+    config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n" + CONFIG)
+
+    sink = SmtpSink().start()
+    postfix = PostfixInstance(work / "postfix", sink_port=sink.port)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "milter"))
+    outpost = MilterProcess([sys.executable, "-m", "outpost", "run", "-c", str(config),
+                             "--socket", "{socket}", "--workers", "2"],
+                            postfix.milter_socket, env=env, log_path=work / "outpost.log")
+    try:
+        print(f"{BOLD}Outpost demo{RESET} {DIM}(work directory {work}){RESET}")
+        postfix.build()
+        postfix.add_sasl_user("alice@example.com", "secret-pw")
+        outpost.start()
+        postfix.start()
+        print(f"   Postfix submission on 127.0.0.1:{postfix.submission_port}, IP relay on "
+              f"127.0.0.1:{postfix.relay_port}, Outpost on {postfix.milter_socket},\n"
+              f"   destination (SMTP sink) on 127.0.0.1:{sink.port}.  Configuration:")
+        print(textwrap.indent(CONFIG, "     " + DIM) + RESET, end="")
+
+        title(1, "alice authenticates (SMTP AUTH) and sends a message")
+        r = send(postfix.submission_port, login="alice@example.com", password="secret-pw",
+                 mail_from="alice@example.com", rcpt_tos=["bob@dest.example"],
+                 message=build_message("Alice <alice@example.com>", "bob@dest.example",
+                                       subject="Lunch on Friday?"))
+        outcome(r)
+        if r.accepted:
+            arrived(sink, 1)
+            token = sink.messages[-1].headers("X-Outpost-ID")[0]
+            print(f"   {DIM}$ outpost whois {token[:24]}…{RESET}")
+            who = subprocess.run([sys.executable, "-m", "outpost", "whois", "-c", str(config), token],
+                                 env=env, capture_output=True, text=True, timeout=30)
+            print(textwrap.indent(who.stdout.rstrip(), "     "))
+
+        title(2, "an unknown server (198.51.100.23) tries to relay")
+        r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.23"}, mail_from="promo@example.com",
+                 rcpt_tos=["victim@dest.example"])
+        outcome(r)
+
+        title(3, "a PHP script on the web farm (203.0.113.5) forges Outpost's headers")
+        forged = build_message("shop@example.com", "customer@dest.example", subject="Your order",
+                               headers={"X-Outpost-User": "someone-else",
+                                        "X-Outpost-ID": "forged-token",
+                                        "X-Originating-IP": "[10.0.0.1]",
+                                        "X-PHP-Originating-Script": "1042:wp-mail.php"})
+        print("   sent with: X-Outpost-User: someone-else, X-Outpost-ID: forged-token,\n"
+              "              X-Originating-IP: [10.0.0.1], X-PHP-Originating-Script: 1042:wp-mail.php")
+        r = send(postfix.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="shop@example.com",
+                 rcpt_tos=["customer@dest.example"], message=forged)
+        outcome(r)
+        if r.accepted:
+            arrived(sink, 2)
+            print(f"   {DIM}(forged copies removed; the identity 1042 comes from the PHP header, "
+                  f"which is removed too){RESET}")
+
+        print(f"\n{BOLD}Outpost's log (one line per message):{RESET}")
+        for line in outpost.log().splitlines():
+            if "outpost.message" in line:
+                print("   " + line.split("outpost.message: ", 1)[-1])
+        return 0
+    finally:
+        outpost.stop(graceful=True, timeout=40)
+        postfix.cleanup()
+        sink.stop()
+        if args.keep:
+            print(f"\n(kept {work})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
