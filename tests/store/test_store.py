@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from outpost.store import Bucket, Store, StoreError, StoreSettings, open_store
+from outpost.store import Bucket, Store, StoreSettings, open_store
 
 WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
 HOST = socket.gethostname()
