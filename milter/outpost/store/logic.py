@@ -42,6 +42,18 @@ def validate_buckets(buckets: Sequence[Bucket]) -> None:
             raise ValueError(f"bucket {b.key!r}: cost must be >= 0, got {b.cost}")
 
 
+def check_window(window: float) -> None:
+    """Raise ValueError unless ``window`` (seconds) is > 0."""
+    if not window > 0:
+        raise ValueError(f"window must be > 0 seconds, got {window}")
+
+
+def check_recipients(recipients: int) -> None:
+    """Raise ValueError for a negative recipient count."""
+    if recipients < 0:
+        raise ValueError(f"recipients must be >= 0, got {recipients}")
+
+
 def gcra_decide(buckets: Sequence[Bucket], tats: Mapping[str, float],
                 now: float) -> tuple[HitResult, dict[str, float]]:
     """Decide a hit over all ``buckets`` given their stored TATs.

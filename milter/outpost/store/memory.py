@@ -13,8 +13,8 @@ from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
-from .logic import (LockRecord, bucket_id, bucket_state, gcra_decide, slot_owner,
-                    validate_buckets)
+from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
+                    gcra_decide, slot_owner, validate_buckets)
 from .settings import StoreSettings
 
 
@@ -152,6 +152,7 @@ class MemoryStore(Store):
 
     # -- events ------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:
+        check_window(window)
         with self._mutex:
             now = self._clock()
             self._sweep(now)
@@ -204,6 +205,8 @@ class MemoryStore(Store):
     # -- fingerprints ----------------------------------------------------------------
     def fingerprint_add(self, fp: str, member: str, recipients: int,
                         window: float) -> FingerprintStats:
+        check_window(window)
+        check_recipients(recipients)
         with self._mutex:
             now = self._clock()
             self._sweep(now)

@@ -39,7 +39,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import EPSILON, bucket_id, bucket_state, slot_owner, validate_buckets
+from .logic import (EPSILON, bucket_id, bucket_state, check_recipients, check_window,
+                    slot_owner, validate_buckets)
 from .settings import StoreSettings
 
 _PRELUDE = """
@@ -293,7 +294,11 @@ class RedisStore(Store):
         try:
             self._r = redis_lib.Redis.from_url(
                 url, socket_connect_timeout=s.connect_timeout, socket_timeout=s.op_timeout,
-                retry=Retry(NoBackoff(), s.retries), health_check_interval=0)
+                # Retry connection failures only: a timed-out script may have run
+                # and a retry would count it twice.
+                retry=Retry(NoBackoff(), s.retries,
+                            supported_errors=(redis_lib.ConnectionError,)),
+                retry_on_timeout=False, health_check_interval=0)
         except ValueError as exc:
             raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
         self._p = s.key_prefix
@@ -395,6 +400,7 @@ class RedisStore(Store):
 
     # -- events --------------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:
+        check_window(window)
         with self._guard("record_event"):
             return int(self._event(keys=[f"{self._p}ev:{key}", f"{self._p}seq"],
                                    args=[repr(float(window)), self.settings.max_events]))
@@ -447,8 +453,8 @@ class RedisStore(Store):
     # -- fingerprints ---------------------------------------------------------------------
     def fingerprint_add(self, fp: str, member: str, recipients: int,
                         window: float) -> FingerprintStats:
-        if recipients < 0:
-            raise ValueError(f"recipients must be >= 0, got {recipients}")
+        check_window(window)
+        check_recipients(recipients)
         p = self._p
         with self._guard("fingerprint_add"):
             m, r, u = self._fingerprint(

@@ -23,7 +23,9 @@ class StoreSettings:
     #: Redis: timeout of one command (socket read/write), seconds.
     op_timeout: float = 0.5
     #: Redis: immediate retries of a command after a connection error (one
-    #: retry re-opens a pooled connection that a Redis restart broke).
+    #: retry re-opens a pooled connection that a Redis restart broke).  Time-outs
+    #: are never retried (the script may have run).  Worst case per call:
+    #: ``(1 + retries) * (connect_timeout + op_timeout)``.
     retries: int = 1
     #: Redis: prefix of every key.
     key_prefix: str = "outpost:"

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 import threading
 import time
 from typing import Iterator, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (LockRecord, bucket_id, bucket_state, gcra_decide, pid_exists,
-                    slot_owner, validate_buckets)
+from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
+                    gcra_decide, pid_exists, slot_owner, validate_buckets)
 from .settings import StoreSettings
 
 _SCHEMA = """
@@ -56,7 +57,7 @@ class SqliteStore(Store):
         self.path = path
         self.url = f"sqlite://{path}"
         self.settings = settings or StoreSettings()
-        self.host = os.uname().nodename
+        self.host = socket.gethostname()
         self._pool_mutex = threading.Lock()
         self._pool: list[sqlite3.Connection] = []
         self._pool_pid = os.getpid()
@@ -226,6 +227,7 @@ class SqliteStore(Store):
 
     # -- events -------------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:
+        check_window(window)
         with self._tx() as db:
             now = time.time()
             db.execute("DELETE FROM event WHERE key = ? AND t <= ?", (key, now - window))
@@ -305,6 +307,8 @@ class SqliteStore(Store):
     # -- fingerprints ------------------------------------------------------------------------
     def fingerprint_add(self, fp: str, member: str, recipients: int,
                         window: float) -> FingerprintStats:
+        check_window(window)
+        check_recipients(recipients)
         with self._tx() as db:
             now = time.time()
             db.execute("DELETE FROM fingerprint WHERE fp = ? AND t <= ?", (fp, now - window))

@@ -1,0 +1,94 @@
+"""Rate-limit check+count throughput of the store backends.
+
+Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL]``
+
+Each operation is one ``Store.hit()`` over two buckets (a per-minute and a
+per-hour limit of one of 200 users; limits high enough that everything is
+admitted, so every call writes).  Runs memory, sqlite (temp file) and Redis
+(a throw-away ``redis-server`` on loopback unless ``--redis-url``), first in
+one process, then in 2 processes at once, and prints operations per second
+with the ratio to the memory backend measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
+
+from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
+from tests.services.redis import RedisServer  # noqa: E402
+
+
+def run(url: str, seconds: float, seed: int) -> int:
+    """Call hit() for ``seconds``; return how many calls were made."""
+    store = open_store(url, StoreSettings(key_prefix="bench:"))
+    users = [(Bucket(f"bench/u{i}", 10**9, 60.0), Bucket(f"bench/u{i}", 10**9, 3600.0))
+             for i in range(200)]
+    n = seed
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(50):
+            if not store.hit(users[n % 200]).allowed:
+                raise RuntimeError("bench bucket refused: limits too low")
+            n += 1
+    store.close()
+    return n - seed
+
+
+def _child(url: str, seconds: float, seed: int, out: "multiprocessing.Queue[int]") -> None:
+    out.put(run(url, seconds, seed))
+
+
+def run_procs(url: str, seconds: float, procs: int) -> float:
+    """Aggregate ops/s of ``procs`` processes hammering the same store."""
+    ctx = multiprocessing.get_context("spawn")
+    out: "multiprocessing.Queue[int]" = ctx.Queue()
+    workers = [ctx.Process(target=_child, args=(url, seconds, i * 7919, out))
+               for i in range(procs)]
+    for w in workers:
+        w.start()
+    total = sum(out.get(timeout=seconds + 60) for _ in workers)
+    for w in workers:
+        w.join()
+    return total / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--redis-url")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="outpost-bench-")
+    server = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        server = RedisServer().start()
+        redis_url = server.url
+    urls = {"memory": "memory:", "sqlite": f"sqlite://{tmp}/bench.db", "redis": redis_url}
+    try:
+        rows = []
+        for name, url in urls.items():
+            one = run(url, args.seconds, 0) / args.seconds
+            two = run_procs(url, args.seconds, 2)
+            rows.append((name, one, two))
+    finally:
+        if server is not None:
+            server.close()
+    base = rows[0][1]
+    print(f"hit() over 2 buckets, {args.seconds:g} s per run, ratio to memory (1 process)")
+    print(f"{'backend':8} {'1 process ops/s':>16} {'ratio':>7} "
+          f"{'2 processes ops/s':>18} {'ratio':>7}")
+    for name, one, two in rows:
+        print(f"{name:8} {one:16,.0f} {one / base:7.3f} {two:18,.0f} {two / base:7.3f}")
+    print("(memory with 2 processes: two separate, unshared stores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Fixtures: one store per backend (memory, sqlite, a real redis-server)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable, Iterator
+
+import pytest
+
+from outpost.store import Store, StoreSettings, open_store
+from tests.services.redis import RedisServer
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as srv:
+        yield srv
+
+
+def backend_url(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
+    if backend == "memory":
+        return "memory:"
+    if backend == "sqlite":
+        return f"sqlite://{tmp_path}/state/outpost.db"
+    return request.getfixturevalue("redis_server").url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(backend: str, request: pytest.FixtureRequest,
+               tmp_path) -> Iterator[Callable[..., Store]]:
+    """``make_store(**settings)`` opens a store of the parametrised backend;
+    each test gets its own Redis key prefix / sqlite file."""
+    url = backend_url(backend, request, tmp_path)
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    stores: list[Store] = []
+
+    def make(**fields: object) -> Store:
+        fields.setdefault("key_prefix", prefix)
+        store = open_store(url, StoreSettings(**fields))  # type: ignore[arg-type]
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., Store]) -> Store:
+    return make_store()

@@ -1,0 +1,295 @@
+"""One suite for every store backend (memory, sqlite, real Redis)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from outpost.store import Bucket, Store, StoreSettings, open_store
+
+WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
+HOST = socket.gethostname()
+
+
+def admitted(store: Store, buckets: list[Bucket], n: int) -> list[bool]:
+    return [store.hit(buckets).allowed for _ in range(n)]
+
+
+# -- rate limits -------------------------------------------------------------------
+
+def test_exact_burst_then_refusal(store: Store) -> None:
+    b = [Bucket("u/alice", 5, 60.0, label="5/1m")]
+    assert admitted(store, b, 7) == [True] * 5 + [False] * 2
+    res = store.hit(b)
+    assert not res.allowed and res.blocked == 0
+    assert 11.0 < res.retry_after <= 12.0          # one unit per T = 12 s
+
+
+def test_refill_one_unit_per_interval(store: Store) -> None:
+    b = [Bucket("u/refill", 4, 1.0)]               # T = 0.25 s
+    assert admitted(store, b, 5) == [True] * 4 + [False]
+    wait = store.hit(b).retry_after
+    assert 0.1 < wait <= 0.25
+    time.sleep(wait + 0.03)
+    assert admitted(store, b, 2) == [True, False]  # exactly one unit came back
+    time.sleep(1.05)                               # a full window: the whole burst again
+    assert admitted(store, b, 5) == [True] * 4 + [False]
+
+
+def test_strictest_window_decides(store: Store) -> None:
+    b = [Bucket("u/bob", 100, 3600.0, label="100/1h"), Bucket("u/bob", 3, 60.0, label="3/1m")]
+    assert admitted(store, b, 4) == [True] * 3 + [False]
+    res = store.hit(b)
+    assert res.blocked == 1 and 19.0 < res.retry_after <= 20.0
+    hourly, minute = store.peek(b)
+    assert (hourly.used, minute.used) == (3, 3)
+    assert hourly.label == "100/1h"
+
+
+def test_longest_wait_is_reported(store: Store) -> None:
+    short, long_ = Bucket("id/x", 2, 10.0), Bucket("user/x", 2, 100.0)
+    assert admitted(store, [short, long_], 2) == [True, True]
+    res = store.hit([short, long_])
+    assert not res.allowed and res.blocked == 1 and 49.0 < res.retry_after <= 50.0
+
+
+def test_refused_hits_count_nowhere(store: Store) -> None:
+    wide, narrow = Bucket("user/c", 5, 60.0), Bucket("ident/c", 2, 60.0)
+    assert admitted(store, [wide, narrow], 4) == [True, True, False, False]
+    assert [s.used for s in store.peek([wide, narrow])] == [2, 2]
+    assert admitted(store, [wide], 4) == [True, True, True, False]
+    assert store.peek([wide])[0].used == 5
+
+
+def test_cost_above_limit_never_passes(store: Store) -> None:
+    res = store.hit([Bucket("rcpt/d", 5, 60.0, cost=6)])
+    assert (res.allowed, res.blocked, res.retry_after) == (False, 0, 60.0)
+    assert store.peek([Bucket("rcpt/d", 5, 60.0)])[0].used == 0
+    assert store.hit([Bucket("rcpt/d", 5, 60.0, cost=5)]).allowed
+    assert not store.hit([Bucket("rcpt/d", 5, 60.0, cost=1)]).allowed
+
+
+def test_dry_run_counts_nothing(store: Store) -> None:
+    b = [Bucket("u/dry", 2, 60.0)]
+    assert store.hit(b, dry_run=True).allowed
+    assert store.peek(b)[0].used == 0
+    assert admitted(store, b, 2) == [True, True]
+    res = store.hit(b, dry_run=True)
+    assert not res.allowed and res.retry_after > 29.0
+
+
+def test_peek(store: Store) -> None:
+    b = Bucket("u/peek", 5, 60.0, label="5/1m")
+    empty = store.peek([b])[0]
+    assert (empty.used, empty.resets_in, empty.limit, empty.window) == (0, 0.0, 5, 60.0)
+    admitted(store, [b], 3)
+    state = store.peek([b])[0]
+    assert state.used == 3 and 35.0 < state.resets_in <= 36.0
+    assert state.key == "u/peek" and state.label == "5/1m"
+    costly = Bucket("u/peek", 5, 60.0, cost=2)
+    assert store.hit([costly]).allowed
+    assert store.peek([b])[0].used == 5
+
+
+def test_reset_by_prefix(store: Store) -> None:
+    a, b, c = Bucket("u/a", 3, 60.0), Bucket("u/b", 3, 60.0), Bucket("v/c", 3, 60.0)
+    for bucket in (a, b, c):
+        store.hit([bucket])
+    store.record_event("u/events", 60.0)
+    assert store.reset("u/") == 3
+    assert [s.used for s in store.peek([a, b, c])] == [0, 0, 1]
+    assert store.record_event("u/events", 60.0) == 1
+    assert store.reset("nothing/") == 0
+
+
+def test_bad_buckets_are_rejected(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.hit([Bucket("x", 0, 60.0)])
+    with pytest.raises(ValueError):
+        store.hit([Bucket("x", 5, 0.0)])
+
+
+# -- events ---------------------------------------------------------------------------
+
+def test_events_sliding_window(store: Store) -> None:
+    assert [store.record_event("spam/e", 0.5) for _ in range(3)] == [1, 2, 3]
+    assert store.record_event("spam/other", 0.5) == 1
+    time.sleep(0.55)
+    assert store.record_event("spam/e", 0.5) == 1
+
+
+def test_events_are_bounded(make_store) -> None:
+    store = make_store(max_events=5)
+    assert [store.record_event("spam/b", 60.0) for _ in range(8)] == [1, 2, 3, 4, 5, 5, 5, 5]
+
+
+# -- locks ------------------------------------------------------------------------------
+
+def test_lock_lifecycle_and_escalation(store: Store) -> None:
+    key = "webfarm/alice"
+    assert store.get_lock(key) is None and store.list_locks() == []
+    lock = store.set_lock(key, "5 spam in 10m", 0.4)
+    assert (lock.key, lock.reason, lock.by, lock.auto_unlocks) == (key, "5 spam in 10m", "auto", 0)
+    assert lock.until is not None and abs(lock.until - lock.since - 0.4) < 1e-3
+    assert abs(lock.since - store.now()) < 2.0
+    assert store.get_lock(key) == lock
+    assert store.list_locks() == [lock]
+    time.sleep(0.45)
+    assert store.get_lock(key) is None                    # expired: one auto-unlock
+    assert store.list_locks() == []
+    second = store.set_lock(key, "again", 0.3, max_auto_unlocks=2)
+    assert not second.permanent and second.auto_unlocks == 1
+    time.sleep(0.35)
+    assert store.list_locks() == []                       # expiry seen by list_locks
+    third = store.set_lock(key, "third time", 0.3, max_auto_unlocks=2)
+    assert third.permanent and third.until is None and third.auto_unlocks == 2
+    time.sleep(0.35)
+    assert store.get_lock(key) == third                   # permanent: still in force
+    assert store.remove_lock(key) is True
+    assert store.get_lock(key) is None
+    fresh = store.set_lock(key, "after operator unlock", 0.3, max_auto_unlocks=2)
+    assert not fresh.permanent and fresh.auto_unlocks == 0  # history was cleared
+    assert store.remove_lock("nobody") is False
+
+
+def test_operator_lock_and_listing(store: Store) -> None:
+    op = store.set_lock("farm/zed", "abuse desk", None, by="operator")
+    timed = store.set_lock("farm/amy", "spam", 60.0)
+    assert op.permanent and op.by == "operator"
+    assert [lk.key for lk in store.list_locks()] == ["farm/amy", "farm/zed"]
+    assert store.list_locks()[0] == timed
+    assert store.remove_lock("farm/zed") and [lk.key for lk in store.list_locks()] == ["farm/amy"]
+
+
+# -- fingerprints, blobs ------------------------------------------------------------------
+
+def test_fingerprints(store: Store) -> None:
+    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 3, 0.5))) == (1, 3, 1)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "bob", 2, 0.5))) == (2, 5, 2)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 1, 0.5))) == (3, 6, 2)
+    assert tuple(vars_of(store.fingerprint_add("fp2", "carol", 7, 0.5))) == (1, 7, 1)
+    time.sleep(0.55)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "dave", 4, 0.5))) == (1, 4, 1)
+
+
+def test_fingerprints_are_bounded(make_store) -> None:
+    store = make_store(max_fingerprint_entries=3)
+    for member in ("a", "b", "c", "d"):
+        stats = store.fingerprint_add("fpb", member, 2, 60.0)
+    assert (stats.messages, stats.recipients, stats.members) == (3, 6, 3)
+
+
+def vars_of(stats) -> tuple[int, int, int]:
+    return stats.messages, stats.recipients, stats.members
+
+
+def test_blobs(store: Store) -> None:
+    assert store.get_blob("model") is None
+    data = bytes(range(256)) * 10
+    store.put_blob("model", data)
+    assert store.get_blob("model") == data
+    store.put_blob("model", b"v2\x00")
+    assert store.get_blob("model") == b"v2\x00"
+
+
+# -- connection slots -----------------------------------------------------------------------
+
+def test_conn_slots(store: Store) -> None:
+    pid = os.getpid()
+    slot = [f"{HOST}:{pid}:{n}" for n in range(4)]
+    store.process_alive(HOST, pid)
+    assert store.conn_acquire("192.0.2.1", 2, slot[0]) == (True, 1)
+    assert store.conn_acquire("192.0.2.1", 2, slot[1]) == (True, 2)
+    assert store.conn_acquire("192.0.2.1", 2, slot[2]) == (False, 2)
+    assert store.conn_acquire("192.0.2.1", 2, slot[0]) == (True, 2)   # already held
+    assert store.conn_acquire("2001:db8::1", 2, slot[3]) == (True, 1)
+    store.conn_release("192.0.2.1", slot[0])
+    store.conn_release("192.0.2.1", slot[0])                           # idempotent
+    assert store.conn_count("192.0.2.1") == 1
+    store.process_gone(HOST, pid)
+    assert store.conn_count("192.0.2.1") == 0 and store.conn_count("2001:db8::1") == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+def test_slots_of_killed_process_are_reclaimed(store: Store) -> None:
+    ip = "198.51.100.9"
+    heartbeat = 1.0
+    child = subprocess.Popen(
+        [sys.executable, WORKER, "slots", store.url, store.settings.key_prefix, ip, "3",
+         str(heartbeat)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        mine = f"{HOST}:{os.getpid()}:1"
+        assert store.conn_count(ip) == 3
+        assert store.conn_acquire(ip, 3, mine) == (False, 3)
+    finally:
+        child.kill()                               # SIGKILL: no clean-up of its own
+        child.wait(timeout=10)
+        child.stdout.close()
+    if store.url.startswith("redis"):
+        time.sleep(heartbeat + 0.1)               # its heartbeat runs out
+    assert store.conn_acquire(ip, 3, mine) == (True, 1)
+    assert store.conn_count(ip) == 1
+
+
+# -- atomicity under concurrency ---------------------------------------------------------------
+
+def test_race_exactly_limit_admitted_threads(store: Store) -> None:
+    bucket = [Bucket("race/threads", 100, 60.0)]
+    counts = [0] * 20
+    start = threading.Barrier(20)
+
+    def run(i: int) -> None:
+        start.wait()
+        for _ in range(10):
+            counts[i] += store.hit(bucket).allowed
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(counts) == 100
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+def test_race_exactly_limit_admitted_processes(store: Store) -> None:
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, WORKER, "hammer", store.url,
+                               store.settings.key_prefix, "race/procs", "100", "20", "10",
+                               start], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    per_process = [int(out) for out in outputs]
+    assert sum(per_process) == 100
+    assert store.peek([Bucket("race/procs", 100, 60.0)])[0].used == 100
+
+
+# -- open_store --------------------------------------------------------------------------------
+
+def test_open_store_urls(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown scheme 'mysql'"):
+        open_store("mysql://localhost/x")
+    with pytest.raises(ValueError, match="absolute"):
+        open_store("sqlite://relative.db")
+    with pytest.raises(ValueError):
+        open_store("memory:extra")
+    store = open_store(f"sqlite://{tmp_path}/a/b/c.db")
+    assert os.path.isfile(tmp_path / "a" / "b" / "c.db")
+    store.close()
+    local = open_store(f"sqlite://{tmp_path}/d.db", StoreSettings(on_store_error="local"))
+    assert type(local).__name__ == "ResilientStore"
+
+
+@pytest.mark.parametrize("field,value", [("op_timeout", 0), ("key_prefix", ""),
+                                         ("on_store_error", "ignore"), ("max_events", 0),
+                                         ("retries", -1)])
+def test_settings_validation(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        StoreSettings(**{field: value})

@@ -1,0 +1,57 @@
+"""Child process for the cross-process store tests.
+
+``python worker.py hammer URL PREFIX KEY LIMIT THREADS N START``: THREADS
+threads each call ``hit()`` N times on one LIMIT/60s bucket from wall-clock
+time START on; prints the number admitted.
+
+``python worker.py slots URL PREFIX IP COUNT HEARTBEAT``: takes COUNT slots of
+IP for this pid, prints ``ready`` and sleeps until killed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
+
+from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
+
+
+def hammer(url: str, prefix: str, key: str, limit: str, threads: str, n: str,
+           start: str) -> None:
+    store = open_store(url, StoreSettings(key_prefix=prefix))
+    bucket = [Bucket(key, int(limit), 60.0)]
+    admitted = [0] * int(threads)
+
+    def run(i: int) -> None:
+        time.sleep(max(0.0, float(start) - time.time()))
+        for _ in range(int(n)):
+            if store.hit(bucket).allowed:
+                admitted[i] += 1
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(int(threads))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print(sum(admitted), flush=True)
+
+
+def slots(url: str, prefix: str, ip: str, count: str, heartbeat: str) -> None:
+    store = open_store(url, StoreSettings(key_prefix=prefix, heartbeat_ttl=float(heartbeat)))
+    host, pid = socket.gethostname(), os.getpid()
+    store.process_alive(host, pid)
+    for n in range(int(count)):
+        ok, _held = store.conn_acquire(ip, 100, f"{host}:{pid}:{n}")
+        assert ok
+    print("ready", flush=True)
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    {"hammer": hammer, "slots": slots}[sys.argv[1]](*sys.argv[2:])
