@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .config import ConfigError, load_config
+from .ops import OpsError
+from .store.base import StoreError
 
 DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
 
@@ -76,6 +78,60 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state(args: argparse.Namespace):
+    """(config, store) for the state commands."""
+    from .runtime import open_configured_store
+    config = load_config(args.config)
+    return config, open_configured_store(config)
+
+
+def cmd_locks(args: argparse.Namespace) -> int:
+    from .ops import list_locks
+    _, store = _state(args)
+    print(list_locks(store))
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from .ops import lock
+    config, store = _state(args)
+    print(lock(config, store, args.identity, args.duration, args.reason))
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from .ops import unlock
+    config, store = _state(args)
+    text, code = unlock(config, store, args.identity)
+    print(text)
+    return code
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from .ops import reset
+    config, store = _state(args)
+    print(reset(config, store, args.target))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from .core.idtoken import TokenCodec
+    from .core.policy import Policy
+    from .ops import usage
+    config, store = _state(args)
+    policy = Policy(config, store, TokenCodec(b"\0" * 32))   # no token is made here
+    print(usage(config, store, policy, args.target))
+    return 0
+
+
+def _duration(text: str) -> float:
+    from .config.source import parse_duration
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="outpost", description="Outbound mail filter (milter)")
     p.add_argument("--version", action="version", version=f"outpost {__version__}")
@@ -101,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(cmd("whois", cmd_whois, "reveal who sent a message from its X-Outpost-ID"))
     sp.add_argument("token")
 
+    with_config(cmd("locks", cmd_locks, "list locked identities with reason and expiry"))
+    sp = with_config(cmd("lock", cmd_lock, "lock an identity (USER/IDENTITY)"))
+    sp.add_argument("identity", metavar="USER/IDENTITY")
+    sp.add_argument("--for", dest="duration", type=_duration, default=None,
+                    help="duration such as 2h (default: until unlocked)")
+    sp.add_argument("--reason", default="locked by an operator")
+    sp = with_config(cmd("unlock", cmd_unlock, "unlock an identity and clear its hit history"))
+    sp.add_argument("identity", metavar="USER/IDENTITY")
+    sp = with_config(cmd("usage", cmd_usage, "show each limit window as used/limit"))
+    sp.add_argument("target", nargs="?", metavar="USER|USER/IDENTITY")
+    sp = with_config(cmd("reset", cmd_reset, "forget the counters of an identity or a user"))
+    sp.add_argument("target", metavar="USER|USER/IDENTITY")
+
     sp = cmd("secret", cmd_secret, "create the secret file for X-Outpost-ID tokens")
     sp.add_argument("path")
     sp.add_argument("--force", action="store_true")
@@ -115,5 +184,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"outpost: configuration error: {exc}", file=sys.stderr)
         return 2
+    except OpsError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"outpost: store error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130

@@ -20,6 +20,19 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``30s``, ``10m``, ``1h``, ``1d``, ``1w``, ``250ms``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 10m, 1h, 1d)")
+    if seconds <= 0:
+        raise ValueError("duration must be positive")
+    return seconds
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message names file, line and key path."""
 
@@ -120,16 +133,10 @@ class Node:
 
     def duration(self) -> float:
         """Seconds from ``90``, ``30s``, ``10m``, ``1h``, ``1d``, ``1w``."""
-        v = self.value
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            seconds = float(v)
-        elif isinstance(v, str) and (m := _DURATION.match(v)):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        else:
-            raise self.error(f"{v!r} is not a duration (e.g. 30s, 10m, 1h, 1d)")
-        if seconds <= 0:
-            raise self.error("duration must be positive")
-        return seconds
+        try:
+            return parse_duration(self.value)
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
 
     def parsed(self, fn: Callable[[Any], T], what: str) -> T:
         """Apply a parser; its ValueError becomes a located ConfigError."""

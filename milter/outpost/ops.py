@@ -1,0 +1,118 @@
+"""Operator views and actions on the shared state (``outpost locks``,
+``lock``, ``unlock``, ``usage``, ``reset``).  Each function returns text (and
+an exit code) so the CLI stays a thin wrapper and tests can call them."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from .config import Config
+from .core.types import Message
+from .core.policy import Policy
+from .store.base import Store
+
+
+class OpsError(ValueError):
+    """An operator mistake (unknown user, malformed identity)."""
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            rest = seconds % size
+            sub = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
+            return f"{seconds // size}{unit}" + (f"{rest // sub[1]}{sub[0]}" if rest // sub[1] else "")
+    return f"{seconds}s"
+
+
+def _when(epoch: Optional[float]) -> str:
+    if epoch is None:
+        return "until unlocked by an operator"
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+
+
+def split_identity(config: Config, text: str) -> tuple[str, str]:
+    """``user/identity`` → (user, identity); the user must exist."""
+    user, sep, ident = text.partition("/")
+    names = {u.name for u in config.users}
+    if not sep or not ident:
+        raise OpsError(f"'{text}' is not USER/IDENTITY (e.g. webfarm/alice@example.com)")
+    if user not in names:
+        raise OpsError(f"no user '{user}' in the configuration")
+    return user, ident.lower()
+
+
+def list_locks(store: Store) -> str:
+    locks = store.list_locks()
+    if not locks:
+        return "no identity is locked"
+    now = store.now()
+    lines = [f"{'identity':40} {'by':9} {'since':24} {'until':30} reason"]
+    for lock in sorted(locks, key=lambda l: l.since):
+        until = _when(lock.until) + (f" (in {_span(lock.until - now)})" if lock.until else "")
+        lines.append(f"{lock.key:40} {lock.by:9} {_when(lock.since):24} {until:30} {lock.reason}"
+                     + (f"  [auto-unlocks so far: {lock.auto_unlocks}]" if lock.auto_unlocks else ""))
+    return "\n".join(lines)
+
+
+def lock(config: Config, store: Store, identity: str, duration: Optional[float], reason: str) -> str:
+    user, ident = split_identity(config, identity)
+    got = store.set_lock(f"{user}/{ident}", reason, duration, by="operator")
+    return f"locked {got.key} {('until ' + _when(got.until)) if got.until else 'until unlocked'}"
+
+
+def unlock(config: Config, store: Store, identity: str) -> tuple[str, int]:
+    user, ident = split_identity(config, identity)
+    key = f"{user}/{ident}"
+    if store.remove_lock(key):
+        store.reset(f"hits:{key}")
+        store.reset(f"spam:{key}")
+        return f"unlocked {key}", 0
+    return f"{key} was not locked", 1
+
+
+def reset(config: Config, store: Store, target: str) -> str:
+    if "/" in target:
+        user, ident = split_identity(config, target)
+        key = f"{user}/{ident}"
+        n = store.reset(f"rl:id:{key}:") + store.reset(f"hits:{key}") + store.reset(f"spam:{key}")
+        return f"reset {n} counters of identity {key}"
+    if target not in {u.name for u in config.users}:
+        raise OpsError(f"no user '{target}' in the configuration")
+    n = store.reset(f"rl:user:{target}:")
+    return f"reset {n} counters of user {target}"
+
+
+def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -> str:
+    """Each window as ``used/limit, resets in …``."""
+    if target and "/" in target:
+        user_name, ident = split_identity(config, target)
+        user = policy.index.by_name[user_name]
+        msg = Message(user_name=user_name, identity=ident)
+        buckets = [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:id:")]
+        title = f"identity {user_name}/{ident}"
+        blocks = [(title, buckets)]
+    else:
+        users = config.users
+        if target:
+            if target not in policy.index.by_name:
+                raise OpsError(f"no user '{target}' in the configuration")
+            users = tuple(u for u in users if u.name == target)
+        blocks = []
+        for user in users:
+            msg = Message(user_name=user.name, identity="-")
+            blocks.append((f"user {user.name}",
+                           [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:user:")]))
+    out = []
+    for title, buckets in blocks:
+        out.append(title)
+        if not buckets:
+            out.append("  no limits")
+            continue
+        for state in store.peek(buckets):
+            kind = "recipients" if ":rcpt:" in state.key else "messages"
+            resets = f"resets in {_span(state.resets_in)}" if state.used else "idle"
+            out.append(f"  {kind:10} {state.label:>9}  {state.used}/{state.limit}, {resets}")
+    return "\n".join(out)
