@@ -15,7 +15,8 @@ network:
 * no Redis is configured (modules that need it disable themselves).
 
 Only the ``normal`` worker (the ``/checkv2`` scanner) and the ``controller``
-are started, bound to ``127.0.0.1`` free ports; ``rspamd -f`` runs in the
+are started, bound to ``127.0.0.1`` free ports (and the normal worker also
+to ``<tmp>/normal.sock`` with ``unix_socket=True``); ``rspamd -f`` runs in the
 foreground in its own process group so that stopping kills every worker.
 Readiness is a real ``/checkv2`` request answered with JSON (bounded wait).
 """
@@ -65,8 +66,11 @@ def _dead_udp_port() -> int:
 class Rspamd:
     """A running rspamd; use as a context manager or call start()/stop()."""
 
-    def __init__(self, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, unix_socket: bool = False,
+                 start_timeout: float = START_TIMEOUT) -> None:
+        self.want_unix = unix_socket
         self.start_timeout = start_timeout
+        self.socket_path: Optional[str] = None
         self.dir: Optional[str] = None
         self.port = 0
         self.controller_port = 0
@@ -108,6 +112,10 @@ dns {{
     retransmits = 1;
 }}
 """)
+        extra_bind = ""
+        if self.want_unix:
+            self.socket_path = os.path.join(self.dir, "normal.sock")
+            extra_bind = f'bind_socket = "{self.socket_path} mode=0666";'
         conf = os.path.join(self.dir, "rspamd.conf")
         with open(conf, "w") as fh:
             fh.write(f"""
@@ -127,6 +135,7 @@ logging {{
 
 worker "normal" {{
     bind_socket = "127.0.0.1:{self.port}";
+    {extra_bind}
     .include "$CONFDIR/worker-normal.inc"
     count = 1;
 }}
@@ -181,7 +190,9 @@ worker "controller" {{
                                  timeout=2.0)
         except (OSError, http.client.HTTPException, ValueError):
             return False
-        return "action" in reply
+        if "action" not in reply:
+            return False
+        return self.socket_path is None or os.path.exists(self.socket_path)
 
     def checkv2(self, raw: bytes, timeout: float = 5.0, **headers: str) -> dict:
         """Scan ``raw`` with a plain HTTP client (test helper, not the

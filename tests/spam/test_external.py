@@ -78,7 +78,7 @@ def spamd() -> Iterator[Spamd]:
 
 @pytest.fixture(scope="module")
 def rspamd() -> Iterator[Rspamd]:
-    with Rspamd() as d:
+    with Rspamd(unix_socket=True) as d:
         yield d
 
 
@@ -267,6 +267,12 @@ class TestRspamdReal:
         assert "GTUBE" not in [n for n, _ in res.symbols]
         ev = check.check(view(HAM_RAW), CTX)
         assert len(ev) == 1 and ev[0].points < 2.0
+
+    def test_unix_socket(self, rspamd: Rspamd) -> None:
+        assert rspamd.socket_path
+        check = RspamdCheck(RspamdSettings(socket=rspamd.socket_path, timeout=20))
+        assert check.query(SPAM_RAW, CTX).action == "reject"
+        assert check.query(HAM_RAW, CTX).action in ("no action", "greylist")
 
     def test_envelope_is_passed(self, rspamd: Rspamd) -> None:
         # rspamd compares the To header with the envelope recipients we send
