@@ -66,3 +66,12 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(5)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the daemon's whole process group and reap the leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait(10)

@@ -32,8 +32,8 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, free_tcp_port, stop_process,
-                                    tail, wait_until)
+from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
+                                    stop_process, tail, wait_until)
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 CONFDIR = "/etc/rspamd"
@@ -207,6 +207,11 @@ worker "controller" {{
         if resp.status != 200:
             raise ValueError(f"HTTP {resp.status}")
         return json.loads(data)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the daemon (a crash), keep the files."""
+        if self.proc is not None:
+            kill_group(self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:

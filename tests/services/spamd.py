@@ -25,8 +25,8 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, free_tcp_port, stop_process,
-                                    tail, wait_until)
+from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
+                                    stop_process, tail, wait_until)
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 START_TIMEOUT = 60.0
@@ -89,6 +89,11 @@ class Spamd:
         if not self._ping(socket.AF_INET, ("127.0.0.1", self.port)):
             return False
         return self.socket_path is None or self._ping(socket.AF_UNIX, self.socket_path)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the daemon (a crash), keep the files."""
+        if self.proc is not None:
+            kill_group(self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -212,10 +212,11 @@ class TestSpamdReal:
         with Spamd() as d:
             check = SpamdCheck(SpamdSettings(port=d.port, timeout=20))
             assert check.query(SPAM_RAW).spam is True
+            d.kill()
             port = d.port
-        check = SpamdCheck(SpamdSettings(port=port, timeout=20))
         err, took = timed_error(check.check, view(SPAM_RAW), CTX)
-        assert "refused" in str(err) and f"127.0.0.1:{port}" in str(err)
+        # refused, or reset by a worker still dying: either way a quick error
+        assert ("refused" in str(err) or "reset" in str(err)) and f"127.0.0.1:{port}" in str(err)
         assert took < FAST
 
 
@@ -302,10 +303,11 @@ class TestRspamdReal:
         with Rspamd() as d:
             check = RspamdCheck(RspamdSettings(port=d.port, timeout=20))
             assert check.query(SPAM_RAW, CTX).action == "reject"
+            d.kill()
             port = d.port
-        check = RspamdCheck(RspamdSettings(port=port, timeout=20))
         err, took = timed_error(check.check, view(SPAM_RAW), CTX)
-        assert "refused" in str(err) and f"127.0.0.1:{port}" in str(err)
+        # refused, or reset by a worker still dying: either way a quick error
+        assert ("refused" in str(err) or "reset" in str(err)) and f"127.0.0.1:{port}" in str(err)
         assert took < FAST
 
 

@@ -3,18 +3,19 @@
 Lists are plain text files, one entry per line; ``#`` starts a comment
 (at the start of a line or after white space); blank lines are ignored.
 
-==========================  ==================================================
-Entry                       Matches
-==========================  ==================================================
-``bad.example``             that host and every sub-domain (``x.bad.example``)
-``*.bad.example``           sub-domains only, not ``bad.example`` itself
-``192.0.2.7``, ``2001:db8::1``  that IP literal (URL hosts)
-``192.0.2.0/24``            any IP literal in that network
-``bad.example/promo``       URLs on that host (and sub-domains) whose path
-                            starts with ``/promo`` (a scheme is ignored)
-``spammer@bad.example``     that sender address exactly (sender lists only)
-``@bad.example``            same as ``bad.example``
-==========================  ==================================================
+================================  ============================================
+Entry                             Matches
+================================  ============================================
+``bad.example``                   that host and every sub-domain
+                                  (``x.bad.example``)
+``*.bad.example``                 sub-domains only, not ``bad.example`` itself
+``192.0.2.7``, ``2001:db8::1``    that IP literal (URL hosts)
+``192.0.2.0/24``                  any IP literal in that network
+``bad.example/promo``             URLs on that host (and sub-domains) whose
+                                  path starts with ``/promo`` (scheme ignored)
+``spammer@bad.example``           that sender address exactly (sender lists)
+``@bad.example``                  same as ``bad.example``
+================================  ============================================
 
 Names are compared case-insensitively; internationalised names may be
 written in Unicode or punycode.  URL lists are checked against every link

@@ -14,7 +14,7 @@ window, once for everybody and once for the sending identity:
 ``a``  the set of attachment SHA-256 sums (small images, i.e. logos, left out).
 
 Normalisation: the subject and text are lower-cased; quoted lines
-(``> …``) and the signature (after a ``-- `` line) are dropped; the
+(``> …``) and the signature (after the ``--`` separator line) are dropped; the
 recipients' addresses, their local-part words and the display names of
 To/Cc, the name after a greeting (``Hi John,``) and every e-mail address are
 removed; URLs become ``host/path`` (query, fragment and long tokens
