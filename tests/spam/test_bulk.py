@@ -329,3 +329,39 @@ def test_store_failure_is_check_error() -> None:
 def test_settings_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         BulkSettings(**kwargs)
+
+
+# -- end to end with the real parser (branch ``spam``) ------------------------------
+
+def _raw(subject: str, to: str, text: str, html: Optional[str]) -> bytes:
+    from email.message import EmailMessage
+    m = EmailMessage()
+    m["From"] = "Deals <deals@shop.example>"
+    m["To"] = to
+    m["Subject"] = subject
+    m.set_content(text)
+    if html is not None:
+        m.add_alternative(html, subtype="html")
+    return m.as_bytes()
+
+
+def test_parsed_messages_end_to_end(store, clock: Clock) -> None:
+    message = pytest.importorskip("outpost.spam.message",
+                                  reason="parse_message lives on branch spam")
+    rng = random.Random(21)
+    check = BulkCheck(store, BulkSettings())
+    fired = []
+    for n in range(12):
+        first, last = FIRST[n % 10], LAST[n % 10]
+        rcpts = [f"{first.lower()}.{last.lower()}@example{k}.org" for k in range(10)]
+        text, subject, url = pitch(rng, first, last)
+        html = "<p>" + text.replace("\n\n", "</p><p>").replace(url, f'<a href="{url}">shop</a>') + "</p>"
+        msg = message.parse_message(_raw(subject, f"{first} {last} <{rcpts[0]}>", text, html))
+        fired.append("bulk_same_body" in [e.name for e in check.check(msg, ctx("deals@shop.example", rcpts))])
+        clock.t += 60
+    assert fired[:5] == [False] * 5 and all(fired[5:])
+    for i in range(12):
+        msg = message.parse_message(_raw(f"Re: {HAM_TEXTS[i][:30]}", "Bob <bob@example.org>",
+                                         HAM_TEXTS[i] + SIGNATURE, None))
+        assert check.check(msg, ctx("alice@acme.example",
+                                    [f"p{k}@example.org" for k in range(10)])) == []

@@ -5,13 +5,16 @@ per-recipient variations of a mass mailing, and every fingerprint is
 counted in the shared store (``Store.fingerprint_add``) over a sliding
 window, once for everybody and once for the sending identity:
 
-``t``  the normalised text (exact, after normalisation);
-``m0``…``m3``  bands of a one-permutation MinHash of word 3-shingles of the
-       normalised text: two texts that differ in a few words still share
-       most bands;
-``u``  the set of linked URLs (host + path), without links to the sender's
-       own domains and links in the signature or quoted part;
-``a``  the set of attachment SHA-256 sums (small images, i.e. logos, left out).
+``t``
+    the normalised text (exact, after normalisation);
+``m0`` … ``m3``
+    bands of a one-permutation MinHash of word 3-shingles of the normalised
+    text: two texts that differ in a few words still share most bands;
+``u``
+    the set of linked URLs (host + path), without links to the sender's own
+    domains and links in the signature or quoted part;
+``a``
+    the set of attachment SHA-256 sums (small images, i.e. logos, left out).
 
 Normalisation: the subject and text are lower-cased; quoted lines
 (``> …``) and the signature (after the ``--`` separator line) are dropped; the
@@ -23,11 +26,13 @@ dropped); long random-looking tokens (coupon codes, tracking ids) become
 
 Evidence:
 
-``bulk_same_body``  one identity sent the same content in at least
-    ``same_body_messages`` messages to more than ``same_body_recipients``
-    recipients within ``window`` seconds;
-``bulk_many_identities``  at least ``many_identities`` distinct identities
-    sent it within the window.
+``bulk_same_body``
+    one identity sent the same content in at least ``same_body_messages``
+    messages to more than ``same_body_recipients`` recipients within
+    ``window`` seconds;
+``bulk_many_identities``
+    at least ``many_identities`` distinct identities sent it within the
+    window.
 
 A very short text (under ``min_text_chars`` after normalisation) gets no
 text fingerprints, so "thanks!" never collides; such a message is only
@@ -53,6 +58,11 @@ ON_ERROR = ("ignore", "tempfail")
 FP_VERSION = "b1"
 SHINGLE_WORDS = 3
 MINHASH_BINS = 16
+#: Only the first words feed the MinHash (enough to recognise a campaign).
+MAX_SHINGLE_WORDS = 1000
+_MASK64 = (1 << 64) - 1
+_M1, _M2, _M3, _M4 = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                      0xBF58476D1CE4E5B9)
 
 _QUOTE_RE = re.compile(r"^\s*>.*$", re.MULTILINE)
 _SIG_RE = re.compile(r"^-- ?$", re.MULTILINE)
@@ -61,10 +71,11 @@ _URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _GREETING_RE = re.compile(
     r"\b(dear|hi|hello|hey|hallo|hola|bonjour|good\s+(?:morning|afternoon|evening))"
-    r"[ \t]+[^\n,!:;.]{1,40}?(?=[,!:;.\n]|$)", re.IGNORECASE)
+    r"[ \t]+[^\n,!:;.]{1,40}?(?=[,!:;.\n]|$)")           # applied to lower-case text
 _DIGITS_RE = re.compile(r"\d+")
 _WORD_RE = re.compile(r"\w+")
-_LONG_TOKEN_RE = re.compile(r"^(?=\w*\d)\w{12,}$|^\w{25,}$")
+_LONG_WORD_RE = re.compile(r"\w{12,}")
+_HAS_DIGIT_RE = re.compile(r"\d")
 _PATH_TOKEN_RE = re.compile(r"[0-9a-f]{8,}|\w*\d\w*\d\w*|\w{25,}", re.IGNORECASE)
 _SUBJECT_PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|wg|tr)\s*:\s*)+", re.IGNORECASE)
 
@@ -114,6 +125,12 @@ def _h(data: str) -> str:
     return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
 
 
+def _hide_token(m: "re.Match[str]") -> str:
+    """``#`` for a long word with a digit or a very long word (codes, ids)."""
+    w = m.group(0)
+    return " # " if len(w) >= 25 or _HAS_DIGIT_RE.search(w) else w
+
+
 def _split_personal(text: str) -> tuple[str, str]:
     """(body, tail): the tail is the signature and quoted part."""
     cut = len(text)
@@ -157,16 +174,19 @@ def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
     body, _tail = _split_personal(text[: max_chars * 2])
     subject = _SUBJECT_PREFIX_RE.sub("", subject)
     s = (subject + "\n" + body).lower()
-    s = _URL_RE.sub(lambda m: " " + _url_key(m.group(0)).replace("/", " ") + " ", s)
-    s = _EMAIL_RE.sub(" ", s)
+    if "://" in s or "www." in s:
+        s = _URL_RE.sub(lambda m: " " + _url_key(m.group(0)).replace("/", " ") + " ", s)
+    if "@" in s:
+        s = _EMAIL_RE.sub(" ", s)
     s = _GREETING_RE.sub(lambda m: m.group(1), s)
+    s = _LONG_WORD_RE.sub(_hide_token, s)
+    s = _DIGITS_RE.sub("0", s)
     skip = {w.lower() for w in personal}
     out: list[str] = []
     size = 0
     for w in _WORD_RE.findall(s):
         if w in skip:
             continue
-        w = "#" if _LONG_TOKEN_RE.match(w) else _DIGITS_RE.sub("0", w)
         out.append(w)
         size += len(w) + 1
         if size >= max_chars:
@@ -177,17 +197,25 @@ def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
 def minhash_bands(words: list[str], bands: int = 4) -> list[str]:
     """Band hashes of a one-permutation MinHash over word 3-shingles.
 
-    Each shingle is hashed once; its hash falls in one of 16 bins, each bin
-    keeps its minimum; consecutive bins form ``bands`` bands.  Texts that
-    share most shingles share most bins and hence whole bands."""
+    Only the first ``MAX_SHINGLE_WORDS`` words count.  Each shingle gets
+    one stable 64-bit hash (mixed from per-word BLAKE2b
+    hashes); it falls in one of 16 bins, each bin keeps its minimum;
+    consecutive bins form ``bands`` bands.  Texts that share most shingles
+    share most bins and hence whole bands."""
+    word_hash = {w: int.from_bytes(hashlib.blake2b(w.encode("utf-8", "surrogatepass"),
+                                                   digest_size=8).digest(), "big")
+                 for w in set(words[:MAX_SHINGLE_WORDS])}
+    hs = [word_hash[w] for w in words[:MAX_SHINGLE_WORDS]]
     mins: list[Optional[int]] = [None] * MINHASH_BINS
-    for i in range(len(words) - SHINGLE_WORDS + 1):
-        sh = " ".join(words[i:i + SHINGLE_WORDS]).encode("utf-8", "surrogatepass")
-        v = int.from_bytes(hashlib.blake2b(sh, digest_size=8).digest(), "big")
-        b, v = v % MINHASH_BINS, v // MINHASH_BINS
-        cur = mins[b]
+    for a, b, c in zip(hs, hs[1:], hs[2:]):
+        v = (a * _M1 + b * _M2 + c * _M3) & _MASK64
+        v ^= v >> 29
+        v = (v * _M4) & _MASK64
+        v ^= v >> 32
+        i, v = v % MINHASH_BINS, v // MINHASH_BINS
+        cur = mins[i]
         if cur is None or v < cur:
-            mins[b] = v
+            mins[i] = v
     per = MINHASH_BINS // bands
     return [_h(",".join("-" if x is None else str(x) for x in mins[i * per:(i + 1) * per]))
             for i in range(bands)]
