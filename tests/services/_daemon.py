@@ -14,6 +14,23 @@ class DaemonError(RuntimeError):
     """A daemon could not be started or did not become ready in time."""
 
 
+class DaemonExited(DaemonError):
+    """The daemon exited while starting (e.g. its free port was taken in
+    between by another test process): worth one more try."""
+
+
+def start_with_retries(start_once: Callable[[], None], attempts: int = 3) -> None:
+    """Run ``start_once`` again (with new ports) when the daemon exited at
+    start-up; a daemon that hangs is not retried."""
+    for attempt in range(attempts):
+        try:
+            start_once()
+            return
+        except DaemonExited:
+            if attempt == attempts - 1:
+                raise
+
+
 def free_tcp_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the daemon binds it next)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -31,7 +48,7 @@ def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, timeout: float
     delay = 0.05
     while True:
         if proc.poll() is not None:
-            raise DaemonError(f"{what} exited with code {proc.returncode}"
+            raise DaemonExited(f"{what} exited with code {proc.returncode}"
                               f"{tail(log_path)}")
         if ready():
             return time.monotonic() - start

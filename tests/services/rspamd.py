@@ -33,7 +33,8 @@ import tempfile
 from typing import Optional
 
 from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
-                                    stop_process, tail, wait_until)
+                                    start_with_retries, stop_process, tail,
+                                    wait_until)
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 CONFDIR = "/etc/rspamd"
@@ -150,6 +151,11 @@ worker "controller" {{
 
     # -- life cycle --------------------------------------------------------
     def start(self) -> "Rspamd":
+        """Start the daemon and wait until it answers (bounded)."""
+        start_with_retries(self._start_once)
+        return self
+
+    def _start_once(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="outpost-rspamd-")
         self.port = free_tcp_port()
         self.controller_port = free_tcp_port()
@@ -182,7 +188,6 @@ worker "controller" {{
         except DaemonError:
             self.stop()
             raise
-        return self
 
     def _ready(self) -> bool:
         try:

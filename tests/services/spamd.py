@@ -26,7 +26,8 @@ import tempfile
 from typing import Optional
 
 from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
-                                    stop_process, tail, wait_until)
+                                    start_with_retries, stop_process, tail,
+                                    wait_until)
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 START_TIMEOUT = 60.0
@@ -51,6 +52,11 @@ class Spamd:
         return os.path.join(self.dir, "spamd.log")
 
     def start(self) -> "Spamd":
+        """Start the daemon and wait until it answers (bounded)."""
+        start_with_retries(self._start_once)
+        return self
+
+    def _start_once(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="outpost-spamd-")
         os.chmod(self.dir, 0o755)
         self.port = free_tcp_port()
@@ -73,7 +79,6 @@ class Spamd:
         except DaemonError:
             self.stop()
             raise
-        return self
 
     def _ping(self, family: int, address: object) -> bool:
         try:

@@ -114,9 +114,9 @@ def silent_server() -> Iterator[int]:
         srv.close()
 
 
-@pytest.fixture
-def garbage_server() -> Iterator[int]:
-    """A TCP port that reads a request and answers with junk."""
+def scripted_server(reply: bytes, hold_open: bool) -> Iterator[int]:
+    """A TCP port that reads one request per connection and sends ``reply``
+    (then keeps the connection open when ``hold_open``)."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -135,7 +135,9 @@ def garbage_server() -> Iterator[int]:
                 conn.settimeout(1.0)
                 try:
                     conn.recv(65536)
-                    conn.sendall(b"HELLO THERE\r\nthis is not a reply\r\n\r\n{{{")
+                    conn.sendall(reply)
+                    if hold_open:
+                        stop.wait(10)
                 except OSError:
                     pass
 
@@ -147,6 +149,20 @@ def garbage_server() -> Iterator[int]:
         stop.set()
         t.join(2)
         srv.close()
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[int]:
+    """A TCP port that reads a request and answers with junk."""
+    yield from scripted_server(b"HELLO THERE\r\nthis is not a reply\r\n\r\n{{{", False)
+
+
+@pytest.fixture
+def keepalive_server() -> Iterator[int]:
+    """An HTTP server that answers and then keeps the connection open."""
+    body = b'{"score": 2.5, "required_score": 15.0, "action": "no action", "symbols": {}}'
+    yield from scripted_server(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body) + body, True)
 
 
 def timed_error(fn, *args) -> tuple[CheckError, float]:
@@ -323,6 +339,13 @@ class TestRspamdFailures:
         err, took = timed_error(check.check, view(SPAM_RAW), CTX)
         assert "no complete reply within 0.5s" in str(err)
         assert 0.4 <= took < 0.5 + FAST
+
+    def test_reply_on_kept_open_connection(self, keepalive_server: int) -> None:
+        check = RspamdCheck(RspamdSettings(port=keepalive_server, timeout=5))
+        start = time.monotonic()
+        ev = check.check(view(HAM_RAW), CTX)
+        assert time.monotonic() - start < 2.0       # did not wait for the close
+        assert [(e.name, e.points) for e in ev] == [("rspamd", round(2.5 / 3, 2))]
 
     def test_garbled_reply(self, garbage_server: int) -> None:
         check = RspamdCheck(RspamdSettings(port=garbage_server, timeout=5))

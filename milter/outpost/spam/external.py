@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import http.client
 import io
+import ipaddress
 import json
 import math
 import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
 
@@ -156,9 +157,11 @@ class _Conversation:
         """A CheckError naming the engine and its address."""
         return CheckError(f"{self.engine} {self.where}: {what}")
 
-    def exchange(self, request: bytes) -> bytes:
+    def exchange(self, request: bytes,
+                 complete: Optional[Callable[[bytes], bool]] = None) -> bytes:
         """Send ``request`` (then half-close when ``half_close``: spamc
-        does so) and read the reply until the server closes."""
+        does so) and read the reply until the server closes or
+        ``complete(reply so far)`` says it is whole."""
         timeout = float(self.settings.timeout)
         deadline = time.monotonic() + timeout
 
@@ -173,8 +176,15 @@ class _Conversation:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 address: object = self.settings.socket
             else:
+                # an IP literal needs no resolver; a name is resolved by the
+                # system resolver (use /etc/hosts for names: DNS is unbounded)
+                try:
+                    ipaddress.ip_address(self.settings.host)
+                    flags = socket.AI_NUMERICHOST
+                except ValueError:
+                    flags = 0
                 infos = socket.getaddrinfo(self.settings.host, self.settings.port,
-                                           type=socket.SOCK_STREAM)
+                                           type=socket.SOCK_STREAM, flags=flags)
                 family, _, _, _, address = infos[0]
                 sock = socket.socket(family, socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
@@ -203,6 +213,8 @@ class _Conversation:
                 if total > MAX_REPLY:
                     raise self.fail(f"reply larger than {MAX_REPLY} bytes")
                 chunks.append(data)
+                if complete is not None and complete(b"".join(chunks)):
+                    break
         except socket.timeout as exc:
             raise self.fail(f"no complete reply within {timeout:g}s") from exc
         except ConnectionRefusedError as exc:
@@ -343,6 +355,22 @@ class RspamdResult:
     skipped: bool = False
 
 
+def http_reply_complete(reply: bytes) -> bool:
+    """True once an HTTP reply with a Content-Length has all its body (so a
+    server that keeps the connection open does not cost the timeout)."""
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                return len(body) >= int(value.strip())
+            except ValueError:
+                return True    # garbled: stop reading, the parser will complain
+    return False
+
+
 def parse_rspamd_reply(reply: bytes) -> RspamdResult:
     """Parse an HTTP reply of ``/checkv2``; ValueError when garbled."""
     resp = http.client.HTTPResponse(_BytesSocket(reply))  # type: ignore[arg-type]
@@ -423,7 +451,7 @@ class RspamdCheck(Check):
 
     def query(self, raw: bytes, ctx: Optional[ScanContext] = None) -> RspamdResult:
         """Send ``raw`` (with the envelope of ``ctx``) to rspamd."""
-        reply = self._conv.exchange(self._request(raw, ctx))
+        reply = self._conv.exchange(self._request(raw, ctx), http_reply_complete)
         try:
             return parse_rspamd_reply(reply)
         except ValueError as exc:
