@@ -254,6 +254,11 @@ class TestSpamdFailures:
         assert "no complete reply within 0.5s" in str(err)
         assert 0.4 <= took < 0.5 + FAST
 
+    def test_view_without_bytes(self) -> None:
+        for check in (SpamdCheck(SpamdSettings()), RspamdCheck(RspamdSettings())):
+            with pytest.raises(CheckError, match="MessageView.raw is empty"):
+                check.check(view(b""), CTX)
+
     def test_garbled_reply(self, garbage_server: int) -> None:
         check = SpamdCheck(SpamdSettings(port=garbage_server, timeout=5))
         err, took = timed_error(check.check, view(SPAM_RAW), CTX)

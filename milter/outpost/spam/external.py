@@ -132,8 +132,11 @@ def _header_value(value: Optional[str]) -> str:
 
 
 def _payload(msg: MessageView, max_size: int, oversize: str) -> Optional[bytes]:
-    """The bytes to send, or None when the message is too large to send."""
+    """The bytes to send, or None when the message is too large to send.
+    Raises CheckError when the view carries no message bytes."""
     raw = msg.raw
+    if not raw:
+        raise CheckError("the message bytes were not kept (MessageView.raw is empty)")
     if len(raw) <= max_size and not (msg.partial and msg.size > max_size):
         return raw
     if oversize == "skip":
@@ -323,7 +326,7 @@ class SpamdCheck(Check):
 
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
         payload = _payload(msg, self.settings.max_size, self.settings.oversize)
-        if payload is None or not payload:
+        if payload is None:
             return []
         res = self.query(payload)
         detail = f"{res.score:g}/{res.threshold:g}"
@@ -459,7 +462,7 @@ class RspamdCheck(Check):
 
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
         payload = _payload(msg, self.settings.max_size, self.settings.oversize)
-        if payload is None or not payload:
+        if payload is None:
             return []
         res = self.query(payload, ctx)
         detail = f"{res.score:g}/{res.required_score:g} {res.action}"
