@@ -1,0 +1,329 @@
+"""Bulk detection: the same content sent to many recipients.
+
+Each message is reduced to a few content fingerprints that survive the
+per-recipient variations of a mass mailing, and every fingerprint is
+counted in the shared store (``Store.fingerprint_add``) over a sliding
+window, once for everybody and once for the sending identity:
+
+``t``
+    the normalised text (exact, after normalisation);
+``m0`` … ``m3``
+    bands of a one-permutation MinHash of word 3-shingles of the normalised
+    text: two texts that differ in a few words still share most bands;
+``u``
+    the set of linked URLs (host + path), without links to the sender's own
+    domains and links in the signature or quoted part;
+``a``
+    the set of attachment SHA-256 sums (small images, i.e. logos, left out).
+
+Normalisation: the subject and text are lower-cased; quoted lines
+(``> …``) and the signature (after the ``--`` separator line) are dropped; the
+recipients' addresses, their local-part words and the display names of
+To/Cc, the name after a greeting (``Hi John,``) and every e-mail address are
+removed; URLs become ``host/path`` (query, fragment and long tokens
+dropped); long random-looking tokens (coupon codes, tracking ids) become
+``#``; digit runs become ``0``; punctuation and whitespace collapse.
+
+Evidence:
+
+``bulk_same_body``
+    one identity sent the same content in at least ``same_body_messages``
+    messages to more than ``same_body_recipients`` recipients within
+    ``window`` seconds;
+``bulk_many_identities``
+    at least ``many_identities`` distinct identities sent it within the
+    window.
+
+A very short text (under ``min_text_chars`` after normalisation) gets no
+text fingerprints, so "thanks!" never collides; such a message is only
+fingerprinted by its links or attachments, if any.  A single message to
+many recipients (a newsletter sent once) does not fire: it is one message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import Iterable, Optional
+from urllib.parse import urlsplit
+
+from ..store.base import FingerprintStats, Store, StoreError
+from .base import Check, CheckError, Evidence, MessageView, ScanContext
+
+ON_ERROR = ("ignore", "tempfail")
+#: Version tag in every stored fingerprint: bump when normalisation changes.
+FP_VERSION = "b1"
+SHINGLE_WORDS = 3
+MINHASH_BINS = 16
+#: Only the first words feed the MinHash (enough to recognise a campaign).
+MAX_SHINGLE_WORDS = 1000
+_MASK64 = (1 << 64) - 1
+_M1, _M2, _M3, _M4 = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                      0xBF58476D1CE4E5B9)
+
+_QUOTE_RE = re.compile(r"^\s*>.*$", re.MULTILINE)
+_SIG_RE = re.compile(r"^-- ?$", re.MULTILINE)
+_ON_WROTE_RE = re.compile(r"^[^\n]{0,200}\bwrote:\s*$", re.MULTILINE | re.IGNORECASE)
+_URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
+_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_GREETING_RE = re.compile(
+    r"\b(dear|hi|hello|hey|hallo|hola|bonjour|good\s+(?:morning|afternoon|evening))"
+    r"[ \t]+[^\n,!:;.]{1,40}?(?=[,!:;.\n]|$)")           # applied to lower-case text
+_DIGITS_RE = re.compile(r"\d+")
+_WORD_RE = re.compile(r"\w+")
+_LONG_WORD_RE = re.compile(r"\w{12,}")
+_HAS_DIGIT_RE = re.compile(r"\d")
+_PATH_TOKEN_RE = re.compile(r"[0-9a-f]{8,}|\w*\d\w*\d\w*|\w{25,}", re.IGNORECASE)
+_SUBJECT_PREFIX_RE = re.compile(r"^\s*((re|fwd?|aw|wg|tr)\s*:\s*)+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    """Thresholds and points of the bulk check (see module docstring)."""
+
+    window: float = 3600.0
+    same_body_recipients: int = 50
+    same_body_messages: int = 3
+    same_body_points: float = 3.0
+    many_identities: int = 5
+    many_identities_points: float = 4.0
+    min_text_chars: int = 40
+    max_text_chars: int = 20_000
+    url_set: bool = True
+    attachments: bool = True
+    min_image_size: int = 16 * 1024
+    on_error: str = "ignore"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.window, (int, float)) or not 0 < self.window <= 30 * 86400:
+            raise ValueError(f"bulk.window must be > 0 and <= 30 days (seconds), "
+                             f"got {self.window!r}")
+        for name in ("same_body_recipients", "same_body_messages", "many_identities",
+                     "min_text_chars"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"bulk.{name} must be an integer >= 1, got {v!r}")
+        if self.many_identities < 2:
+            raise ValueError("bulk.many_identities must be >= 2")
+        if not isinstance(self.max_text_chars, int) or self.max_text_chars < self.min_text_chars:
+            raise ValueError("bulk.max_text_chars must be an integer >= min_text_chars")
+        if not isinstance(self.min_image_size, int) or self.min_image_size < 0:
+            raise ValueError("bulk.min_image_size must be an integer >= 0")
+        for name in ("same_body_points", "many_identities_points"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"bulk.{name} must be a finite number >= 0, got {v!r}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"bulk.on_error must be one of {', '.join(ON_ERROR)}, "
+                             f"got {self.on_error!r}")
+
+
+def _h(data: str) -> str:
+    return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _hide_token(m: "re.Match[str]") -> str:
+    """``#`` for a long word with a digit or a very long word (codes, ids)."""
+    w = m.group(0)
+    return " # " if len(w) >= 25 or _HAS_DIGIT_RE.search(w) else w
+
+
+def _split_personal(text: str) -> tuple[str, str]:
+    """(body, tail): the tail is the signature and quoted part."""
+    cut = len(text)
+    for rx in (_SIG_RE, _ON_WROTE_RE):
+        m = rx.search(text)
+        if m:
+            cut = min(cut, m.start())
+    body, tail = text[:cut], text[cut:]
+    quoted = "\n".join(m.group(0) for m in _QUOTE_RE.finditer(body))
+    return _QUOTE_RE.sub("", body), tail + "\n" + quoted
+
+
+def _url_key(url: str) -> str:
+    """``host/path`` of a URL, lower-case, without query, fragment or
+    long tokens in the path."""
+    candidate = url if "://" in url else "http://" + url
+    try:
+        parts = urlsplit(candidate)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").rstrip(".").lower()
+    path = _PATH_TOKEN_RE.sub("#", parts.path.lower()).rstrip("/")
+    return f"{host}{path}" if host else ""
+
+
+def personal_words(msg: MessageView, ctx: ScanContext) -> set[str]:
+    """Words that personalise a message for its recipients: their
+    addresses' local-part words and the display names in To/Cc."""
+    words: set[str] = set()
+    for rcpt in ctx.recipients:
+        local = rcpt.rsplit("@", 1)[0].lower()
+        words.update(w for w in re.split(r"[._+\-]+", local) if len(w) >= 3)
+    for name, _addr in getaddresses(msg.header_all("To") + msg.header_all("Cc")):
+        words.update(w.lower() for w in _WORD_RE.findall(name) if len(w) >= 2)
+    return words
+
+
+def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
+                   max_chars: int = 20_000) -> str:
+    """The normalised form of ``subject`` + ``text`` (see module docstring)."""
+    body, _tail = _split_personal(text[: max_chars * 2])
+    subject = _SUBJECT_PREFIX_RE.sub("", subject)
+    s = (subject + "\n" + body).lower()
+    if "://" in s or "www." in s:
+        s = _URL_RE.sub(lambda m: " " + _url_key(m.group(0)).replace("/", " ") + " ", s)
+    if "@" in s:
+        s = _EMAIL_RE.sub(" ", s)
+    s = _GREETING_RE.sub(lambda m: m.group(1), s)
+    s = _LONG_WORD_RE.sub(_hide_token, s)
+    s = _DIGITS_RE.sub("0", s)
+    skip = {w.lower() for w in personal}
+    out: list[str] = []
+    size = 0
+    for w in _WORD_RE.findall(s):
+        if w in skip:
+            continue
+        out.append(w)
+        size += len(w) + 1
+        if size >= max_chars:
+            break
+    return " ".join(out)
+
+
+def minhash_bands(words: list[str], bands: int = 4) -> list[str]:
+    """Band hashes of a one-permutation MinHash over word 3-shingles.
+
+    Only the first ``MAX_SHINGLE_WORDS`` words count.  Each shingle gets
+    one stable 64-bit hash (mixed from per-word BLAKE2b
+    hashes); it falls in one of 16 bins, each bin keeps its minimum;
+    consecutive bins form ``bands`` bands.  Texts that share most shingles
+    share most bins and hence whole bands."""
+    word_hash = {w: int.from_bytes(hashlib.blake2b(w.encode("utf-8", "surrogatepass"),
+                                                   digest_size=8).digest(), "big")
+                 for w in set(words[:MAX_SHINGLE_WORDS])}
+    hs = [word_hash[w] for w in words[:MAX_SHINGLE_WORDS]]
+    mins: list[Optional[int]] = [None] * MINHASH_BINS
+    for a, b, c in zip(hs, hs[1:], hs[2:]):
+        v = (a * _M1 + b * _M2 + c * _M3) & _MASK64
+        v ^= v >> 29
+        v = (v * _M4) & _MASK64
+        v ^= v >> 32
+        i, v = v % MINHASH_BINS, v // MINHASH_BINS
+        cur = mins[i]
+        if cur is None or v < cur:
+            mins[i] = v
+    per = MINHASH_BINS // bands
+    return [_h(",".join("-" if x is None else str(x) for x in mins[i * per:(i + 1) * per]))
+            for i in range(bands)]
+
+
+def _domain_of(addr: str) -> str:
+    return addr.rsplit("@", 1)[-1].strip().strip(">").rstrip(".").lower() if "@" in addr else ""
+
+
+def _own_domains(msg: MessageView, ctx: ScanContext) -> set[str]:
+    doms = {_domain_of(ctx.sender)}
+    for _name, addr in getaddresses(msg.header_all("From")):
+        doms.add(_domain_of(addr))
+    doms.discard("")
+    return doms
+
+
+def _is_own(host: str, own: set[str]) -> bool:
+    return any(host == d or host.endswith("." + d) for d in own)
+
+
+def fingerprints(msg: MessageView, ctx: ScanContext, settings: BulkSettings) -> dict[str, str]:
+    """The content fingerprints of a message, keyed by kind
+    (``t``, ``m0``…``m3``, ``u``, ``a``); empty when it has none."""
+    fps: dict[str, str] = {}
+    text = msg.text[: settings.max_text_chars * 2]
+    norm = normalise_text(text, msg.header("Subject") or "", personal_words(msg, ctx),
+                          settings.max_text_chars)
+    if len(norm) >= settings.min_text_chars:
+        fps["t"] = _h(norm)
+        words = norm.split()
+        if len(words) >= SHINGLE_WORDS + 5:
+            for i, band in enumerate(minhash_bands(words)):
+                fps[f"m{i}"] = band
+    if settings.url_set and msg.urls:
+        _body, tail = _split_personal(text)
+        own = _own_domains(msg, ctx)
+        keys = {
+            _url_key(u.href) for u in msg.urls
+            if u.host and not _is_own(u.host, own) and u.href not in tail
+        }
+        keys.discard("")
+        if keys:
+            fps["u"] = _h("\n".join(sorted(keys)))
+    if settings.attachments and msg.attachments:
+        sums = {
+            a.sha256.lower() for a in msg.attachments
+            if a.sha256 and not (a.content_type.lower().startswith("image/")
+                                 and a.size < settings.min_image_size)
+        }
+        if sums:
+            fps["a"] = _h("\n".join(sorted(sums)))
+    return fps
+
+
+class BulkCheck(Check):
+    """Counts content fingerprints in the store; see module docstring."""
+
+    name = "bulk"
+
+    def __init__(self, store: Store, settings: Optional[BulkSettings] = None) -> None:
+        self.store = store
+        self.settings = settings if settings is not None else BulkSettings()
+        self.on_error = self.settings.on_error
+
+    @staticmethod
+    def identity_key(ctx: ScanContext) -> str:
+        """The member counted in the store: ``user/identity``."""
+        return f"{ctx.user}/{ctx.identity}"
+
+    def _add(self, fp: str, member: str, recipients: int) -> FingerprintStats:
+        try:
+            return self.store.fingerprint_add(fp, member=member, recipients=recipients,
+                                              window=self.settings.window)
+        except StoreError as exc:
+            raise CheckError(f"bulk: store failed: {exc}") from exc
+
+    def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
+        s = self.settings
+        fps = fingerprints(msg, ctx, s)
+        if not fps:
+            return []
+        member = self.identity_key(ctx)
+        member_tag = _h(member)
+        rcpts = max(1, len(ctx.recipients))
+        same: Optional[tuple[str, FingerprintStats]] = None
+        many: Optional[tuple[str, FingerprintStats]] = None
+        for kind, value in fps.items():
+            fp = f"{FP_VERSION}:{kind}:{value}"
+            overall = self._add(fp, member, rcpts)
+            mine = self._add(f"{fp}:{member_tag}", member, rcpts)
+            if (mine.messages >= s.same_body_messages
+                    and mine.recipients > s.same_body_recipients
+                    and (same is None or mine.recipients > same[1].recipients)):
+                same = (kind, mine)
+            if (overall.members >= s.many_identities
+                    and (many is None or overall.members > many[1].members)):
+                many = (kind, overall)
+        window = f"{s.window:g}s"
+        out: list[Evidence] = []
+        if same is not None and s.same_body_points:
+            kind, st = same
+            out.append(Evidence("bulk_same_body", s.same_body_points,
+                                f"{kind}: {st.messages} msgs to {st.recipients} rcpts "
+                                f"from {member} in {window}"))
+        if many is not None and s.many_identities_points:
+            kind, st = many
+            out.append(Evidence("bulk_many_identities", s.many_identities_points,
+                                f"{kind}: {st.members} identities, {st.messages} msgs, "
+                                f"{st.recipients} rcpts in {window}"))
+        return out
