@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import codecs
 import email
+import email.errors
 import email.header
+import email.utils
 import hashlib
 import io
 import re
@@ -79,7 +81,7 @@ def decode_header_value(value: object) -> str:
     else:
         try:
             chunks = email.header.decode_header(value)
-        except (ValueError, IndexError, AssertionError):
+        except (email.errors.HeaderParseError, ValueError, IndexError, AssertionError):
             chunks = [(value, None)]
         out = []
         for chunk, cs in chunks:
@@ -228,8 +230,33 @@ def _squash(text: str) -> str:
     return _NL_RE.sub("\n\n", "\n".join(lines)).strip()
 
 
+_GUESS_BOUNDARY_RE = re.compile(r"^--([^\s]{1,70})[ \t]*\r?$", re.MULTILINE)
+
+
+def _recover_multipart(part: Message) -> Optional[Message]:
+    """A multipart part whose boundary is missing or wrong: guess the
+    boundary from the first ``--delimiter`` line and re-parse, or None."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return None
+    m = _GUESS_BOUNDARY_RE.search(payload)
+    if not m or m.group(1) == part.get_boundary():
+        return None
+    body = payload.encode("utf-8", "surrogateescape")
+    head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+        part.get_content_type().encode(), m.group(1).encode("ascii", "surrogateescape"))
+    try:
+        return email.message_from_bytes(head + body, policy=policy.compat32)
+    except (UnicodeError, ValueError):
+        return None
+
+
 def _walk(msg: Message, depth: int = 0) -> Iterator[Message]:
     """Leaves of the MIME tree, depth-capped (deeper parts are ignored)."""
+    if not msg.is_multipart() and msg.get_content_maintype() == "multipart" and depth < MAX_DEPTH:
+        recovered = _recover_multipart(msg)
+        if recovered is not None and recovered.is_multipart():
+            msg = recovered
     if msg.is_multipart():
         if depth >= MAX_DEPTH:
             return
@@ -308,6 +335,8 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
+        if ctype.startswith("multipart/"):      # unparseable multipart: read as text
+            ctype = "text/plain"
         filename = _filename(part)
         disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html") and not filename \
