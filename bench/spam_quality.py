@@ -43,8 +43,9 @@ LABELS = ("spam", "ham", "hard-ham")
 CTX = ScanContext(user="bench", identity="bench@example.org", sender="bench@example.org")
 # Threshold tuning targets on the inner (training-fold) scores.
 TARGET_HAM_FP = 0.002        # at most 0.2 % of ham classed spam
-TARGET_HARD_FP = 0.03        # at most 3 % of hard ham classed spam
-TARGET_HAM_UNSURE = 0.01     # at most 1 % of ham at or above 'unsure'
+TARGET_HARD_FP = 0.01        # at most 1 % of hard ham classed spam
+TARGET_HAM_UNSURE = 0.005    # at most 0.5 % of ham at or above 'unsure'
+TARGET_HARD_UNSURE = 0.05    # at most 5 % of hard ham at or above 'unsure'
 GRID = [x / 2 for x in range(2, 25)]    # 1.0 … 12.0
 
 
@@ -121,7 +122,8 @@ def tune(items: list[Item], k: int, seed: int) -> tuple[float, float]:
 
     spam_t = next((t for t in GRID if rate("ham", t) <= TARGET_HAM_FP
                    and rate("hard-ham", t) <= TARGET_HARD_FP), GRID[-1])
-    unsure_t = next((t for t in GRID if rate("ham", t) <= TARGET_HAM_UNSURE), spam_t)
+    unsure_t = next((t for t in GRID if rate("ham", t) <= TARGET_HAM_UNSURE
+                     and rate("hard-ham", t) <= TARGET_HARD_UNSURE), spam_t)
     return min(unsure_t, spam_t), spam_t
 
 
@@ -280,7 +282,7 @@ def main() -> int:
     print(sa.line("spamassassin (local)"))
 
     def ratio(a: float, b: float) -> str:
-        return "%.2f" % (a / b) if b else ("inf" if a else "n/a")
+        return "%.2f" % (a / b) if b else ("inf" if a else "both 0")
     print("ratios outpost/SA: detection %s, ham FP %s, hard-ham FP %s, time %s"
           % (ratio(tuned.pct(tuned.spam, "spam"), sa.pct(sa.spam, "spam")),
              ratio(tuned.pct(tuned.spam, "ham"), sa.pct(sa.spam, "ham")),
