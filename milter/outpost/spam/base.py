@@ -30,6 +30,7 @@ class Attachment:
     content_type: str
     size: int
     sha256: str
+    members: tuple[str, ...] = ()   # file names inside a zip/OOXML attachment (bounded)
 
 
 @dataclass(frozen=True)

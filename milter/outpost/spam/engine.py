@@ -1,0 +1,175 @@
+"""The scoring engine: runs the checks, adds their points and classifies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+from .base import Check, CheckError, Evidence, MessageView, ScanContext
+from .message import parse_message
+
+if TYPE_CHECKING:
+    from .bayes import BayesCheckSettings, Model
+    from .rules import RulesSettings
+
+FAILURE_POLICIES = ("ignore", "tempfail")
+CLASSES = ("ham", "unsure", "spam")
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Thresholds and per-check overrides.
+
+    ``weights`` multiplies the points of a check (keyed by check name, or
+    by evidence name, which wins); checks named in ``disabled`` are not
+    run; ``failure_policy`` maps a check name to ``ignore`` (default: the
+    check gives no evidence) or ``tempfail`` (the verdict asks for a
+    temporary failure).  Thresholds were chosen by cross-validation on the
+    SpamAssassin 2002 corpus (see docs/spam.rst)."""
+
+    unsure: float = 3.0
+    spam: float = 5.0
+    weights: Mapping[str, float] = field(default_factory=dict)
+    disabled: frozenset[str] = frozenset()
+    failure_policy: Mapping[str, str] = field(default_factory=dict)
+    max_evidence_len: int = 200
+    max_scan: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("unsure", "spam"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError("%s threshold must be a finite number, got %r" % (name, v))
+        if self.unsure > self.spam:
+            raise ValueError("unsure threshold (%s) must not exceed spam threshold (%s)"
+                             % (self.unsure, self.spam))
+        for k, w in self.weights.items():
+            if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError("weight of %r must be a finite number >= 0, got %r" % (k, w))
+        for k, p in self.failure_policy.items():
+            if p not in FAILURE_POLICIES:
+                raise ValueError("failure policy of %r must be one of %s, got %r"
+                                 % (k, ", ".join(FAILURE_POLICIES), p))
+        if self.max_evidence_len < 16:
+            raise ValueError("max_evidence_len must be >= 16")
+        if self.max_scan < 1024:
+            raise ValueError("max_scan must be >= 1024 bytes")
+        object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+        object.__setattr__(self, "failure_policy", MappingProxyType(dict(self.failure_policy)))
+        object.__setattr__(self, "disabled", frozenset(self.disabled))
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """A check that raised :class:`CheckError`."""
+
+    check: str
+    error: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    score: float
+    cls: str                                  # 'ham' | 'unsure' | 'spam'
+    evidence: tuple[Evidence, ...]            # strongest first
+    partial: bool = False
+    errors: tuple[CheckFailure, ...] = ()
+    tempfail: bool = False
+
+
+class Engine:
+    """Runs ``checks`` on a message and classifies the sum of points."""
+
+    def __init__(self, checks: Sequence[Check], settings: Optional[ScoringSettings] = None) -> None:
+        self.settings = settings if settings is not None else ScoringSettings()
+        names = [c.name for c in checks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError("duplicate check names: %s" % ", ".join(sorted(dup)))
+        if any(not n for n in names):
+            raise ValueError("every check needs a name")
+        self.checks = [c for c in checks if c.name not in self.settings.disabled]
+
+    def parse(self, raw: bytes, total_size: Optional[int] = None) -> MessageView:
+        """Parse a message within the configured scan limit."""
+        return parse_message(raw, total_size, self.settings.max_scan)
+
+    def _weight(self, check: str, evidence: str) -> float:
+        w = self.settings.weights
+        if evidence in w:
+            return w[evidence]
+        return w.get(check, 1.0)
+
+    def classify(self, score: float) -> str:
+        if score >= self.settings.spam:
+            return "spam"
+        if score >= self.settings.unsure:
+            return "unsure"
+        return "ham"
+
+    def scan(self, view: MessageView, ctx: ScanContext) -> Verdict:
+        """Run every enabled check.  A check raising :class:`CheckError`
+        is recorded in ``errors`` and handled by its failure policy; any
+        other exception is a bug and propagates."""
+        evidence: list[Evidence] = []
+        errors: list[CheckFailure] = []
+        for check in self.checks:
+            try:
+                found = check.check(view, ctx)
+            except CheckError as e:
+                policy = self.settings.failure_policy.get(check.name, "ignore")
+                errors.append(CheckFailure(check.name, str(e) or type(e).__name__, policy))
+                continue
+            for ev in found:
+                w = self._weight(check.name, ev.name)
+                pts = round(ev.points * w, 1)
+                if pts:
+                    evidence.append(Evidence(ev.name, pts, ev.detail))
+        evidence.sort(key=lambda e: (-abs(e.points), e.name))
+        score = round(sum(e.points for e in evidence), 1) + 0.0
+        return Verdict(
+            score=score,
+            cls=self.classify(score),
+            evidence=tuple(evidence),
+            partial=view.partial,
+            errors=tuple(errors),
+            tempfail=any(f.policy == "tempfail" for f in errors),
+        )
+
+    def close(self) -> None:
+        for c in self.checks:
+            c.close()
+
+
+def evidence_header(verdict: Verdict, max_len: int = 200, ellipsis: str = "…") -> str:
+    """``bulk_same_body(6.0) url_listed(5.0) …``: the evidence, strongest
+    first, cut at a token boundary so that the result (with ``ellipsis``)
+    is at most ``max_len`` characters."""
+    tokens = ["%s(%.1f)" % (e.name, e.points) for e in verdict.evidence]
+    full = " ".join(tokens)
+    if len(full) <= max_len:
+        return full
+    out = ""
+    for tok in tokens:
+        cand = tok if not out else out + " " + tok
+        if len(cand) + 1 + len(ellipsis) > max_len:
+            break
+        out = cand
+    return (out + " " + ellipsis) if out else ellipsis[:max_len]
+
+
+def default_checks(model: "Optional[Model]" = None,
+                   bayes_settings: "Optional[BayesCheckSettings]" = None,
+                   rules_settings: "Optional[RulesSettings]" = None) -> list[Check]:
+    """Outpost's built-in content checks: the Bayes classifier (the shipped
+    default model unless ``model`` is given) and the hand-written rules."""
+    from .bayes import BayesCheck, BayesCheckSettings, load_default_model
+    from .rules import default_rules
+    checks: list[Check] = [BayesCheck(model if model is not None else load_default_model(),
+                                      bayes_settings if bayes_settings is not None
+                                      else BayesCheckSettings())]
+    checks.extend(default_rules(rules_settings))
+    return checks

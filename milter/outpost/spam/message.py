@@ -1,0 +1,387 @@
+"""Bounded, robust parsing of a raw message into a :class:`MessageView`.
+
+The parser never looks at more than ``max_scan`` bytes, tolerates broken
+MIME (missing boundaries, absurd nesting, bad encodings, 8-bit headers) and
+bounds every output (header count and length, text length, URL count,
+attachment count) so that checks run in predictable time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email
+import email.errors
+import email.header
+import email.utils
+import hashlib
+import io
+import re
+import zipfile
+from email import policy
+from email.message import Message
+from html.parser import HTMLParser
+from typing import Iterator, Optional
+from urllib.parse import urlsplit
+
+from .base import Attachment, MessageView, Url
+
+MAX_HEADERS = 1000          # header fields kept in the view
+MAX_HEADER_LEN = 8192       # characters kept of one decoded header value
+MAX_DEPTH = 20              # MIME nesting levels walked
+MAX_PARTS = 200             # MIME leaves looked at
+MAX_URLS = 500              # URLs kept
+MAX_HREF_LEN = 2048         # characters kept of one URL
+MAX_ATTACHMENTS = 50        # attachments kept
+MAX_ZIP_MEMBERS = 100       # member names listed per zip attachment
+MAX_HTML_LEN = 500_000      # characters of raw HTML kept in the view
+
+# A URL in plain text: a scheme, or a bare www. host.
+_URL_RE = re.compile(
+    r"""(?:(?:https?|ftp)://|www\.)[^\s<>"'`{}|\\^\[\]]{1,%d}""" % MAX_HREF_LEN,
+    re.IGNORECASE,
+)
+_TRAILING_PUNCT = ".,;:!?)]}>'\""
+_WS_RE = re.compile(r"[ \t\r\f\v]+")
+_NL_RE = re.compile(r"\n\s*\n+")
+_HOST_OK_RE = re.compile(r"^[a-z0-9._-]+$|^\[[0-9a-f:.]+\]$")
+
+
+def decode_bytes(data: bytes, charset: Optional[str]) -> str:
+    """Decode with the declared charset, falling back to UTF-8 then
+    cp1252; never raises."""
+    if charset:
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            charset = None
+    if charset:
+        return data.decode(charset, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _raw_header_text(value: str) -> str:
+    """Undo the parser's surrogate escape of 8-bit header bytes."""
+    try:
+        raw = value.encode("ascii", errors="surrogateescape")
+    except UnicodeEncodeError:
+        return value
+    return decode_bytes(raw, None)
+
+
+def decode_header_value(value: object) -> str:
+    """Decode an RFC 2047 header value into text (bounded, never raises)."""
+    if not isinstance(value, str):          # email.header.Header objects
+        value = str(value)
+    value = value[: MAX_HEADER_LEN * 4]
+    if "=?" not in value:
+        text = _raw_header_text(value)
+    else:
+        try:
+            chunks = email.header.decode_header(value)
+        except (email.errors.HeaderParseError, ValueError, IndexError, AssertionError):
+            chunks = [(value, None)]
+        out = []
+        for chunk, cs in chunks:
+            if isinstance(chunk, bytes):
+                out.append(decode_bytes(chunk, cs))
+            else:
+                out.append(_raw_header_text(chunk))
+        # decode_header drops the whitespace between encoded and plain words
+        text = "".join(out) if len(chunks) > 1 else (out[0] if out else "")
+    text = " ".join(text.split())
+    return text[:MAX_HEADER_LEN]
+
+
+def normalise_host(host: str) -> str:
+    """Lower-case a host name, strip a trailing dot and convert IDNs to
+    their ASCII (punycode) form.  Returns '' for hosts that are not names
+    or IP literals."""
+    host = host.strip().rstrip(".").lower()
+    if not host:
+        return ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            labels = []
+            for label in host.split("."):
+                if label.isascii():
+                    labels.append(label)
+                    continue
+                try:
+                    labels.append("xn--" + label.encode("punycode").decode("ascii"))
+                except UnicodeError:
+                    return ""
+            host = ".".join(labels)
+    return host if _HOST_OK_RE.match(host) else ""
+
+
+def make_url(href: str, text: str = "") -> Optional[Url]:
+    """Build a :class:`Url` from an href as written; None if it has no
+    usable host (mailto:, relative links, javascript:, …)."""
+    href = href.strip()[:MAX_HREF_LEN]
+    if not href:
+        return None
+    candidate = href
+    if candidate.lower().startswith("www."):
+        candidate = "http://" + candidate
+    elif candidate.startswith("//"):
+        candidate = "http:" + candidate
+    try:
+        parts = urlsplit(candidate)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https", "ftp"):
+        return None
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if netloc.startswith("["):
+        host = netloc.split("]", 1)[0] + "]"
+    else:
+        host = netloc.split(":", 1)[0]
+    host = normalise_host(host)
+    if not host:
+        return None
+    return Url(href=href, host=host, text=" ".join(text.split())[:200])
+
+
+def urls_in_text(text: str, limit: int = MAX_URLS) -> list[Url]:
+    """URLs written in plain text."""
+    found: list[Url] = []
+    for m in _URL_RE.finditer(text):
+        u = make_url(m.group(0).rstrip(_TRAILING_PUNCT))
+        if u is not None:
+            found.append(u)
+            if len(found) >= limit:
+                break
+    return found
+
+
+class _HtmlToText(HTMLParser):
+    """HTML to text, collecting links with their anchor text."""
+
+    _BLOCK = frozenset("p br div tr li h1 h2 h3 h4 h5 h6 table blockquote pre hr title".split())
+    _SKIP = frozenset(("script", "style", "head"))
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.links: list[tuple[str, list[str]]] = []
+        self._skip = 0
+        self._anchor: Optional[list[str]] = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        if tag in self._SKIP:
+            self._skip += 1
+            return
+        if tag in self._BLOCK:
+            self.parts.append("\n")
+        if tag in ("a", "area"):
+            href = next((v for k, v in attrs if k == "href" and v), None)
+            if href is not None and len(self.links) < MAX_URLS:
+                self._anchor = []
+                self.links.append((href, self._anchor))
+            if tag == "area":
+                self._anchor = None
+        elif tag == "img":
+            alt = next((v for k, v in attrs if k == "alt" and v), None)
+            if alt:
+                self.parts.append(" " + alt + " ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self._skip = max(0, self._skip - 1)
+        elif tag == "a":
+            self._anchor = None
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        self.parts.append(data)
+        if self._anchor is not None:
+            self._anchor.append(data)
+
+
+def html_to_text(html: str) -> tuple[str, list[Url]]:
+    """Convert HTML to text (script/style dropped) and extract its links
+    (href with anchor text)."""
+    parser = _HtmlToText()
+    try:
+        parser.feed(html)
+        parser.close()
+    except (AssertionError, ValueError):
+        # html.parser is lenient; keep what was converted so far
+        pass
+    text = _squash("".join(parser.parts))
+    urls = []
+    for href, anchor in parser.links:
+        u = make_url(href, "".join(anchor))
+        if u is not None:
+            urls.append(u)
+    return text, urls
+
+
+def _squash(text: str) -> str:
+    lines = (_WS_RE.sub(" ", ln).strip() for ln in text.split("\n"))
+    return _NL_RE.sub("\n\n", "\n".join(lines)).strip()
+
+
+_GUESS_BOUNDARY_RE = re.compile(r"^--([^\s]{1,70})[ \t]*\r?$", re.MULTILINE)
+
+
+def _recover_multipart(part: Message) -> Optional[Message]:
+    """A multipart part whose boundary is missing or wrong: guess the
+    boundary from the first ``--delimiter`` line and re-parse, or None."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return None
+    m = _GUESS_BOUNDARY_RE.search(payload)
+    if not m or m.group(1) == part.get_boundary():
+        return None
+    body = payload.encode("utf-8", "surrogateescape")
+    head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
+        part.get_content_type().encode(), m.group(1).encode("ascii", "surrogateescape"))
+    try:
+        return email.message_from_bytes(head + body, policy=policy.compat32)
+    except (UnicodeError, ValueError):
+        return None
+
+
+def _walk(msg: Message, depth: int = 0) -> Iterator[Message]:
+    """Leaves of the MIME tree, depth-capped (deeper parts are ignored)."""
+    if not msg.is_multipart() and msg.get_content_maintype() == "multipart" and depth < MAX_DEPTH:
+        recovered = _recover_multipart(msg)
+        if recovered is not None and recovered.is_multipart():
+            msg = recovered
+    if msg.is_multipart():
+        if depth >= MAX_DEPTH:
+            return
+        payload = msg.get_payload()
+        if isinstance(payload, list):
+            for sub in payload:
+                if isinstance(sub, Message):
+                    yield from _walk(sub, depth + 1)
+    else:
+        yield msg
+
+
+def _filename(part: Message) -> str:
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError, TypeError):
+        name = None
+    if name is None:
+        try:
+            name = part.get_param("name")
+        except (ValueError, LookupError, TypeError):
+            name = None
+        if isinstance(name, tuple):         # RFC 2231 triple
+            name = email.utils.collapse_rfc2231_value(name)
+    return decode_header_value(name)[:255] if name else ""
+
+
+def _zip_members(data: bytes) -> tuple[str, ...]:
+    if not data.startswith(b"PK\x03\x04"):
+        return ()
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        return ()
+    return tuple(n[:255] for n in names[:MAX_ZIP_MEMBERS])
+
+
+def _payload(part: Message) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except (ValueError, TypeError, LookupError, AssertionError):
+        data = None
+    if data is None:
+        raw = part.get_payload()
+        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+    return data
+
+
+def parse_message(raw: bytes, total_size: Optional[int] = None,
+                  max_scan: int = 1_000_000) -> MessageView:
+    """Parse at most ``max_scan`` bytes of ``raw`` into a bounded view.
+
+    ``total_size`` is the full message size when ``raw`` is already a
+    prefix (the milter may only buffer the first bytes); otherwise
+    ``len(raw)``.  Never raises on malformed input.
+    """
+    if max_scan <= 0:
+        raise ValueError("max_scan must be positive")
+    size = len(raw) if total_size is None else max(total_size, len(raw))
+    partial = size > max_scan
+    data = raw[:max_scan]
+    msg = email.message_from_bytes(data, policy=policy.compat32)
+
+    headers = tuple(
+        (str(k)[:200], decode_header_value(v))
+        for k, v in msg.items()[:MAX_HEADERS]
+    )
+
+    texts: list[str] = []
+    htmls: list[str] = []
+    urls: list[Url] = []
+    attachments: list[Attachment] = []
+    text_budget = max_scan
+    for n, part in enumerate(_walk(msg)):
+        if n >= MAX_PARTS:
+            break
+        ctype = part.get_content_type().lower()
+        if ctype.startswith("multipart/"):      # unparseable multipart: read as text
+            ctype = "text/plain"
+        filename = _filename(part)
+        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        is_text = ctype in ("text/plain", "text/html") and not filename \
+            and disposition != "attachment"
+        body = _payload(part)
+        if is_text and text_budget > 0:
+            decoded = decode_bytes(body, part.get_content_charset())[:text_budget]
+            if ctype == "text/html":
+                htmls.append(decoded)
+                text, links = html_to_text(decoded)
+                urls.extend(links)
+                hrefs = {u.href for u in links}
+                urls.extend(u for u in urls_in_text(text, MAX_URLS) if u.href not in hrefs)
+            else:
+                text = decoded
+                urls.extend(urls_in_text(text, MAX_URLS))
+            texts.append(text)
+            text_budget -= len(decoded)
+        elif not is_text and (filename or ctype.split("/")[0] not in ("text", "message")):
+            if len(attachments) < MAX_ATTACHMENTS:
+                attachments.append(Attachment(
+                    filename=filename,
+                    content_type=ctype,
+                    size=len(body),
+                    sha256=hashlib.sha256(body).hexdigest(),
+                    members=_zip_members(body),
+                ))
+    return MessageView(
+        headers=headers,
+        text="\n\n".join(t for t in texts if t),
+        html="\n".join(htmls)[:MAX_HTML_LEN],
+        urls=tuple(_dedupe(urls)[:MAX_URLS]),
+        attachments=tuple(attachments),
+        size=size,
+        partial=partial,
+        raw=data,
+    )
+
+
+def _dedupe(urls: list[Url]) -> list[Url]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for u in urls:
+        key = (u.href, u.text)
+        if key not in seen:
+            seen.add(key)
+            out.append(u)
+    return out

@@ -1,0 +1,191 @@
+"""Parser: decoding, extraction and robustness against hostile input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, html_to_text,
+                                  make_url, normalise_host, parse_message)
+from tests.spam.helpers import build
+
+
+def test_plain_message_headers_and_text():
+    v = parse_message(build(subject="Lunch", text="See you at noon.\n"))
+    assert v.header("subject") == "Lunch"
+    assert v.header("FROM") == "Alice <alice@example.org>"
+    assert "See you at noon." in v.text
+    assert v.html == ""
+    assert not v.partial
+    assert v.size == len(v.raw)
+
+
+def test_rfc2047_subject_and_8bit_header():
+    raw = (b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.org>\r\n"
+           b"Subject: =?iso-8859-1?b?R3L8w59l?= und mehr\r\n"
+           b"X-Eight: caf\xc3\xa9 \xff\r\n\r\nbody\r\n")
+    v = parse_message(raw)
+    assert v.header("From") == "Jürgen <j@example.org>"
+    assert v.header("Subject").startswith("Grü")
+    assert v.header("Subject").endswith("und mehr")
+    assert v.header("X-Eight").startswith("caf")     # 8-bit bytes survive decoding
+
+
+def test_bad_charset_and_encoded_word_do_not_raise():
+    raw = (b"Subject: =?x-nonexistent?q?abc?= =?utf-8?b?!!!notbase64?=\r\n"
+           b"Content-Type: text/plain; charset=bogus-charset\r\n\r\n\xe9t\xe9\r\n")
+    v = parse_message(raw)
+    assert "abc" in v.header("Subject")
+    assert v.text.startswith("\u00e9t\u00e9") or "t" in v.text
+
+
+def test_quoted_printable_and_base64_bodies():
+    qp = (b"Content-Type: text/plain; charset=utf-8\r\n"
+          b"Content-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 =\r\nau lait\r\n")
+    assert "Café au lait" in parse_message(qp).text
+    b64 = (b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nQ2Fm6SBub2ly\r\n")
+    assert parse_message(b64).text.strip() == "Café noir"
+
+
+def test_html_converted_script_style_dropped_links_kept():
+    html = ("<html><head><style>p{color:red}</style><title>t</title></head><body>"
+            "<script>var secret='SCRIPTTEXT';</script><p>Dear&nbsp;customer,</p>"
+            "<a href='HTTP://WWW.Example.COM/login?x=1'>click <b>here</b></a>"
+            "<img alt='big sale' src='x.png'></body></html>")
+    v = parse_message(build(text=None, html=html))
+    assert "SCRIPTTEXT" not in v.text and "color:red" not in v.text
+    assert "Dear\xa0customer" in v.text or "Dear customer" in v.text
+    assert "big sale" in v.text
+    assert "<script>" in v.html
+    link = [u for u in v.urls if u.text]
+    assert link and link[0].host == "www.example.com" and link[0].text == "click here"
+    assert link[0].href == "HTTP://WWW.Example.COM/login?x=1"
+
+
+def test_urls_in_plain_text_trailing_punctuation_and_idna():
+    v = parse_message(build(text="Go to www.Example.org/a, or (https://bücher.example/x).\n"
+                                 "mailto:x@y.z is not a URL; nor is http://"))
+    hosts = [u.host for u in v.urls]
+    assert "www.example.org" in hosts
+    assert "xn--bcher-kva.example" in hosts
+    assert all(not u.href.endswith((",", ")", ".")) for u in v.urls)
+    assert len(v.urls) == 2
+
+
+@pytest.mark.parametrize("href,host", [
+    ("http://user:pw@Host.EXAMPLE:8080/p", "host.example"),
+    ("https://[2001:db8::1]/x", "[2001:db8::1]"),
+    ("//cdn.example.net/x.js", "cdn.example.net"),
+    ("http://192.0.2.7/", "192.0.2.7"),
+    ("http://exa mple.com/", None),
+    ("javascript:alert(1)", None),
+    ("/relative/path", None),
+])
+def test_make_url_hosts(href, host):
+    u = make_url(href)
+    assert (u.host if u else None) == host
+
+
+def test_normalise_host():
+    assert normalise_host("WWW.Example.COM.") == "www.example.com"
+    assert normalise_host("пример.рф") == "xn--e1afmkfd.xn--p1ai"
+    assert normalise_host("bad host") == ""
+
+
+def test_attachments_hash_size_and_zip_members():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("word/vbaProject.bin", b"x")
+        zf.writestr("invoice.exe", b"MZ")
+    zdata = buf.getvalue()
+    pdf = b"%PDF-1.4 fake"
+    v = parse_message(build(attachments=(("a.pdf", pdf, "application/pdf"),
+                                         ("b.zip", zdata, "application/zip"))))
+    assert [a.filename for a in v.attachments] == ["a.pdf", "b.zip"]
+    a, b = v.attachments
+    assert a.size == len(pdf) and a.sha256 == hashlib.sha256(pdf).hexdigest()
+    assert a.content_type == "application/pdf" and a.members == ()
+    assert set(b.members) == {"word/vbaProject.bin", "invoice.exe"}
+    assert "Hi Bob" in v.text          # the text part is still text
+
+
+def test_max_scan_partial_and_total_size():
+    raw = build(text="x" * 5000)
+    v = parse_message(raw, max_scan=1000)
+    assert v.partial and len(v.raw) == 1000 and v.size == len(raw)
+    v2 = parse_message(raw[:2000], total_size=10_000_000, max_scan=1_000_000)
+    assert v2.partial and v2.size == 10_000_000
+    with pytest.raises(ValueError):
+        parse_message(raw, max_scan=0)
+
+
+def test_missing_boundary():
+    raw = (b"Content-Type: multipart/mixed\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\n"
+           b"hello there\r\n--x--\r\n")
+    v = parse_message(raw)
+    assert "hello there" in v.text
+    raw2 = (b'Content-Type: multipart/mixed; boundary="nothere"\r\n\r\n'
+            b"preamble only http://a.example/\r\n")
+    v2 = parse_message(raw2)
+    assert v2.attachments == ()
+
+
+def test_deep_nesting_is_capped():
+    depth = 100
+    raw = b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    for i in range(1, depth):
+        raw += b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i - 1, i)
+    raw += b"--b%d\r\nContent-Type: text/plain\r\n\r\ndeep text\r\n" % (depth - 1)
+    v = parse_message(raw)
+    assert "deep text" not in v.text         # deeper than MAX_DEPTH: ignored
+    assert MAX_DEPTH < depth
+    shallow = raw.replace(b"deep text", b"x")
+    assert parse_message(shallow).text == ""
+
+
+def test_many_and_huge_headers_are_bounded():
+    raw = b"".join(b"X-H%d: v%d\r\n" % (i, i) for i in range(10_000))
+    raw += b"Subject: " + b"A" * 3_000_000 + b"\r\n\r\nbody\r\n"
+    v = parse_message(raw, max_scan=len(raw))
+    assert len(v.headers) == MAX_HEADERS
+    assert v.headers[0] == ("X-H0", "v0")
+    big = parse_message(b"Subject: " + b"A" * 3_000_000 + b"\r\n\r\nbody\r\n", max_scan=4_000_000)
+    assert len(big.header("Subject")) == MAX_HEADER_LEN
+
+
+def test_html_to_text_unclosed_tags():
+    text, urls = html_to_text("<a href='http://x.example/'>open <b>anchor<script>no")
+    assert "open anchor" in text and urls[0].host == "x.example"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4000))
+def test_fuzz_random_bytes_never_raise(data):
+    v = parse_message(data, max_scan=2000)
+    assert v.size == len(data)
+    assert v.partial == (len(data) > 2000)
+    assert len(v.raw) <= 2000
+
+
+_PIECES = [b"Content-Type: multipart/mixed; boundary=z\r\n", b"--z\r\n", b"--z--\r\n", b"\r\n",
+           b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: quoted-printable\r\n",
+           b"Content-Type: text/html; charset=utf-16\r\n", b"<a href='http://\xff\xfe.example/'>x</a>",
+           b"=?utf-8?b?w6k=?=", b"Subject: =?bogus?q?=FF?=\r\n", b"Content-Disposition: attachment; "
+           b"filename*=utf-8''%E2%82%AC.exe\r\n", b"<form><input type=password>", b"=ZZ=\r\n",
+           b"PK\x03\x04garbage", b"\x00\x80\xff", b"http://[::1/", b"www.\xc3\xa9.com "]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_PIECES), max_size=60))
+def test_fuzz_structured_mime_never_raises(pieces):
+    v = parse_message(b"".join(pieces))
+    for u in v.urls:
+        assert u.host == u.host.lower() and u.host.isascii()
+    for a in v.attachments:
+        assert len(a.sha256) == 64
