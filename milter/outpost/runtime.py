@@ -50,8 +50,14 @@ class Runtime:
             store = open_configured_store(config)
         except (ValueError, OSError) as exc:
             raise StartupError(f"store {config.store}: {exc}") from None
+        from .spam.build import build_engine
+        try:
+            engine = build_engine(config, store)
+        except (ValueError, OSError) as exc:
+            store.close()
+            raise StartupError(f"spam engine: {exc}") from None
         return cls(config=config, store=store, codec=codec,
-                   policy=Policy(config, store, codec))
+                   policy=Policy(config, store, codec, engine=engine))
 
     #: Fault injection for the end-to-end tests of the error path: when the
     #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that
@@ -66,4 +72,6 @@ class Runtime:
             raise RuntimeError(f"fault injected by {self.fault_header} (OUTPOST_FAULT_HEADER)")
 
     def close(self) -> None:
+        if self.policy.engine is not None:
+            self.policy.engine.close()
         self.store.close()

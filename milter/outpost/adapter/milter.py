@@ -152,7 +152,7 @@ class OutpostMilter(Milter.Base):
     @Milter.noreply
     def body(self, chunk):
         def run() -> int:
-            self.policy.body(self.session, len(chunk))
+            self.policy.body(self.session, chunk)
             return Milter.CONTINUE
         return self._guarded("body", run)
 

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
+    from ..spam.bayes import BayesCheckSettings
+    from ..spam.blocklists import BlocklistSettings
+    from ..spam.bulk import BulkSettings
+    from ..spam.external import RspamdSettings, SpamdSettings
+    from ..spam.rules import RulesSettings
     from ..store.settings import StoreSettings
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -63,6 +68,29 @@ class IdentityHeader:
         return got.strip() or None if got else None
 
 
+SPAM_ACTIONS = ("accept", "quarantine", "tempfail", "reject")
+
+
+@dataclass(frozen=True)
+class SpamPolicy:
+    """Per-user spam thresholds and what to do with each class."""
+
+    unsure: float = 3.0
+    spam: float = 5.0
+    on_unsure: str = "accept"
+    on_spam: str = "reject"
+
+    def classify(self, score: float) -> str:
+        if score >= self.spam:
+            return "spam"
+        if score >= self.unsure:
+            return "unsure"
+        return "ham"
+
+    def action(self, cls: str) -> str:
+        return {"spam": self.on_spam, "unsure": self.on_unsure}.get(cls, "accept")
+
+
 @dataclass(frozen=True)
 class UserPolicy:
     """The settings a user inherits from ``defaults:`` and may override."""
@@ -74,6 +102,7 @@ class UserPolicy:
     user_limits: Limits = Limits()
     lock: LockPolicy = LockPolicy()
     abuse_contact: Optional[str] = None     # report recipient for this user's blocks
+    spam: SpamPolicy = SpamPolicy()
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,23 @@ class User:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    """The scoring engine (top-level ``spam:``)."""
+
+    enabled: bool = True
+    max_scan: int = 1_000_000
+    max_evidence_len: int = 200
+    weights: tuple[tuple[str, float], ...] = ()
+    disabled: frozenset[str] = frozenset()
+    bayes: Optional["BayesCheckSettings"] = None
+    rules: Optional["RulesSettings"] = None
+    bulk: Optional["BulkSettings"] = None
+    blocklists: Optional["BlocklistSettings"] = None
+    spamassassin: Optional["SpamdSettings"] = None
+    rspamd: Optional["RspamdSettings"] = None
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
 
@@ -110,6 +156,7 @@ class Config:
     users: tuple[User, ...]
     defaults: UserPolicy
     store_settings: "StoreSettings" = None     # type: ignore[assignment]  # set by the loader
+    spam: SpamConfig = SpamConfig()
     on_store_error: str = "local"
     workers: Optional[int] = None
     milter_timeout: int = 600

@@ -14,8 +14,9 @@ from dataclasses import replace
 from typing import Optional
 
 from .model import (
-    HEADER_FROM_MODES, MODES, STORE_ERROR_POLICIES, USER_TYPES,
-    Config, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, User, UserPolicy,
+    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
+    Config, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
+    User, UserPolicy,
 )
 from .source import ConfigError, Node, parse_text
 
@@ -28,10 +29,12 @@ _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
-    "log_level", "header_from", "mode", "store_options",
+    "log_level", "header_from", "mode", "store_options", "spam",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
-               "abuse_contact"}
+               "abuse_contact", "spam"}
+SPAM_KEYS = {"enabled", "max_scan", "max_evidence_len", "weights", "disabled", "bayes", "rules",
+             "bulk", "blocklists", "spamassassin", "rspamd"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
 
 
@@ -76,9 +79,12 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     on_error = opt("on_store_error").str(STORE_ERROR_POLICIES) if "on_store_error" in top else "local"
     store_settings = settings_from(opt("store_options"), StoreSettings, on_store_error=on_error)
 
+    spam = _spam_config(opt("spam"))
+
     return Config(
         listen=listen,
         store_settings=store_settings,
+        spam=spam,
         store=store,
         on_store_error=on_error,
         hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
@@ -194,6 +200,48 @@ def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
         out = replace(out, lock=_lock(fields["lock"], base.lock))
     if "abuse_contact" in fields:
         out = replace(out, abuse_contact=_address(fields["abuse_contact"]))
+    if "spam" in fields:
+        out = replace(out, spam=_spam_policy(fields["spam"], base.spam))
+    return out
+
+
+def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
+    fields = node.mapping({"unsure", "spam", "on_unsure", "on_spam"})
+    out = base
+    for key in ("unsure", "spam"):
+        if key in fields:
+            out = replace(out, **{key: fields[key].float()})
+    for key in ("on_unsure", "on_spam"):
+        if key in fields:
+            out = replace(out, **{key: fields[key].str(SPAM_ACTIONS)})
+    if out.unsure > out.spam:
+        raise node.error(f"unsure ({out.unsure}) must not be above spam ({out.spam})")
+    return out
+
+
+def _spam_config(node: Node) -> SpamConfig:
+    from ..spam.bayes import BayesCheckSettings
+    from ..spam.blocklists import BlocklistSettings
+    from ..spam.bulk import BulkSettings
+    from ..spam.external import RspamdSettings, SpamdSettings
+    from ..spam.rules import RulesSettings
+    fields = node.mapping(SPAM_KEYS)
+    out = SpamConfig(bayes=BayesCheckSettings(), rules=RulesSettings(), bulk=BulkSettings())
+    if "enabled" in fields:
+        out = replace(out, enabled=fields["enabled"].bool())
+    if "max_scan" in fields:
+        out = replace(out, max_scan=fields["max_scan"].int(minimum=1024))
+    if "max_evidence_len" in fields:
+        out = replace(out, max_evidence_len=fields["max_evidence_len"].int(minimum=16, maximum=900))
+    if "weights" in fields:
+        out = replace(out, weights=tuple((k, v.float(minimum=0)) for k, v in fields["weights"].mapping().items()))
+    if "disabled" in fields:
+        out = replace(out, disabled=frozenset(fields["disabled"].str_list()))
+    for key, cls in (("bayes", BayesCheckSettings), ("rules", RulesSettings), ("bulk", BulkSettings),
+                     ("blocklists", BlocklistSettings), ("spamassassin", SpamdSettings),
+                     ("rspamd", RspamdSettings)):
+        if key in fields:
+            out = replace(out, **{key: settings_from(fields[key], cls)})
     return out
 
 
@@ -354,6 +402,7 @@ def _typed(node: Node, hint):
     if origin in (tuple, list, frozenset):
         inner = args[0] if args else str
         return (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
-    if origin is dict:
+    import collections.abc
+    if origin in (dict, collections.abc.Mapping):
         return {k: _typed(v, args[1]) for k, v in node.mapping().items()}
     raise node.error(f"unsupported setting type {hint!r}")

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from email.headerregistry import HeaderRegistry
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config.model import Config, RateLimit, User
 from ..store.base import Bucket, Store, StoreError
@@ -24,6 +24,9 @@ from .mapping import UserIndex, parse_client_ip
 from .types import (
     CONTINUE, Action, Decision, Message, Reply, Session, reject,
 )
+
+if TYPE_CHECKING:
+    from ..spam.engine import Engine
 
 log = logging.getLogger("outpost.policy")
 msglog = logging.getLogger("outpost.message")
@@ -85,11 +88,13 @@ class Policy:
     """Decisions for one configuration."""
 
     def __init__(self, config: Config, store: Store, codec: TokenCodec,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, engine: Optional["Engine"] = None) -> None:
         self.config = config
         self.store = store
         self.codec = codec
         self.clock = clock
+        self.engine = engine
+        self.max_scan = engine.settings.max_scan if engine is not None else 0
         self.index = UserIndex(config.users)
         self.host = socket.gethostname()
         self._slots = itertools.count(1)
@@ -243,9 +248,14 @@ class Policy:
             msg.headers.append((name, value))
             msg.header_bytes += len(name) + len(value) + 4
 
-    def body(self, session: Session, size: int) -> None:
-        if session.message is not None:
-            session.message.body_size += size
+    def body(self, session: Session, chunk: bytes) -> None:
+        msg = session.message
+        if msg is None:
+            return
+        msg.body_size += len(chunk)
+        room = self.max_scan - len(msg.body_head)
+        if room > 0:
+            msg.body_head += chunk[:room]
 
     # -- end of message -------------------------------------------------------------------
     def end_of_message(self, session: Session, queue_id: str = "") -> Decision:
@@ -269,14 +279,27 @@ class Policy:
             if d is not None and d.blocks:
                 return d
 
-        if not all(r.lower() in self._contacts for r in msg.recipients):
+        token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
+                                       client_ip=session.client_ip or "", queue_id=queue_id or "",
+                                       time=int(self.clock())))
+        verdict_headers: tuple[tuple[str, str], ...] = ()
+        quarantine = None
+        if self.engine is not None:
+            verdict = self.scan(session, msg, user, queue_id)
+            d, quarantine = self._spam_decision(msg, user, verdict, token)
+            if d.blocks:
+                return d
+            verdict_headers = self._verdict_headers(msg, verdict)
+
+        if quarantine is None and not all(r.lower() in self._contacts for r in msg.recipients):
             d = self._check_limits(msg, user, dry_run=False)
             if d.blocks:
                 return d
 
-        return Decision(Action.ACCEPT, reason="ok",
-                        remove_headers=self._removals(msg, user),
-                        add_headers=self._stamps(session, msg, user, queue_id))
+        return Decision(Action.ACCEPT, reason="quarantine" if quarantine else "ok",
+                        remove_headers=self._removals(msg, user), quarantine=quarantine,
+                        add_headers=self._stamps(session, msg, user, token) + verdict_headers
+                        + self._would_header(msg))
 
     def log_message(self, session: Session, decision: Decision, queue_id: str = "") -> None:
         """The one log line per message."""
@@ -374,18 +397,24 @@ class Policy:
         return self._block(msg, user, d)
 
     def _limit_hit(self, msg: Message, user: User) -> None:
-        lock = user.policy.lock
-        if not lock.after_limit_hits:
+        self._abuse_event("limit", msg, user, user.policy.lock.after_limit_hits)
+
+    def _abuse_event(self, kind: str, msg: Message, user: User, threshold: Optional[int]) -> None:
+        """Count a rate-limit hit or a spam verdict; lock the identity when
+        ``threshold`` of them fall within the lock window."""
+        if not threshold:
             return
+        lock = user.policy.lock
         key = self.identity_key(msg)
+        label = {"limit": "rate-limit hits", "spam": "spam verdicts"}[kind]
         try:
-            hits = self.store.record_event(f"hits:{key}", lock.window)
-            if hits >= lock.after_limit_hits and self._mode(user) != "monitor":
-                got = self.store.set_lock(key, f"{hits} rate-limit hits in {int(lock.window)}s",
+            count = self.store.record_event(f"{'hits' if kind == 'limit' else 'spam'}:{key}", lock.window)
+            if count >= threshold and self._mode(user) != "monitor":
+                got = self.store.set_lock(key, f"{count} {label} in {int(lock.window)}s",
                                           lock.duration, max_auto_unlocks=lock.max_auto_unlocks)
                 log.warning("locked %s: %s (until %s)", key, got.reason, got.until or "operator unlock")
         except StoreError as exc:
-            log.error("could not record the limit hit of %s: %s", key, exc)
+            log.error("could not record the %s event of %s: %s", kind, key, exc)
 
     def _removals(self, msg: Optional[Message], user: Optional[User]) -> tuple[tuple[str, int], ...]:
         """Forged copies of our headers, and identity headers marked remove.
@@ -410,16 +439,79 @@ class Policy:
             return ()
         return (("X-Outpost-Would", hdr.safe_value("; ".join(msg.would))),)
 
-    def _stamps(self, session: Session, msg: Message, user: User, queue_id: str) -> tuple[tuple[str, str], ...]:
-        token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
-                                       client_ip=session.client_ip or "", queue_id=queue_id or "",
-                                       time=int(self.clock())))
-        stamps = [
+    def _stamps(self, session: Session, msg: Message, user: User, token: str) -> tuple[tuple[str, str], ...]:
+        domain = msg.sender_domain
+        if not domain:
+            addr, _ = header_from_address([v for n, v in msg.headers if n.lower() == "from"])
+            domain = split_address(addr or "")[1]
+        return (
             ("X-Outpost-User", hdr.safe_value(user.name)),
-            ("X-Outpost-Domain", hdr.safe_value(msg.sender_domain or "")),
+            ("X-Outpost-Domain", hdr.safe_value(domain or "")),
             ("X-Originating-IP", hdr.safe_value(f"[{session.client_ip}]" if session.client_ip else "unknown")),
             ("X-Outpost-ID", token),
             ("X-Report-Abuse-To", hdr.safe_value(user.policy.abuse_contact or self.config.report_abuse_to)),
-        ]
-        stamps.extend(self._would_header(msg))
-        return tuple(stamps)
+        )
+
+    # -- spam verdicts ----------------------------------------------------------------------
+    def raw_head(self, msg: Message) -> bytes:
+        """The message as the checks see it: headers as received, then the
+        first bytes of the body (up to ``max_scan`` in all)."""
+        parts = [f"{n}:{v if v[:1] in (' ', chr(9)) else ' ' + v}".encode("utf-8", "surrogateescape")
+                 for n, v in msg.headers]
+        head = b"\r\n".join(p.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for p in parts)
+        return head + b"\r\n\r\n" + bytes(msg.body_head)
+
+    def scan(self, session: Session, msg: Message, user: User, queue_id: str = ""):
+        """The engine's verdict on the message (score, evidence)."""
+        assert self.engine is not None
+        from ..spam.base import ScanContext
+        raw = self.raw_head(msg)
+        view = self.engine.parse(raw, total_size=msg.header_bytes + msg.body_size + 2)
+        ctx = ScanContext(user=user.name, identity=msg.identity, sender=msg.sender,
+                          recipients=tuple(msg.recipients), client_ip=session.client_ip,
+                          login=msg.login, queue_id=queue_id or None)
+        verdict = self.engine.scan(view, ctx)
+        msg.verdict = verdict
+        msg.spam_class = user.policy.spam.classify(verdict.score)
+        for failure in verdict.errors:
+            log.warning("check %s failed (%s): %s", failure.check, failure.policy, failure.error)
+        return verdict
+
+    def _spam_decision(self, msg: Message, user: User, verdict, token: str) -> tuple[Decision, Optional[str]]:
+        """(decision, quarantine reason) for a verdict under the user's policy."""
+        if verdict.tempfail:
+            failed = ", ".join(f.check for f in verdict.errors if f.policy == "tempfail")
+            return self._block(msg, user, reject(
+                "451", "4.3.0", "Message could not be scanned; please try again later",
+                f"scan_error:{failed}")), None
+        cls = msg.spam_class
+        action = user.policy.spam.action(cls)
+        if action == "accept":
+            return CONTINUE, None
+        if action == "quarantine":
+            if self._mode(user) == "monitor":
+                msg.would.append(f"quarantine ({cls} {verdict.score})")
+                return CONTINUE, None
+            self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
+            return CONTINUE, f"Outpost: {cls} (score {verdict.score}) from {self.identity_key(msg)}"
+        if action == "reject":
+            d = reject("550", "5.7.1", f"Message rejected as spam; reference {token}", cls)
+        else:
+            d = reject("451", "4.7.1", f"Message deferred as suspected spam; reference {token}", cls)
+        d = self._block(msg, user, d)
+        if d.blocks:
+            self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
+        return d, None
+
+    def _verdict_headers(self, msg: Message, verdict) -> tuple[tuple[str, str], ...]:
+        from ..spam.engine import evidence_header
+        assert self.engine is not None
+        out = [("X-Outpost-Class", msg.spam_class or verdict.cls),
+               ("X-Outpost-Score", f"{verdict.score:.1f}")]
+        evidence = evidence_header(verdict, self.engine.settings.max_evidence_len)
+        if evidence:
+            out.append(("X-Outpost-Evidence", hdr.safe_value(evidence)))
+        if verdict.partial:
+            out.append(("X-Outpost-Scan", f"partial (first {self.max_scan} of "
+                                          f"{msg.header_bytes + msg.body_size} bytes scanned)"))
+        return tuple(out)

@@ -66,6 +66,9 @@ class Message:
     headers: list[tuple[str, str]] = field(default_factory=list)
     header_bytes: int = 0
     body_size: int = 0
+    body_head: bytearray = field(default_factory=bytearray)   # first bytes of the body, for scanning
+    verdict: Optional[object] = None                          # the spam engine's Verdict
+    spam_class: Optional[str] = None
     would: list[str] = field(default_factory=list)          # monitor mode: what would have happened
     lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
     early_limit: Optional[Decision] = None     # cached read-only limit check at RCPT
