@@ -285,7 +285,8 @@ def test_open_store_urls(tmp_path) -> None:
     assert type(store).__name__ == "SqliteStore"
     store.close()
     local = open_store(f"sqlite://{tmp_path}/d.db")               # default: local
-    assert type(local).__name__ == "ResilientStore" and type(local.primary).__name__ == "SqliteStore"
+    assert type(local).__name__ == "ResilientStore"
+    assert type(local.primary).__name__ == "SqliteStore"
     assert type(open_store("memory:")).__name__ == "MemoryStore"  # nothing to fall back from
 
 
