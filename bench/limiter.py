@@ -28,7 +28,7 @@ from tests.services.redis import RedisServer  # noqa: E402
 
 def run(url: str, seconds: float, seed: int) -> int:
     """Call hit() for ``seconds``; return how many calls were made."""
-    store = open_store(url, StoreSettings(key_prefix="bench:"))
+    store = open_store(url, StoreSettings(key_prefix="bench:", on_store_error="tempfail"))
     users = [(Bucket(f"bench/u{i}", 10**9, 60.0), Bucket(f"bench/u{i}", 10**9, 3600.0))
              for i in range(200)]
     n = seed

@@ -43,6 +43,7 @@ def make_store(backend: str, request: pytest.FixtureRequest,
 
     def make(**fields: object) -> Store:
         fields.setdefault("key_prefix", prefix)
+        fields.setdefault("on_store_error", "tempfail")   # test the bare backends
         store = open_store(url, StoreSettings(**fields))  # type: ignore[arg-type]
         stores.append(store)
         return store

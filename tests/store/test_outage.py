@@ -31,7 +31,7 @@ def timed(fn, *args):
 
 
 def test_redis_down_raises_quickly_then_recovers(own_redis: RedisServer) -> None:
-    store = open_store(own_redis.url, StoreSettings(key_prefix="down:"))
+    store = open_store(own_redis.url, StoreSettings(key_prefix="down:", on_store_error="tempfail"))
     assert isinstance(store, RedisStore)
     bucket = [Bucket("u/down", 3, 60.0)]
     assert store.hit(bucket).allowed
@@ -50,7 +50,8 @@ def test_redis_down_raises_quickly_then_recovers(own_redis: RedisServer) -> None
 
 def test_unreachable_redis_is_bounded() -> None:
     srv = RedisServer()                            # never started: connection refused
-    store = open_store(srv.url, StoreSettings(connect_timeout=0.2, op_timeout=0.2))
+    store = open_store(srv.url, StoreSettings(connect_timeout=0.2, op_timeout=0.2,
+                                                 on_store_error="tempfail"))
     result, elapsed = timed(store.hit, [Bucket("x", 1, 1.0)])
     assert isinstance(result, StoreError) and elapsed < 1.0
     srv.close()

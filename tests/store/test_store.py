@@ -280,11 +280,14 @@ def test_open_store_urls(tmp_path) -> None:
         open_store("sqlite://relative.db")
     with pytest.raises(ValueError):
         open_store("memory:extra")
-    store = open_store(f"sqlite://{tmp_path}/a/b/c.db")
+    store = open_store(f"sqlite://{tmp_path}/a/b/c.db", StoreSettings(on_store_error="accept"))
     assert os.path.isfile(tmp_path / "a" / "b" / "c.db")
+    assert type(store).__name__ == "SqliteStore"
     store.close()
-    local = open_store(f"sqlite://{tmp_path}/d.db", StoreSettings(on_store_error="local"))
+    local = open_store(f"sqlite://{tmp_path}/d.db")               # default: local
     assert type(local).__name__ == "ResilientStore"
+    assert type(local.primary).__name__ == "SqliteStore"
+    assert type(open_store("memory:")).__name__ == "MemoryStore"  # nothing to fall back from
 
 
 @pytest.mark.parametrize("field,value", [("op_timeout", 0), ("key_prefix", ""),
@@ -293,3 +296,33 @@ def test_open_store_urls(tmp_path) -> None:
 def test_settings_validation(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         StoreSettings(**{field: value})
+
+
+# -- state expiry ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+def test_empty_buckets_expire(make_store) -> None:
+    store = make_store(sweep_interval=0.1)
+    gone, kept = Bucket("exp/gone", 4, 0.4), Bucket("exp/kept", 4, 60.0)
+    store.hit([gone, kept])
+    store.record_event("exp/event", 0.3)
+    if store.url.startswith("redis"):
+        import redis
+        r = redis.Redis.from_url(store.url)
+        prefix = store.settings.key_prefix
+        ttl = r.pttl(f"{prefix}rl:exp/kept@60")
+        assert 14000 < ttl <= 15001                    # empty again after one T
+        assert 0 < r.pttl(f"{prefix}ev:exp/event") <= 301
+        time.sleep(0.45)
+        assert not r.exists(f"{prefix}rl:exp/gone@0.4", f"{prefix}ev:exp/event")
+        assert r.exists(f"{prefix}rl:exp/kept@60")
+        r.close()
+    else:
+        import sqlite3
+        time.sleep(0.45)
+        store.hit([Bucket("exp/trigger", 4, 60.0)])   # sweeps expired rows
+        db = sqlite3.connect(store.url[len("sqlite://"):])
+        ids = [row[0] for row in db.execute("SELECT id FROM bucket ORDER BY id")]
+        events = db.execute("SELECT count(*) FROM event").fetchone()[0]
+        db.close()
+        assert ids == ["exp/kept@60", "exp/trigger@60"] and events == 0

@@ -24,7 +24,7 @@ from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
 
 def hammer(url: str, prefix: str, key: str, limit: str, threads: str, n: str,
            start: str) -> None:
-    store = open_store(url, StoreSettings(key_prefix=prefix))
+    store = open_store(url, StoreSettings(key_prefix=prefix, on_store_error="tempfail"))
     bucket = [Bucket(key, int(limit), 60.0)]
     admitted = [0] * int(threads)
 
@@ -43,7 +43,8 @@ def hammer(url: str, prefix: str, key: str, limit: str, threads: str, n: str,
 
 
 def slots(url: str, prefix: str, ip: str, count: str, heartbeat: str) -> None:
-    store = open_store(url, StoreSettings(key_prefix=prefix, heartbeat_ttl=float(heartbeat)))
+    store = open_store(url, StoreSettings(key_prefix=prefix, heartbeat_ttl=float(heartbeat),
+                                           on_store_error="tempfail"))
     host, pid = socket.gethostname(), os.getpid()
     store.process_alive(host, pid)
     for n in range(int(count)):

@@ -44,7 +44,7 @@ class StoreSettings:
     #: How long the auto-unlock count of a key without a lock is kept, seconds.
     lock_history_ttl: float = 30 * 86400.0
     #: ``tempfail``, ``accept`` or ``local`` (see docs/store.rst).
-    on_store_error: str = "tempfail"
+    on_store_error: str = "local"
     #: ``local`` mode: try the primary store again at most this often, seconds.
     retry_interval: float = 5.0
 
