@@ -42,7 +42,7 @@ def _transaction(policy, ip, login, sender, rcpts, headers, qid, session):
         headers = [("From", " Bob <bob@example.com>"), ("To", " x@dest.example"), ("Subject", " hi")]
     for name, value in headers:
         policy.header(session, name, value)
-    policy.body(session, 100)
+    policy.body(session, b"x" * 100)
     d = policy.end_of_message(session, qid)
     decisions.append(("eom", d))
     return session, decisions, d
