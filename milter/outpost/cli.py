@@ -124,6 +124,38 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from .effects.quarantine import PostfixQuarantine, QuarantineError
+    q = PostfixQuarantine(args.postfix_config)
+    try:
+        if args.action == "list":
+            held = q.list()
+            if not held:
+                print("the hold queue is empty")
+            for h in held:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.arrival))
+                print(f"{h.queue_id}  {when}  {h.size:>8} bytes  <{h.sender}> -> "
+                      f"{', '.join(h.recipients)}")
+                for name, value in h.outpost:
+                    if name.lower() in ("x-outpost-user", "x-outpost-class", "x-outpost-score",
+                                        "x-outpost-evidence"):
+                        print(f"    {name}: {value}")
+            return 0
+        if not args.queue_id:
+            print("outpost: give a queue id", file=sys.stderr)
+            return 2
+        if args.action == "release":
+            q.release(args.queue_id)
+            print(f"released {args.queue_id}")
+        else:
+            q.delete(args.queue_id)
+            print(f"deleted {args.queue_id}")
+        return 0
+    except QuarantineError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 1
+
+
 def _duration(text: str) -> float:
     from .config.source import parse_duration
     try:
@@ -169,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target", nargs="?", metavar="USER|USER/IDENTITY")
     sp = with_config(cmd("reset", cmd_reset, "forget the counters of an identity or a user"))
     sp.add_argument("target", metavar="USER|USER/IDENTITY")
+
+    sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
+                                           "(Postfix hold queue)")
+    sp.add_argument("action", choices=["list", "release", "delete"])
+    sp.add_argument("queue_id", nargs="?")
+    sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
+                    help="the Postfix instance's configuration directory (default /etc/postfix)")
 
     sp = cmd("secret", cmd_secret, "create the secret file for X-Outpost-ID tokens")
     sp.add_argument("path")

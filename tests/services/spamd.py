@@ -59,7 +59,7 @@ class Spamd:
     def _start_once(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="outpost-spamd-")
         os.chmod(self.dir, 0o755)
-        self.port = free_tcp_port()
+        self.port = self.port or free_tcp_port()     # a restart keeps its port
         args = [SPAMD, f"--listen=127.0.0.1:{self.port}", "--local",
                 "--nouser-config", "--max-children=2", "--min-children=1",
                 f"--pidfile={self.dir}/spamd.pid", f"--helper-home-dir={self.dir}",

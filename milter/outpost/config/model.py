@@ -44,7 +44,7 @@ class Limits:
 @dataclass(frozen=True)
 class LockPolicy:
     after_limit_hits: Optional[int] = None   # lock after that many limit refusals in `window`
-    after_spam: Optional[int] = None         # lock after that many spam verdicts in `window`
+    after_spam: Optional[int] = 5            # lock after that many spam verdicts in `window`
     window: float = 600.0
     duration: float = 3600.0
     max_auto_unlocks: Optional[int] = 3      # then the next lock is permanent
