@@ -156,6 +156,38 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from .core.idtoken import TokenCodec, read_secret
+    from .core.policy import Policy
+    from .scan import ReadOnlyStore, scan_message, to_json
+    from .spam.build import build_engine
+    config, real = _state(args)
+    store = ReadOnlyStore(real)
+    try:
+        codec = TokenCodec(read_secret(config.secret_file))
+    except OSError:
+        codec = TokenCodec(b"outpost scan without a secret file")   # tokens shown are not valid
+    policy = Policy(config, store, codec, engine=build_engine(config, store))
+    with open(args.file, "rb") as fh:
+        raw = fh.read()
+    report = scan_message(policy, raw, login=args.login, client_ip=args.client_ip,
+                          sender=args.sender, recipients=args.rcpt or ())
+    print(to_json(report) if args.json else report.format())
+    return 0 if not report.decision.blocks else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .spam.bayes import train_from_dirs
+    from .spam.build import MODEL_BLOB
+    config, store = _state(args)
+    model = train_from_dirs(args.spam, args.ham)
+    data = model.to_bytes()
+    store.put_blob(MODEL_BLOB, data)
+    print(f"trained on {model.nspam} spam and {model.nham} ham messages; "
+          f"{len(data)} bytes stored in {config.store} (reload Outpost to use it)")
+    return 0
+
+
 def _duration(text: str) -> float:
     from .config.source import parse_duration
     try:
@@ -201,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("target", nargs="?", metavar="USER|USER/IDENTITY")
     sp = with_config(cmd("reset", cmd_reset, "forget the counters of an identity or a user"))
     sp.add_argument("target", metavar="USER|USER/IDENTITY")
+
+    sp = with_config(cmd("scan", cmd_scan, "run the whole decision on a message file, without an MTA"))
+    sp.add_argument("file", metavar="FILE.eml")
+    sp.add_argument("--login", help="SMTP AUTH login")
+    sp.add_argument("--client-ip", help="client address")
+    sp.add_argument("--from", dest="sender", help="envelope sender (default: the From address)")
+    sp.add_argument("--rcpt", action="append", help="recipient (repeatable; default: the To address)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = with_config(cmd("train", cmd_train, "train the Bayes classifier on your own mail"))
+    sp.add_argument("--spam", action="append", required=True, metavar="DIR",
+                    help="directory of spam messages, one per file (repeatable)")
+    sp.add_argument("--ham", action="append", required=True, metavar="DIR",
+                    help="directory of legitimate messages (repeatable)")
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")
