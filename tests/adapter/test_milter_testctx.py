@@ -65,14 +65,15 @@ def test_accepted_message_is_stamped_and_forgeries_removed(runtime):
     ctx, rc = feed()
     assert rc == Milter.CONTINUE
     msg = ctx._msg
-    assert msg["X-Outpost-User"] == "webfarm"
-    assert msg["X-Outpost-Domain"] == "example.com"
-    assert msg["X-Originating-IP"] == "[192.0.2.5]"
+    # header_leading_space is negotiated: the value carries the blank after the colon
+    assert msg["X-Outpost-User"] == " webfarm"
+    assert msg["X-Outpost-Domain"] == " example.com"
+    assert msg["X-Originating-IP"] == " [192.0.2.5]"
     assert msg.get_all("X-Outpost-ID") != ["forged"] and len(msg.get_all("X-Outpost-ID")) == 1
     origin = runtime.codec.open(msg["X-Outpost-ID"])
     assert (origin.user, origin.identity, origin.queue_id) == ("webfarm", "1001", "4XyZ01")
     assert msg.get("X-PHP-Originating-Script") is None       # identity header marked remove
-    assert msg.get_all("X-Outpost-User") == ["webfarm"]
+    assert msg.get_all("X-Outpost-User") == [" webfarm"]
     ctx._close()
     assert runtime.store.conn_count("192.0.2.5") == 0          # slot freed at close
 
@@ -121,7 +122,7 @@ def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch,
     assert "internal error at eom (qid=QERR1" in caplog.text and "KeyError: 'boom'" in caplog.text
     assert not ctx._headerschanged and ctx._msg["X-Outpost-ID"] == "forged"   # nothing stamped
     ctx2, rc2 = feed(qid="QOK2")
-    assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == "webfarm"
+    assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == " webfarm"
 
 
 def test_one_log_line_per_message(runtime, caplog):

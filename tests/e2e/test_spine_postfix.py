@@ -44,6 +44,7 @@ def test_authenticated_user_accepted_with_headers(postfix, outpost, sink):
     assert r.accepted, r
     [m] = sink.wait_for(1)
     assert m.headers("X-Outpost-User") == ["alice"]
+    assert b"\r\nX-Outpost-User: alice\r\n" in m.data          # byte-exact, one blank after the colon
     assert m.headers("X-Outpost-Domain") == ["example.com"]
     assert m.headers("X-Originating-IP") == ["[127.0.0.1]"]
     assert m.headers("X-Report-Abuse-To") == ["abuse@example.net"]
@@ -102,7 +103,7 @@ def test_forged_headers_stripped(postfix, outpost, sink):
     raw = (b"From: alice@example.com\r\nTo: x@dest.example\r\nSubject: forged\r\n"
            b"X-Outpost-ID: AAAAforged\r\nx-outpost-user: root\r\nX-OUTPOST-USER: admin\r\n"
            b"X-Originating-IP: [10.9.9.9]\r\nx-report-abuse-to: nobody@evil.example\r\n"
-           b"X-Outpost-Class: ham\r\n\r\nbody\r\n")
+           b"X-Outpost-Class: forged-class\r\n\r\nbody\r\n")
     r = send(postfix.submission_port, login="alice@example.com", password="alicepw",
              mail_from="alice@example.com", rcpt_tos=["x@dest.example"], message=raw)
     assert r.accepted, r
@@ -110,7 +111,7 @@ def test_forged_headers_stripped(postfix, outpost, sink):
     assert m.headers("X-Outpost-User") == ["alice"]
     assert m.headers("X-Originating-IP") == ["[127.0.0.1]"]
     assert m.headers("X-Report-Abuse-To") == ["abuse@example.net"]
-    assert m.headers("X-Outpost-Class") == []
+    assert len(m.headers("X-Outpost-Class")) == 1 and m.headers("X-Outpost-Class") != ["forged-class"]
     assert len(m.headers("X-Outpost-ID")) == 1 and "AAAAforged" not in m.headers("X-Outpost-ID")[0]
     codec(outpost).open(m.headers("X-Outpost-ID")[0])        # ours, not the forgery
 

@@ -165,7 +165,9 @@ class OutpostMilter(Milter.Base):
                 for name, idx in d.remove_headers:
                     self.chgheader(name, idx, "")
                 for name, value in d.add_headers:
-                    self.addheader(name, value)
+                    # header_leading_space is negotiated: the MTA adds no blank
+                    # after the colon, so we supply it.
+                    self.addheader(name, " " + value)
                 if d.quarantine:
                     self.quarantine(d.quarantine)
             self._finish(d)
