@@ -171,6 +171,21 @@ def test_sink_outage_defers_then_delivers(postfix: PostfixInstance, sink: SmtpSi
     assert len(sink.wait_for(1, timeout=15)) == 1
 
 
+def test_set_main_swaps_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+    original = postfix.milter
+    postfix.set_main(milter="")
+    try:
+        assert smtp.send(postfix.relay_port).accepted
+        (msg,) = sink.wait_for(1)
+        assert msg.headers("X-Test-client_addr") == []
+    finally:
+        postfix.set_main(milter=original)
+    sink.clear()
+    assert smtp.send(postfix.relay_port).accepted
+    (msg,) = sink.wait_for(1)
+    assert msg.headers("X-Test-client_addr") == ["127.0.0.1"]
+
+
 def test_shipped_submission_requires_starttls(smtp_sink: SmtpSink) -> None:  # noqa: F811
     with PostfixInstance(sink_port=smtp_sink.port, milter="", require_tls=True) as strict:
         strict.add_sasl_user("alice", "s3cret")
