@@ -16,7 +16,8 @@ Rounds interleave the configurations and alternate their order so machine
 noise hits all alike.  Reported: accepted messages per second (time for
 smtp-source to get all messages accepted; the queue is drained, and every
 message checked delivered, before the next run), median over rounds, with the
-ratio to Postfix alone and to the noop milter.
+ratio to Postfix alone and to the noop milter (median of the ratios measured
+in the same round, which cancels slow drifts of machine load).
 
 Milters listen on unix sockets: an ``inet:`` milter on loopback stalls ~40 ms
 per message on delayed ACKs.  Run as root (Postfix instances).
@@ -122,23 +123,30 @@ def stop_configs(configs: list[Config]) -> None:
             cfg.milter.stop(graceful=False)
 
 
+def paired_ratio(cfg: Config, ref: Config | None, size: int) -> str:
+    """Median over rounds of cfg/ref measured in the same round."""
+    if ref is None:
+        return "-"
+    return f"{statistics.median(a / b for a, b in zip(cfg.rates[size], ref.rates[size])):.2f}"
+
+
 def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) -> None:
-    base = {s: statistics.median(configs[0].rates[s]) for s in sizes}
+    """Print msgs/s (median, range) and ratios paired per round."""
     noop = next((c for c in configs if c.name == "noop"), None)
     print(f"\n{args.messages} messages x {args.sessions} sessions, {args.rounds} rounds "
           f"({'one session per message' if not args.reuse else 'sessions reused'}); "
-          "msgs/s = median (min-max)")
-    header = f"{'config':<12}{'size':>8}{'msgs/s':>10}{'range':>16}{'vs postfix':>12}{'vs noop':>10}"
+          "msgs/s = median (min-max); ratios = median of same-round ratios")
+    header = (f"{'config':<12}{'size':>8}{'msgs/s':>10}{'range':>16}"
+              f"{'vs postfix':>12}{'vs noop':>10}")
     print(header)
     print("-" * len(header))
     for size in sizes:
         for cfg in configs:
             rates = cfg.rates[size]
-            med = statistics.median(rates)
-            vs_noop = (f"{med / statistics.median(noop.rates[size]):.2f}"
-                       if noop is not None else "-")
-            print(f"{cfg.name:<12}{size:>8}{med:>10.0f}"
-                  f"{f'{min(rates):.0f}-{max(rates):.0f}':>16}{med / base[size]:>12.2f}{vs_noop:>10}")
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            print(f"{cfg.name:<12}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
+                  f"{paired_ratio(cfg, configs[0], size):>12}"
+                  f"{paired_ratio(cfg, noop, size):>10}")
 
 
 def main(argv: list[str] | None = None) -> int:
