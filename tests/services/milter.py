@@ -61,7 +61,8 @@ class MilterProcess:
         deadline = time.monotonic() + timeout
         while not unix_socket_ready(self.socket_path):
             if self.proc.poll() is not None:
-                raise MilterStartError(f"{self.argv} exited {self.proc.returncode}: {self.log()[-2000:]}")
+                raise MilterStartError(f"{self.argv} exited {self.proc.returncode}: "
+                                       f"{self.log()[-2000:]}")
             if time.monotonic() > deadline:
                 self.stop(graceful=False)
                 raise MilterStartError(f"{self.argv}: no socket {self.socket_path} after "

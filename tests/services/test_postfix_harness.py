@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from tests.services import smtp
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401  (fixtures)
 from tests.services.milter import MilterProcess
 from tests.services.postfix import PostfixInstance, parse_main_cf, parse_master_cf
 from tests.services.sink import SmtpSink
@@ -55,7 +53,7 @@ TEST_MILTER = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def stamp_milter(postfix: PostfixInstance) -> Iterator[MilterProcess]:  # noqa: F811
+def stamp_milter(postfix: PostfixInstance) -> Iterator[MilterProcess]:
     script = postfix.base_dir / "stamp_milter.py"
     script.write_text(TEST_MILTER)
     proc = MilterProcess([sys.executable, str(script), "{socket}"], postfix.milter_socket)
@@ -67,14 +65,14 @@ def stamp_milter(postfix: PostfixInstance) -> Iterator[MilterProcess]:  # noqa: 
 
 
 @pytest.fixture
-def sink(smtp_sink: SmtpSink, stamp_milter: MilterProcess) -> SmtpSink:  # noqa: F811
+def sink(smtp_sink: SmtpSink, stamp_milter: MilterProcess) -> SmtpSink:
     """The module's sink, emptied, with the stamp milter running."""
     stamp_milter.start()
     smtp_sink.clear()
     return smtp_sink
 
 
-def test_fragments_are_the_shipped_ones(postfix: PostfixInstance) -> None:  # noqa: F811
+def test_fragments_are_the_shipped_ones(postfix: PostfixInstance) -> None:
     main = parse_main_cf((postfix.config_dir / "main.cf").read_text())
     assert main["smtpd_milters"] == f"unix:{postfix.milter_socket}"
     assert main["milter_default_action"] == "tempfail"
@@ -86,7 +84,7 @@ def test_fragments_are_the_shipped_ones(postfix: PostfixInstance) -> None:  # no
     assert master[f"127.0.0.1:{postfix.submission_port}"].option("smtpd_sasl_auth_enable") == "yes"
 
 
-def test_xclient_login_and_addr_reach_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_xclient_login_and_addr_reach_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:
     result = smtp.send(postfix.submission_port,
                        xclient={"LOGIN": "carol", "ADDR": "203.0.113.7"})
     assert result.accepted, result
@@ -97,7 +95,7 @@ def test_xclient_login_and_addr_reach_the_milter(postfix: PostfixInstance, sink:
     assert msg.rcpt_tos == ("rcpt@example.net",)
 
 
-def test_sasl_auth_login_reaches_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_sasl_auth_login_reaches_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:
     postfix.add_sasl_user("alice", "s3cret")
     bad = smtp.send(postfix.submission_port, login="alice", password="wrong")
     assert (bad.stage, bad.code) == ("auth", 535)
@@ -109,12 +107,12 @@ def test_sasl_auth_login_reaches_the_milter(postfix: PostfixInstance, sink: Smtp
     assert msg.headers("X-Test-client_addr") == ["127.0.0.1"]
 
 
-def test_submission_refuses_unauthenticated(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_submission_refuses_unauthenticated(postfix: PostfixInstance, sink: SmtpSink) -> None:
     result = smtp.send(postfix.submission_port)
     assert (result.stage, result.code) == ("rcpt", 554)
 
 
-def test_ip_relay_listener_by_client_address(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_ip_relay_listener_by_client_address(postfix: PostfixInstance, sink: SmtpSink) -> None:
     allowed = smtp.send(postfix.relay_port, xclient={"ADDR": "198.51.100.20"})
     assert allowed.accepted, allowed
     refused = smtp.send(postfix.relay_port, xclient={"ADDR": "100.64.0.1"})
@@ -125,7 +123,7 @@ def test_ip_relay_listener_by_client_address(postfix: PostfixInstance, sink: Smt
     assert msg.headers("X-Test-daemon_name") == ["outpost-iprelay"]
 
 
-def test_reports_listener_bypasses_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_reports_listener_bypasses_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:
     result = smtp.send(postfix.reports_port, mail_from="abuse@outpost.example")
     assert result.accepted, result
     (msg,) = sink.wait_for(1)
@@ -133,7 +131,7 @@ def test_reports_listener_bypasses_the_milter(postfix: PostfixInstance, sink: Sm
     assert msg.headers("X-Test-client_addr") == []
 
 
-def test_milter_down_tempfails(postfix: PostfixInstance, sink: SmtpSink,  # noqa: F811
+def test_milter_down_tempfails(postfix: PostfixInstance, sink: SmtpSink,
                                stamp_milter: MilterProcess) -> None:
     stamp_milter.stop()
     try:
@@ -146,7 +144,7 @@ def test_milter_down_tempfails(postfix: PostfixInstance, sink: SmtpSink,  # noqa
     assert len(sink.wait_for(1)) == 1
 
 
-def test_quarantine_lands_in_hold_queue(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_quarantine_lands_in_hold_queue(postfix: PostfixInstance, sink: SmtpSink) -> None:
     message = smtp.build_message(subject="please hold this")
     result = smtp.send(postfix.submission_port, xclient={"LOGIN": "carol"}, message=message)
     assert result.accepted, result
@@ -159,7 +157,7 @@ def test_quarantine_lands_in_hold_queue(postfix: PostfixInstance, sink: SmtpSink
     assert result.queue_id not in postfix.hold_queue()
 
 
-def test_sink_outage_defers_then_delivers(postfix: PostfixInstance, sink: SmtpSink) -> None:  # noqa: F811
+def test_sink_outage_defers_then_delivers(postfix: PostfixInstance, sink: SmtpSink) -> None:
     sink.down()
     try:
         result = smtp.send(postfix.relay_port)
@@ -171,7 +169,22 @@ def test_sink_outage_defers_then_delivers(postfix: PostfixInstance, sink: SmtpSi
     assert len(sink.wait_for(1, timeout=15)) == 1
 
 
-def test_shipped_submission_requires_starttls(smtp_sink: SmtpSink) -> None:  # noqa: F811
+def test_set_main_swaps_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:
+    original = postfix.milter
+    postfix.set_main(milter="")
+    try:
+        assert smtp.send(postfix.relay_port).accepted
+        (msg,) = sink.wait_for(1)
+        assert msg.headers("X-Test-client_addr") == []
+    finally:
+        postfix.set_main(milter=original)
+    sink.clear()
+    assert smtp.send(postfix.relay_port).accepted
+    (msg,) = sink.wait_for(1)
+    assert msg.headers("X-Test-client_addr") == ["127.0.0.1"]
+
+
+def test_shipped_submission_requires_starttls(smtp_sink: SmtpSink) -> None:
     with PostfixInstance(sink_port=smtp_sink.port, milter="", require_tls=True) as strict:
         strict.add_sasl_user("alice", "s3cret")
         plain = smtp.send(strict.submission_port, login="alice", password="s3cret")

@@ -1,0 +1,213 @@
+"""Throughput of Postfix with and without milters, measured in one run.
+
+    smtp-source (N sessions) -> throw-away Postfix (IP-relay listener of
+    contrib/postfix) -> smtp-sink
+
+Configurations (each its own Postfix instance, all idle but one at a time):
+
+* ``postfix``  Postfix alone (no milter),
+* ``noop``     Postfix + bench/noop_milter.py (pymilter answering CONTINUE
+               to every stage) on a unix socket,
+* any ``--milter NAME='COMMAND with {socket}'`` (``{socket}`` becomes
+  ``unix:/path``; run from the repo root with ``milter/`` on PYTHONPATH), e.g.
+  ``--milter outpost='python -m outpost run -c bench/outpost.yml --socket {socket}'``.
+
+Rounds interleave the configurations and alternate their order so machine
+noise hits all alike.  Reported: accepted messages per second (time for
+smtp-source to get all messages accepted; the queue is drained, and every
+message checked delivered, before the next run), median over rounds, with the
+ratio to Postfix alone and to the noop milter (median of the ratios measured
+in the same round, which cancels slow drifts of machine load).
+
+Milters listen on unix sockets: an ``inet:`` milter on loopback stalls ~40 ms
+per message on delayed ACKs.  Run as root (Postfix instances).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "milter")]
+
+from tests.services.milter import MilterProcess  # noqa: E402
+from tests.services.postfix import PostfixInstance, free_port, port_open  # noqa: E402
+
+_SENT_RE = re.compile(r" status=sent ")
+
+
+class BenchError(RuntimeError):
+    """A run did not complete (refused messages, lost messages, timeouts)."""
+
+
+@dataclass
+class Config:
+    """One configuration under test."""
+
+    name: str
+    milter_argv: list[str] | None
+    instance: PostfixInstance | None = None
+    milter: MilterProcess | None = None
+    rates: dict[int, list[float]] = field(default_factory=dict)
+
+
+def parse_milter(spec: str) -> tuple[str, list[str]]:
+    """``NAME=COMMAND`` -> (name, argv); the command must contain ``{socket}``."""
+    name, sep, command = spec.partition("=")
+    if not sep or not name or "{socket}" not in command:
+        raise argparse.ArgumentTypeError(f"expected NAME='COMMAND with {{socket}}', got {spec!r}")
+    return name.strip(), shlex.split(command)
+
+
+def count_sent(instance: PostfixInstance) -> int:
+    """Deliveries logged so far."""
+    return len(_SENT_RE.findall(instance.maillog()))
+
+
+def run_source(instance: PostfixInstance, args: argparse.Namespace, messages: int,
+               size: int) -> float:
+    """Send ``messages`` of ``size`` bytes; return accepted msgs/s after
+    checking every message reached the sink."""
+    before = count_sent(instance)
+    cmd = ["smtp-source", "-s", str(args.sessions), "-m", str(messages), "-l", str(size),
+           "-f", args.sender, "-t", args.recipient, "-M", "bench.example.org"]
+    if args.reuse:
+        cmd.append("-d")
+    cmd.append(f"127.0.0.1:{instance.relay_port}")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          timeout=max(120.0, messages / 5))
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"smtp-source exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    instance.wait_queue_empty(timeout=max(120.0, messages / 5), include_hold=True)
+    sent = count_sent(instance) - before
+    if sent != messages:
+        raise BenchError(f"{sent} of {messages} messages delivered to the sink")
+    return messages / elapsed
+
+
+def start_configs(configs: list[Config], sink_port: int, root: Path) -> None:
+    """One Postfix per configuration, its milter on the instance's socket."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "milter"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    for cfg in configs:
+        instance = PostfixInstance(root / cfg.name, sink_port=sink_port,
+                                   milter="" if cfg.milter_argv is None else None)
+        instance.build()
+        if cfg.milter_argv is not None:
+            cfg.milter = MilterProcess(cfg.milter_argv, instance.milter_socket, env=env,
+                                       cwd=REPO, log_path=root / f"{cfg.name}.milter.log")
+            cfg.milter.start(timeout=60)
+        instance.start()
+        cfg.instance = instance
+
+
+def stop_configs(configs: list[Config]) -> None:
+    for cfg in configs:
+        if cfg.instance is not None:
+            cfg.instance.stop()
+        if cfg.milter is not None:
+            cfg.milter.stop(graceful=False)
+
+
+def paired_ratio(cfg: Config, ref: Config | None, size: int) -> str:
+    """Median over rounds of cfg/ref measured in the same round."""
+    if ref is None:
+        return "-"
+    return f"{statistics.median(a / b for a, b in zip(cfg.rates[size], ref.rates[size])):.2f}"
+
+
+def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) -> None:
+    """Print msgs/s (median, range) and ratios paired per round."""
+    noop = next((c for c in configs if c.name == "noop"), None)
+    print(f"\n{args.messages} messages x {args.sessions} sessions, {args.rounds} rounds "
+          f"({'one session per message' if not args.reuse else 'sessions reused'}); "
+          "msgs/s = median (min-max); ratios = median of same-round ratios")
+    header = (f"{'config':<12}{'size':>8}{'msgs/s':>10}{'range':>16}"
+              f"{'vs postfix':>12}{'vs noop':>10}")
+    print(header)
+    print("-" * len(header))
+    for size in sizes:
+        for cfg in configs:
+            rates = cfg.rates[size]
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            print(f"{cfg.name:<12}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
+                  f"{paired_ratio(cfg, configs[0], size):>12}"
+                  f"{paired_ratio(cfg, noop, size):>10}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", type=int, default=10, help="parallel SMTP sessions")
+    parser.add_argument("--sizes", default="2048,20480", help="payload sizes in bytes")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up messages per config")
+    parser.add_argument("--milter", action="append", type=parse_milter, default=[],
+                        metavar="NAME='CMD {socket}'", help="extra milter configuration")
+    parser.add_argument("--no-noop", action="store_true", help="skip the noop milter")
+    parser.add_argument("--sender", default="bench@example.com")
+    parser.add_argument("--recipient", default="rcpt@example.net")
+    parser.add_argument("--reuse", action="store_true",
+                        help="send several messages per session (smtp-source -d)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    configs = [Config("postfix", None)]
+    if not args.no_noop:
+        configs.append(Config("noop", [sys.executable, str(REPO / "bench" / "noop_milter.py"),
+                                       "{socket}"]))
+    configs += [Config(name, argv_) for name, argv_ in args.milter]
+    if len({c.name for c in configs}) != len(configs):
+        parser.error("configuration names must be unique")
+
+    root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
+    root.chmod(0o755)  # the postfix user must reach the instances under it
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "1024"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(sink_port):
+            if sink.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("smtp-sink did not start")
+            time.sleep(0.05)
+        start_configs(configs, sink_port, root)
+        for cfg in configs:
+            run_source(cfg.instance, args, args.warmup, sizes[0])
+        for rnd in range(args.rounds):
+            order = configs if rnd % 2 == 0 else configs[::-1]
+            for size in sizes:
+                for cfg in order:
+                    rate = run_source(cfg.instance, args, args.messages, size)
+                    cfg.rates.setdefault(size, []).append(rate)
+                    print(f"round {rnd + 1} {cfg.name:<10} {size:>6} B {rate:8.0f} msgs/s",
+                          flush=True)
+        report(configs, sizes, args)
+    finally:
+        stop_configs(configs)
+        sink.terminate()
+        sink.wait(10)
+        if args.keep:
+            print(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
