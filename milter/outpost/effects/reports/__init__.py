@@ -9,10 +9,13 @@ from .arf import RenderedReport, render_report
 from .errors import (DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemBusy,
                      SpoolItemNotFound)
 from .event import ACTIONS, BlockEvent, is_feedback_report
+from .sender import ReportSender, SendStats
 from .settings import ReportSettings, SmtpSettings
+from .spool import Spool, SpoolItem, list_items, purge, retry
 
 __all__ = [
     "ACTIONS", "BlockEvent", "DeliveryError", "RenderedReport", "ReportError",
-    "ReportSettings", "SenderLocked", "SmtpSettings", "SpoolError", "SpoolItemBusy",
-    "SpoolItemNotFound", "is_feedback_report", "render_report",
+    "ReportSender", "ReportSettings", "SendStats", "SenderLocked", "SmtpSettings", "SpoolError", "SpoolItemBusy",
+    "SpoolItemNotFound", "Spool", "SpoolItem", "is_feedback_report", "list_items",
+    "purge", "render_report", "retry",
 ]

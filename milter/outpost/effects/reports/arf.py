@@ -37,6 +37,7 @@ USER_AGENT = f"Outpost/{__version__}"
 _PAST = {"reject": "rejected", "tempfail": "tempfailed", "quarantine": "quarantined",
          "discard": "discarded", "lock": "locked"}
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_QUOTED = re.compile(r'^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"$')
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                      r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _MAX_LINE = 998
@@ -78,7 +79,7 @@ def smtp_path(addr: str) -> Optional[str]:
     local, domain = addr.rsplit("@", 1)
     if not _DOMAIN.match(domain) or not local or any(ord(c) < 32 or ord(c) == 127 for c in local):
         return None
-    if not _DOT_ATOM.match(local):
+    if not _DOT_ATOM.match(local) and not _QUOTED.match(local):
         local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"<{local}@{domain}>"
 
@@ -139,7 +140,7 @@ def _original_part(event: BlockEvent, settings: ReportSettings,
         body = None
     else:
         head, body = split_original(event.original)
-    if body is not None and head:
+    if body is not None:
         whole = head + b"\r\n" + body
         reason = None
         if not settings.include_body:
@@ -288,18 +289,20 @@ def _feedback_fields(event: BlockEvent, settings: ReportSettings,
 
 def render_report(event: BlockEvent, settings: ReportSettings, *,
                   folded: Sequence[BlockEvent] = (), now: Optional[float] = None,
-                  message_id: Optional[str] = None) -> Optional[RenderedReport]:
+                  message_id: Optional[str] = None,
+                  notes: Sequence[str] = ()) -> Optional[RenderedReport]:
     """Build the ARF report for ``event``.
 
     ``folded``: all incidents of an aggregated report (``event`` is the one
     whose details and original are shown, normally the latest); ``Incidents``
-    is ``len(folded)`` when that is more than one.  Returns None when the
+    is ``len(folded)`` when that is more than one.  ``notes`` are added to
+    the text part (e.g. why only the header is attached).  Returns None when the
     original message is itself a feedback report (never report a report).
     """
     if is_feedback_report(event.original):
         return None
     incidents = max(1, len(folded))
-    notes: list[str] = []
+    notes = list(notes)
     original, eightbit, original_type = _original_part(event, settings, notes)
     to = event.report_to or settings.to
     subject = _subject(event, incidents)
