@@ -1,5 +1,3 @@
-import dataclasses
-import os
 from typing import Any, Iterator
 
 import pytest

@@ -9,7 +9,7 @@ import parsedmarc
 import pytest
 
 from outpost import __version__
-from outpost.effects.reports import BlockEvent, ReportSettings, render_report
+from outpost.effects.reports import ReportSettings, render_report
 from outpost.effects.reports.arf import smtp_path, source_ip, split_original
 
 from .arfcheck import ArfError, check
