@@ -248,10 +248,10 @@ def test_cli_list_retry_purge_and_give_up(tmp_path):
     assert items[a].next_attempt == pytest.approx(t0 + 60)
     assert "connect" in items[a].last_error
     assert items[b].attempts == 0
-    sender._relay_retry_at = 0   # relay back-off is in memory only
-    sender.run_once(now=t0 + 200)   # past give_up_after: both end in failed/
-    sender._relay_retry_at = 0
-    sender.run_once(now=t0 + 200)
+    sender.run_once(now=t0 + 200)   # past give_up_after: a ends in failed/
+    assert {i.id: i.state for i in list_items(spool)} == {a: "failed", b: "queued"}
+    assert sender.run_once(now=t0 + 201).failed == 0   # relay back-off: no attempt
+    sender.run_once(now=t0 + 400)
     assert {i.state for i in list_items(spool)} == {"failed"}
     assert retry(spool, a) == 1
     item = [i for i in list_items(spool) if i.id == a][0]
@@ -262,8 +262,7 @@ def test_cli_list_retry_purge_and_give_up(tmp_path):
     assert [i.id for i in list_items(spool)] == [a]
     sink.start()
     try:
-        sender._relay_retry_at = 0
-        drain(sender, sink, 1)
+        drain(sender, sink, 1)     # retry() also lifted the relay back-off
     finally:
         sink.stop()
     assert len(sink.received) == 1 and list_items(spool) == []
@@ -296,3 +295,33 @@ def test_busy_and_unretryable_items(tmp_path):
         purge(spool, a)
     with pytest.raises(ValueError):
         purge(spool, None, state="sending")
+
+
+def test_crash_leftovers_are_finished_once(tmp_path, sink):
+    """State a crashed sender may leave: an event whose report is already
+    queued, and a half-done fold in folding/."""
+    settings = make_settings(tmp_path, port=sink.port)
+    spool = Spool.from_settings(settings)
+    sender = ReportSender(spool, settings)
+    # 1. the report was queued but the event not yet removed: no second report
+    b = spool.put(make_event(2, identity="bob"))
+    evt = open(spool.dir("new", f"{b}.evt"), "rb").read()
+    spool.write_report("queue", b, {"id": b, "identity": "webfarm/bob", "kind": "spam",
+                                   "next_attempt": 0, "since": time.time(),
+                                   "from": "o@relay.example", "to": "abuse@isp.example",
+                                   "message_id": "<dup@x>"},
+                       b"Message-ID: <dup@x>\r\n\r\nx\r\n")
+    stats = sender.run_once()
+    assert (stats.ingested, stats.reported, stats.sent) == (1, 0, 1)
+    assert message_ids(sink.received) == ["<dup@x>"]
+    # 2. a fold interrupted after the batch was moved to folding/
+    os.makedirs(spool.dir("folding", "batch1"))
+    for i in range(3):
+        with open(spool.dir("folding", "batch1", f"{i:019d}-1-aa.evt"), "wb") as fh:
+            fh.write(evt.replace(b'"4Q00002"', f'"4QF{i}"'.encode()))
+    stats = sender.run_once()
+    assert (stats.aggregated, stats.folded, stats.sent) == (1, 3, 1)
+    last = check(sink.received[-1].data)
+    assert last.fields["incidents"] == ["3"]
+    assert b"4QF0" in sink.received[-1].data and b"4QF2" in sink.received[-1].data
+    assert sender.run_once().sent == 0 and list_items(spool) == []

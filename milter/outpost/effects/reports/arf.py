@@ -98,6 +98,10 @@ def source_ip(value: Optional[str]) -> Optional[str]:
     return str(ip)
 
 
+def _is_lock(event: BlockEvent) -> bool:
+    return event.action == "lock" or event.kind == "lock"
+
+
 def _date(ts: float) -> str:
     return format_datetime(datetime.fromtimestamp(ts, timezone.utc))
 
@@ -178,7 +182,7 @@ def _original_part(event: BlockEvent, settings: ReportSettings,
 
 def _subject(event: BlockEvent, incidents: int) -> str:
     who = clean(event.key, 120)
-    if event.action == "lock" or event.kind == "lock":
+    if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
         text = f"identity {who} locked {until}"
@@ -200,7 +204,7 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
     n = settings.max_list
     lines: list[str] = []
     who = clean(event.key, 200)
-    if event.action == "lock" or event.kind == "lock":
+    if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
         lines.append(f"Identity {who} locked {until} because "
@@ -236,7 +240,7 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         lines.append(f"  {'':<14} ... and {more} more")
     if event.reason:
         lines.append(f"  Reason:        {clean(event.reason, 500)}")
-    if event.action == "lock" or event.kind == "lock":
+    if _is_lock(event):
         lines.append("  Locked until:  " + ("permanently" if event.lock_until is None
                                              else _human_time(event.lock_until)))
     lines += [f"  Queue ID:      {clean(event.queue_id or '-', 64)}",
@@ -265,7 +269,7 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
 
 def _feedback_fields(event: BlockEvent, settings: ReportSettings,
                      incidents: int) -> list[tuple[str, str]]:
-    fields = [("Feedback-Type", "other" if event.kind == "lock" else "abuse"),
+    fields = [("Feedback-Type", "other" if _is_lock(event) else "abuse"),
               ("User-Agent", USER_AGENT), ("Version", "1")]
     mail_from = smtp_path(event.sender)
     if mail_from is not None:

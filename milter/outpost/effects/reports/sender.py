@@ -20,7 +20,7 @@ from .arf import RenderedReport, render_report
 from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
 from .event import BlockEvent
 from .settings import ReportSettings
-from .spool import Spool, _fsync_dir, key_hash, new_id
+from .spool import RETRY_MARK, Spool, fsync_dir, key_hash, new_id
 
 log = logging.getLogger("outpost.reports")
 
@@ -75,9 +75,9 @@ class _Connection:
         self.smtp = smtp
         return smtp
 
-    def send(self, sender: str, to: str, data: bytes, eightbit: bool) -> str:
-        """Send one message; returns the relay's reply text.  Raises
-        DeliveryError (and drops the session) on any failure."""
+    def send(self, sender: str, to: str, data: bytes, eightbit: bool) -> None:
+        """Send one message.  Raises DeliveryError (and drops the session)
+        on any failure."""
         smtp = self.open()
         opts = ["BODY=8BITMIME"] if eightbit and smtp.has_extn("8bitmime") else []
         try:
@@ -95,7 +95,6 @@ class _Connection:
             raise DeliveryError(f"transaction: {exc}") from exc
         if refused:   # one recipient: cannot happen without an exception
             raise DeliveryError(f"refused: {refused!r}")
-        return "accepted"
 
     def close(self) -> None:
         if self.smtp is None:
@@ -124,6 +123,8 @@ class ReportSender:
         self._relay_failures = 0
         self._forever = False          # run_forever keeps the lock between passes
         self._needs_recovery = True
+        self._retry_mark = 0.0         # mtime of .retry seen last
+        self._pruned_at = 0.0
 
     # -- the sender lock ------------------------------------------------
     def _acquire(self) -> bool:
@@ -189,7 +190,32 @@ class ReportSender:
     def _pass(self, stats: SendStats, now: Optional[float]) -> None:
         self._ingest(stats, time.time() if now is None else now)
         self._fold(stats, time.time() if now is None else now)
+        self._check_retry_mark()
         self._send(stats, now)
+        self._prune_rate(time.time() if now is None else now)
+
+    def _check_retry_mark(self) -> None:
+        """``outpost reports retry`` touches ``.retry``: forget the relay
+        back-off so the retried reports go out on this pass."""
+        try:
+            mark = os.stat(self.spool.dir(RETRY_MARK)).st_mtime
+        except FileNotFoundError:
+            return
+        if mark != self._retry_mark:
+            self._retry_mark = mark
+            self._relay_retry_at = 0.0
+            self._relay_failures = 0
+
+    def _prune_rate(self, now: float) -> None:
+        """Drop rate files of identities without a report in the window
+        (at most once a minute)."""
+        if abs(now - self._pruned_at) < 60:
+            return
+        self._pruned_at = now
+        for path in self.spool.files("rate", ext=".json"):
+            if not self._rate(os.path.basename(path)[:-5], now):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def _recover(self, stats: SendStats, now: float) -> None:
         """After (re)start: a report left in sending/ was in an SMTP
@@ -205,7 +231,7 @@ class ReportSender:
                 meta["possible_duplicate"] = True
                 sp.write_report("queue", rid, meta, data)
                 os.unlink(path)
-                _fsync_dir(sp.dir("sending"))
+                fsync_dir(sp.dir("sending"))
                 stats.recovered += 1
                 log.warning("report %s (%s) was being sent when the sender stopped; "
                             "sending it again (may duplicate)", rid, meta.get("message_id"))
@@ -267,10 +293,10 @@ class ReportSender:
                 continue
             kh = key_hash(event.key)
             times = self._rate(kh, now)
-            if len(times) >= self.settings.max_per_hour or sp.files("held", kh, ext=".evt"):
+            if len(times) >= self.settings.max_per_hour or os.path.isdir(sp.dir("held", kh)):
                 os.makedirs(sp.dir("held", kh), mode=0o750, exist_ok=True)
                 os.rename(path, sp.dir("held", kh, os.path.basename(path)))
-                _fsync_dir(sp.dir("held", kh))
+                fsync_dir(sp.dir("held", kh))
                 stats.held += 1
                 continue
             notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
@@ -282,7 +308,7 @@ class ReportSender:
                 self._queue(item_id, event, report, now)
                 stats.reported += 1
             os.unlink(path)
-            _fsync_dir(sp.dir("new"))
+            fsync_dir(sp.dir("new"))
 
     def _fold(self, stats: SendStats, now: float) -> None:
         sp = self.spool
@@ -297,8 +323,8 @@ class ReportSender:
                     os.rename(sp.dir("held", kh), sp.dir("folding", batch))
                 except FileNotFoundError:     # purged meanwhile
                     continue
-                _fsync_dir(sp.dir("held"))
-                _fsync_dir(sp.dir("folding"))
+                fsync_dir(sp.dir("held"))
+                fsync_dir(sp.dir("folding"))
             self._fold_batch(batch, stats, now)
 
     def _fold_batch(self, batch: str, stats: SendStats, now: float) -> None:
@@ -380,7 +406,7 @@ class ReportSender:
                 self._relay_failures = 0
                 with sp.locked():
                     os.unlink(sending)
-                    _fsync_dir(sp.dir("sending"))
+                    fsync_dir(sp.dir("sending"))
                 stats.sent += 1
                 log.info("report %s sent to %s: %s (Message-ID %s)", rid, meta.get("to"),
                          meta.get("subject"), meta.get("message_id"))
@@ -406,4 +432,4 @@ class ReportSender:
                 log.warning("report %s not delivered (%s); attempt %d, next in %.0f s", rid,
                             exc, meta["attempts"], meta["next_attempt"] - now)
             os.unlink(sending)
-            _fsync_dir(sp.dir("sending"))
+            fsync_dir(sp.dir("sending"))

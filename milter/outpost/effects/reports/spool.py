@@ -7,6 +7,7 @@ renamed into place and the directory fsynced)::
 
     .sender.lock             flock held by the one running sender
     .spool.lock              flock around state changes (sender and CLI)
+    .retry                   touched by ``outpost reports retry``
     tmp/                     files being written
     new/<id>.evt             events put by workers, not yet looked at
     held/<key>/<id>.evt      events over the per-identity limit, to be folded
@@ -43,6 +44,7 @@ from .settings import ReportSettings
 
 EVENT_MAGIC = b"OUTPOST-EVENT 1\n"
 REPORT_MAGIC = b"OUTPOST-REPORT 1\n"
+RETRY_MARK = ".retry"               # touched by retry(): the sender drops its relay back-off
 SUBDIRS = ("tmp", "new", "held", "folding", "queue", "sending", "failed", "rate")
 #: item states as shown by ``outpost reports list``
 STATES = ("new", "held", "folding", "queued", "sending", "failed")
@@ -60,7 +62,7 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -128,7 +130,7 @@ class Spool:
             finally:
                 os.close(fd)
             os.rename(tmp, final)
-            _fsync_dir(os.path.dirname(final))
+            fsync_dir(os.path.dirname(final))
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -254,7 +256,7 @@ class Spool:
 
     def remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=False)
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
 
 
 # -- CLI helpers (``outpost reports list|retry|purge``) -------------------
@@ -326,8 +328,12 @@ def retry(spool: Spool, item_id: Optional[str] = None, now: Optional[float] = No
             spool.write_report("queue", rid, meta, data)
             if state == "failed":
                 os.unlink(path)
-                _fsync_dir(os.path.dirname(path))
+                fsync_dir(os.path.dirname(path))
             count += 1
+        if count:
+            with open(spool.dir(RETRY_MARK), "a", encoding="ascii"):
+                pass
+            os.utime(spool.dir(RETRY_MARK))
     return count
 
 
@@ -345,7 +351,7 @@ def purge(spool: Spool, item_id: Optional[str] = None, state: Optional[str] = No
             if state is not None and found != state:
                 raise SpoolItemNotFound(f"{item_id} is {found}, not {state}")
             os.unlink(path)
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
             return 1
         if state not in ("new", "held", "queued", "failed"):
             raise ValueError(f"purge: state must be new, held, queued or failed, not {state!r}")
@@ -360,5 +366,5 @@ def purge(spool: Spool, item_id: Optional[str] = None, state: Optional[str] = No
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
                 count += 1
-        _fsync_dir(spool.dir(sub))
+        fsync_dir(spool.dir(sub))
         return count
