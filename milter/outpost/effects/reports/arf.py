@@ -256,11 +256,10 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         if more:
             lines.append(f"  ... and {more} more")
     lines += ["", "What to do"]
+    lines.append("  Check the sender's account for abuse or a compromise.")
     if event.remedy:
-        lines += ["  Check the sender, then run on the relay:", "",
+        lines += ["  When it is fixed (or if the block was wrong), run on the relay:", "",
                   f"    {clean(event.remedy, 300)}"]
-    else:
-        lines.append("  Check the sender's account for abuse or a compromise.")
     if notes:
         lines += ["", "Notes"] + [f"  {note}" for note in notes]
     lines += ["", f"-- {USER_AGENT} on {settings.hostname}", ""]
