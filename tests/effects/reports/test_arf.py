@@ -261,3 +261,17 @@ def test_settings_validation(tmp_path):
     with pytest.raises(ValueError, match="report_to"):
         make_event(1, report_to="x@y.example, z@w.example")
     assert ReportSettings(to="a@b.example", hostname="h.example").from_addr == "outpost-reports@h.example"
+
+
+@pytest.mark.parametrize("value", ["\udcff\udcfe", "a\ud800b", "x\u2028Bcc: y@z.example",
+                                   "\u00e4\u20ac\U0001F600", "=?utf-8?q?=0D=0ABcc:_x?=", "%s%n"])
+def test_odd_text_values(settings, value):
+    ev = make_event(1, identity=value, login=value, reason=value, remedy=value,
+                    queue_id=value, evidence=(value,), verdict_class=value)
+    rep = render_report(ev, settings)
+    r = check(rep.data)
+    assert not any(k.lower() == "bcc" for k, _ in r.headers)
+    msg = parse(rep.data)
+    assert msg["Subject"].startswith("[Outpost] spam rejected from webfarm/")
+    text = text_part(msg)
+    assert "\u2028" not in text and "\ud800" not in text

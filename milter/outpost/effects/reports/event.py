@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -14,14 +15,17 @@ from .settings import check_address
 #: Actions a block can take.  ``lock``: the identity was locked.
 ACTIONS = frozenset({"reject", "tempfail", "quarantine", "discard", "lock"})
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")   # keeps TAB
+_BLANK_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})   # controls, surrogates, separators
 
 
 def clean(value: object, limit: int = 256) -> str:
-    """One-line, bounded text for a header field or the text part: CR, LF,
-    NUL and other control characters become spaces, runs of blanks collapse,
-    and the result is cut at ``limit`` characters (marked with ``...``)."""
-    text = _CTL_RE.sub(" ", str(value)).replace("\t", " ")
+    """One-line, bounded, valid-Unicode text for a header field or the text
+    part: CR, LF, NUL, other control characters, line/paragraph separators
+    and lone surrogates become spaces, runs of blanks collapse, and the
+    result is cut at ``limit`` characters (marked with ``...``)."""
+    text = str(value)[: limit * 4 + 16]
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = "".join(" " if unicodedata.category(c) in _BLANK_CATEGORIES else c for c in text)
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[: max(0, limit - 3)] + "..."

@@ -14,7 +14,8 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from email.errors import MessageError
+from typing import Any, Optional, Sequence
 
 from .arf import RenderedReport, render_report
 from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
@@ -299,8 +300,11 @@ class ReportSender:
                 fsync_dir(sp.dir("held", kh))
                 stats.held += 1
                 continue
-            notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
-            report = render_report(event, self.settings, now=now, notes=notes)
+            try:
+                report = self._render(event, trimmed, now)
+            except ReportError as exc:
+                self._move_corrupt(path, exc, stats)
+                continue
             if report is None:
                 stats.skipped += 1
             else:
@@ -309,6 +313,15 @@ class ReportSender:
                 stats.reported += 1
             os.unlink(path)
             fsync_dir(sp.dir("new"))
+
+    def _render(self, event: BlockEvent, trimmed: str, now: float,
+                folded: Sequence[BlockEvent] = ()) -> Optional[RenderedReport]:
+        notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
+        try:
+            return render_report(event, self.settings, folded=folded, now=now, notes=notes)
+        except (ValueError, TypeError, LookupError, MessageError) as exc:
+            # a bug meeting odd input must not block the queue behind it
+            raise ReportError(f"cannot render report: {exc!r}") from exc
 
     def _fold(self, stats: SendStats, now: float) -> None:
         sp = self.spool
@@ -336,20 +349,22 @@ class ReportSender:
             sp.remove_tree(bdir)
             return
         events: list[BlockEvent] = []
-        paths = sp.files("folding", batch, ext=".evt")
-        for path in paths:
+        paths: list[str] = []
+        for path in sp.files("folding", batch, ext=".evt"):
             try:
                 events.append(sp.read_event(path, with_original=False)[0])
+                paths.append(path)
             except SpoolError as exc:
                 self._move_corrupt(path, exc, stats)
         if events:
-            last = paths[-1]
             try:
-                primary, trimmed = sp.read_event(last)
-            except SpoolError:
-                primary, trimmed = events[-1], ""
-            notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
-            report = render_report(primary, self.settings, folded=events, now=now, notes=notes)
+                primary, trimmed = sp.read_event(paths[-1])
+                report = self._render(primary, trimmed, now, events)
+            except ReportError as exc:
+                for path in paths:
+                    self._move_corrupt(path, exc, stats)
+                sp.remove_tree(bdir)
+                return
             if report is None:
                 stats.skipped += len(events)
             else:
