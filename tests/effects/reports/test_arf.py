@@ -275,3 +275,10 @@ def test_odd_text_values(settings, value):
     assert msg["Subject"].startswith("[Outpost] spam rejected from webfarm/")
     text = text_part(msg)
     assert "\u2028" not in text and "\ud800" not in text
+
+
+def test_original_quoting_a_feedback_part_is_fine(settings):
+    original = (b"From: a@shop.example\r\nSubject: x\r\n\r\nContent-Type: message/feedback-report"
+                b"\r\n\r\nFeedback-Type: abuse\r\nX-Evil: 1\r\n")
+    rep = render_report(make_event(1, original=original), settings)
+    assert check(rep.data).fields["feedback-type"] == ["abuse"]

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 from outpost import __version__
 
+from .errors import ReportError
 from .event import BlockEvent, clean, is_feedback_report
 from .settings import ReportSettings
 
@@ -65,6 +66,21 @@ class RenderedReport:
     original_part: str    # 'message/rfc822', 'text/rfc822-headers' or 'none'
 
 
+def header_value(value: object, limit: int = 256) -> str:
+    """:func:`clean` text that is also safe from RFC 2047 decoding: the
+    ``email`` header parser (policy=SMTP) decodes ``=?charset?q?...?=``
+    words in values set by the application, so an encoded CR/LF in a user
+    name could add header fields when the message is generated (seen on
+    Python 3.11.7).  ``=?`` is therefore broken up as ``=_?``."""
+    return clean(value, limit).replace("=?", "=_?")
+
+
+def _field_names(block: bytes) -> list[str]:
+    """Names of the header fields in a generated header block."""
+    return [line.split(b":", 1)[0].decode("ascii", "replace").lower()
+            for line in block.split(b"\r\n") if line and line[:1] not in (b" ", b"\t")]
+
+
 def smtp_path(addr: str) -> Optional[str]:
     """``<local@domain>`` in RFC 5321 Path syntax (``<>`` for the null
     sender), the local part quoted when needed; None when the address cannot
@@ -74,7 +90,7 @@ def smtp_path(addr: str) -> Optional[str]:
         addr = addr[1:-1]
     if addr == "":
         return "<>"
-    if "@" not in addr or not addr.isascii() or len(addr) > 320:
+    if "@" not in addr or not addr.isascii() or len(addr) > 320 or "=?" in addr:
         return None
     local, domain = addr.rsplit("@", 1)
     if not _DOMAIN.match(domain) or not local or any(ord(c) < 32 or ord(c) == 127 for c in local):
@@ -308,7 +324,7 @@ def render_report(event: BlockEvent, settings: ReportSettings, *,
     notes = list(notes)
     original, eightbit, original_type = _original_part(event, settings, notes)
     to = event.report_to or settings.to
-    subject = _subject(event, incidents)
+    subject = header_value(_subject(event, incidents), 200)
     msgid = message_id or make_msgid(idstring="arf", domain=settings.hostname)
 
     text = _text(event, settings, folded, notes)
@@ -321,19 +337,20 @@ def render_report(event: BlockEvent, settings: ReportSettings, *,
     del text_part["MIME-Version"]
 
     fb = Message(policy=SMTP)
-    for name, value in _feedback_fields(event, settings, incidents):
-        fb[name] = clean(value, 400)
+    fb_fields = _feedback_fields(event, settings, incidents)
+    for name, value in fb_fields:
+        fb[name] = header_value(value, 400)
     fb_part = MIMEMessage(fb, "feedback-report", policy=SMTP)
     del fb_part["MIME-Version"]
 
     msg = MIMEMultipart("report", policy=SMTP, report_type="feedback-report")
     msg["From"] = settings.from_addr
     msg["To"] = to
-    msg["Subject"] = clean(subject, 200)
+    msg["Subject"] = header_value(subject, 200)
     msg["Date"] = _date(time.time() if now is None else now)
     msg["Message-ID"] = msgid
     msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Outpost-Report"] = clean(f"{event.kind}; {event.key}", 200)
+    msg["X-Outpost-Report"] = header_value(f"{event.kind}; {event.key}", 200)
     msg.attach(text_part)
     msg.attach(fb_part)
     if original is not None:
@@ -342,6 +359,15 @@ def render_report(event: BlockEvent, settings: ReportSettings, *,
     buf = BytesIO()
     _Generator(buf, policy=SMTP).flatten(msg)
     data = buf.getvalue()
+    # defence in depth: the generated header blocks hold exactly our fields
+    top = ["content-type", "mime-version", "from", "to", "subject", "date", "message-id",
+           "auto-submitted", "x-outpost-report"]
+    # (the text part before it cannot hold this line: each of its lines has a fixed start)
+    fb_block = data.split(b"\r\nContent-Type: message/feedback-report\r\n\r\n", 1)[1]
+    if (_field_names(data.split(b"\r\n\r\n", 1)[0]) != top
+            or _field_names(fb_block.split(b"\r\n\r\n", 1)[0])
+            != [name.lower() for name, _ in fb_fields]):
+        raise ReportError("generated report has unexpected header fields (header injection?)")
     return RenderedReport(message_id=msgid, to=to, subject=subject, data=data,
                           eightbit=eightbit or not data.isascii(), incidents=incidents,
                           original_part=original_type)
