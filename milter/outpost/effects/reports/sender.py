@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from email.errors import MessageError
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .arf import RenderedReport, render_report
 from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
@@ -382,8 +382,11 @@ class ReportSender:
 
     def _send(self, stats: SendStats, now_arg: Optional[float]) -> None:
         sp = self.spool
-        clock = (lambda: now_arg) if now_arg is not None else time.time
+        clock: Callable[[], float] = ((lambda: now_arg) if now_arg is not None  # type: ignore[assignment]
+                                      else time.time)
         if clock() < self._relay_retry_at:
+            if self._relay_failures:
+                self._expire(stats, clock())
             return
         due: list[str] = []
         for path in sp.files("queue", ext=".rpt"):
@@ -393,6 +396,34 @@ class ReportSender:
                 continue
             if float(meta.get("next_attempt", 0)) <= clock():
                 due.append(path)
+        self._deliver(due, stats, clock)
+
+    def _expire(self, stats: SendStats, now: float) -> None:
+        """While the relay is unreachable, move every queued report older
+        than ``give_up_after`` to failed/ (not one per relay retry)."""
+        sp = self.spool
+        for path in sp.files("queue", ext=".rpt"):
+            try:
+                meta, _ = sp.read_report(path, with_data=False)
+            except SpoolItemNotFound:
+                continue
+            since = float(meta.get("since", meta.get("created", now)))
+            if now - since < self.settings.give_up_after:
+                continue
+            with sp.locked():
+                try:
+                    meta, data = sp.read_report(path)
+                except SpoolItemNotFound:
+                    continue
+                meta["last_error"] = meta.get("last_error") or "relay unreachable"
+                sp.write_report("failed", os.path.basename(path)[:-4], meta, data)
+                os.unlink(path)
+                fsync_dir(sp.dir("queue"))
+            stats.failed += 1
+            log.error("report %s given up: relay unreachable for too long", path)
+
+    def _deliver(self, due: list[str], stats: SendStats, clock: Callable[[], float]) -> None:
+        sp = self.spool
         conn = _Connection(self.settings)
         try:
             for path in due:
@@ -412,13 +443,14 @@ class ReportSender:
                     self._relay_retry_at = clock() + self._backoff(self._relay_failures)
                     log.warning("report relay unavailable (%s); next try in %.0f s",
                                 exc, self._relay_retry_at - clock())
+                    self._expire(stats, clock())
                     return
+                self._relay_failures = 0
                 try:
                     conn.send(str(meta["from"]), str(meta["to"]), data, bool(meta.get("eightbit")))
                 except DeliveryError as exc:
                     self._reschedule(rid, sending, meta, data, exc, clock(), stats)
                     continue
-                self._relay_failures = 0
                 with sp.locked():
                     os.unlink(sending)
                     fsync_dir(sp.dir("sending"))
