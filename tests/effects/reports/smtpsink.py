@@ -55,16 +55,17 @@ def free_port() -> int:
 class Sink:
     """``start()``/``stop()`` an SMTP server on 127.0.0.1:``port``."""
 
-    def __init__(self, port: Optional[int] = None, delay: float = 0.0) -> None:
+    def __init__(self, port: Optional[int] = None, delay: float = 0.0, **controller_kw) -> None:
         self.port = port or free_port()
         self.handler = _Handler(delay=delay)
+        self.controller_kw = controller_kw
         self._controller: Optional[Controller] = None
 
     def start(self) -> None:
         deadline = time.monotonic() + 10
         while True:
             ctl = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                             ready_timeout=5.0)
+                             ready_timeout=5.0, **self.controller_kw)
             try:
                 ctl.start()
                 break

@@ -323,3 +323,68 @@ def test_crash_leftovers_are_finished_once(tmp_path, sink):
     assert last.fields["incidents"] == ["3"]
     assert b"4QF0" in sink.received[-1].data and b"4QF2" in sink.received[-1].data
     assert sender.run_once().sent == 0 and list_items(spool) == []
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    crt, pem = tmp_path / "relay.crt", tmp_path / "relay.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return str(crt), str(pem)
+
+
+def test_starttls_and_auth(tmp_path):
+    import ssl
+    from aiosmtpd.smtp import AuthResult
+    from outpost.effects.reports import SmtpSettings
+    crt, key = _self_signed(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, key)
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((mechanism, auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret", handled=False)
+
+    sink = Sink(tls_context=ctx, require_starttls=True, authenticator=authenticator,
+                auth_required=True, auth_require_tls=True)
+    pw = tmp_path / "pw"
+    pw.write_text("wrong\n")
+    os.chmod(pw, 0o600)
+    smtp = SmtpSettings(host="127.0.0.1", port=sink.port, starttls=True, username="outpost",
+                        password_file=str(pw), tls_ca_file=crt, timeout=5.0)
+    settings = make_settings(tmp_path, port=sink.port, smtp=smtp)
+    spool = Spool.from_settings(settings)
+    spool.put(make_event(1))
+    sink.start()
+    try:
+        sender = ReportSender(spool, settings)
+        assert sender.run_once().deferred == 1         # wrong password: kept, retried
+        assert "535" in list_items(spool)[0].last_error
+        pw.write_text("s3cret\n")
+        retry(spool)
+        drain(sender, sink, 1)
+    finally:
+        sink.stop()
+    assert len(sink.received) == 1 and list_items(spool) == []
+    assert logins[-1][1:] == (b"outpost", b"s3cret")
+    with pytest.raises(ValueError, match="starttls"):
+        SmtpSettings(host="relay.example", username="u", password_file=str(pw))

@@ -65,7 +65,7 @@ class _Connection:
         try:
             smtp.ehlo()
             if s.starttls:
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=ssl.create_default_context(cafile=s.tls_ca_file))
                 smtp.ehlo()
             if s.username is not None:
                 smtp.login(s.username, s.password() or "")

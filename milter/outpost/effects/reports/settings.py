@@ -43,6 +43,8 @@ class SmtpSettings:
     #: file holding the AUTH password (first line); required with username
     password_file: Optional[str] = None
     timeout: float = 30.0
+    #: CA bundle to verify the relay's STARTTLS certificate (default: system)
+    tls_ca_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.host or any(c in self.host for c in "\r\n\0 "):
@@ -55,12 +57,17 @@ class SmtpSettings:
             raise ValueError("reports.smtp: username and password_file go together")
         if self.username is not None and any(c in self.username for c in "\r\n\0"):
             raise ValueError("reports.smtp.username contains CR/LF/NUL")
+        if self.username is not None and not self.starttls and self.host not in (
+                "127.0.0.1", "::1", "localhost"):
+            raise ValueError("reports.smtp: AUTH to a remote relay needs starttls: true")
 
     def password(self) -> Optional[str]:
         """Read the AUTH password (first line of ``password_file``)."""
         if self.password_file is None:
             return None
         with open(self.password_file, encoding="utf-8") as fh:
+            if os.fstat(fh.fileno()).st_mode & 0o004:
+                raise PermissionError(f"{self.password_file} is readable by others")
             return fh.readline().rstrip("\r\n")
 
 
