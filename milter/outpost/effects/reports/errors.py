@@ -1,0 +1,33 @@
+"""Exceptions raised by the abuse-report package."""
+
+from __future__ import annotations
+
+
+class ReportError(Exception):
+    """Base class of every error raised by :mod:`outpost.effects.reports`."""
+
+
+class SpoolError(ReportError):
+    """The spool directory could not be read or written (permissions, disk
+    full, a file that is not a spool item)."""
+
+
+class SpoolItemNotFound(SpoolError):
+    """No spool item has the given id (or not in the given state)."""
+
+
+class SpoolItemBusy(SpoolError):
+    """The item is being sent right now and cannot be changed."""
+
+
+class SenderLocked(ReportError):
+    """Another report sender holds ``spool_dir/.sender.lock``."""
+
+
+class DeliveryError(ReportError):
+    """The relay did not accept a report (connection, TLS, AUTH or SMTP
+    reply).  ``permanent`` is True for a 5xx reply."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent

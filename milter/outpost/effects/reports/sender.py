@@ -1,0 +1,482 @@
+"""The one report sender per host: turns spooled events into reports
+(rate-limited and aggregated per identity) and delivers them over SMTP with
+per-item exponential back-off.  All state is in the spool directory."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import smtplib
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from email.errors import MessageError
+from typing import Any, Callable, Optional, Sequence
+
+from .arf import RenderedReport, render_report
+from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
+from .event import BlockEvent
+from .settings import ReportSettings
+from .spool import RETRY_MARK, Spool, fsync_dir, key_hash, new_id
+
+log = logging.getLogger("outpost.reports")
+
+#: tmp/ files older than this are left-overs of a crashed writer
+STALE_TMP = 3600.0
+
+
+@dataclass
+class SendStats:
+    """What one :meth:`ReportSender.run_once` pass did."""
+
+    recovered: int = 0      # reports found in sending/ after a crash (re-queued)
+    ingested: int = 0       # events taken from new/
+    reported: int = 0       # single-incident reports queued
+    held: int = 0           # events held over the per-identity limit
+    aggregated: int = 0     # aggregated reports queued
+    folded: int = 0         # events folded into aggregated reports
+    skipped: int = 0        # events not reported (report about a report)
+    corrupt: int = 0        # unreadable events moved to failed/
+    sent: int = 0           # reports accepted by the relay
+    deferred: int = 0       # attempts that failed and were rescheduled
+    failed: int = 0         # reports given up (moved to failed/)
+
+
+class _Connection:
+    """A lazily opened SMTP session to the relay."""
+
+    def __init__(self, settings: ReportSettings) -> None:
+        self.settings = settings
+        self.smtp: Optional[smtplib.SMTP] = None
+
+    def open(self) -> smtplib.SMTP:
+        if self.smtp is not None:
+            return self.smtp
+        s = self.settings.smtp
+        try:
+            smtp = smtplib.SMTP(s.host, s.port, local_hostname=self.settings.hostname,
+                                timeout=s.timeout)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(f"connect {s.host}:{s.port}: {exc}") from exc
+        try:
+            smtp.ehlo()
+            if s.starttls:
+                smtp.starttls(context=ssl.create_default_context(cafile=s.tls_ca_file))
+                smtp.ehlo()
+            if s.username is not None:
+                smtp.login(s.username, s.password() or "")
+        except (OSError, smtplib.SMTPException) as exc:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                smtp.close()
+            raise DeliveryError(f"session setup with {s.host}:{s.port}: {exc}") from exc
+        self.smtp = smtp
+        return smtp
+
+    def send(self, sender: str, to: str, data: bytes, eightbit: bool) -> None:
+        """Send one message.  Raises DeliveryError (and drops the session)
+        on any failure."""
+        smtp = self.open()
+        opts = ["BODY=8BITMIME"] if eightbit and smtp.has_extn("8bitmime") else []
+        try:
+            refused = smtp.sendmail(sender, [to], data, mail_options=opts)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self.close()
+            code, msg = next(iter(exc.recipients.values()))
+            raise DeliveryError(f"RCPT TO <{to}>: {code} {msg!r}", permanent=code >= 500) from exc
+        except smtplib.SMTPResponseException as exc:
+            self.close()
+            raise DeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}",
+                                permanent=exc.smtp_code >= 500) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            self.close()
+            raise DeliveryError(f"transaction: {exc}") from exc
+        if refused:   # one recipient: cannot happen without an exception
+            raise DeliveryError(f"refused: {refused!r}")
+
+    def close(self) -> None:
+        if self.smtp is None:
+            return
+        smtp, self.smtp = self.smtp, None
+        try:
+            smtp.quit()
+        except (OSError, smtplib.SMTPException):
+            with contextlib.suppress(OSError):
+                smtp.close()
+
+
+class ReportSender:
+    """Renders, rate-limits, aggregates and delivers spooled reports.
+
+    Run exactly one per spool: :meth:`run_forever` (or :meth:`run_once`)
+    takes an exclusive ``flock`` on ``spool_dir/.sender.lock``; a second
+    sender waits (run_forever) or gets :class:`SenderLocked` (run_once).
+    """
+
+    def __init__(self, spool: Spool, settings: ReportSettings) -> None:
+        self.spool = spool
+        self.settings = settings
+        self._lock_fd: Optional[int] = None
+        self._relay_retry_at = 0.0
+        self._relay_failures = 0
+        self._forever = False          # run_forever keeps the lock between passes
+        self._needs_recovery = True
+        self._retry_mark = 0.0         # mtime of .retry seen last
+        self._pruned_at = 0.0
+
+    # -- the sender lock ------------------------------------------------
+    def _acquire(self) -> bool:
+        """Take .sender.lock (non-blocking); True if newly taken."""
+        if self._lock_fd is not None:
+            return False
+        fd = os.open(self.spool.dir(".sender.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise SenderLocked(f"another sender holds {self.spool.dir('.sender.lock')}") from exc
+        self._lock_fd = fd
+        return True
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- public ----------------------------------------------------------
+    def run_once(self, now: Optional[float] = None) -> SendStats:
+        """One pass: recover (first pass after taking the lock), ingest new
+        events, fold held ones whose identity has room again, send what is
+        due.  Raises SenderLocked if another sender runs."""
+        stats = SendStats()
+        took = self._acquire()
+        try:
+            if took or self._needs_recovery:
+                self._recover(stats, time.time() if now is None else now)
+                self._needs_recovery = False
+            self._pass(stats, now)
+        finally:
+            if took and not self._forever:
+                self._needs_recovery = True
+                self._release()
+        return stats
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set, one pass every ``poll_interval``
+        seconds.  While another sender holds the lock this one waits as a
+        stand-by.  Errors of one pass are logged and the loop goes on."""
+        self._forever = True
+        try:
+            while not stop.is_set():
+                try:
+                    stats = self.run_once()
+                except SenderLocked:
+                    stop.wait(self.settings.poll_interval)
+                    continue
+                except (ReportError, OSError):
+                    log.exception("report sender pass failed")
+                else:
+                    if stats.sent or stats.failed or stats.deferred or stats.corrupt:
+                        log.info("reports: %s", stats)
+                stop.wait(self.settings.poll_interval)
+        finally:
+            self._forever = False
+            self._needs_recovery = True
+            self._release()
+
+    # -- the pass ------------------------------------------------------------
+    def _pass(self, stats: SendStats, now: Optional[float]) -> None:
+        self._ingest(stats, time.time() if now is None else now)
+        self._fold(stats, time.time() if now is None else now)
+        self._check_retry_mark()
+        self._send(stats, now)
+        self._prune_rate(time.time() if now is None else now)
+
+    def _check_retry_mark(self) -> None:
+        """``outpost reports retry`` touches ``.retry``: forget the relay
+        back-off so the retried reports go out on this pass."""
+        try:
+            mark = os.stat(self.spool.dir(RETRY_MARK)).st_mtime
+        except FileNotFoundError:
+            return
+        if mark != self._retry_mark:
+            self._retry_mark = mark
+            self._relay_retry_at = 0.0
+            self._relay_failures = 0
+
+    def _prune_rate(self, now: float) -> None:
+        """Drop rate files of identities without a report in the window
+        (at most once a minute)."""
+        if abs(now - self._pruned_at) < 60:
+            return
+        self._pruned_at = now
+        for path in self.spool.files("rate", ext=".json"):
+            if not self._rate(os.path.basename(path)[:-5], now):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def _recover(self, stats: SendStats, now: float) -> None:
+        """After (re)start: a report left in sending/ was in an SMTP
+        transaction when the last sender died; it may or may not have been
+        accepted, so it is queued again (at-least-once) under the same
+        Message-ID.  Stale tmp/ files are removed."""
+        sp = self.spool
+        with sp.locked():
+            for path in sp.files("sending", ext=".rpt"):
+                rid = os.path.basename(path)[:-4]
+                meta, data = sp.read_report(path)
+                meta["next_attempt"] = now
+                meta["possible_duplicate"] = True
+                sp.write_report("queue", rid, meta, data)
+                os.unlink(path)
+                fsync_dir(sp.dir("sending"))
+                stats.recovered += 1
+                log.warning("report %s (%s) was being sent when the sender stopped; "
+                            "sending it again (may duplicate)", rid, meta.get("message_id"))
+        for name in os.listdir(sp.dir("tmp")):
+            path = sp.dir("tmp", name)
+            with contextlib.suppress(FileNotFoundError):
+                if now - os.stat(path).st_mtime > STALE_TMP:
+                    os.unlink(path)
+
+    # -- rate state per identity ------------------------------------------
+    def _rate(self, kh: str, now: float) -> list[float]:
+        path = self.spool.dir("rate", f"{kh}.json")
+        try:
+            with open(path, encoding="ascii") as fh:
+                times = json.load(fh)["times"]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("rate file %s unreadable (%s); starting it afresh", path, exc)
+            return []
+        return [float(t) for t in times if now - float(t) < self.settings.window]
+
+    def _count(self, kh: str, key: str, times: list[float], now: float) -> None:
+        data = json.dumps({"key": key, "times": times + [now]}, ensure_ascii=True)
+        self.spool.write_atomic(self.spool.dir("rate", f"{kh}.json"), [data.encode("ascii")])
+
+    # -- ingest / fold ---------------------------------------------------------
+    def _queue(self, item_id: str, event: BlockEvent, report: RenderedReport,
+               now: float) -> None:
+        meta: dict[str, Any] = {
+            "id": item_id, "identity": event.key, "kind": event.kind, "created": now,
+            "since": now, "attempts": 0, "next_attempt": now, "last_error": "",
+            "message_id": report.message_id, "to": report.to,
+            "from": self.settings.from_addr, "eightbit": report.eightbit,
+            "incidents": report.incidents, "subject": report.subject,
+        }
+        self.spool.write_report("queue", item_id, meta, report.data)
+
+    def _move_corrupt(self, path: str, exc: Exception, stats: SendStats) -> None:
+        log.error("unreadable report event %s: %s; moved to failed/", path, exc)
+        stats.corrupt += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, self.spool.dir("failed", os.path.basename(path)))
+
+    def _ingest(self, stats: SendStats, now: float) -> None:
+        sp = self.spool
+        for path in sp.files("new", ext=".evt"):
+            item_id = os.path.basename(path)[:-4]
+            stats.ingested += 1
+            if sp.has_report(item_id):      # crashed after queueing it last time
+                os.unlink(path)
+                continue
+            try:
+                event, trimmed = sp.read_event(path)
+            except SpoolItemNotFound:
+                continue
+            except SpoolError as exc:
+                self._move_corrupt(path, exc, stats)
+                continue
+            kh = key_hash(event.key)
+            times = self._rate(kh, now)
+            if len(times) >= self.settings.max_per_hour or os.path.isdir(sp.dir("held", kh)):
+                os.makedirs(sp.dir("held", kh), mode=0o750, exist_ok=True)
+                os.rename(path, sp.dir("held", kh, os.path.basename(path)))
+                fsync_dir(sp.dir("held", kh))
+                stats.held += 1
+                continue
+            try:
+                report = self._render(event, trimmed, now)
+            except ReportError as exc:
+                self._move_corrupt(path, exc, stats)
+                continue
+            if report is None:
+                stats.skipped += 1
+            else:
+                self._count(kh, event.key, times, now)
+                self._queue(item_id, event, report, now)
+                stats.reported += 1
+            os.unlink(path)
+            fsync_dir(sp.dir("new"))
+
+    def _render(self, event: BlockEvent, trimmed: str, now: float,
+                folded: Sequence[BlockEvent] = ()) -> Optional[RenderedReport]:
+        notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
+        try:
+            return render_report(event, self.settings, folded=folded, now=now, notes=notes)
+        except (ValueError, TypeError, LookupError, MessageError) as exc:
+            # a bug meeting odd input must not block the queue behind it
+            raise ReportError(f"cannot render report: {exc!r}") from exc
+
+    def _fold(self, stats: SendStats, now: float) -> None:
+        sp = self.spool
+        for batch in sp.groups("folding"):     # left by a crash
+            self._fold_batch(batch, stats, now)
+        for kh in sp.groups("held"):
+            if len(self._rate(kh, now)) >= self.settings.max_per_hour:
+                continue
+            batch = new_id()
+            with sp.locked():
+                try:
+                    os.rename(sp.dir("held", kh), sp.dir("folding", batch))
+                except FileNotFoundError:     # purged meanwhile
+                    continue
+                fsync_dir(sp.dir("held"))
+                fsync_dir(sp.dir("folding"))
+            self._fold_batch(batch, stats, now)
+
+    def _fold_batch(self, batch: str, stats: SendStats, now: float) -> None:
+        """Turn the events in folding/<batch>/ into one report with
+        ``Incidents: N`` (the latest event's details and original)."""
+        sp = self.spool
+        bdir = sp.dir("folding", batch)
+        if sp.has_report(batch):
+            sp.remove_tree(bdir)
+            return
+        events: list[BlockEvent] = []
+        paths: list[str] = []
+        for path in sp.files("folding", batch, ext=".evt"):
+            try:
+                events.append(sp.read_event(path, with_original=False)[0])
+                paths.append(path)
+            except SpoolError as exc:
+                self._move_corrupt(path, exc, stats)
+        if events:
+            try:
+                primary, trimmed = sp.read_event(paths[-1])
+                report = self._render(primary, trimmed, now, events)
+            except ReportError as exc:
+                for path in paths:
+                    self._move_corrupt(path, exc, stats)
+                sp.remove_tree(bdir)
+                return
+            if report is None:
+                stats.skipped += len(events)
+            else:
+                kh = key_hash(primary.key)
+                self._count(kh, primary.key, self._rate(kh, now), now)
+                self._queue(batch, primary, report, now)
+                stats.aggregated += 1
+                stats.folded += len(events)
+        sp.remove_tree(bdir)
+
+    # -- delivery ----------------------------------------------------------------
+    def _backoff(self, attempts: int) -> float:
+        s = self.settings
+        return min(s.retry_max, s.retry_initial * (2 ** min(max(attempts - 1, 0), 30)))
+
+    def _send(self, stats: SendStats, now_arg: Optional[float]) -> None:
+        sp = self.spool
+        clock: Callable[[], float] = ((lambda: now_arg) if now_arg is not None  # type: ignore[assignment]
+                                      else time.time)
+        if clock() < self._relay_retry_at:
+            if self._relay_failures:
+                self._expire(stats, clock())
+            return
+        due: list[str] = []
+        for path in sp.files("queue", ext=".rpt"):
+            try:
+                meta, _ = sp.read_report(path, with_data=False)
+            except SpoolItemNotFound:
+                continue
+            if float(meta.get("next_attempt", 0)) <= clock():
+                due.append(path)
+        self._deliver(due, stats, clock)
+
+    def _expire(self, stats: SendStats, now: float) -> None:
+        """While the relay is unreachable, move every queued report older
+        than ``give_up_after`` to failed/ (not one per relay retry)."""
+        sp = self.spool
+        for path in sp.files("queue", ext=".rpt"):
+            try:
+                meta, _ = sp.read_report(path, with_data=False)
+            except SpoolItemNotFound:
+                continue
+            since = float(meta.get("since", meta.get("created", now)))
+            if now - since < self.settings.give_up_after:
+                continue
+            with sp.locked():
+                try:
+                    meta, data = sp.read_report(path)
+                except SpoolItemNotFound:
+                    continue
+                meta["last_error"] = meta.get("last_error") or "relay unreachable"
+                sp.write_report("failed", os.path.basename(path)[:-4], meta, data)
+                os.unlink(path)
+                fsync_dir(sp.dir("queue"))
+            stats.failed += 1
+            log.error("report %s given up: relay unreachable for too long", path)
+
+    def _deliver(self, due: list[str], stats: SendStats, clock: Callable[[], float]) -> None:
+        sp = self.spool
+        conn = _Connection(self.settings)
+        try:
+            for path in due:
+                rid = os.path.basename(path)[:-4]
+                sending = sp.dir("sending", f"{rid}.rpt")
+                with sp.locked():
+                    try:
+                        os.rename(path, sending)
+                    except FileNotFoundError:       # purged meanwhile
+                        continue
+                meta, data = sp.read_report(sending)
+                try:
+                    conn.open()
+                except DeliveryError as exc:
+                    self._reschedule(rid, sending, meta, data, exc, clock(), stats)
+                    self._relay_failures += 1
+                    self._relay_retry_at = clock() + self._backoff(self._relay_failures)
+                    log.warning("report relay unavailable (%s); next try in %.0f s",
+                                exc, self._relay_retry_at - clock())
+                    self._expire(stats, clock())
+                    return
+                self._relay_failures = 0
+                try:
+                    conn.send(str(meta["from"]), str(meta["to"]), data, bool(meta.get("eightbit")))
+                except DeliveryError as exc:
+                    self._reschedule(rid, sending, meta, data, exc, clock(), stats)
+                    continue
+                with sp.locked():
+                    os.unlink(sending)
+                    fsync_dir(sp.dir("sending"))
+                stats.sent += 1
+                log.info("report %s sent to %s: %s (Message-ID %s)", rid, meta.get("to"),
+                         meta.get("subject"), meta.get("message_id"))
+        finally:
+            conn.close()
+
+    def _reschedule(self, rid: str, sending: str, meta: dict[str, Any], data: bytes,
+                    exc: DeliveryError, now: float, stats: SendStats) -> None:
+        sp = self.spool
+        meta["attempts"] = int(meta.get("attempts", 0)) + 1
+        meta["last_error"] = str(exc)[:500]
+        meta["last_attempt"] = now
+        give_up = now - float(meta.get("since", meta.get("created", now))) >= self.settings.give_up_after
+        with sp.locked():
+            if give_up:
+                sp.write_report("failed", rid, meta, data)
+                stats.failed += 1
+                log.error("report %s given up after %d attempts: %s", rid, meta["attempts"], exc)
+            else:
+                meta["next_attempt"] = now + self._backoff(meta["attempts"])
+                sp.write_report("queue", rid, meta, data)
+                stats.deferred += 1
+                log.warning("report %s not delivered (%s); attempt %d, next in %.0f s", rid,
+                            exc, meta["attempts"], meta["next_attempt"] - now)
+            os.unlink(sending)
+            fsync_dir(sp.dir("sending"))
