@@ -56,8 +56,16 @@ class Runtime:
         except (ValueError, OSError) as exc:
             store.close()
             raise StartupError(f"spam engine: {exc}") from None
+        reporter = None
+        if config.reports is not None:
+            from .effects.reports import Spool, SpoolError
+            try:
+                reporter = Spool.from_settings(config.reports).put
+            except (SpoolError, OSError) as exc:
+                store.close()
+                raise StartupError(f"reports.spool_dir {config.reports.spool_dir}: {exc}") from None
         return cls(config=config, store=store, codec=codec,
-                   policy=Policy(config, store, codec, engine=engine))
+                   policy=Policy(config, store, codec, engine=engine, reporter=reporter))
 
     #: Fault injection for the end-to-end tests of the error path: when the
     #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that

@@ -182,6 +182,19 @@ def _worker_main(config: Config, fd: int) -> int:
     return 0
 
 
+def _sender_main(config: Config) -> int:
+    """Body of the report-sender process: deliver spooled abuse reports."""
+    from ..effects.reports import ReportSender, Spool
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent()
+    assert config.reports is not None
+    ReportSender(Spool.from_settings(config.reports), config.reports).run_forever(stop)
+    return 0
+
+
 @dataclass
 class Master:
     config_path: str
@@ -190,14 +203,19 @@ class Master:
     nworkers: int
     workers: dict[int, int] = field(default_factory=dict)     # pid → generation
     generation: int = 0
+    sender: Optional[int] = None                              # pid of the report sender
     _flags: set = field(default_factory=set)
 
-    def spawn(self) -> int:
+    def spawn(self, role: str = "worker") -> int:
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _worker_main(self.config, self.sock.fileno())
+                if role == "sender":
+                    self.sock.close()
+                    code = _sender_main(self.config)
+                else:
+                    code = _worker_main(self.config, self.sock.fileno())
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
             except Exception:  # noqa: BLE001 - report and exit the child, never return into the master loop
@@ -205,13 +223,16 @@ class Master:
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.workers[pid] = self.generation
+        if role == "worker":
+            self.workers[pid] = self.generation
         return pid
 
     def fill(self) -> None:
         current = [p for p, g in self.workers.items() if g == self.generation]
         for _ in range(self.nworkers - len(current)):
             self.spawn()
+        if self.sender is None and self.config.reports is not None:
+            self.sender = self.spawn("sender")
 
     def reload(self) -> None:
         try:
@@ -226,6 +247,8 @@ class Master:
         self.fill()
         for pid in old:
             _kill(pid, signal.SIGTERM)
+        if self.sender is not None:
+            _kill(self.sender, signal.SIGTERM)         # reaped, then restarted with the new config
         log.info("configuration reloaded (generation %d)", self.generation)
 
     def reap(self) -> None:
@@ -236,6 +259,11 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid == self.sender:
+                self.sender = None
+                if "stop" not in self._flags and status != 0:
+                    log.error("report sender %d died (status %d); starting a new one", pid, status)
+                continue
             gen = self.workers.pop(pid, None)
             if gen == self.generation and not self._flags & {"stop"}:
                 log.error("worker %d died (status %d); starting a new one", pid, status)
@@ -268,13 +296,13 @@ class Master:
             self.reap()
             self.fill()
             time.sleep(0.2)
-        for pid in list(self.workers):
+        for pid in list(self.workers) + ([self.sender] if self.sender else []):
             _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE + 5
-        while self.workers and time.monotonic() < deadline:
+        while (self.workers or self.sender) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.1)
-        for pid in list(self.workers):
+        for pid in list(self.workers) + ([self.sender] if self.sender else []):
             _kill(pid, signal.SIGKILL)
         return 0
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
+    from ..effects.reports import ReportSettings
     from ..spam.bayes import BayesCheckSettings
     from ..spam.blocklists import BlocklistSettings
     from ..spam.bulk import BulkSettings
@@ -157,6 +158,7 @@ class Config:
     defaults: UserPolicy
     store_settings: "StoreSettings" = None     # type: ignore[assignment]  # set by the loader
     spam: SpamConfig = SpamConfig()
+    reports: Optional["ReportSettings"] = None   # None: reports switched off
     on_store_error: str = "local"
     workers: Optional[int] = None
     milter_timeout: int = 600

@@ -29,7 +29,7 @@ _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
-    "log_level", "header_from", "mode", "store_options", "spam",
+    "log_level", "header_from", "mode", "store_options", "spam", "reports",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -80,11 +80,14 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     store_settings = settings_from(opt("store_options"), StoreSettings, on_store_error=on_error)
 
     spam = _spam_config(opt("spam"))
+    reports = _reports(opt("reports"), _address(top["report_abuse_to"]),
+                       opt("hostname").str() if "hostname" in top else None)
 
     return Config(
         listen=listen,
         store_settings=store_settings,
         spam=spam,
+        reports=reports,
         store=store,
         on_store_error=on_error,
         hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
@@ -217,6 +220,25 @@ def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
     if out.unsure > out.spam:
         raise node.error(f"unsure ({out.unsure}) must not be above spam ({out.spam})")
     return out
+
+
+def _reports(node: Node, abuse_to: str, hostname: Optional[str]):
+    """``reports:`` → ReportSettings, or None with ``enabled: false``."""
+    import dataclasses
+    from ..effects.reports import ReportSettings
+    if node.is_mapping():
+        fields = node.mapping()
+        if "enabled" in fields:
+            if not fields["enabled"].bool():
+                return None
+    fixed = {}
+    names = {f.name for f in dataclasses.fields(ReportSettings)}
+    given = set(node.mapping(names | {"enabled"})) if node.is_mapping() else set()
+    if "to" not in given:
+        fixed["to"] = abuse_to
+    if "hostname" not in given and hostname:
+        fixed["hostname"] = hostname
+    return settings_from(node, ReportSettings, ignore={"enabled"}, **fixed)
 
 
 def _spam_config(node: Node) -> SpamConfig:
@@ -358,7 +380,7 @@ def _check_socket_spec(spec: str, node: Node) -> None:
 
 # -- settings dataclasses of the other layers ---------------------------------------
 
-def settings_from(node: Node, cls: type, **fixed):
+def settings_from(node: Node, cls: type, ignore: frozenset = frozenset(), **fixed):
     """Fill a frozen settings dataclass from a YAML mapping.
 
     Keys are the dataclass' field names (unknown keys are errors); values are
@@ -372,10 +394,11 @@ def settings_from(node: Node, cls: type, **fixed):
 
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)
-    fields = node.mapping(names)
+    fields = node.mapping(names | set(ignore))
     values = dict(fixed)
     for key, vnode in fields.items():
-        values[key] = _typed(vnode, hints[key])
+        if key not in ignore:
+            values[key] = _typed(vnode, hints[key])
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -383,7 +406,10 @@ def settings_from(node: Node, cls: type, **fixed):
 
 
 def _typed(node: Node, hint):
+    import dataclasses
     import typing
+    if dataclasses.is_dataclass(hint):
+        return settings_from(node, hint)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:

@@ -26,6 +26,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from ..effects.reports import BlockEvent
     from ..spam.engine import Engine
 
 log = logging.getLogger("outpost.policy")
@@ -88,12 +89,14 @@ class Policy:
     """Decisions for one configuration."""
 
     def __init__(self, config: Config, store: Store, codec: TokenCodec,
-                 clock: Callable[[], float] = time.time, engine: Optional["Engine"] = None) -> None:
+                 clock: Callable[[], float] = time.time, engine: Optional["Engine"] = None,
+                 reporter: Optional[Callable[["BlockEvent"], object]] = None) -> None:
         self.config = config
         self.store = store
         self.codec = codec
         self.clock = clock
         self.engine = engine
+        self.reporter = reporter
         self.max_scan = engine.settings.max_scan if engine is not None else 0
         self.index = UserIndex(config.users)
         self.host = socket.gethostname()
@@ -172,7 +175,7 @@ class Policy:
             session.client_ip = str(addr) if addr is not None else None
         addr, domain = split_address(sender)
         login = hdr.clean(login, 320) if login else None
-        msg = Message(sender=addr, sender_domain=domain, login=login or None,
+        msg = Message(sender=addr, sender_domain=domain, login=login or None, client_ip=session.client_ip,
                       started=time.monotonic(), would=list(session.would))
         session.message = msg
         session.messages += 1
@@ -279,9 +282,10 @@ class Policy:
             if d is not None and d.blocks:
                 return d
 
-        token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
-                                       client_ip=session.client_ip or "", queue_id=queue_id or "",
-                                       time=int(self.clock())))
+        msg.queue_id = queue_id or ""
+        token = msg.token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
+                                                   client_ip=session.client_ip or "", queue_id=queue_id or "",
+                                                   time=int(self.clock())))
         verdict_headers: tuple[tuple[str, str], ...] = ()
         quarantine = None
         if self.engine is not None:
@@ -393,10 +397,14 @@ class Policy:
         d = reject("451", "4.7.1",
                    f"Too many {what} from {whom} ({bucket.label}); please wait and try again",
                    "rate_limit")
-        self._limit_hit(msg, user)
+        self._limit_hit(msg, user, d.reply)
         return self._block(msg, user, d)
 
-    def _limit_hit(self, msg: Message, user: User) -> None:
+    def _limit_hit(self, msg: Message, user: User, reply: Optional[Reply] = None) -> None:
+        if self._mode(user) != "monitor":
+            self._report("limit", "tempfail", msg, user, reason=str(reply) if reply else "rate limit",
+                         remedy=f"outpost usage {self.identity_key(msg)}   (outpost reset "
+                                f"{self.identity_key(msg)} to clear the counters)")
         self._abuse_event("limit", msg, user, user.policy.lock.after_limit_hits)
 
     def _abuse_event(self, kind: str, msg: Message, user: User, threshold: Optional[int]) -> None:
@@ -410,9 +418,14 @@ class Policy:
         try:
             count = self.store.record_event(f"{'hits' if kind == 'limit' else 'spam'}:{key}", lock.window)
             if count >= threshold and self._mode(user) != "monitor":
+                current = self.store.get_lock(key)
+                if current is not None:
+                    return                      # already locked (e.g. by an operator): keep that lock
                 got = self.store.set_lock(key, f"{count} {label} in {int(lock.window)}s",
                                           lock.duration, max_auto_unlocks=lock.max_auto_unlocks)
                 log.warning("locked %s: %s (until %s)", key, got.reason, got.until or "operator unlock")
+                self._report("lock", "lock", msg, user, reason=got.reason, lock_until=got.until,
+                             remedy=f"outpost unlock {key}")
         except StoreError as exc:
             log.error("could not record the %s event of %s: %s", kind, key, exc)
 
@@ -492,6 +505,9 @@ class Policy:
             if self._mode(user) == "monitor":
                 msg.would.append(f"quarantine ({cls} {verdict.score})")
                 return CONTINUE, None
+            self._report("spam", "quarantine", msg, user,
+                         remedy=f"outpost quarantine release {msg.queue_id or 'QUEUE-ID'}   "
+                                f"(or: outpost quarantine delete {msg.queue_id or 'QUEUE-ID'})")
             self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
             return CONTINUE, f"Outpost: {cls} (score {verdict.score}) from {self.identity_key(msg)}"
         if action == "reject":
@@ -500,8 +516,35 @@ class Policy:
             d = reject("451", "4.7.1", f"Message deferred as suspected spam; reference {token}", cls)
         d = self._block(msg, user, d)
         if d.blocks:
+            self._report("spam", d.action.value, msg, user,
+                         remedy=f"outpost lock {self.identity_key(msg)}   (to suspend this sender)")
             self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
         return d, None
+
+    # -- abuse reports ----------------------------------------------------------------------
+    def _report(self, kind: str, action: str, msg: Message, user: User, *, remedy: str = "",
+                reason: str = "", lock_until: Optional[float] = None) -> None:
+        """Hand a block to the abuse-report spool (never raises: a report
+        that cannot be spooled is logged, the decision stands)."""
+        if self.reporter is None:
+            return
+        from ..effects.reports import BlockEvent
+        verdict = msg.verdict
+        try:
+            original = self.raw_head(msg) if msg.headers else None
+            if original is not None and msg.body_size > len(msg.body_head):
+                original = original.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"   # body cut: headers only
+            self.reporter(BlockEvent(
+                kind=kind, action=action, user=user.name, identity=msg.identity, login=msg.login,
+                client_ip=msg.client_ip, sender=msg.sender, recipients=tuple(msg.recipients),
+                queue_id=msg.queue_id or None, outpost_id=msg.token or None,
+                verdict_class=msg.spam_class, verdict_score=getattr(verdict, "score", None),
+                evidence=tuple(getattr(verdict, "evidence", ())), reason=reason or kind,
+                lock_until=lock_until, reported_domain=msg.sender_domain, original=original,
+                remedy=remedy, report_to=user.policy.abuse_contact))
+        except Exception:  # noqa: BLE001 - a report must never turn into a mail failure
+            log.exception("could not spool the abuse report (%s %s for %s)", kind, action,
+                          self.identity_key(msg))
 
     def _verdict_headers(self, msg: Message, verdict) -> tuple[tuple[str, str], ...]:
         from ..spam.engine import evidence_header

@@ -57,6 +57,9 @@ class Message:
     """One transaction (MAIL FROM … end of message) as the core sees it."""
 
     sender: str = ""                     # envelope sender without <>, '' for the null sender
+    client_ip: Optional[str] = None
+    queue_id: str = ""
+    token: str = ""                      # its X-Outpost-ID, once made
     sender_domain: str = ""
     login: Optional[str] = None
     user_name: Optional[str] = None
