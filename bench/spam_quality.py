@@ -283,11 +283,12 @@ def main() -> int:
 
     def ratio(a: float, b: float) -> str:
         return "%.2f" % (a / b) if b else ("inf" if a else "both 0")
-    print("ratios outpost/SA: detection %s, ham FP %s, hard-ham FP %s, time %s"
-          % (ratio(tuned.pct(tuned.spam, "spam"), sa.pct(sa.spam, "spam")),
-             ratio(tuned.pct(tuned.spam, "ham"), sa.pct(sa.spam, "ham")),
-             ratio(tuned.pct(tuned.spam, "hard-ham"), sa.pct(sa.spam, "hard-ham")),
-             ratio(tuned.seconds, sa.seconds)))
+    for name, t in (("CV thresholds", tuned), ("defaults", default)):
+        print("ratios outpost (%s)/SA: detection %s, ham FP %s, hard-ham FP %s, time %s"
+              % (name, ratio(t.pct(t.spam, "spam"), sa.pct(sa.spam, "spam")),
+                 ratio(t.pct(t.spam, "ham"), sa.pct(sa.spam, "ham")),
+                 ratio(t.pct(t.spam, "hard-ham"), sa.pct(sa.spam, "hard-ham")),
+                 ratio(t.seconds, sa.seconds)))
     return 0
 
 
