@@ -188,6 +188,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reports(args: argparse.Namespace) -> int:
+    from .effects.reports import ReportError, Spool, list_items, purge, retry
+    config = load_config(args.config)
+    if config.reports is None:
+        print("outpost: reports are switched off (reports: {enabled: false})", file=sys.stderr)
+        return 1
+    spool = Spool.from_settings(config.reports)
+    try:
+        if args.action == "list":
+            items = list_items(spool)
+            if not items:
+                print(f"no reports in {spool.path}")
+            for it in items:
+                nxt = time.strftime("%H:%M:%S", time.localtime(it.next_attempt)) if it.next_attempt else "-"
+                print(f"{it.id}  {it.state:8} {it.kind:6} {it.identity or '-':36} attempts={it.attempts} "
+                      f"next={nxt} incidents={it.incidents}" + (f"  error: {it.last_error}" if it.last_error else ""))
+        elif args.action == "retry":
+            print(f"{retry(spool, args.id)} report(s) due now")
+        else:
+            print(f"{purge(spool, args.id, args.state)} report(s) deleted")
+    except ReportError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _duration(text: str) -> float:
     from .config.source import parse_duration
     try:
@@ -247,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory of spam messages, one per file (repeatable)")
     sp.add_argument("--ham", action="append", required=True, metavar="DIR",
                     help="directory of legitimate messages (repeatable)")
+
+    sp = with_config(cmd("reports", cmd_reports, "list, retry or purge spooled abuse reports"))
+    sp.add_argument("action", choices=["list", "retry", "purge"])
+    sp.add_argument("id", nargs="?", help="one report (default: all; purge: all failed ones)")
+    sp.add_argument("--state", help="purge: only items in this state (default failed)")
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")

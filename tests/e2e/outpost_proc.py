@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 import tempfile
 import textwrap
 from pathlib import Path
@@ -69,14 +71,47 @@ class Outpost:
 
     def write_config(self, text: str) -> None:
         head = f"secret_file: {self.secret_file}\nstore: {self.store}\n"
+        if "\nreports:" not in "\n" + text:          # keep test reports out of /var/spool
+            head += f"reports: {{spool_dir: {self.dir}/reports, smtp: {{port: 9}}}}\n"
         self.config_path.write_text(head + text)
 
     def start(self) -> "Outpost":
         self.proc.start()
         return self
 
+    def children(self) -> list[int]:
+        """Pids of the master's children (workers, report sender)."""
+        if self.proc.proc is None:
+            return []
+        master, out = self.proc.proc.pid, []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == master:
+                    out.append(int(entry))
+        return out
+
     def stop(self, graceful: bool = True) -> int | None:
-        return self.proc.stop(graceful=graceful, timeout=40)
+        """Stop Outpost.  Not graceful: SIGKILL the children, then the
+        master, and wait until all are gone, so that the next Outpost on the
+        same socket never meets a dying one."""
+        if graceful:
+            return self.proc.stop(graceful=True, timeout=40)
+        pids = self.children()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = self.proc.stop(graceful=False)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
 
     def log(self) -> str:
         return self.proc.log()

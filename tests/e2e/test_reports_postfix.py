@@ -1,0 +1,158 @@
+"""Abuse reports end to end: a block through real Postfix → Outpost spools an
+ARF report → Outpost's report sender → Postfix's reports listener (no milter)
+→ sink.  Relay outages, storms and the no-report-about-a-report rule."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.corpus import SPAM, corpus_message
+from tests.effects.reports.arfcheck import check as check_arf
+from tests.services.sink import SmtpSink
+from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
+from tests.services.smtp import send
+
+from .outpost_proc import Outpost
+
+
+def config(reports_port: int, spool: Path, max_per_hour: int = 10) -> str:
+    return textwrap.dedent(f"""\
+        hostname: relay.example.net
+        report_abuse_to: abuse@example.net
+        domains: [example.com]
+        reports:
+          spool_dir: {spool}
+          from_addr: outpost@relay.example.net
+          smtp: {{host: 127.0.0.1, port: {reports_port}, timeout: 10s}}
+          max_per_hour: {max_per_hour}
+          poll_interval: 0.3
+          retry_initial: 0.5
+          retry_max: 1
+        defaults:
+          lock: {{after_spam: 1000}}
+        users:
+          - name: alice
+            type: login
+            logins: [alice@example.com, storm@example.com]
+            domains: [example.com]
+        """)
+
+
+@pytest.fixture
+def outpost(postfix, tmp_path_factory):  # noqa: F811
+    spool = Path("/tmp") / f"outpost-spool-{time.time_ns()}"
+    proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool)).start()
+    proc.spool = spool
+    yield proc
+    proc.stop(graceful=False)
+
+
+@pytest.fixture
+def sink(smtp_sink):  # noqa: F811
+    smtp_sink.clear()
+    return smtp_sink
+
+
+def spam_from(postfix, login):  # noqa: F811
+    return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
+                rcpt_tos=["victim1@dest.example", "victim2@dest.example"],
+                message=corpus_message("spam", SPAM, login))
+
+
+def reports(sink):
+    return [m for m in sink.messages if m.rcpt_tos == ("abuse@example.net",)]
+
+
+def wait_reports(sink, n, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while len(reports(sink)) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return reports(sink)
+
+
+def test_spam_block_produces_an_arf_report_that_is_not_filtered(postfix, outpost, sink):
+    r = spam_from(postfix, "alice@example.com")
+    assert r.code == 550, r
+    [rep] = wait_reports(sink, 1)
+    arf = check_arf(rep.data)                  # our strict RFC 5965 checker, kept apart from the generator
+    fields = {k.lower(): v for k, v in arf.fields.items()}
+    assert fields["feedback-type"] == ["abuse"]
+    assert [v.strip("<>") for v in fields["original-mail-from"]] == ["alice@example.com"]
+    assert sorted(v.strip("<>") for v in fields["original-rcpt-to"]) == ["victim1@dest.example",
+                                                                          "victim2@dest.example"]
+    assert fields["source-ip"] == ["127.0.0.1"]
+    assert fields["reporting-mta"] == ["dns; relay.example.net"]
+    msg = email.message_from_bytes(rep.data, policy=email.policy.default)
+    assert msg["Auto-Submitted"] == "auto-generated"
+    assert msg["To"] == "abuse@example.net" and msg["From"] == "outpost@relay.example.net"
+    text = next(p for p in msg.walk() if p.get_content_type() == "text/plain").get_content()
+    token = r.text.rsplit(" ", 1)[1]
+    assert "alice/alice@example.com" in text and token in text and "outpost lock alice/alice@example.com" in text
+    # delivered by Postfix's reports listener, which has no milter: no Outpost stamps on it
+    assert msg["X-Outpost-User"] is None and msg["X-Outpost-Class"] is None
+    # parsed by a parser we did not write
+    parsedmarc = pytest.importorskip("parsedmarc")
+    parsed = parsedmarc.parse_report_email(rep.data, offline=True, always_use_local_files=True)
+    assert parsed["report_type"] in ("failure", "forensic")     # parsedmarc renamed it
+    assert parsed["report"]["feedback_type"] == "abuse"
+
+
+def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):  # noqa: F811
+    """The report relay is unreachable for a while: reports wait in Outpost's
+    spool (``outpost reports list`` shows them) and all arrive, once each,
+    when it is back — without restarting anything."""
+    relay = SmtpSink()                                  # a report relay we can switch off
+    relay.start()
+    port = relay.port
+    relay.stop()
+    spool = Path("/tmp") / f"outpost-spool-down-{time.time_ns()}"
+    proc = Outpost(postfix.milter_socket, config(port, spool)).start()
+    try:
+        for _ in range(3):
+            assert spam_from(postfix, "alice@example.com").code == 550
+        time.sleep(2)
+        listing = subprocess.run([*proc.proc.argv[:3], "reports", "list", "-c", str(proc.config_path)],
+                                 capture_output=True, text=True, env=proc.proc.env, timeout=30)
+        assert listing.returncode == 0
+        assert len([ln for ln in listing.stdout.splitlines() if "alice/alice@example.com" in ln]) == 3, \
+            listing.stdout
+        relay.start()
+        deadline = time.monotonic() + 40
+        while len(relay.messages) < 3 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(1.5)                                  # nothing more may come
+        ids = [email.message_from_bytes(m.data)["Message-ID"] for m in relay.messages]
+        assert len(ids) == 3 and len(set(ids)) == 3, ids
+    finally:
+        proc.stop(graceful=False)
+        relay.stop()
+
+
+def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
+    spool = Path("/tmp") / f"outpost-spool-storm-{time.time_ns()}"
+    proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool, max_per_hour=3)).start()
+    try:
+        for _ in range(30):
+            assert spam_from(postfix, "storm@example.com").code == 550
+        got = wait_reports(sink, 3, timeout=30)
+        time.sleep(2)
+        got = reports(sink)
+        assert len(got) <= 4, len(got)                # 3 within the hour (+ at most one aggregate)
+        incidents = 0
+        for m in got:
+            fields = {k.lower(): v for k, v in check_arf(m.data).fields.items()}
+            incidents += int(fields.get("incidents", ["1"])[0])
+        listing = subprocess.run([*proc.proc.argv[:3], "reports", "list", "-c", str(proc.config_path)],
+                                 capture_output=True, text=True, env=proc.proc.env, timeout=30)
+        held = sum(int(x.split("incidents=")[1].split()[0]) for x in listing.stdout.splitlines()
+                   if "incidents=" in x)
+        assert incidents + held == 30, (incidents, held, listing.stdout)
+    finally:
+        proc.stop(graceful=False)
