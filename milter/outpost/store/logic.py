@@ -3,12 +3,17 @@
 The Redis backend runs the same rules inside Lua scripts
 (:mod:`outpost.store.redis`); keep both in step.
 
-Rate limits use GCRA (generic cell rate algorithm).  A bucket of ``limit``
-units per ``window`` seconds has an emission interval ``T = window / limit``
-and a burst tolerance of ``window``; its whole state is one number, the
-theoretical arrival time (TAT).  A request of ``cost`` units at ``now``
-passes when ``max(TAT, now) + cost*T - window <= now``; it then moves TAT to
-``max(TAT, now) + cost*T``.  The bucket is empty again once ``TAT <= now``.
+Rate limits use a slot-based sliding window.  A bucket of ``limit`` units per
+``window`` seconds keeps its counts in sub-slots of width
+``w = window / SLOTS``: slot ``k`` holds what was admitted during
+``[k*w, (k+1)*w)``.  At time ``now`` (current slot ``cur = floor(now/w)``)
+the bucket's count is the sum of slots ``cur-SLOTS .. cur``: the slot the
+window's start ``now-window`` falls into still counts whole.  So every unit
+admitted within the last ``window`` seconds is counted (never more than
+``limit`` in any span of ``window`` seconds), and a unit admitted at ``t``
+stops counting at the end of its slot plus one window, at most ``w`` later
+than an exact log would let it go.  At most ``SLOTS + 1`` slots per bucket
+are kept.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from typing import Mapping, Optional, Sequence
 
 from .base import Bucket, BucketState, HitResult, Lock
 
-#: Float tolerance (seconds) of the GCRA comparison: absorbs rounding of
-#: repeated ``tat + cost*T`` additions at epoch magnitudes (ulp ~ 2.4e-7 s).
+#: Sub-slots per window (a slot is 1 s of a minute, 1 min of an hour).
+SLOTS = 60
+
+#: Waits (``retry_after``) are rounded up by this many seconds so that
+#: waiting exactly that long is enough despite float rounding of slot edges.
 EPSILON = 1e-4
 
 
@@ -54,44 +62,102 @@ def check_recipients(recipients: int) -> None:
         raise ValueError(f"recipients must be >= 0, got {recipients}")
 
 
-def gcra_decide(buckets: Sequence[Bucket], tats: Mapping[str, float],
-                now: float) -> tuple[HitResult, dict[str, float]]:
-    """Decide a hit over all ``buckets`` given their stored TATs.
+# -- rate limits: sliding window of slots ----------------------------------------
 
-    Returns the result and, when allowed, the new TAT of every touched
-    bucket id (empty when refused: nothing is counted).  When several refuse,
-    the one with the longest wait is reported.  A cost above the limit can
-    never pass: it is refused with ``retry_after = window``.
+def slot_index(now: float, window: float) -> int:
+    """Index of the slot of a ``window``-second bucket that ``now`` is in."""
+    return math.floor(now / (window / SLOTS))
+
+
+def slot_expiry(index: int, window: float) -> float:
+    """Epoch time at which slot ``index`` stops counting (its end plus one
+    window)."""
+    return (index + SLOTS + 1) * (window / SLOTS)
+
+
+def live_slots(slots: Mapping[int, int], cur: int) -> dict[int, int]:
+    """The slots that count at slot ``cur``; slots ahead of ``cur`` (the
+    clock went back) are folded into ``cur`` so that nothing is forgotten
+    early and at most ``SLOTS + 1`` slots remain."""
+    live: dict[int, int] = {}
+    for index, n in slots.items():
+        if index >= cur - SLOTS and n:
+            index = min(index, cur)
+            live[index] = live.get(index, 0) + n
+    return live
+
+
+def wait_until_fits(live: Mapping[int, int], excess: int, now: float,
+                    window: float) -> float:
+    """Seconds until ``excess`` units have left the count of ``live`` slots
+    (oldest slots expire first)."""
+    for index in sorted(live):
+        excess -= live[index]
+        if excess <= 0:
+            return max(0.0, slot_expiry(index, window) - now) + EPSILON
+    return window  # excess above everything counted: only cost > limit gets here
+
+
+@dataclass
+class SlotUpdate:
+    """What an admitted hit writes to one bucket id: the live slots after
+    the hit (``slots[cur]`` includes the new cost) and whether stored slots
+    were dropped or folded (then the backend rewrites more than ``cur``)."""
+
+    window: float
+    cur: int
+    slots: dict[int, int]
+    pruned: bool
+
+
+def window_decide(buckets: Sequence[Bucket], stored: Mapping[str, Mapping[int, int]],
+                  now: float) -> tuple[HitResult, dict[str, SlotUpdate]]:
+    """Decide a hit over all ``buckets`` given their stored slots
+    (``{bucket id: {slot index: count}}``).
+
+    A hit passes when every bucket has ``count + cost <= limit``.  Returns
+    the result and, when allowed, the update of every touched bucket id
+    (empty when refused: nothing is counted).  When several refuse, the one
+    with the longest wait is reported.  A cost above the limit can never
+    pass: it is refused with ``retry_after = window``.
     """
-    new: dict[str, float] = {}
+    updates: dict[str, SlotUpdate] = {}
     worst: Optional[int] = None
     worst_wait = -1.0
     for i, b in enumerate(buckets):
         bid = bucket_id(b)
-        tat = max(new.get(bid, tats.get(bid, now)), now)
+        upd = updates.get(bid)
+        if upd is None:
+            cur = slot_index(now, b.window)
+            raw = stored.get(bid, {})
+            live = live_slots(raw, cur)
+            upd = SlotUpdate(b.window, cur, live, pruned=live != dict(raw))
         if b.cost > b.limit:
             wait = b.window
         else:
-            new_tat = tat + b.cost * (b.window / b.limit)
-            wait = new_tat - b.window - now
-            if wait <= EPSILON:
-                new[bid] = new_tat
+            excess = sum(upd.slots.values()) + b.cost - b.limit
+            if excess <= 0:
+                if b.cost:
+                    upd.slots[upd.cur] = upd.slots.get(upd.cur, 0) + b.cost
+                updates[bid] = upd
                 continue
+            wait = wait_until_fits(upd.slots, excess, now, b.window)
         if wait > worst_wait:
             worst, worst_wait = i, wait
     if worst is not None:
         return HitResult(False, worst, worst_wait), {}
-    return HitResult(True), new
+    return HitResult(True), updates
 
 
-def bucket_state(bucket: Bucket, tat: Optional[float], now: float) -> BucketState:
-    """Usage of a bucket: ``used = ceil((TAT-now)/T)`` clamped to
-    ``[0, limit]``, ``resets_in = max(0, TAT-now)``."""
-    rest = max(0.0, (tat or now) - now)
-    period = bucket.window / bucket.limit
-    used = min(bucket.limit, max(0, math.ceil((rest - EPSILON) / period)))
+def bucket_state(bucket: Bucket, slots: Mapping[int, int], now: float) -> BucketState:
+    """Usage of a bucket: ``used`` = the units counted now, ``resets_in`` =
+    seconds until its newest slot stops counting (0 when empty; rounded up
+    like waits)."""
+    live = live_slots(slots, slot_index(now, bucket.window))
+    resets_in = (max(0.0, slot_expiry(max(live), bucket.window) - now) + EPSILON
+                 if live else 0.0)
     return BucketState(key=bucket.key, limit=bucket.limit, window=bucket.window,
-                       used=used, resets_in=rest, label=bucket.label)
+                       used=sum(live.values()), resets_in=resets_in, label=bucket.label)
 
 
 # -- locks ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
 from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
-                    gcra_decide, slot_owner, validate_buckets)
+                    slot_expiry, slot_owner, validate_buckets, window_decide)
 from .settings import StoreSettings
 
 
@@ -53,7 +53,8 @@ class MemoryStore(Store):
         self.settings = settings or StoreSettings()
         self._clock = clock
         self._mutex = threading.Lock()
-        self._tats: dict[str, float] = {}
+        #: bucket id -> (window, {slot index: count})
+        self._buckets: dict[str, tuple[float, dict[int, int]]] = {}
         self._events: dict[str, tuple[deque[float], float]] = {}
         self._locks: dict[str, LockRecord] = {}
         self._lock_touched: dict[str, float] = {}
@@ -71,7 +72,8 @@ class MemoryStore(Store):
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.settings.sweep_interval
-        self._tats = {k: t for k, t in self._tats.items() if t > now}
+        self._buckets = {bid: (window, slots) for bid, (window, slots) in self._buckets.items()
+                         if slots and slot_expiry(max(slots), window) > now}
         for key, (log, window) in list(self._events.items()):
             if not log or log[-1] <= now - window:
                 del self._events[key]
@@ -130,21 +132,25 @@ class MemoryStore(Store):
         with self._mutex:
             now = self._clock()
             self._sweep(now)
-            result, new = gcra_decide(buckets, self._tats, now)
+            stored = {bid: entry[1] for bid in {bucket_id(b) for b in buckets}
+                      if (entry := self._buckets.get(bid)) is not None}
+            result, updates = window_decide(buckets, stored, now)
             if result.allowed and not dry_run:
-                self._tats.update(new)
+                for bid, upd in updates.items():
+                    self._buckets[bid] = (upd.window, upd.slots)
             return result
 
     def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         validate_buckets(buckets)
         with self._mutex:
             now = self._clock()
-            return [bucket_state(b, self._tats.get(bucket_id(b)), now) for b in buckets]
+            return [bucket_state(b, self._buckets.get(bucket_id(b), (0.0, {}))[1], now)
+                    for b in buckets]
 
     def reset(self, key_prefix: str) -> int:
         with self._mutex:
             dropped = 0
-            for table in (self._tats, self._events):
+            for table in (self._buckets, self._events):
                 for key in [k for k in table if k.startswith(key_prefix)]:
                     del table[key]
                     dropped += 1
