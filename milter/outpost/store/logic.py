@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .base import Bucket, BucketState, HitResult, Lock
 
@@ -75,89 +75,118 @@ def slot_expiry(index: int, window: float) -> float:
     return (index + SLOTS + 1) * (window / SLOTS)
 
 
-def live_slots(slots: Mapping[int, int], cur: int) -> dict[int, int]:
-    """The slots that count at slot ``cur``; slots ahead of ``cur`` (the
-    clock went back) are folded into ``cur`` so that nothing is forgotten
-    early and at most ``SLOTS + 1`` slots remain."""
-    live: dict[int, int] = {}
-    for index, n in slots.items():
-        if index >= cur - SLOTS and n:
-            index = min(index, cur)
-            live[index] = live.get(index, 0) + n
-    return live
+class SlotCounts:
+    """The non-empty slots of one bucket, oldest first, and their sum.
 
-
-def wait_until_fits(live: Mapping[int, int], excess: int, now: float,
-                    window: float) -> float:
-    """Seconds until ``excess`` units have left the count of ``live`` slots
-    (oldest slots expire first)."""
-    for index in sorted(live):
-        excess -= live[index]
-        if excess <= 0:
-            return max(0.0, slot_expiry(index, window) - now) + EPSILON
-    return window  # excess above everything counted: only cost > limit gets here
-
-
-@dataclass
-class SlotUpdate:
-    """What an admitted hit writes to one bucket id: the live slots after
-    the hit (``slots[cur]`` includes the new cost) and whether stored slots
-    were dropped or folded (then the backend rewrites more than ``cur``)."""
-
-    window: float
-    cur: int
-    slots: dict[int, int]
-    pruned: bool
-
-
-def window_decide(buckets: Sequence[Bucket], stored: Mapping[str, Mapping[int, int]],
-                  now: float) -> tuple[HitResult, dict[str, SlotUpdate]]:
-    """Decide a hit over all ``buckets`` given their stored slots
-    (``{bucket id: {slot index: count}}``).
-
-    A hit passes when every bucket has ``count + cost <= limit``.  Returns
-    the result and, when allowed, the update of every touched bucket id
-    (empty when refused: nothing is counted).  When several refuse, the one
-    with the longest wait is reported.  A cost above the limit can never
-    pass: it is refused with ``retry_after = window``.
+    :meth:`settle` drops slots that no longer count and folds slots ahead of
+    the current one (the clock went back) into it, so that nothing is
+    forgotten early and at most ``SLOTS + 1`` slots remain.  Keys stay in
+    ascending order, so settling and counting are O(1) for a busy bucket.
     """
-    updates: dict[str, SlotUpdate] = {}
+
+    __slots__ = ("window", "slots", "total", "pruned")
+
+    def __init__(self, window: float, slots: Optional[Mapping[int, int]] = None) -> None:
+        self.window = window
+        self.slots: dict[int, int] = dict(sorted((i, n) for i, n in (slots or {}).items() if n))
+        self.total = sum(self.slots.values())
+        #: whether settle() dropped or folded stored slots
+        self.pruned = False
+
+    def settle(self, cur: int) -> None:
+        """Bring the slots to current slot ``cur``."""
+        slots = self.slots
+        oldest = cur - SLOTS
+        while slots:
+            first = next(iter(slots))
+            if first >= oldest:
+                break
+            self.total -= slots.pop(first)
+            self.pruned = True
+        if slots and next(reversed(slots)) > cur:
+            ahead = sum(slots.pop(i) for i in [i for i in slots if i >= cur])
+            slots[cur] = ahead
+            self.pruned = True
+
+    def add(self, cur: int, n: int) -> None:
+        """Count ``n`` units in slot ``cur`` (settled: no slot is newer)."""
+        if n:
+            self.slots[cur] = self.slots.get(cur, 0) + n
+            self.total += n
+
+    def newest(self) -> Optional[int]:
+        return next(reversed(self.slots)) if self.slots else None
+
+    def wait_until_fits(self, excess: int, now: float) -> float:
+        """Seconds until ``excess`` units have left the count (oldest slots
+        expire first); rounded up by :data:`EPSILON`."""
+        for index, n in self.slots.items():
+            excess -= n
+            if excess <= 0:
+                return max(0.0, slot_expiry(index, self.window) - now) + EPSILON
+        return self.window   # more than everything counted: only cost > limit
+
+
+def window_decide(buckets: Sequence[Bucket], stored: Callable[[str, float], SlotCounts],
+                  now: float, dry_run: bool = False
+                  ) -> tuple[HitResult, dict[str, tuple[SlotCounts, int]]]:
+    """Decide a hit over all ``buckets``; ``stored(bucket id, window)`` gives
+    the bucket's :class:`SlotCounts` (settled here, in place).
+
+    A hit passes when every bucket has ``count + cost <= limit`` (a bucket
+    named twice counts both costs).  Returns the result and, when allowed,
+    ``{bucket id: (settled counts, current slot)}`` of every touched bucket
+    with the cost already added (empty when refused or ``dry_run``: nothing
+    is counted).
+    When several refuse, the one with the longest wait is reported.  A cost
+    above the limit can never pass: it is refused with
+    ``retry_after = window``.
+    """
+    touched: dict[str, tuple[SlotCounts, int]] = {}
+    pending: dict[str, int] = {}
     worst: Optional[int] = None
     worst_wait = -1.0
     for i, b in enumerate(buckets):
         bid = bucket_id(b)
-        upd = updates.get(bid)
-        if upd is None:
+        entry = touched.get(bid)
+        if entry is None:
             cur = slot_index(now, b.window)
-            raw = stored.get(bid, {})
-            live = live_slots(raw, cur)
-            upd = SlotUpdate(b.window, cur, live, pruned=live != dict(raw))
+            counts = stored(bid, b.window)
+            counts.settle(cur)
+            entry = touched[bid] = (counts, cur)
+        counts, cur = entry
         if b.cost > b.limit:
             wait = b.window
         else:
-            excess = sum(upd.slots.values()) + b.cost - b.limit
+            excess = counts.total + pending.get(bid, 0) + b.cost - b.limit
             if excess <= 0:
-                if b.cost:
-                    upd.slots[upd.cur] = upd.slots.get(upd.cur, 0) + b.cost
-                updates[bid] = upd
+                pending[bid] = pending.get(bid, 0) + b.cost
                 continue
-            wait = wait_until_fits(upd.slots, excess, now, b.window)
+            if pending.get(bid):     # the earlier cost of this bucket sits in slot cur
+                counts = SlotCounts(b.window, counts.slots)
+                counts.add(cur, pending[bid])
+            wait = counts.wait_until_fits(excess, now)
         if wait > worst_wait:
             worst, worst_wait = i, wait
     if worst is not None:
         return HitResult(False, worst, worst_wait), {}
-    return HitResult(True), updates
+    if dry_run:
+        return HitResult(True), {}
+    for bid, (counts, cur) in touched.items():
+        counts.add(cur, pending.get(bid, 0))
+    return HitResult(True), touched
 
 
-def bucket_state(bucket: Bucket, slots: Mapping[int, int], now: float) -> BucketState:
-    """Usage of a bucket: ``used`` = the units counted now, ``resets_in`` =
-    seconds until its newest slot stops counting (0 when empty; rounded up
-    like waits)."""
-    live = live_slots(slots, slot_index(now, bucket.window))
-    resets_in = (max(0.0, slot_expiry(max(live), bucket.window) - now) + EPSILON
-                 if live else 0.0)
+def bucket_state(bucket: Bucket, counts: SlotCounts, now: float) -> BucketState:
+    """Usage of a bucket (settles ``counts``): ``used`` = the units counted
+    now, ``resets_in`` = seconds until its newest slot stops counting (0 when
+    empty; rounded up like waits)."""
+    counts.settle(slot_index(now, bucket.window))
+    newest = counts.newest()
+    resets_in = (0.0 if newest is None
+                 else max(0.0, slot_expiry(newest, bucket.window) - now) + EPSILON)
     return BucketState(key=bucket.key, limit=bucket.limit, window=bucket.window,
-                       used=sum(live.values()), resets_in=resets_in, label=bucket.label)
+                       used=counts.total, resets_in=resets_in, label=bucket.label)
 
 
 # -- locks ---------------------------------------------------------------------

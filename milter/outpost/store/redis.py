@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (EPSILON, SLOTS, bucket_id, bucket_state, check_recipients,
+from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_state, check_recipients,
                     check_window, slot_owner, validate_buckets)
 from .settings import StoreSettings
 
@@ -429,8 +429,9 @@ class RedisStore(Store):
         with self._guard("peek"):
             now, *flats = self._peek(keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets])
         t = float(now)
-        return [bucket_state(b, {int(flat[j]): int(flat[j + 1]) for j in range(0, len(flat), 2)},
-                             t) for b, flat in zip(buckets, flats)]
+        return [bucket_state(b, SlotCounts(b.window, {int(flat[j]): int(flat[j + 1])
+                                                      for j in range(0, len(flat), 2)}), t)
+                for b, flat in zip(buckets, flats)]
 
     def reset(self, key_prefix: str) -> int:
         escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)

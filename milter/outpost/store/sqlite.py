@@ -19,9 +19,9 @@ import time
 from typing import Iterator, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (SLOTS, LockRecord, bucket_id, bucket_state, check_recipients,
-                    check_window, pid_exists, slot_expiry, slot_owner, validate_buckets,
-                    window_decide)
+from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_state,
+                    check_recipients, check_window, pid_exists, slot_expiry, slot_owner,
+                    validate_buckets, window_decide)
 from .settings import StoreSettings
 
 _SCHEMA = """
@@ -207,16 +207,17 @@ class SqliteStore(Store):
             return HitResult(True)
         with self._tx() as db:
             now = time.time()
-            result, updates = window_decide(buckets, self._slots(db, buckets), now)
-            if result.allowed and not dry_run:
-                rows = []
-                for bid, upd in updates.items():
-                    if upd.pruned:      # expired slots, or slots ahead of a clock that went back
-                        db.execute("DELETE FROM rl_slot WHERE id = ? AND (slot < ? OR slot > ?)",
-                                   (bid, upd.cur - SLOTS, upd.cur))
-                    if upd.cur in upd.slots:
-                        rows.append((bid, upd.cur, upd.slots[upd.cur],
-                                     slot_expiry(upd.cur, upd.window)))
+            slots = self._slots(db, buckets)
+            result, touched = window_decide(
+                buckets, lambda bid, window: SlotCounts(window, slots.get(bid)), now, dry_run)
+            rows = []
+            for bid, (counts, cur) in touched.items():
+                if counts.pruned:      # expired slots, or slots ahead of a clock that went back
+                    db.execute("DELETE FROM rl_slot WHERE id = ? AND (slot < ? OR slot > ?)",
+                               (bid, cur - SLOTS, cur))
+                if cur in counts.slots:
+                    rows.append((bid, cur, counts.slots[cur], slot_expiry(cur, counts.window)))
+            if rows:
                 db.executemany("INSERT INTO rl_slot (id, slot, n, expires) VALUES (?, ?, ?, ?) "
                                "ON CONFLICT (id, slot) DO UPDATE SET n = excluded.n", rows)
                 self._sweep(db, now)
@@ -229,7 +230,8 @@ class SqliteStore(Store):
         with self._conn() as db:
             slots = self._slots(db, buckets)
             now = time.time()
-            return [bucket_state(b, slots.get(bucket_id(b), {}), now) for b in buckets]
+            return [bucket_state(b, SlotCounts(b.window, slots.get(bucket_id(b))), now)
+                    for b in buckets]
 
     def reset(self, key_prefix: str) -> int:
         pattern = (key_prefix.replace("\\", "\\\\").replace("%", "\\%")
