@@ -146,6 +146,15 @@ def test_never_more_than_limit_in_any_window(store: Store, backend: str) -> None
     _assert_never_above_limit(times, bucket)
 
 
+def test_bucket_named_twice_counts_both_costs(store: Store) -> None:
+    twice = [Bucket("u/dup", 3, 60.0), Bucket("u/dup", 3, 60.0)]
+    assert store.hit(twice).allowed
+    assert store.peek(twice[:1])[0].used == 2
+    res = store.hit(twice)                         # 2 + 1 fits, 2 + 1 + 1 does not
+    assert not res.allowed and res.blocked == 1 and 59.0 < res.retry_after <= 61.001
+    assert store.peek(twice[:1])[0].used == 2 and store.hit(twice[:1]).allowed
+
+
 def test_strictest_window_decides(store: Store) -> None:
     b = [Bucket("u/bob", 100, 3600.0, label="100/1h"), Bucket("u/bob", 3, 60.0, label="3/1m")]
     assert admitted(store, b, 4) == [True] * 3 + [False]
