@@ -115,6 +115,7 @@ class SlotCounts:
             self.total += n
 
     def newest(self) -> Optional[int]:
+        """Index of the newest non-empty slot, or None."""
         return next(reversed(self.slots)) if self.slots else None
 
     def wait_until_fits(self, excess: int, now: float) -> float:
