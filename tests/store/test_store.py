@@ -6,12 +6,14 @@ import os
 import socket
 import subprocess
 import sys
+import random
 import threading
 import time
 
 import pytest
 
 from outpost.store import Bucket, Store, StoreSettings, open_store
+from outpost.store.memory import MemoryStore
 
 WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
 HOST = socket.gethostname()
@@ -21,32 +23,143 @@ def admitted(store: Store, buckets: list[Bucket], n: int) -> list[bool]:
     return [store.hit(buckets).allowed for _ in range(n)]
 
 
-# -- rate limits -------------------------------------------------------------------
+# -- rate limits: sliding window of 60 slots ------------------------------------------
 
-def test_exact_burst_then_refusal(store: Store) -> None:
-    b = [Bucket("u/alice", 5, 60.0, label="5/1m")]
+class FakeClock:
+    """A settable clock for MemoryStore(clock=...)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_limit_at_once_then_refused(store: Store) -> None:
+    b = [Bucket("u/alice", 5, 2.0, label="5/2s")]
     assert admitted(store, b, 7) == [True] * 5 + [False] * 2
     res = store.hit(b)
     assert not res.allowed and res.blocked == 0
-    assert 11.0 < res.retry_after <= 12.0          # one unit per T = 12 s
+    slot = 2.0 / 60
+    # the oldest admitted unit leaves one window after the end of its slot
+    assert 1.5 < res.retry_after <= 2.0 + slot + 0.001
+    assert store.peek(b)[0].used == 5
 
 
-def test_refill_one_unit_per_interval(store: Store) -> None:
-    b = [Bucket("u/refill", 4, 1.0)]               # T = 0.25 s
-    assert admitted(store, b, 5) == [True] * 4 + [False]
-    wait = store.hit(b).retry_after
-    assert 0.1 < wait <= 0.25
-    time.sleep(wait + 0.03)
-    assert admitted(store, b, 2) == [True, False]  # exactly one unit came back
-    time.sleep(1.05)                               # a full window: the whole burst again
-    assert admitted(store, b, 5) == [True] * 4 + [False]
+def test_refused_until_oldest_slot_expires(store: Store) -> None:
+    b = [Bucket("u/spread", 3, 1.5)]
+    start = time.time()
+    for offset in (0.0, 0.4, 0.6):               # the limit, spread over the window
+        time.sleep(max(0.0, start + offset - time.time()))
+        assert store.hit(b).allowed
+    refused = store.hit(b)
+    asked = time.time()
+    assert not refused.allowed
+    # the first hit (at ~start) is counted until ~start + 1.5 s + one slot (25 ms)
+    assert 0.5 < refused.retry_after <= 1.5 + 0.025 + 0.001
+    time.sleep(max(0.0, asked + refused.retry_after - 0.25 - time.time()))
+    assert not store.hit(b).allowed                # still inside the window
+    time.sleep(max(0.0, asked + refused.retry_after - time.time()))
+    assert admitted(store, b, 2) == [True, False]  # exactly the one unit came back
+    assert store.peek(b)[0].used == 3
+
+
+def test_window_edges_exact_clock() -> None:
+    clock = FakeClock(1000.0)
+    store = MemoryStore(clock=clock)
+    b = [Bucket("u/edge", 3, 3.0)]                 # slots of 50 ms
+    for t in (1000.0, 1001.0, 1002.0):
+        clock.t = t
+        assert store.hit(b).allowed
+    clock.t = 1002.5
+    res = store.hit(b)
+    assert not res.allowed and 0.5 < res.retry_after <= 0.55 + 0.001
+    clock.t = 1002.999                             # an exact log still counts 1000.0 here
+    assert not store.hit(b).allowed
+    clock.t = 1002.5 + res.retry_after - 0.002
+    assert not store.hit(b).allowed
+    clock.t = 1002.5 + res.retry_after
+    assert store.hit(b).allowed
+    state = store.peek(b)[0]
+    assert state.used == 3 and 3.0 < state.resets_in <= 3.05 + 0.001
+    clock.t += state.resets_in
+    assert store.peek(b)[0].used == 0 and store.peek(b)[0].resets_in == 0.0
+
+
+def test_clock_going_back_forgets_nothing() -> None:
+    clock = FakeClock(2000.0)
+    store = MemoryStore(clock=clock)
+    b = [Bucket("u/back", 2, 60.0)]
+    assert admitted(store, b, 2) == [True, True]
+    clock.t = 1990.0                               # wall clock stepped back 10 s
+    assert store.peek(b)[0].used == 2
+    assert not store.hit(b).allowed
+
+
+def _admitted_times(hit, now, sleep, rng: random.Random, bucket: Bucket,
+                    span: float) -> list[tuple[float, float]]:
+    """Hit at random times for ``span`` seconds; after some refusals wait
+    exactly ``retry_after`` (then the hit must pass).  Returns (before, after)
+    times of the admitted hits."""
+    times: list[tuple[float, float]] = []
+    end = now() + span
+    mean_gap = bucket.window / bucket.limit / 3        # ~3x the allowed rate
+    while now() < end:
+        before = now()
+        res = hit([bucket])
+        after = now()
+        if res.allowed:
+            times.append((before, after))
+            sleep(rng.expovariate(1 / mean_gap))
+        elif rng.random() < 0.3:                     # probe the edge the store names
+            sleep(res.retry_after)
+            before = now()
+            assert hit([bucket]).allowed, "refused after waiting retry_after"
+            times.append((before, now()))
+        else:
+            sleep(rng.expovariate(1 / mean_gap))
+    return times
+
+
+def _assert_never_above_limit(times: list[tuple[float, float]], bucket: Bucket) -> None:
+    """No ``limit + 1`` admitted hits fit into one span of ``window`` seconds
+    (judged from call start/end times, so real clocks cannot fake a failure)."""
+    k = bucket.limit
+    assert len(times) > 2 * k                        # the property was exercised
+    for first, last in zip(times, times[k:]):
+        assert last[1] - first[0] > bucket.window, (first, last)
+
+
+def test_never_more_than_limit_in_any_window(store: Store, backend: str) -> None:
+    rng = random.Random(20261127)
+    if backend == "memory":                          # exact clock: many windows, no sleeping
+        clock = FakeClock(5000.0)
+        exact = MemoryStore(clock=clock)
+        bucket = Bucket("prop/mem", 7, 3.0)
+
+        def advance(dt: float) -> None:
+            clock.t += dt
+        times = _admitted_times(exact.hit, clock, advance, rng, bucket, 60.0)
+    else:                                            # real time: 2.5 windows
+        bucket = Bucket("prop/real", 4, 1.2)
+        times = _admitted_times(store.hit, time.time, time.sleep, rng, bucket, 3.0)
+    _assert_never_above_limit(times, bucket)
+
+
+def test_bucket_named_twice_counts_both_costs(store: Store) -> None:
+    twice = [Bucket("u/dup", 3, 60.0), Bucket("u/dup", 3, 60.0)]
+    assert store.hit(twice).allowed
+    assert store.peek(twice[:1])[0].used == 2
+    res = store.hit(twice)                         # 2 + 1 fits, 2 + 1 + 1 does not
+    assert not res.allowed and res.blocked == 1 and 59.0 < res.retry_after <= 61.001
+    assert store.peek(twice[:1])[0].used == 2 and store.hit(twice[:1]).allowed
 
 
 def test_strictest_window_decides(store: Store) -> None:
     b = [Bucket("u/bob", 100, 3600.0, label="100/1h"), Bucket("u/bob", 3, 60.0, label="3/1m")]
     assert admitted(store, b, 4) == [True] * 3 + [False]
     res = store.hit(b)
-    assert res.blocked == 1 and 19.0 < res.retry_after <= 20.0
+    assert res.blocked == 1 and 59.0 < res.retry_after <= 61.001
     hourly, minute = store.peek(b)
     assert (hourly.used, minute.used) == (3, 3)
     assert hourly.label == "100/1h"
@@ -56,7 +169,7 @@ def test_longest_wait_is_reported(store: Store) -> None:
     short, long_ = Bucket("id/x", 2, 10.0), Bucket("user/x", 2, 100.0)
     assert admitted(store, [short, long_], 2) == [True, True]
     res = store.hit([short, long_])
-    assert not res.allowed and res.blocked == 1 and 49.0 < res.retry_after <= 50.0
+    assert not res.allowed and res.blocked == 1 and 98.0 < res.retry_after <= 101.668
 
 
 def test_refused_hits_count_nowhere(store: Store) -> None:
@@ -81,7 +194,8 @@ def test_dry_run_counts_nothing(store: Store) -> None:
     assert store.peek(b)[0].used == 0
     assert admitted(store, b, 2) == [True, True]
     res = store.hit(b, dry_run=True)
-    assert not res.allowed and res.retry_after > 29.0
+    assert not res.allowed and res.retry_after > 59.0
+    assert store.peek(b)[0].used == 2
 
 
 def test_peek(store: Store) -> None:
@@ -90,11 +204,12 @@ def test_peek(store: Store) -> None:
     assert (empty.used, empty.resets_in, empty.limit, empty.window) == (0, 0.0, 5, 60.0)
     admitted(store, [b], 3)
     state = store.peek([b])[0]
-    assert state.used == 3 and 35.0 < state.resets_in <= 36.0
+    assert state.used == 3 and 59.0 < state.resets_in <= 61.0
     assert state.key == "u/peek" and state.label == "5/1m"
     costly = Bucket("u/peek", 5, 60.0, cost=2)
     assert store.hit([costly]).allowed
     assert store.peek([b])[0].used == 5
+    assert not store.hit([b]).allowed and store.peek([b])[0].used == 5
 
 
 def test_reset_by_prefix(store: Store) -> None:
@@ -311,7 +426,7 @@ def test_empty_buckets_expire(make_store) -> None:
         r = redis.Redis.from_url(store.url)
         prefix = store.settings.key_prefix
         ttl = r.pttl(f"{prefix}rl:exp/kept@60")
-        assert 14000 < ttl <= 15001                    # empty again after one T
+        assert 60000 < ttl <= 61001                    # empty one window + one slot later
         assert 0 < r.pttl(f"{prefix}ev:exp/event") <= 301
         time.sleep(0.45)
         assert not r.exists(f"{prefix}rl:exp/gone@0.4", f"{prefix}ev:exp/event")
@@ -322,7 +437,51 @@ def test_empty_buckets_expire(make_store) -> None:
         time.sleep(0.45)
         store.hit([Bucket("exp/trigger", 4, 60.0)])   # sweeps expired rows
         db = sqlite3.connect(store.url[len("sqlite://"):])
-        ids = [row[0] for row in db.execute("SELECT id FROM bucket ORDER BY id")]
+        ids = [row[0] for row in db.execute("SELECT DISTINCT id FROM rl_slot ORDER BY id")]
         events = db.execute("SELECT count(*) FROM event").fetchone()[0]
         db.close()
         assert ids == ["exp/kept@60", "exp/trigger@60"] and events == 0
+
+
+def _stored_slots(store: Store, bucket_id: str) -> int:
+    """How many slots the backend holds for a bucket id (sqlite rows / hash fields)."""
+    if store.url.startswith("redis"):
+        import redis
+        r = redis.Redis.from_url(store.url)
+        try:
+            return int(r.hlen(f"{store.settings.key_prefix}rl:{bucket_id}"))
+        finally:
+            r.close()
+    import sqlite3
+    db = sqlite3.connect(store.url[len("sqlite://"):])
+    try:
+        return db.execute("SELECT count(*) FROM rl_slot WHERE id = ?", (bucket_id,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+def test_slots_per_bucket_are_bounded(store: Store) -> None:
+    b = [Bucket("bound/b", 10**6, 0.6)]                # slots of 10 ms
+    end = time.time() + 1.5                            # ~150 slots touched
+    most = 0
+    while time.time() < end:
+        assert store.hit(b).allowed
+        most = max(most, _stored_slots(store, "bound/b@0.6"))
+        time.sleep(0.003)
+    assert 30 < most <= 61
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_redis_replaces_old_gcra_key(store: Store) -> None:
+    import redis
+    r = redis.Redis.from_url(store.url)
+    key = f"{store.settings.key_prefix}rl:old/gcra@60"
+    r.set(key, "1234567890.5", px=60000)              # a TAT string of the previous version
+    b = [Bucket("old/gcra", 2, 60.0)]
+    assert store.peek(b)[0].used == 0
+    assert store.hit(b, dry_run=True).allowed
+    assert r.type(key) == b"string"                    # a dry run writes nothing
+    assert admitted(store, b, 3) == [True, True, False]
+    assert r.type(key) == b"hash" and store.peek(b)[0].used == 2
+    r.close()

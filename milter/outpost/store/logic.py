@@ -3,12 +3,17 @@
 The Redis backend runs the same rules inside Lua scripts
 (:mod:`outpost.store.redis`); keep both in step.
 
-Rate limits use GCRA (generic cell rate algorithm).  A bucket of ``limit``
-units per ``window`` seconds has an emission interval ``T = window / limit``
-and a burst tolerance of ``window``; its whole state is one number, the
-theoretical arrival time (TAT).  A request of ``cost`` units at ``now``
-passes when ``max(TAT, now) + cost*T - window <= now``; it then moves TAT to
-``max(TAT, now) + cost*T``.  The bucket is empty again once ``TAT <= now``.
+Rate limits use a slot-based sliding window.  A bucket of ``limit`` units per
+``window`` seconds keeps its counts in sub-slots of width
+``w = window / SLOTS``: slot ``k`` holds what was admitted during
+``[k*w, (k+1)*w)``.  At time ``now`` (current slot ``cur = floor(now/w)``)
+the bucket's count is the sum of slots ``cur-SLOTS .. cur``: the slot the
+window's start ``now-window`` falls into still counts whole.  So every unit
+admitted within the last ``window`` seconds is counted (never more than
+``limit`` in any span of ``window`` seconds), and a unit admitted at ``t``
+stops counting at the end of its slot plus one window, at most ``w`` later
+than an exact log would let it go.  At most ``SLOTS + 1`` slots per bucket
+are kept.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .base import Bucket, BucketState, HitResult, Lock
 
-#: Float tolerance (seconds) of the GCRA comparison: absorbs rounding of
-#: repeated ``tat + cost*T`` additions at epoch magnitudes (ulp ~ 2.4e-7 s).
+#: Sub-slots per window (a slot is 1 s of a minute, 1 min of an hour).
+SLOTS = 60
+
+#: Waits (``retry_after``) are rounded up by this many seconds so that
+#: waiting exactly that long is enough despite float rounding of slot edges.
 EPSILON = 1e-4
 
 
@@ -54,44 +62,132 @@ def check_recipients(recipients: int) -> None:
         raise ValueError(f"recipients must be >= 0, got {recipients}")
 
 
-def gcra_decide(buckets: Sequence[Bucket], tats: Mapping[str, float],
-                now: float) -> tuple[HitResult, dict[str, float]]:
-    """Decide a hit over all ``buckets`` given their stored TATs.
+# -- rate limits: sliding window of slots ----------------------------------------
 
-    Returns the result and, when allowed, the new TAT of every touched
-    bucket id (empty when refused: nothing is counted).  When several refuse,
-    the one with the longest wait is reported.  A cost above the limit can
-    never pass: it is refused with ``retry_after = window``.
+def slot_index(now: float, window: float) -> int:
+    """Index of the slot of a ``window``-second bucket that ``now`` is in."""
+    return math.floor(now / (window / SLOTS))
+
+
+def slot_expiry(index: int, window: float) -> float:
+    """Epoch time at which slot ``index`` stops counting (its end plus one
+    window)."""
+    return (index + SLOTS + 1) * (window / SLOTS)
+
+
+class SlotCounts:
+    """The non-empty slots of one bucket, oldest first, and their sum.
+
+    :meth:`settle` drops slots that no longer count and folds slots ahead of
+    the current one (the clock went back) into it, so that nothing is
+    forgotten early and at most ``SLOTS + 1`` slots remain.  Keys stay in
+    ascending order, so settling and counting are O(1) for a busy bucket.
     """
-    new: dict[str, float] = {}
+
+    __slots__ = ("window", "slots", "total", "pruned")
+
+    def __init__(self, window: float, slots: Optional[Mapping[int, int]] = None) -> None:
+        self.window = window
+        self.slots: dict[int, int] = dict(sorted((i, n) for i, n in (slots or {}).items() if n))
+        self.total = sum(self.slots.values())
+        #: whether settle() dropped or folded stored slots
+        self.pruned = False
+
+    def settle(self, cur: int) -> None:
+        """Bring the slots to current slot ``cur``."""
+        slots = self.slots
+        oldest = cur - SLOTS
+        while slots:
+            first = next(iter(slots))
+            if first >= oldest:
+                break
+            self.total -= slots.pop(first)
+            self.pruned = True
+        if slots and next(reversed(slots)) > cur:
+            ahead = sum(slots.pop(i) for i in [i for i in slots if i >= cur])
+            slots[cur] = ahead
+            self.pruned = True
+
+    def add(self, cur: int, n: int) -> None:
+        """Count ``n`` units in slot ``cur`` (settled: no slot is newer)."""
+        if n:
+            self.slots[cur] = self.slots.get(cur, 0) + n
+            self.total += n
+
+    def newest(self) -> Optional[int]:
+        """Index of the newest non-empty slot, or None."""
+        return next(reversed(self.slots)) if self.slots else None
+
+    def wait_until_fits(self, excess: int, now: float) -> float:
+        """Seconds until ``excess`` units have left the count (oldest slots
+        expire first); rounded up by :data:`EPSILON`."""
+        for index, n in self.slots.items():
+            excess -= n
+            if excess <= 0:
+                return max(0.0, slot_expiry(index, self.window) - now) + EPSILON
+        return self.window   # more than everything counted: only cost > limit
+
+
+def window_decide(buckets: Sequence[Bucket], stored: Callable[[str, float], SlotCounts],
+                  now: float, dry_run: bool = False
+                  ) -> tuple[HitResult, dict[str, tuple[SlotCounts, int]]]:
+    """Decide a hit over all ``buckets``; ``stored(bucket id, window)`` gives
+    the bucket's :class:`SlotCounts` (settled here, in place).
+
+    A hit passes when every bucket has ``count + cost <= limit`` (a bucket
+    named twice counts both costs).  Returns the result and, when allowed,
+    ``{bucket id: (settled counts, current slot)}`` of every touched bucket
+    with the cost already added (empty when refused or ``dry_run``: nothing
+    is counted).
+    When several refuse, the one with the longest wait is reported.  A cost
+    above the limit can never pass: it is refused with
+    ``retry_after = window``.
+    """
+    touched: dict[str, tuple[SlotCounts, int]] = {}
+    pending: dict[str, int] = {}
     worst: Optional[int] = None
     worst_wait = -1.0
     for i, b in enumerate(buckets):
         bid = bucket_id(b)
-        tat = max(new.get(bid, tats.get(bid, now)), now)
+        entry = touched.get(bid)
+        if entry is None:
+            cur = slot_index(now, b.window)
+            counts = stored(bid, b.window)
+            counts.settle(cur)
+            entry = touched[bid] = (counts, cur)
+        counts, cur = entry
         if b.cost > b.limit:
             wait = b.window
         else:
-            new_tat = tat + b.cost * (b.window / b.limit)
-            wait = new_tat - b.window - now
-            if wait <= EPSILON:
-                new[bid] = new_tat
+            excess = counts.total + pending.get(bid, 0) + b.cost - b.limit
+            if excess <= 0:
+                pending[bid] = pending.get(bid, 0) + b.cost
                 continue
+            if pending.get(bid):     # the earlier cost of this bucket sits in slot cur
+                counts = SlotCounts(b.window, counts.slots)
+                counts.add(cur, pending[bid])
+            wait = counts.wait_until_fits(excess, now)
         if wait > worst_wait:
             worst, worst_wait = i, wait
     if worst is not None:
         return HitResult(False, worst, worst_wait), {}
-    return HitResult(True), new
+    if dry_run:
+        return HitResult(True), {}
+    for bid, (counts, cur) in touched.items():
+        counts.add(cur, pending.get(bid, 0))
+    return HitResult(True), touched
 
 
-def bucket_state(bucket: Bucket, tat: Optional[float], now: float) -> BucketState:
-    """Usage of a bucket: ``used = ceil((TAT-now)/T)`` clamped to
-    ``[0, limit]``, ``resets_in = max(0, TAT-now)``."""
-    rest = max(0.0, (tat or now) - now)
-    period = bucket.window / bucket.limit
-    used = min(bucket.limit, max(0, math.ceil((rest - EPSILON) / period)))
+def bucket_state(bucket: Bucket, counts: SlotCounts, now: float) -> BucketState:
+    """Usage of a bucket (settles ``counts``): ``used`` = the units counted
+    now, ``resets_in`` = seconds until its newest slot stops counting (0 when
+    empty; rounded up like waits)."""
+    counts.settle(slot_index(now, bucket.window))
+    newest = counts.newest()
+    resets_in = (0.0 if newest is None
+                 else max(0.0, slot_expiry(newest, bucket.window) - now) + EPSILON)
     return BucketState(key=bucket.key, limit=bucket.limit, window=bucket.window,
-                       used=used, resets_in=rest, label=bucket.label)
+                       used=counts.total, resets_in=resets_in, label=bucket.label)
 
 
 # -- locks ---------------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Callable, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
 from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
-                    gcra_decide, slot_owner, validate_buckets)
+                    SlotCounts, slot_expiry, slot_owner, validate_buckets,
+                    window_decide)
 from .settings import StoreSettings
 
 
@@ -53,7 +54,7 @@ class MemoryStore(Store):
         self.settings = settings or StoreSettings()
         self._clock = clock
         self._mutex = threading.Lock()
-        self._tats: dict[str, float] = {}
+        self._buckets: dict[str, SlotCounts] = {}
         self._events: dict[str, tuple[deque[float], float]] = {}
         self._locks: dict[str, LockRecord] = {}
         self._lock_touched: dict[str, float] = {}
@@ -71,7 +72,9 @@ class MemoryStore(Store):
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.settings.sweep_interval
-        self._tats = {k: t for k, t in self._tats.items() if t > now}
+        self._buckets = {bid: c for bid, c in self._buckets.items()
+                         if (newest := c.newest()) is not None
+                         and slot_expiry(newest, c.window) > now}
         for key, (log, window) in list(self._events.items()):
             if not log or log[-1] <= now - window:
                 del self._events[key]
@@ -125,26 +128,32 @@ class MemoryStore(Store):
                     del self._conns[ip]
 
     # -- rate limits -----------------------------------------------------------
+    def _counts(self, bid: str, window: float) -> SlotCounts:
+        """The stored slots of a bucket (a fresh, unstored object when none)."""
+        counts = self._buckets.get(bid)
+        return SlotCounts(window) if counts is None else counts
+
     def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
         validate_buckets(buckets)
         with self._mutex:
             now = self._clock()
             self._sweep(now)
-            result, new = gcra_decide(buckets, self._tats, now)
-            if result.allowed and not dry_run:
-                self._tats.update(new)
+            result, touched = window_decide(buckets, self._counts, now, dry_run)
+            for bid, (counts, _cur) in touched.items():
+                self._buckets[bid] = counts
             return result
 
     def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
         validate_buckets(buckets)
         with self._mutex:
             now = self._clock()
-            return [bucket_state(b, self._tats.get(bucket_id(b)), now) for b in buckets]
+            return [bucket_state(b, self._counts(bucket_id(b), b.window), now)
+                    for b in buckets]
 
     def reset(self, key_prefix: str) -> int:
         with self._mutex:
             dropped = 0
-            for table in (self._tats, self._events):
+            for table in (self._buckets, self._events):
                 for key in [k for k in table if k.startswith(key_prefix)]:
                     del table[key]
                     dropped += 1

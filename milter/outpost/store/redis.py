@@ -11,8 +11,8 @@ scripts touch keys they do not declare).
 Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 
 =============================  =================================================
-``P rl:<key>@<window>``        string: GCRA theoretical arrival time (epoch s),
-                               expires when the bucket is empty
+``P rl:<key>@<window>``        hash: slot index -> count (sliding window of 60
+                               slots), expires when the bucket is empty
 ``P ev:<key>``                 sorted set: event timestamps, expires after window
 ``P seq``                      counter making event/fingerprint members unique
 ``P lock:<key>``               hash: locked, reason, since, until, by, auto
@@ -39,8 +39,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (EPSILON, bucket_id, bucket_state, check_recipients, check_window,
-                    slot_owner, validate_buckets)
+from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_state, check_recipients,
+                    check_window, slot_owner, validate_buckets)
 from .settings import StoreSettings
 
 _PRELUDE = """
@@ -52,27 +52,62 @@ end
 local function fmt(x) return string.format('%.17g', x) end
 """
 
-# KEYS: bucket ids.  ARGV: dry_run, epsilon, then limit, window, cost per key.
+# Sliding window of slots (see outpost.store.logic).  A bucket is a hash
+# {slot index: count}.  A key of another type (a GCRA timestamp string left by
+# an older version) reads as empty and is replaced when the bucket is written.
+# KEYS: bucket ids.  ARGV: dry_run, epsilon, slots per window, then limit,
+# window, cost per key.  Returns {allowed, index of the refusing key or -1, wait}.
 _HIT = _PRELUDE + """
 local now = clock()
-local eps = tonumber(ARGV[2])
-local new, order = {}, {}
+local eps, S = tonumber(ARGV[2]), tonumber(ARGV[3])
+local state, order = {}, {}
 local worst, worst_wait = -1, -1
+local function load(k, window)
+  local w = window / S
+  local cur = math.floor(now / w)
+  local st = {w = w, cur = cur, slots = {}, used = 0, drop = {}, reset = false,
+              dirty = false}
+  local flat = redis.pcall('HGETALL', k)
+  if flat.err then st.reset = true; flat = {} end
+  for j = 1, #flat, 2 do
+    local idx, n = tonumber(flat[j]), tonumber(flat[j + 1])
+    if idx < cur - S or idx > cur then st.drop[#st.drop + 1] = flat[j] end
+    if idx >= cur - S then
+      if idx > cur then idx = cur end
+      st.slots[idx] = (st.slots[idx] or 0) + n
+      st.used = st.used + n
+    end
+  end
+  return st
+end
+local function wait_until_fits(st, excess, window)
+  local idx = {}
+  for i in pairs(st.slots) do idx[#idx + 1] = i end
+  table.sort(idx)
+  for _, i in ipairs(idx) do
+    excess = excess - st.slots[i]
+    if excess <= 0 then return math.max(0, (i + S + 1) * st.w - now) + eps end
+  end
+  return window
+end
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local limit, window, cost = tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2])
-  local tat = new[k] or tonumber(redis.call('GET', k) or '0')
-  if tat < now then tat = now end
+  local limit, window, cost = tonumber(ARGV[3*i+1]), tonumber(ARGV[3*i+2]), tonumber(ARGV[3*i+3])
+  local st = state[k]
+  if not st then st = load(k, window); state[k] = st; order[#order + 1] = k end
   local wait = nil
   if cost > limit then
     wait = window
   else
-    local nt = tat + cost * (window / limit)
-    wait = nt - window - now
-    if wait <= eps then
-      if not new[k] then order[#order + 1] = k end
-      new[k] = nt
-      wait = nil
+    local excess = st.used + cost - limit
+    if excess <= 0 then
+      if cost > 0 then
+        st.slots[st.cur] = (st.slots[st.cur] or 0) + cost
+        st.used = st.used + cost
+        st.dirty = true
+      end
+    else
+      wait = wait_until_fits(st, excess, window)
     end
   end
   if wait and wait > worst_wait then worst, worst_wait = i, wait end
@@ -80,17 +115,30 @@ end
 if worst > 0 then return {0, worst - 1, fmt(worst_wait)} end
 if ARGV[1] ~= '1' then
   for _, k in ipairs(order) do
-    local nt = new[k]
-    redis.call('SET', k, fmt(nt), 'PX', math.ceil((nt - now) * 1000) + 1)
+    local st = state[k]
+    if st.reset then redis.call('DEL', k) end
+    if #st.drop > 0 then redis.call('HDEL', k, unpack(st.drop)) end
+    local n = st.slots[st.cur]
+    if n and (st.dirty or #st.drop > 0) then
+      redis.call('HSET', k, string.format('%.0f', st.cur), n)
+    end
+    if st.dirty then
+      redis.call('PEXPIRE', k, math.ceil(((st.cur + S + 1) * st.w - now) * 1000) + 1)
+    end
   end
 end
 return {1, -1, '0'}
 """
 
-# KEYS: bucket ids.  Returns now, then each TAT ('' when absent).
+# KEYS: bucket ids.  Returns now, then each bucket's HGETALL ({} when absent
+# or of another type).
 _PEEK = _PRELUDE + """
 local out = {fmt(clock())}
-for i = 1, #KEYS do out[i + 1] = redis.call('GET', KEYS[i]) or '' end
+for i = 1, #KEYS do
+  local flat = redis.pcall('HGETALL', KEYS[i])
+  if flat.err then flat = {} end
+  out[i + 1] = flat
+end
 return out
 """
 
@@ -364,7 +412,7 @@ class RedisStore(Store):
         validate_buckets(buckets)
         if not buckets:
             return HitResult(True)
-        args: list[Any] = ["1" if dry_run else "0", repr(EPSILON)]
+        args: list[Any] = ["1" if dry_run else "0", repr(EPSILON), SLOTS]
         for b in buckets:
             args += [b.limit, repr(float(b.window)), b.cost]
         with self._guard("hit"):
@@ -379,9 +427,11 @@ class RedisStore(Store):
         if not buckets:
             return []
         with self._guard("peek"):
-            now, *tats = self._peek(keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets])
+            now, *flats = self._peek(keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets])
         t = float(now)
-        return [bucket_state(b, float(tat) if tat else None, t) for b, tat in zip(buckets, tats)]
+        return [bucket_state(b, SlotCounts(b.window, {int(flat[j]): int(flat[j + 1])
+                                                      for j in range(0, len(flat), 2)}), t)
+                for b, flat in zip(buckets, flats)]
 
     def reset(self, key_prefix: str) -> int:
         escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)

@@ -19,13 +19,17 @@ import time
 from typing import Iterator, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
-                    gcra_decide, pid_exists, slot_owner, validate_buckets)
+from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_state,
+                    check_recipients, check_window, pid_exists, slot_expiry, slot_owner,
+                    validate_buckets, window_decide)
 from .settings import StoreSettings
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS bucket (id TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bucket_tat ON bucket (tat);
+DROP TABLE IF EXISTS bucket;
+CREATE TABLE IF NOT EXISTS rl_slot (
+    id TEXT NOT NULL, slot INTEGER NOT NULL, n INTEGER NOT NULL, expires REAL NOT NULL,
+    PRIMARY KEY (id, slot)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rl_slot_expires ON rl_slot (expires);
 CREATE TABLE IF NOT EXISTS event (key TEXT NOT NULL, t REAL NOT NULL, expires REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS event_key_t ON event (key, t);
 CREATE INDEX IF NOT EXISTS event_expires ON event (expires);
@@ -137,7 +141,7 @@ class SqliteStore(Store):
             if now < self._next_sweep:
                 return
             self._next_sweep = now + self.settings.sweep_interval
-        db.execute("DELETE FROM bucket WHERE tat <= ?", (now,))
+        db.execute("DELETE FROM rl_slot WHERE expires <= ?", (now,))
         db.execute("DELETE FROM event WHERE expires <= ?", (now,))
         db.execute("DELETE FROM fingerprint WHERE expires <= ?", (now,))
         for (key,) in db.execute("SELECT key FROM lock WHERE locked = 1 "
@@ -186,10 +190,16 @@ class SqliteStore(Store):
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
-    def _tats(db: sqlite3.Connection, buckets: Sequence[Bucket]) -> dict[str, float]:
+    def _slots(db: sqlite3.Connection,
+               buckets: Sequence[Bucket]) -> dict[str, dict[int, int]]:
+        """Stored slots of the buckets: ``{bucket id: {slot index: count}}``."""
         ids = sorted({bucket_id(b) for b in buckets})
         marks = ",".join("?" * len(ids))
-        return dict(db.execute(f"SELECT id, tat FROM bucket WHERE id IN ({marks})", ids))
+        slots: dict[str, dict[int, int]] = {}
+        for bid, index, n in db.execute(
+                f"SELECT id, slot, n FROM rl_slot WHERE id IN ({marks})", ids):
+            slots.setdefault(bid, {})[index] = n
+        return slots
 
     def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
         validate_buckets(buckets)
@@ -197,11 +207,19 @@ class SqliteStore(Store):
             return HitResult(True)
         with self._tx() as db:
             now = time.time()
-            result, new = gcra_decide(buckets, self._tats(db, buckets), now)
-            if result.allowed and not dry_run:
-                db.executemany("INSERT INTO bucket (id, tat) VALUES (?, ?) "
-                               "ON CONFLICT (id) DO UPDATE SET tat = excluded.tat",
-                               new.items())
+            slots = self._slots(db, buckets)
+            result, touched = window_decide(
+                buckets, lambda bid, window: SlotCounts(window, slots.get(bid)), now, dry_run)
+            rows = []
+            for bid, (counts, cur) in touched.items():
+                if counts.pruned:      # expired slots, or slots ahead of a clock that went back
+                    db.execute("DELETE FROM rl_slot WHERE id = ? AND (slot < ? OR slot > ?)",
+                               (bid, cur - SLOTS, cur))
+                if cur in counts.slots:
+                    rows.append((bid, cur, counts.slots[cur], slot_expiry(cur, counts.window)))
+            if rows:
+                db.executemany("INSERT INTO rl_slot (id, slot, n, expires) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (id, slot) DO UPDATE SET n = excluded.n", rows)
                 self._sweep(db, now)
             return result
 
@@ -210,16 +228,18 @@ class SqliteStore(Store):
         if not buckets:
             return []
         with self._conn() as db:
-            tats = self._tats(db, buckets)
+            slots = self._slots(db, buckets)
             now = time.time()
-            return [bucket_state(b, tats.get(bucket_id(b)), now) for b in buckets]
+            return [bucket_state(b, SlotCounts(b.window, slots.get(bucket_id(b))), now)
+                    for b in buckets]
 
     def reset(self, key_prefix: str) -> int:
         pattern = (key_prefix.replace("\\", "\\\\").replace("%", "\\%")
                    .replace("_", "\\_") + "%")
         with self._tx() as db:
-            dropped = db.execute("DELETE FROM bucket WHERE id LIKE ? ESCAPE '\\'",
-                                 (pattern,)).rowcount
+            dropped = db.execute("SELECT count(DISTINCT id) FROM rl_slot WHERE id LIKE ? "
+                                 "ESCAPE '\\'", (pattern,)).fetchone()[0]
+            db.execute("DELETE FROM rl_slot WHERE id LIKE ? ESCAPE '\\'", (pattern,))
             keys = db.execute("SELECT count(DISTINCT key) FROM event WHERE key LIKE ? "
                               "ESCAPE '\\'", (pattern,)).fetchone()[0]
             db.execute("DELETE FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
