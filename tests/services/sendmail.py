@@ -53,7 +53,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -391,7 +391,7 @@ class SendmailInstance:
             f"define(`ALIAS_FILE', `{self.config_dir}/aliases')dnl",
             f"define(`confSERVICE_SWITCH_FILE', `{self.config_dir}/service.switch')dnl",
             f"define(`confHOSTS_FILE', `{self.config_dir}/hosts')dnl",
-            f"define(`confCF_VERSION', `outpost-test')dnl",
+            "define(`confCF_VERSION', `outpost-test')dnl",
             "define(`confBIND_OPTS', `-DNSRCH -DEFNAMES')dnl",
             "define(`confDONT_PROBE_INTERFACES', `True')dnl",
             "define(`confDONT_BLAME_SENDMAIL', `TrustStickyBit')dnl",

@@ -10,6 +10,7 @@ down are the ones ``docs/sendmail.rst`` states.
 from __future__ import annotations
 
 import smtplib
+import socket
 import sys
 import textwrap
 import time
@@ -337,3 +338,45 @@ def test_header_leading_whitespace(sendmail: SendmailInstance, sink: SmtpSink) -
     # Without SMFIP_HDR_LEADSPC Sendmail drops exactly one space after the
     # colon; a folded value reaches the milter with its CRLF as "\n".
     assert msg.headers("X-Test-spaced") == [repr("  three spaces\n\tand a fold")]
+
+
+def _free_port_v6() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        return None
+
+
+def test_ipv6_client_addr_has_the_ipv6_prefix(sink: SmtpSink, stamp_milter: MilterProcess) -> None:
+    port6 = _free_port_v6()
+    if port6 is None:
+        pytest.skip("no IPv6 loopback here")
+    v6 = SendmailInstance(sink_port=sink.port, mynetworks=["127.0.0.0/8", "::1/128"],
+                          milter=f"unix:{stamp_milter.socket_path}",
+                          mc_extra=[f"DAEMON_OPTIONS(`Family=inet6, Addr=::1, Port={port6}, "
+                                    "Name=MTA6')dnl"])
+    try:
+        v6.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = smtplib.SMTP("::1", port6, timeout=15)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with client:
+            client.ehlo("client.example.org")
+            code, text = transact(client)
+        assert code == 250, text
+        (msg,) = sink.wait_for(1)
+        # Sendmail's macro: "IPv6:" and the full, uncompressed form;
+        # pymilter's hostaddr: the compressed address and a 4-tuple.
+        assert msg.headers("X-Test-connect-client_addr") == ["IPv6:0:0:0:0:0:0:0:1"]
+        assert msg.headers("X-Test-hostaddr")[0].startswith("('::1', ")
+        v6.wait_queue_empty()
+    finally:
+        v6.cleanup()
