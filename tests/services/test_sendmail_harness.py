@@ -24,8 +24,9 @@ from tests.services.sendmail import SendmailInstance, access_prefixes, render_fr
 from tests.services.sink import SmtpSink
 
 # Stamps macros per stage as X-Test-<stage>-<macro>; behaviour by trigger:
-#   client 127.0.0.42 -> 421 at connect; MAIL FROM tempfail421@ -> 421 at MAIL;
-#   MAIL FROM reject550@ -> 550 at MAIL; subject "eom451" -> 451 at end of data;
+#   client 127.0.0.42/43/44 -> 421/451/550 at connect; MAIL FROM tempfail421@ -> 421 at MAIL;
+#   MAIL FROM reject550@ -> 550 at MAIL; subject "eom451"/"eom421" -> 451/421
+#   at end of data;
 #   subject "hold" -> quarantine.  Header values are stamped with repr().
 TEST_MILTER = textwrap.dedent('''
     import sys
@@ -56,6 +57,12 @@ TEST_MILTER = textwrap.dedent('''
             if hostaddr and hostaddr[0] == "127.0.0.42":
                 self.setreply("421", "4.7.0", "connect refused by test milter")
                 return Milter.TEMPFAIL
+            if hostaddr and hostaddr[0] == "127.0.0.43":
+                self.setreply("451", "4.7.0", "connect deferred by test milter")
+                return Milter.TEMPFAIL
+            if hostaddr and hostaddr[0] == "127.0.0.44":
+                self.setreply("550", "5.7.1", "connect rejected by test milter")
+                return Milter.REJECT
             return Milter.CONTINUE
 
         def envfrom(self, mailfrom, *params):
@@ -90,6 +97,9 @@ TEST_MILTER = textwrap.dedent('''
             self.addheader("X-Test-hostaddr", repr(self.hostaddr))
             if self.spaced is not None:
                 self.addheader("X-Test-spaced", repr(self.spaced))
+            if "eom421" in self.subject:
+                self.setreply("421", "4.7.0", "closing at end of data, says the test milter")
+                return Milter.TEMPFAIL
             if "eom451" in self.subject:
                 self.setreply("451", "4.7.1", "try again later, says the test milter")
                 return Milter.TEMPFAIL
@@ -307,6 +317,23 @@ def test_milter_421_at_connect(sendmail: SendmailInstance, sink: SmtpSink) -> No
     assert info.value.smtp_error.decode() == f"4.7.0 {sendmail.hostname} closing connection"
 
 
+def test_milter_451_at_connect(sendmail: SendmailInstance, sink: SmtpSink) -> None:
+    """A 4xx other than 421 at connect: normal greeting, then every command
+    is tempfailed with Sendmail's own text."""
+    with session(sendmail.relay_port, source="127.0.0.43") as client:
+        code, text = client.docmd("MAIL", "FROM:<sender@example.com>")
+    assert (code, text.decode()) == (451, "4.3.2 Please try again later")
+
+
+def test_milter_550_at_connect(sendmail: SendmailInstance, sink: SmtpSink) -> None:
+    """A 5xx at connect: Sendmail greets with its own 554."""
+    with pytest.raises(smtplib.SMTPConnectError) as info:
+        smtplib.SMTP("127.0.0.1", sendmail.relay_port, timeout=15,
+                     source_address=("127.0.0.44", 0))
+    assert (info.value.smtp_code, info.value.smtp_error.decode()) == (
+        554, f"{sendmail.hostname} ESMTP not accepting messages")
+
+
 def test_milter_421_at_mail_from(sendmail: SendmailInstance, sink: SmtpSink) -> None:
     with session(sendmail.relay_port, source="127.0.0.80") as client:
         code, text = client.docmd("MAIL", "FROM:<tempfail421@example.com>")
@@ -328,6 +355,16 @@ def test_milter_550_at_mail_and_451_at_end_of_data(sendmail: SendmailInstance,
         assert code == 250, text
     (msg,) = sink.wait_for(1)
     assert msg.headers("Subject") == ["fine"]
+
+
+def test_milter_421_at_end_of_data(sendmail: SendmailInstance, sink: SmtpSink) -> None:
+    with session(sendmail.relay_port, source="127.0.0.82") as client:
+        assert transact(client, subject="eom421") == (
+            421, "4.7.0 closing at end of data, says the test milter")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.docmd("NOOP")
+    time.sleep(0.5)
+    assert sink.messages == [] and sendmail.queue() == []
 
 
 def test_header_leading_whitespace(sendmail: SendmailInstance, sink: SmtpSink) -> None:
