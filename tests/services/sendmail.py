@@ -294,8 +294,9 @@ class SendmailInstance:
         (octet boundaries only; see :func:`access_prefixes`).
     :param hostname: the fully qualified ``$j``; also the SASL realm.
     :param require_tls: keep the shipped ``confAUTH_OPTIONS`` (``p``: no
-        PLAIN/LOGIN without TLS).  Default False appends
+        PLAIN/LOGIN before STARTTLS).  Default False appends
         ``define(`confAUTH_OPTIONS', `A y')`` so tests can AUTH in clear.
+        STARTTLS is offered either way (self-signed key in ``tls/``).
     :param mc_extra: extra ``.mc`` lines, appended after the fragment.
     :param dist: where the Sendmail binaries come from.
     """
@@ -322,6 +323,7 @@ class SendmailInstance:
         self.maillog_path = self.base_dir / "maillog"
         self.cf_path = self.config_dir / "sendmail.cf"
         self.pid_path = self.base_dir / "sendmail.pid"
+        self.tls_dir = self.base_dir / "tls"
         self.sink_port = sink_port
         self.hostname = hostname
         self.mynetworks = tuple(mynetworks)
@@ -410,6 +412,11 @@ class SendmailInstance:
             "define(`confTO_HOSTSTATUS', `0s')dnl",
             "define(`confTO_IDENT', `0s')dnl",
             "define(`confPRIVACY_FLAGS', `authwarnings')dnl",
+            # STARTTLS offered on every listener (a throw-away self-signed key).
+            f"define(`confCACERT_PATH', `{self.tls_dir}')dnl",
+            f"define(`confCACERT', `{self.tls_dir}/cert.pem')dnl",
+            f"define(`confSERVER_CERT', `{self.tls_dir}/cert.pem')dnl",
+            f"define(`confSERVER_KEY', `{self.tls_dir}/key.pem')dnl",
             "FEATURE(`nocanonify')dnl",
             "FEATURE(`accept_unresolvable_domains')dnl",
             "FEATURE(`no_default_msa')dnl",
@@ -458,6 +465,14 @@ class SendmailInstance:
         # namespace mounts a copy of that directory with Sendmail.conf added.
         shutil.copytree(sasl_plugin_dir(), self.sasl_dir, symlinks=True, dirs_exist_ok=True)
         (self.base_dir / "statistics").touch()
+        if not (self.tls_dir / "cert.pem").exists():
+            self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+            _run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                  "ec_paramgen_curve:prime256v1", "-nodes", "-days", "7",
+                  "-subj", f"/CN={self.hostname}",
+                  "-keyout", str(self.tls_dir / "key.pem"),
+                  "-out", str(self.tls_dir / "cert.pem")])
+            (self.tls_dir / "key.pem").chmod(0o600)
         self._write_config()
         self._built = True
 

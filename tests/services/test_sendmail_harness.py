@@ -417,3 +417,23 @@ def test_ipv6_client_addr_has_the_ipv6_prefix(sink: SmtpSink, stamp_milter: Milt
         v6.wait_queue_empty()
     finally:
         v6.cleanup()
+
+
+def test_shipped_auth_options_need_starttls(sink: SmtpSink, stamp_milter: MilterProcess) -> None:
+    """As shipped (``confAUTH_OPTIONS`` ``A p y``) PLAIN is refused in clear
+    and works after STARTTLS."""
+    tls = SendmailInstance(sink_port=sink.port, require_tls=True,
+                           milter=f"unix:{stamp_milter.socket_path}")
+    try:
+        tls.start()
+        assert "confAUTH_OPTIONS', `A y'" not in (tls.config_dir / "sendmail.mc").read_text()
+        tls.add_sasl_user("carol", "pw3")
+        clear = smtp.send(tls.submission_port, login="carol", password="pw3")
+        assert (clear.stage, clear.code, clear.text) == ("auth", 503, "5.3.3 AUTH not available")
+        secure = smtp.send(tls.submission_port, login="carol", password="pw3", tls="starttls")
+        assert secure.accepted, secure
+        (msg,) = sink.wait_for(1)
+        assert msg.headers("X-Test-envfrom-auth_authen") == ["carol"]
+        tls.wait_queue_empty()
+    finally:
+        tls.cleanup()
