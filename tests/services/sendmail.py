@@ -419,7 +419,6 @@ class SendmailInstance:
             f"define(`confSERVER_KEY', `{self.tls_dir}/key.pem')dnl",
             "FEATURE(`nocanonify')dnl",
             "FEATURE(`accept_unresolvable_domains')dnl",
-            "FEATURE(`no_default_msa')dnl",
             f"FEATURE(`access_db', `hash -T<TMPF> {self.config_dir}/access')dnl",
             f"DAEMON_OPTIONS(`Port={self.relay_port}, Addr=127.0.0.1, Name=MTA')dnl",
             "define(`SMART_HOST', `relay:[127.0.0.1]')dnl",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -203,6 +204,25 @@ def test_config_includes_the_shipped_fragment(sendmail: SendmailInstance) -> Non
         access_prefixes(["10.0.0.0/12"])
     assert "INPUT_MAIL_FILTER" not in render_fragment(
         (sendmail.fragment).read_text(), milter="", submission_port=1)
+
+
+@pytest.mark.parametrize("before, daemons", [
+    ("", ["Name=MTA", "Port=submission, Name=MSA, M=Ea"]),
+    ("DAEMON_OPTIONS(`Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1')dnl",
+     ["Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1", "Port=submission, Name=MSA, M=Ea"]),
+])
+def test_shipped_fragment_in_a_plain_mc(sendmail: SendmailInstance, tmp_path, before: str,
+                                        daemons: list[str]) -> None:
+    """Added to a plain .mc the fragment keeps a port-25 listener and
+    replaces the default MSA (one listener per port)."""
+    mc = tmp_path / "plain.mc"
+    mc.write_text(f"include(`{sendmail.dist.cf_dir}/m4/cf.m4')dnl\nOSTYPE(`linux')dnl\n"
+                  f"{before}\ninclude(`{sendmail.fragment}')dnl\nMAILER(`smtp')dnl\n")
+    cf = subprocess.run(["m4", str(mc)], capture_output=True, text=True, check=True).stdout
+    assert [line.split("=", 1)[1] for line in cf.splitlines()
+            if line.startswith("O DaemonPortOptions=")] == daemons
+    assert "Xoutpost, S=unix:/run/outpost/outpost.sock, F=T, T=C:10s;S:30s;R:30s;E:2m" in cf
+    assert "O AuthOptions=A p y" in cf
 
 
 def test_relay_listener_passes_the_real_source_address(sendmail: SendmailInstance,
