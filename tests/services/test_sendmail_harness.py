@@ -27,10 +27,11 @@ from tests.services.sink import SmtpSink
 # Stamps macros per stage as X-Test-<stage>-<macro>; behaviour by trigger:
 #   client 127.0.0.42/43/44 -> 421/451/550 at connect; MAIL FROM tempfail421@ -> 421 at MAIL;
 #   MAIL FROM reject550@ -> 550 at MAIL; subject "eom451"/"eom421" -> 451/421
-#   at end of data;
+#   at end of data; subject "slow" -> 3 s pause at end of data;
 #   subject "hold" -> quarantine.  Header values are stamped with repr().
 TEST_MILTER = textwrap.dedent('''
     import sys
+    import time
     import Milter
 
     STAGES = {
@@ -91,6 +92,8 @@ TEST_MILTER = textwrap.dedent('''
             return Milter.CONTINUE
 
         def eom(self):
+            if "slow" in self.subject:
+                time.sleep(3)
             self._see("eom")
             for stage, macro, value in self.seen:
                 self.addheader("X-Test-%s-%s" % (stage, macro.strip("{}")),
@@ -457,3 +460,29 @@ def test_shipped_auth_options_need_starttls(sink: SmtpSink, stamp_milter: Milter
         tls.wait_queue_empty()
     finally:
         tls.cleanup()
+
+
+def test_reply_timeout_applies_at_end_of_data(sink: SmtpSink, stamp_milter: MilterProcess,
+                                              tmp_path) -> None:
+    """``R`` (read timeout) bounds every reply, the end-of-message one too,
+    even when ``E`` is longer: a 3 s end of message with R:1s;E:10s is
+    tempfailed after ~1 s."""
+    shipped = SendmailInstance(sink_port=sink.port).fragment.read_text()
+    assert "T=C:10s;S:30s;R:30s;E:2m" in shipped
+    fragment = tmp_path / "outpost.mc"
+    fragment.write_text(shipped.replace("T=C:10s;S:30s;R:30s;E:2m", "T=C:2s;S:2s;R:1s;E:10s"))
+    short = SendmailInstance(sink_port=sink.port, fragment=fragment,
+                             milter=f"unix:{stamp_milter.socket_path}")
+    try:
+        short.start()
+        t0 = time.monotonic()
+        result = smtp.send(short.relay_port, message=smtp.build_message(subject="slow"))
+        elapsed = time.monotonic() - t0
+        assert (result.stage, result.code, result.text) == (
+            "end", 451, "4.3.2 Please try again later"), result
+        assert elapsed < 2.8, elapsed
+        short.wait_for_log(r"timeout before data read, where=eom")
+        assert short.queue() == []
+    finally:
+        short.cleanup()
+    assert sink.messages == []
