@@ -229,6 +229,18 @@ def render_fragment(text: str, *, milter: str, submission_port: int,
     return text.replace("Port=submission", f"Port={submission_port}, Addr={addr}")
 
 
+def _group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is in process group ``pgid``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 class _SyslogReceiver:
     """Reads syslog datagrams from a unix socket and appends them to a file."""
 
@@ -528,12 +540,16 @@ class SendmailInstance:
                 time.sleep(0.02)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the daemon and wait until it is gone and its ports are closed."""
+        """SIGTERM the daemon's process group (the daemon, queue runners,
+        deliveries) and wait until all are gone and the ports are closed."""
         pid = self.daemon_pid
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            pgid = os.getpgid(pid)
+            if pgid != pid:  # never signal a group the daemon did not create
+                raise SendmailError(f"Sendmail daemon {pid} is not its group's leader ({pgid})")
+            os.killpg(pgid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while self.daemon_pid is not None or any(port_open(p) for p in self.ports.values()):
+            while (_group_alive(pgid) or any(port_open(p) for p in self.ports.values())):
                 if time.monotonic() > deadline:
                     raise SendmailError(f"Sendmail {pid} still running {timeout}s after SIGTERM")
                 time.sleep(0.02)
