@@ -21,7 +21,8 @@ import pytest
 
 from tests.services import smtp
 from tests.services.milter import MilterProcess
-from tests.services.sendmail import SendmailInstance, access_prefixes, render_fragment
+from tests.services.sendmail import (CONTRIB_FRAGMENT, SendmailInstance, access_prefixes,
+                                     render_fragment)
 from tests.services.sink import SmtpSink
 
 # Stamps macros per stage as X-Test-<stage>-<macro>; behaviour by trigger:
@@ -467,7 +468,7 @@ def test_reply_timeout_applies_at_end_of_data(sink: SmtpSink, stamp_milter: Milt
     """``R`` (read timeout) bounds every reply, the end-of-message one too,
     even when ``E`` is longer: a 3 s end of message with R:1s;E:10s is
     tempfailed after ~1 s."""
-    shipped = SendmailInstance(sink_port=sink.port).fragment.read_text()
+    shipped = CONTRIB_FRAGMENT.read_text()
     assert "T=C:10s;S:30s;R:30s;E:2m" in shipped
     fragment = tmp_path / "outpost.mc"
     fragment.write_text(shipped.replace("T=C:10s;S:30s;R:30s;E:2m", "T=C:2s;S:2s;R:1s;E:10s"))
