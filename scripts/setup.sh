@@ -29,6 +29,13 @@ APT_PACKAGES=(
     openssl            # self-signed certificate of the test Postfix (STARTTLS/465)
     swaks              # manual SMTP testing
     redis-server       # shared-state store tests
+    spamassassin       # SpamAssassin as an extra engine (tests) and the quality benchmark baseline
+    spamd              # ... its daemon, spoken to over the spamd protocol
+    rspamd             # rspamd as an extra engine (HTTP /checkv2), tests
+    m4                 # Sendmail tests: building sendmail.cf from .mc
+    libwrap0           # ... libraries of the unpacked sendmail-bin
+    liblockfile1
+    util-linux         # unshare: Sendmail test instances get their own hostname and /dev/log
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${OUTPOST_APT_EXTRA:-})
@@ -116,9 +123,26 @@ setup_venv() {
     echo "$digest" > "$stamp"
 }
 
+# Sendmail cannot be installed beside Postfix (both are "the MTA"): the
+# tests run it from the unpacked Debian packages, fetched here into the cache
+# that tests/services/sendmail.py reads.
+fetch_sendmail() {
+    local cache="${OUTPOST_SENDMAIL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/outpost-tests/sendmail}" pkg
+    mkdir -p "$cache"
+    for pkg in sendmail-bin sendmail-cf; do
+        if ! compgen -G "$cache/${pkg}_*.deb" >/dev/null; then
+            log "fetching $pkg into $cache"
+            (cd "$cache" && apt-get download -qq "$pkg") \
+                || (apt-get update -qq && cd "$cache" && apt-get download -qq "$pkg") \
+                || die "apt-get download $pkg failed"
+        fi
+    done
+}
+
 if [ "${OUTPOST_SKIP_APT:-0}" != 1 ]; then
     install_packages
     stop_system_postfix
+    fetch_sendmail
 fi
 setup_venv
 log "done: $VENV/bin/python -m pytest"
