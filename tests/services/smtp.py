@@ -81,9 +81,12 @@ def send(port: int, *, mail_from: str = "sender@example.com",
          login: str | None = None, password: str | None = None,
          tls: Literal["starttls", "implicit"] | None = None,
          helo: str = "client.example.org",
-         timeout: float = 15.0) -> SmtpResult:
+         timeout: float = 15.0,
+         source_address: str | None = None) -> SmtpResult:
     """Run one SMTP session and return where and how it ended.
 
+    :param source_address: bind the client to this local address (a 127/8
+        address makes the client look like that host, for MTAs without XCLIENT).
     :param xclient: e.g. ``{"LOGIN": "carol", "ADDR": "203.0.113.7", "NAME": "[UNAVAILABLE]"}``;
         sent after EHLO, followed by a new EHLO.
     :param login, password: AUTH PLAIN after (optional) XCLIENT.
@@ -97,15 +100,17 @@ def send(port: int, *, mail_from: str = "sender@example.com",
         message = build_message(mail_from, rcpt_tos[0] if rcpt_tos else "rcpt@example.net")
     elif isinstance(message, EmailMessage):
         message = message.as_bytes()
+    bind = (source_address, 0) if source_address else None
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     stage = "connect"
     try:
         if tls == "implicit":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context,
+                                                    source_address=bind)
         else:
-            client = smtplib.SMTP(host, port, timeout=timeout)
+            client = smtplib.SMTP(host, port, timeout=timeout, source_address=bind)
     except smtplib.SMTPConnectError as exc:
         return SmtpResult(stage, *_reply((exc.smtp_code, exc.smtp_error)))
     except smtplib.SMTPServerDisconnected as exc:
