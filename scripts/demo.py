@@ -26,6 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
 from outpost.core.idtoken import new_secret  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
 from tests.services.postfix import PostfixInstance  # noqa: E402
+from tests.services.sendmail import SendmailInstance  # noqa: E402
 from tests.services.sink import SmtpSink  # noqa: E402
 from tests.services.smtp import build_message, send  # noqa: E402
 
@@ -41,7 +42,7 @@ CONFIG = textwrap.dedent("""\
     users:
       - name: webfarm                      # a shared web server, relaying by IP
         type: ip
-        ips: [203.0.113.0/28]
+        ips: [127.0.0.77/32]
         domains: [example.com]
         identity_headers:
           - {header: X-AuthUser}
@@ -56,7 +57,14 @@ BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\
     if sys.stdout.isatty() else ("",) * 5
 
 SHOWN = ("From", "To", "Subject", "X-Outpost-User", "X-Outpost-Domain", "X-Originating-IP",
-         "X-Outpost-ID", "X-Report-Abuse-To", "X-PHP-Originating-Script")
+         "X-Outpost-ID", "X-Report-Abuse-To", "X-Outpost-Class", "X-Outpost-Score", "X-Outpost-Evidence",
+         "X-PHP-Originating-Script", "DKIM-Signature")
+
+SPAM = (b"From: Alice <alice@example.com>\r\nTo: friend@dest.example\r\n"
+        b"Subject: URGENT: claim your FREE prize now!!!\r\n\r\n"
+        b"Dear friend,\r\n\r\nYou have been SELECTED to receive a FREE cash prize of $1,000,000!!!\r\n"
+        b"Act now: click here to claim your money, limited time offer, 100% free, no risk.\r\n"
+        b"Order now and earn extra income from home. Remove me: reply with REMOVE.\r\n")
 
 
 def title(n: int, text: str) -> None:
@@ -80,7 +88,7 @@ def arrived(sink: SmtpSink, count: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mta", default="postfix", choices=["postfix"])
+    ap.add_argument("--mta", default="postfix", choices=["postfix", "sendmail"])
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -93,10 +101,14 @@ def main() -> int:
     secret.write_bytes(new_secret())
     secret.chmod(0o600)
     config = work / "outpost.yaml"
-    config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n" + CONFIG)
-
     sink = SmtpSink().start()
-    postfix = PostfixInstance(work / "postfix", sink_port=sink.port)
+    abuse_desk = SmtpSink().start()
+    config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n"
+                      f"reports: {{spool_dir: {work}/reports, poll_interval: 0.5, "
+                      f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}}}\n" + CONFIG)
+
+    mta_class = PostfixInstance if args.mta == "postfix" else SendmailInstance
+    postfix = mta_class(work / args.mta, sink_port=sink.port)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "milter"))
     outpost = MilterProcess([sys.executable, "-m", "outpost", "run", "-c", str(config),
                              "--socket", "{socket}", "--workers", "2"],
@@ -107,7 +119,7 @@ def main() -> int:
         postfix.add_sasl_user("alice@example.com", "secret-pw")
         outpost.start()
         postfix.start()
-        print(f"   Postfix submission on 127.0.0.1:{postfix.submission_port}, IP relay on "
+        print(f"   {args.mta.capitalize()} submission on 127.0.0.1:{postfix.submission_port}, IP relay on "
               f"127.0.0.1:{postfix.relay_port}, Outpost on {postfix.milter_socket},\n"
               f"   destination (SMTP sink) on 127.0.0.1:{sink.port}.  Configuration:")
         print(textwrap.indent(CONFIG, "     " + DIM) + RESET, end="")
@@ -126,12 +138,12 @@ def main() -> int:
                                  env=env, capture_output=True, text=True, timeout=30)
             print(textwrap.indent(who.stdout.rstrip(), "     "))
 
-        title(2, "an unknown server (198.51.100.23) tries to relay")
-        r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.23"}, mail_from="promo@example.com",
+        title(2, "an unknown server (127.0.0.99) tries to relay")
+        r = send(postfix.relay_port, source_address="127.0.0.99", mail_from="promo@example.com",
                  rcpt_tos=["victim@dest.example"])
         outcome(r)
 
-        title(3, "a PHP script on the web farm (203.0.113.5) forges Outpost's headers")
+        title(3, "a PHP script on the web farm (127.0.0.77) forges Outpost's headers")
         forged = build_message("shop@example.com", "customer@dest.example", subject="Your order",
                                headers={"X-Outpost-User": "someone-else",
                                         "X-Outpost-ID": "forged-token",
@@ -139,13 +151,34 @@ def main() -> int:
                                         "X-PHP-Originating-Script": "1042:wp-mail.php"})
         print("   sent with: X-Outpost-User: someone-else, X-Outpost-ID: forged-token,\n"
               "              X-Originating-IP: [10.0.0.1], X-PHP-Originating-Script: 1042:wp-mail.php")
-        r = send(postfix.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="shop@example.com",
+        r = send(postfix.relay_port, source_address="127.0.0.77", mail_from="shop@example.com",
                  rcpt_tos=["customer@dest.example"], message=forged)
         outcome(r)
         if r.accepted:
             arrived(sink, 2)
             print(f"   {DIM}(forged copies removed; the identity 1042 comes from the PHP header, "
                   f"which is removed too){RESET}")
+
+        title(4, "alice's account sends spam")
+        r = send(postfix.submission_port, login="alice@example.com", password="secret-pw",
+                 mail_from="alice@example.com", rcpt_tos=["friend@dest.example"], message=SPAM)
+        outcome(r)
+        try:
+            [report] = abuse_desk.wait_for(1, timeout=30)
+        except AssertionError:
+            print(f"   {RED}no abuse report arrived{RESET}")
+        else:
+            rep = report.message
+            print(f"   the abuse desk ({rep['To']}) received an ARF report (RFC 5965):")
+            print(f"     Subject: {rep['Subject']}")
+            human, feedback, original = rep.get_payload()[:3]
+            for line in human.get_content().splitlines()[:22]:
+                print(f"     > {line}")
+            print("     (message/feedback-report part:)")
+            fields = feedback.get_payload()[0] if feedback.is_multipart() else feedback
+            for name, value in fields.items():
+                print(f"     | {name}: {value}")
+            print(f"     (and the original message as {original.get_content_type()})")
 
         print(f"\n{BOLD}Outpost's log (one line per message):{RESET}")
         for line in outpost.log().splitlines():
@@ -156,6 +189,7 @@ def main() -> int:
         outpost.stop(graceful=True, timeout=40)
         postfix.cleanup()
         sink.stop()
+        abuse_desk.stop()
         if args.keep:
             print(f"\n(kept {work})")
         else:
