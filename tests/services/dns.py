@@ -21,6 +21,7 @@ namespace (see :func:`run_with_resolver`).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,6 +187,9 @@ class DnsServer:
         while pending:
             if self.proc is None or self.proc.poll() is not None:
                 raise DnsServerError("nsd exited: " + self.log_text())
+            bad = self._zones_with_errors()
+            if bad:
+                raise DnsServerError(f"zones {bad} failed to load: " + self.log_text())
             q = dns.message.make_query(pending[0], "SOA")
             try:
                 r = dns.query.udp(q, self.host, port=self.port, timeout=0.3)
@@ -197,6 +201,17 @@ class DnsServer:
             if time.monotonic() > deadline:
                 raise DnsServerError("nsd not ready in time: " + self.log_text())
             time.sleep(0.05)
+
+    def _zones_with_errors(self) -> list[str]:
+        """Configured (not deliberately broken) zones NSD reported errors for."""
+        p = os.path.join(self.dir, "nsd.log")
+        if not os.path.exists(p):
+            return []
+        with open(p, "r", errors="replace") as fh:
+            text = fh.read()
+        return [z for z in self.zones
+                if re.search(rf"zone {re.escape(z.rstrip('.') or '.')} file \S+ read with "
+                             r"\d+ errors", text)]
 
     def log_text(self) -> str:
         out = []

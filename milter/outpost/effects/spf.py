@@ -163,6 +163,13 @@ def _negative_ttl(response: Optional[dns.message.Message]) -> int:
     return _DEFAULT_NEGATIVE_TTL
 
 
+def _cname_loop(exc: dns.resolver.NoNameservers) -> bool:
+    """True when every server 'failed' only because the CNAME chain in its
+    answer loops or is too long (dnspython's ChainTooLong)."""
+    errors = exc.kwargs.get("errors") or []
+    return bool(errors) and all(isinstance(e[3], dns.message.ChainTooLong) for e in errors)
+
+
 class _Lookup:
     """DNS lookups for one pyspf evaluation, same output format as pyspf's
     ``DNSLookup_dnspython``; remembers the smallest TTL seen."""
@@ -191,6 +198,10 @@ class _Lookup:
         except dns.exception.Timeout as exc:
             raise pyspf.TempError(f"DNS timeout for {name} {qtype}: {exc}") from None
         except dns.resolver.NoNameservers as exc:
+            if _cname_loop(exc):
+                # pyspf's own CNAME handling treats a loop as no data
+                self._ttl(_DEFAULT_NEGATIVE_TTL)
+                return []
             raise pyspf.TempError(f"DNS error (SERVFAIL) for {name} {qtype}") from exc
         except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong):
             return []
@@ -209,6 +220,29 @@ class _Lookup:
             elif qtype in ("TXT", "SPF"):
                 out.append(((name, qtype), rdata.strings))
         return out
+
+
+def evaluate(resolver: dns.resolver.Resolver, ip: str, sender: str, helo: str, *,
+             query_timeout: float, deadline: float, strict: Any = True,
+             default_explanation: Optional[str] = None) -> tuple[str, str, Optional[int]]:
+    """One pyspf evaluation (``spf.query(...).check()``) whose DNS lookups go
+    through ``resolver``, bounded by ``deadline`` (time.monotonic()).
+    Returns (result, explanation, smallest TTL seen or None)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return "temperror", "SPF time budget exhausted", None
+    _install_dispatcher()
+    lookup = _Lookup(resolver, query_timeout, deadline)
+    token = _active_lookup.set(lookup)
+    try:
+        q = pyspf.query(i=ip, s=sender, h=helo, strict=strict,
+                        timeout=query_timeout, querytime=remaining)
+        if default_explanation is not None:
+            q.set_default_explanation(default_explanation)
+        result, _code, explanation = q.check()
+    finally:
+        _active_lookup.reset(token)
+    return result, explanation, lookup.min_ttl
 
 
 # ---------------------------------------------------------------------------
@@ -240,18 +274,8 @@ class SpfChecker:
 
     def _evaluate(self, domain: str, sender: str, ip: str,
                   deadline: float) -> tuple[str, str, Optional[int]]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "temperror", "SPF time budget exhausted", None
-        lookup = _Lookup(self.resolver, self.settings.query_timeout, deadline)
-        token = _active_lookup.set(lookup)
-        try:
-            q = pyspf.query(i=ip, s=sender, h=self.settings.helo,
-                            timeout=self.settings.query_timeout, querytime=remaining)
-            result, _code, explanation = q.check()
-        finally:
-            _active_lookup.reset(token)
-        return result, explanation, lookup.min_ttl
+        return evaluate(self.resolver, ip, sender, self.settings.helo,
+                        query_timeout=self.settings.query_timeout, deadline=deadline)
 
     def check(self, domain: str, sender: str = "") -> SpfResult:
         """SPF of ``domain`` (sender defaults to ``postmaster@domain``) for
