@@ -96,7 +96,10 @@ def test_check_evidence(server):
                                                 ("url_listed_dns:ip.test", 2.0)]
     assert ev[0].detail == "dbl.test: evil.example (127.0.1.2), spam.co.uk (127.0.1.4)"
     assert "192.0.2.2" in ev[1].detail
-    assert DnsListCheck(make(server.port)).check(view("good.example"), CTX) == []
+    c.close()
+    other = DnsListCheck(make(server.port))
+    assert other.check(view("good.example"), CTX) == []
+    other.close()
 
 
 def test_cache_positive_and_negative(server):

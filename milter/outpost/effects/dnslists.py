@@ -34,14 +34,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import dns.exception
-import dns.message
 import dns.name
-import dns.rdatatype
 import dns.resolver
 import dns.reversename
 from publicsuffixlist import PublicSuffixList
 
-from outpost.effects.resolver import TtlCache
+from outpost.effects.resolver import TtlCache, negative_ttl
 from outpost.spam.base import Check, Evidence, MessageView, ScanContext
 
 log = logging.getLogger("outpost.dnslists")
@@ -115,14 +113,6 @@ class Listing:
     codes: tuple[str, ...]
 
 
-def _negative_ttl(response: Optional[dns.message.Message], default: float) -> float:
-    if response is not None:
-        for rrset in response.authority:
-            if rrset.rdtype == dns.rdatatype.SOA:
-                return float(min(rrset.ttl, rrset[0].minimum))
-    return default
-
-
 class DnsListChecker:
     """Looks items up in the configured lists (thread-safe)."""
 
@@ -179,12 +169,12 @@ class DnsListChecker:
             ans = self.resolver.resolve(qname, "A", lifetime=lifetime,
                                         raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            ttl = _negative_ttl(next(iter(exc.responses().values()), None),
+            ttl = negative_ttl(next(iter(exc.responses().values()), None),
                                 self.settings.cache_max_ttl)
             self.cache.put(qname, (), min(ttl, self.settings.cache_max_ttl))
             return ()
         if ans.rrset is None:
-            ttl = _negative_ttl(ans.response, self.settings.cache_max_ttl)
+            ttl = negative_ttl(ans.response, self.settings.cache_max_ttl)
             self.cache.put(qname, (), min(ttl, self.settings.cache_max_ttl))
             return ()
         codes = tuple(sorted(r.address for r in ans.rrset))

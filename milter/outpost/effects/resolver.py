@@ -10,6 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Generic, Hashable, Optional, TypeVar
 
+import dns.message
+import dns.rdatatype
 import dns.resolver
 
 
@@ -55,6 +57,16 @@ def make_resolver(settings: ResolverSettings) -> dns.resolver.Resolver:
     r.timeout = settings.timeout
     r.lifetime = settings.lifetime
     return r
+
+
+def negative_ttl(response: Optional[dns.message.Message], default: float) -> float:
+    """Negative-caching TTL of a NXDOMAIN/NODATA response (RFC 2308:
+    min(SOA TTL, SOA minimum)), ``default`` without SOA."""
+    if response is not None:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA:
+                return float(min(rrset.ttl, rrset[0].minimum))
+    return default
 
 
 K = TypeVar("K", bound=Hashable)

@@ -31,11 +31,10 @@ from typing import Any, Callable, Optional
 import dns.exception
 import dns.message
 import dns.name
-import dns.rdatatype
 import dns.resolver
 import spf as pyspf
 
-from outpost.effects.resolver import TtlCache
+from outpost.effects.resolver import TtlCache, negative_ttl
 
 ACTIONS = ("tag", "tempfail", "reject")
 #: SPF results from best to worst (for "worst across egress IPs").
@@ -155,14 +154,6 @@ def _install_dispatcher() -> None:
         pyspf.DNSLookup = dispatcher
 
 
-def _negative_ttl(response: Optional[dns.message.Message]) -> int:
-    if response is not None:
-        for rrset in response.authority:
-            if rrset.rdtype == dns.rdatatype.SOA:
-                return min(rrset.ttl, rrset[0].minimum)
-    return _DEFAULT_NEGATIVE_TTL
-
-
 def _cname_loop(exc: dns.resolver.NoNameservers) -> bool:
     """True when every server 'failed' only because the CNAME chain in its
     answer loops or is too long (dnspython's ChainTooLong)."""
@@ -179,9 +170,9 @@ class _Lookup:
         self.resolver = resolver
         self.query_timeout = query_timeout
         self.deadline = deadline
-        self.min_ttl: Optional[int] = None
+        self.min_ttl: Optional[float] = None
 
-    def _ttl(self, ttl: int) -> None:
+    def _ttl(self, ttl: float) -> None:
         self.min_ttl = ttl if self.min_ttl is None else min(self.min_ttl, ttl)
 
     def __call__(self, name: str, qtype: str, timeout: float) -> list:
@@ -193,7 +184,8 @@ class _Lookup:
             answer = self.resolver.resolve(name, qtype, lifetime=lifetime,
                                            raise_on_no_answer=False, search=False)
         except dns.resolver.NXDOMAIN as exc:
-            self._ttl(_negative_ttl(next(iter(exc.responses().values()), None)))
+            self._ttl(negative_ttl(next(iter(exc.responses().values()), None),
+                                  _DEFAULT_NEGATIVE_TTL))
             return []
         except dns.exception.Timeout as exc:
             raise pyspf.TempError(f"DNS timeout for {name} {qtype}: {exc}") from None
@@ -206,7 +198,7 @@ class _Lookup:
         except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong):
             return []
         if answer.rrset is None:
-            self._ttl(_negative_ttl(answer.response))
+            self._ttl(negative_ttl(answer.response, _DEFAULT_NEGATIVE_TTL))
             return []
         self._ttl(answer.rrset.ttl)
         out = []
@@ -224,7 +216,7 @@ class _Lookup:
 
 def evaluate(resolver: dns.resolver.Resolver, ip: str, sender: str, helo: str, *,
              query_timeout: float, deadline: float, strict: Any = True,
-             default_explanation: Optional[str] = None) -> tuple[str, str, Optional[int]]:
+             default_explanation: Optional[str] = None) -> tuple[str, str, Optional[float]]:
     """One pyspf evaluation (``spf.query(...).check()``) whose DNS lookups go
     through ``resolver``, bounded by ``deadline`` (time.monotonic()).
     Returns (result, explanation, smallest TTL seen or None)."""
@@ -270,10 +262,9 @@ class SpfChecker:
         self.resolver = resolver
         self.cache: TtlCache[tuple[str, str], tuple[str, str]] = \
             TtlCache(settings.cache_max_entries, clock)
-        _install_dispatcher()
 
     def _evaluate(self, domain: str, sender: str, ip: str,
-                  deadline: float) -> tuple[str, str, Optional[int]]:
+                  deadline: float) -> tuple[str, str, Optional[float]]:
         return evaluate(self.resolver, ip, sender, self.settings.helo,
                         query_timeout=self.settings.query_timeout, deadline=deadline)
 
@@ -281,7 +272,8 @@ class SpfChecker:
         """SPF of ``domain`` (sender defaults to ``postmaster@domain``) for
         every egress IP; never raises for DNS problems (→ temperror)."""
         domain = domain.rstrip(".").lower()
-        sender = sender or f"postmaster@{domain}"
+        local = sender.strip().strip("<>").rpartition("@")[0] if "@" in sender else ""
+        sender = f"{local or 'postmaster'}@{domain}"   # the policy evaluated is domain's
         deadline = time.monotonic() + self.settings.time_budget
         per_ip = []
         for ip in self.settings.egress_ips:
@@ -291,11 +283,12 @@ class SpfChecker:
                 per_ip.append(SpfIpResult(ip, hit[0], hit[1], True))
                 continue
             result, explanation, ttl = self._evaluate(domain, sender, ip, deadline)
+            explanation = _clean(explanation)
             if result != "temperror":
                 ttl_s = self.settings.cache_max_ttl if ttl is None \
-                    else min(float(ttl), self.settings.cache_max_ttl)
+                    else min(ttl, self.settings.cache_max_ttl)
                 self.cache.put(key, (result, explanation), ttl_s)
-            per_ip.append(SpfIpResult(ip, result, _clean(explanation), False))
+            per_ip.append(SpfIpResult(ip, result, explanation, False))
         worst = max(per_ip, key=lambda r: SEVERITY.index(r.result))
         return SpfResult(domain=domain, result=worst.result, explanation=worst.explanation,
                          cached=all(r.cached for r in per_ip), ip=worst.ip,
