@@ -35,6 +35,9 @@ ZONE = "\n".join([
     'twice     TXT "v=spf1 +all"',
     'incbroken TXT "v=spf1 include:x.broken.test -all"',
     'short   2 TXT "v=spf1 ip4:198.51.100.0/24 -all"',
+    'loop      CNAME loop2',
+    'loop2     CNAME loop',
+    'aloop     TXT "v=spf1 a:loop.example.test ip4:198.51.100.0/24 -all"',
 ])
 
 
@@ -70,6 +73,8 @@ def checker(resolver, **kw) -> SpfChecker:
     ("void2", "pass"),
     ("void3", "permerror"),
     ("twice", "permerror"),       # two SPF records
+    ("loop", "none"),             # CNAME loop on the SPF name: no record
+    ("aloop", "pass"),            # CNAME loop in a mechanism: no data, continue
 ])
 def test_results(resolver, name, expected):
     res = checker(resolver).check(f"{name}.example.test")
@@ -187,3 +192,9 @@ def test_settings_validation():
 def test_sender_domain():
     assert sender_domain("<Alice@Example.COM>") == "example.com"
     assert sender_domain("") == ""
+
+
+def test_reply_text_is_safe(resolver):
+    c = checker(resolver, fail_action="reject")
+    d = c.decide(SpfResult("ev%il\r\n.example", "fail", "x", False, EGRESS[0], ()))
+    assert "%" not in d.smtp[2] and "\n" not in d.smtp[2] and "%" not in d.header[1]
