@@ -234,6 +234,8 @@ _NL = re.compile(rb"\r?\n")
 
 def _crlf(data: bytes) -> bytes:
     """Line ends as they go on the wire: every LF (with or without CR) → CRLF."""
+    if data.count(b"\n") == data.count(b"\r\n"):     # already CRLF only (fast path)
+        return data
     return _NL.sub(b"\r\n", data)
 
 
