@@ -1,0 +1,405 @@
+"""DKIM signing for outgoing mail.
+
+Header selection, canonicalisation and the DKIM-Signature layout come from
+dkimpy (``dkim.canonicalization``, ``dkim.hash_headers``, ``dkim.fold``,
+``dkim.RE_BTAG``), composed exactly as ``dkim.DKIM.sign`` does.  Only the
+private-key operation differs: it runs in OpenSSL through ``cryptography``
+(RSA PKCS#1 v1.5 over the prehashed SHA-256 digest, or Ed25519 over the
+digest as RFC 8463 specifies) instead of dkimpy's pure-Python RSA, which is
+~25x slower.  Tests verify every signature with dkimpy and with OpenDKIM.
+
+Keys are loaded once (:func:`load_keys`) and refused when missing,
+unparsable, accessible by group/others, or RSA smaller than ``min_rsa_bits``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import dkim as dkimpy
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.util import InvalidTagValueList, parse_tag_value
+
+ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+#: Signed when present (RFC 6376 5.4.1 recommendations that outbound mail has).
+SIGNED_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
+                  "Content-Type", "Content-Transfer-Encoding", "Reply-To")
+#: Instances of one header name signed at most (bottom-up); keeps h= bounded.
+MAX_INSTANCES = 3
+#: libmilter refuses added header fields longer than this.
+MAX_HEADER_LEN = 2048
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_HNAME = re.compile(r"^[\x21-\x39\x3b-\x7e]{1,76}$")
+
+PrivateKey = Union[rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey]
+Headers = Sequence[tuple[Union[bytes, str], Union[bytes, str]]]
+
+
+class DkimError(Exception):
+    """Base class of DKIM errors."""
+
+
+class DkimKeyError(DkimError):
+    """A key file cannot be used; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"DKIM key {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class KeyFileMissing(DkimKeyError):
+    pass
+
+
+class KeyFileUnsafe(DkimKeyError):
+    """Readable or writable by group or others (like OpenDKIM's RequireSafeKeys)."""
+
+
+class KeyFileUnparsable(DkimKeyError):
+    pass
+
+
+class KeyTooSmall(DkimKeyError):
+    pass
+
+
+class DkimSignError(DkimError):
+    """The message cannot be signed (no From, signature too long…).  The
+    adapter answers 451 4.3.0."""
+
+
+def _is_domain(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return len(name) <= 253 and len(labels) >= 1 and all(_LABEL.match(x) for x in labels)
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """One signing key of a domain (``domains.<d>.dkim`` entries)."""
+
+    domain: str
+    selector: str
+    key: str                       # path of the private key file
+    algorithm: str = "rsa"         # rsa | ed25519
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain", self.domain.rstrip(".").lower())
+        if not _is_domain(self.domain):
+            raise ValueError(f"dkim: {self.domain!r} is not a domain name")
+        if not all(_LABEL.match(x) for x in self.selector.split(".")):
+            raise ValueError(f"dkim: selector {self.selector!r} of {self.domain} is invalid")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"dkim: algorithm of {self.domain}/{self.selector} must be "
+                             f"rsa or ed25519, got {self.algorithm!r}")
+        if not self.key:
+            raise ValueError(f"dkim: key path of {self.domain}/{self.selector} is empty")
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """``dkim:`` settings.
+
+    keys: all DkimKey entries; per domain at most one rsa and one ed25519
+    (both → dual signature).  canonicalization: ``header/body``, each simple
+    or relaxed.  extra_headers: further names signed when present (Outpost's
+    X-Outpost-* headers).  min_rsa_bits: smaller RSA keys are refused.
+    """
+
+    keys: tuple[DkimKey, ...] = ()
+    canonicalization: str = "relaxed/relaxed"
+    extra_headers: tuple[str, ...] = ()
+    min_rsa_bits: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", tuple(self.keys))
+        object.__setattr__(self, "extra_headers", tuple(self.extra_headers))
+        seen = set()
+        for k in self.keys:
+            if (k.domain, k.algorithm) in seen:
+                raise ValueError(f"dkim: {k.domain} has more than one {k.algorithm} key")
+            seen.add((k.domain, k.algorithm))
+        try:
+            CanonicalizationPolicy.from_c_value(self.canonicalization.encode("ascii"))
+        except (InvalidCanonicalizationPolicyError, UnicodeEncodeError):
+            raise ValueError("dkim.canonicalization must be simple|relaxed/simple|relaxed, "
+                             f"got {self.canonicalization!r}") from None
+        if "/" not in self.canonicalization:
+            raise ValueError("dkim.canonicalization needs header/body, e.g. relaxed/relaxed")
+        for h in self.extra_headers:
+            if not _HNAME.match(h):
+                raise ValueError(f"dkim.extra_headers: {h!r} is not a header name")
+            if h.lower().encode() in dkimpy.DKIM.SHOULD_NOT:
+                raise ValueError(f"dkim.extra_headers: {h} must not be signed")
+        if self.min_rsa_bits < 1024:
+            raise ValueError("dkim.min_rsa_bits must be >= 1024")
+
+
+@dataclass(frozen=True)
+class LoadedKey:
+    """A key file read and checked by :func:`load_keys`."""
+
+    spec: DkimKey
+    private: PrivateKey = field(repr=False)
+    public_p: str                 # base64 p= value for the DNS record
+
+    @property
+    def dns_txt(self) -> str:
+        return f"v=DKIM1; k={self.spec.algorithm}; p={self.public_p}"
+
+
+def public_p(key: PrivateKey) -> str:
+    """The DKIM ``p=`` value: SubjectPublicKeyInfo (RSA) or raw key (Ed25519)."""
+    pub = key.public_key()
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = pub.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _parse_key(data: bytes, spec: DkimKey) -> PrivateKey:
+    path = spec.key
+    if spec.algorithm == "ed25519" and b"-----BEGIN" not in data:
+        # dkimpy's dknewkey format: base64 of the 32-byte seed
+        try:
+            seed = base64.b64decode(data.strip(), validate=True)
+            return ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+        except ValueError as exc:
+            raise KeyFileUnparsable(path, f"not an ed25519 key: {exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileUnparsable(path, f"not a PEM private key: {exc}") from None
+    want = rsa.RSAPrivateKey if spec.algorithm == "rsa" else ed25519.Ed25519PrivateKey
+    if not isinstance(key, want):
+        raise KeyFileUnparsable(path, f"not an {spec.algorithm} key")
+    return key
+
+
+def load_key(spec: DkimKey, min_rsa_bits: int = 1024) -> LoadedKey:
+    """Read and check one key file (raises a :class:`DkimKeyError` subclass)."""
+    path = spec.key
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyFileMissing(path, "file not found") from None
+    except OSError as exc:
+        raise KeyFileUnparsable(path, f"cannot open: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileUnparsable(path, "not a regular file")
+        if st.st_mode & 0o077:
+            raise KeyFileUnsafe(path, f"mode {stat.S_IMODE(st.st_mode):04o} gives access to "
+                                      "group/others; chmod 600")
+        data = fh.read(64 * 1024)
+    key = _parse_key(data, spec)
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < min_rsa_bits:
+        raise KeyTooSmall(path, f"RSA key has {key.key_size} bits, minimum {min_rsa_bits}")
+    return LoadedKey(spec, key, public_p(key))
+
+
+def load_keys(settings: DkimSettings) -> dict[str, tuple[LoadedKey, ...]]:
+    """All configured keys by domain (RSA first), checked; raises on the
+    first bad file."""
+    out: dict[str, list[LoadedKey]] = {}
+    for spec in settings.keys:
+        out.setdefault(spec.domain, []).append(load_key(spec, settings.min_rsa_bits))
+    return {d: tuple(sorted(ks, key=lambda k: k.spec.algorithm != "rsa"))
+            for d, ks in out.items()}
+
+
+# ---------------------------------------------------------------------------
+# signing
+
+def _b(x: Union[bytes, str]) -> bytes:
+    return x if isinstance(x, bytes) else x.encode("utf-8", "surrogateescape")
+
+
+_NL = re.compile(rb"\r?\n")
+
+
+def _crlf(data: bytes) -> bytes:
+    """Line ends as they go on the wire: every LF (with or without CR) → CRLF."""
+    if data.count(b"\n") == data.count(b"\r\n"):     # already CRLF only (fast path)
+        return data
+    return _NL.sub(b"\r\n", data)
+
+
+def _tags(value: Union[bytes, str]) -> dict[bytes, bytes]:
+    """Tags of a DKIM-Signature value ({} if unparsable)."""
+    try:
+        return parse_tag_value(re.sub(rb"\s+", b"", _b(value)))
+    except InvalidTagValueList:
+        return {}
+
+
+def already_signed(headers: Headers, domain: str, selector: Optional[str] = None) -> bool:
+    """True when a DKIM-Signature with ``d=domain`` (and ``s=selector`` if
+    given) is already present."""
+    d = domain.rstrip(".").lower().encode()
+    for name, value in headers:
+        if _b(name).lower() != b"dkim-signature":
+            continue
+        tags = _tags(value)
+        if tags.get(b"d", b"").lower() == d and (
+                selector is None or tags.get(b"s", b"") == selector.encode()):
+            return True
+    return False
+
+
+class Signer:
+    """Signs messages for the domains that have keys."""
+
+    def __init__(self, settings: DkimSettings,
+                 keys: Optional[Mapping[str, Sequence[LoadedKey]]] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.keys = dict(keys) if keys is not None else load_keys(settings)
+        self.canon = CanonicalizationPolicy.from_c_value(settings.canonicalization.encode())
+        self.clock = clock
+        names = [h.lower() for h in SIGNED_HEADERS + settings.extra_headers]
+        self._sign_names = frozenset(n.encode() for n in names)
+
+    def has_key(self, domain: str) -> bool:
+        return domain.rstrip(".").lower() in self.keys
+
+    def already_signed(self, headers: Headers, domain: str) -> bool:
+        """True if any of our selectors already signed for ``domain``."""
+        return any(already_signed(headers, domain, k.spec.selector)
+                   for k in self.keys.get(domain.rstrip(".").lower(), ()))
+
+    def include_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+        """h= list: every signed name present (in message order, at most
+        MAX_INSTANCES instances each), then ``from`` once more (over-signing)."""
+        counts: dict[bytes, int] = {}
+        out = []
+        for name, _ in headers:
+            low = name.lower()
+            if low in self._sign_names and counts.get(low, 0) < MAX_INSTANCES:
+                counts[low] = counts.get(low, 0) + 1
+                out.append(low)
+        if b"from" not in counts:
+            raise DkimSignError("message has no From header")
+        return out + [b"from"]
+
+    def sign(self, headers: Headers, body: Union[bytes, bytearray, memoryview], domain: str,
+             *, leading_space: bool = True) -> list[tuple[str, str]]:
+        """DKIM-Signature header(s) for ``domain``: ``[(name, value), …]``,
+        RSA first.  ``headers``: (name, value) exactly as received (value
+        with its leading whitespace and folding, as pymilter's
+        ``header_leading_space`` delivers); ``body``: raw body bytes.  The
+        value is folded with LF + space (libmilter style) and starts with a
+        space when ``leading_space`` (for an adapter that negotiated
+        ``header_leading_space``, so the field is ``DKIM-Signature: v=1…``).
+        Returns [] when the domain has no key."""
+        keys = self.keys.get(domain.rstrip(".").lower())
+        if not keys:
+            return []
+        hdrs = [(_b(n), _crlf(_b(v)).rstrip(b"\r\n") + b"\r\n") for n, v in headers]
+        include = self.include_headers(hdrs)
+        cheaders = self.canon.canonicalize_headers(hdrs)
+        cbody = self.canon.canonicalize_body(_crlf(bytes(body)))
+        bodyhash = base64.b64encode(hashlib.sha256(cbody).digest())
+        t = str(int(self.clock())).encode()
+        out = []
+        for key in keys:
+            value = self._signature(key, domain.rstrip(".").lower().encode(), t, include,
+                                    cheaders, bodyhash)
+            text = value.decode("ascii").rstrip("\r\n").replace("\r\n", "\n")
+            if len("DKIM-Signature: ") + len(text) >= MAX_HEADER_LEN:
+                raise DkimSignError(f"DKIM-Signature would be {len(text)} bytes long")
+            out.append(("DKIM-Signature", (" " + text) if leading_space else text))
+        return out
+
+    def _signature(self, key: LoadedKey, domain: bytes, t: bytes, include: list[bytes],
+                   cheaders: list[tuple[bytes, bytes]], bodyhash: bytes) -> bytes:
+        """Same steps as dkimpy's ``DomainSigner.gen_header`` (without i=, q=, l=)."""
+        name = b"DKIM-Signature"
+        fields = [
+            (b"v", b"1"),
+            (b"a", ALGORITHMS[key.spec.algorithm]),
+            (b"c", self.canon.to_c_value()),
+            (b"d", domain),
+            (b"s", key.spec.selector.encode()),
+            (b"t", t),
+            (b"h", b" : ".join(include)),
+            (b"bh", bodyhash),
+            # placeholder forces b= onto its own line, so refolding after
+            # inserting the signature keeps earlier whitespace (simple canon)
+            (b"b", b"0" * 60),
+        ]
+        value = dkimpy.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(name))
+        value = dkimpy.RE_BTAG.sub(b"\\1", value)
+        hasher = hashlib.sha256()
+        dkimpy.hash_headers(hasher, self.canon, cheaders, include, (name, b" " + value), {})
+        digest = hasher.digest()
+        if isinstance(key.private, rsa.RSAPrivateKey):
+            sig = key.private.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        else:
+            sig = key.private.sign(digest)
+        fields[-1] = (b"b", base64.b64encode(sig))
+        return dkimpy.fold(b"; ".join(b"=".join(x) for x in fields) + b"\r\n",
+                           namelen=len(name))
+
+
+# ---------------------------------------------------------------------------
+# key generation
+
+def zone_txt(txt: str) -> str:
+    """TXT record data split into quoted strings of at most 255 characters."""
+    parts = [txt[i:i + 255] for i in range(0, len(txt), 255)]
+    return " ".join(f'"{p}"' for p in parts)
+
+
+def zone_line(domain: str, selector: str, txt: str) -> str:
+    """A zone-file line for the selector's TXT record."""
+    return f"{selector}._domainkey.{domain.rstrip('.')}. IN TXT ( {zone_txt(txt)} )"
+
+
+def keygen(domain: str, selector: str, type: str = "rsa", bits: int = 2048,
+           directory: str = ".", *, overwrite: bool = False) -> tuple[str, str]:
+    """Create a private key file ``<directory>/<domain>.<selector>.<type>.pem``
+    (mode 0600, written atomically) and return ``(path, txt)`` where txt is
+    ``v=DKIM1; k=<type>; p=…`` for ``<selector>._domainkey.<domain>``."""
+    spec = DkimKey(domain, selector, "-", type)
+    if type == "rsa":
+        if bits < 1024:
+            raise ValueError("RSA keys need at least 1024 bits")
+        key: PrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    else:
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    path = os.path.join(directory, f"{spec.domain}.{selector}.{type}.pem")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; not overwriting")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dkim-", suffix=".tmp")  # 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path, f"v=DKIM1; k={type}; p={public_p(key)}"
