@@ -36,6 +36,8 @@ APT_PACKAGES=(
     libwrap0           # ... libraries of the unpacked sendmail-bin
     liblockfile1
     util-linux         # unshare: Sendmail test instances get their own hostname and /dev/log
+    nsd                # a real authoritative DNS server on loopback for SPF, DKIM and DNS-list tests
+    libopendkim11      # OpenDKIM's verifier library: every signature is checked by it too
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${OUTPOST_APT_EXTRA:-})
