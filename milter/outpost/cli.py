@@ -214,6 +214,35 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from .effects.dkim import keygen, zone_line
+    try:
+        path, txt = keygen(args.domain, args.selector, args.type, args.bits, args.dir)
+    except (OSError, ValueError) as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} (mode 0600)\n\npublish this DNS record:\n")
+    print(zone_line(args.domain, args.selector, txt))
+    print(f"\nthen add to the configuration under domains:\n"
+          f"  - name: {args.domain}\n    dkim: {{selector: {args.selector}, key: {path}"
+          + (", algorithm: ed25519" if args.type == "ed25519" else "") + "}")
+    return 0
+
+
+def cmd_domains_check(args: argparse.Namespace) -> int:
+    from .effects.dkim import load_keys
+    from .effects.domaincheck import check_domain
+    from .effects.resolver import ResolverSettings, make_resolver
+    from .effects.spf import SpfSettings
+    config = load_config(args.config)
+    resolver = make_resolver(config.dns or ResolverSettings())
+    keys = load_keys(config.dkim.settings) if config.dkim.settings is not None else {}
+    report = check_domain(args.domain, resolver, config.spf or SpfSettings(),
+                          keys.get(args.domain.rstrip(".").lower(), ()))
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def _duration(text: str) -> float:
     from .config.source import parse_duration
     try:
@@ -278,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["list", "retry", "purge"])
     sp.add_argument("id", nargs="?", help="one report (default: all; purge: all failed ones)")
     sp.add_argument("--state", help="purge: only items in this state (default failed)")
+
+    dk = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
+    sp = dk.add_parser("keygen", help="create a DKIM key (mode 0600) and print the DNS record")
+    sp.set_defaults(func=cmd_dkim_keygen)
+    sp.add_argument("domain")
+    sp.add_argument("--selector", required=True)
+    sp.add_argument("--type", choices=["rsa", "ed25519"], default="rsa")
+    sp.add_argument("--bits", type=int, default=2048)
+    sp.add_argument("--dir", default="/etc/outpost/dkim")
+    dm = sub.add_parser("domains", help="customer domains").add_subparsers(dest="domains_command",
+                                                                        required=True)
+    sp = with_config(dm.add_parser("check", help="check a domain's SPF, DKIM and DMARC records "
+                                                 "(exit 0: all good)"))
+    sp.set_defaults(func=cmd_domains_check)
+    sp.add_argument("domain")
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")

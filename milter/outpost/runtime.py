@@ -50,12 +50,23 @@ class Runtime:
             store = open_configured_store(config)
         except (ValueError, OSError) as exc:
             raise StartupError(f"store {config.store}: {exc}") from None
+        from .effects.dkim import DkimError
+        from .effects.resolver import ResolverSettings, make_resolver
+        from .effects.spf import SpfError
         from .spam.build import build_engine
+        resolver = make_resolver(config.dns or ResolverSettings())
+        signer = spf = None
         try:
-            engine = build_engine(config, store)
-        except (ValueError, OSError) as exc:
+            if config.dkim.settings is not None:
+                from .effects.dkim import Signer
+                signer = Signer(config.dkim.settings)
+            if config.spf is not None:
+                from .effects.spf import SpfChecker
+                spf = SpfChecker(config.spf, resolver)
+            engine = build_engine(config, store, resolver)
+        except (ValueError, OSError, DkimError, SpfError) as exc:
             store.close()
-            raise StartupError(f"spam engine: {exc}") from None
+            raise StartupError(str(exc)) from None
         reporter = None
         if config.reports is not None:
             from .effects.reports import Spool, SpoolError
@@ -65,7 +76,8 @@ class Runtime:
                 store.close()
                 raise StartupError(f"reports.spool_dir {config.reports.spool_dir}: {exc}") from None
         return cls(config=config, store=store, codec=codec,
-                   policy=Policy(config, store, codec, engine=engine, reporter=reporter))
+                   policy=Policy(config, store, codec, engine=engine, reporter=reporter,
+                                 signer=signer, spf=spf))
 
     #: Fault injection for the end-to-end tests of the error path: when the
     #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that

@@ -164,10 +164,12 @@ class OutpostMilter(Milter.Base):
             if not d.blocks:
                 for name, idx in d.remove_headers:
                     self.chgheader(name, idx, "")
+                # header_leading_space is negotiated: the MTA adds no blank
+                # after the colon, so we supply it.
                 for name, value in d.add_headers:
-                    # header_leading_space is negotiated: the MTA adds no blank
-                    # after the colon, so we supply it.
                     self.addheader(name, " " + value)
+                for name, value in reversed(d.prepend_headers):
+                    self.addheader(name, " " + value, 0)
                 if d.quarantine:
                     self.quarantine(d.quarantine)
             self._finish(d)

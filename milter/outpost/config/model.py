@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
+    from ..effects.dkim import DkimKey, DkimSettings
+    from ..effects.dnslists import DnsListSettings
     from ..effects.reports import ReportSettings
+    from ..effects.resolver import ResolverSettings
+    from ..effects.spf import SpfSettings
     from ..spam.bayes import BayesCheckSettings
     from ..spam.blocklists import BlocklistSettings
     from ..spam.bulk import BulkSettings
@@ -138,11 +142,22 @@ class SpamConfig:
     blocklists: Optional["BlocklistSettings"] = None
     spamassassin: Optional["SpamdSettings"] = None
     rspamd: Optional["RspamdSettings"] = None
+    dnslists: Optional["DnsListSettings"] = None
 
 
 @dataclass(frozen=True)
 class Domain:
     name: str
+    dkim: tuple["DkimKey", ...] = ()        # signing keys (one rsa and/or one ed25519)
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    """``dkim:`` — how signing works (the keys are under ``domains``)."""
+
+    settings: Optional["DkimSettings"] = None   # canonicalization, extra headers, keys
+    sign_user_domain: bool = False              # sign with the sender's own domain when
+                                                # the From domain is not registered
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,9 @@ class Config:
     store_settings: "StoreSettings" = None     # type: ignore[assignment]  # set by the loader
     spam: SpamConfig = SpamConfig()
     reports: Optional["ReportSettings"] = None   # None: reports switched off
+    dns: Optional["ResolverSettings"] = None
+    dkim: DkimConfig = DkimConfig()
+    spf: Optional["SpfSettings"] = None          # None: no relay.egress_ips, no SPF check
     on_store_error: str = "local"
     workers: Optional[int] = None
     milter_timeout: int = 600

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .model import (
     HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
-    Config, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
+    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
     User, UserPolicy,
 )
 from .source import ConfigError, Node, parse_text
@@ -30,11 +30,12 @@ TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
+    "dns", "dkim", "relay", "spf",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
 SPAM_KEYS = {"enabled", "max_scan", "max_evidence_len", "weights", "disabled", "bayes", "rules",
-             "bulk", "blocklists", "spamassassin", "rspamd"}
+             "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
 
 
@@ -80,6 +81,10 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     store_settings = settings_from(opt("store_options"), StoreSettings, on_store_error=on_error)
 
     spam = _spam_config(opt("spam"))
+    from ..effects.resolver import ResolverSettings
+    dns = settings_from(opt("dns"), ResolverSettings)
+    dkim = _dkim(opt("dkim"), domains)
+    spf = _spf(opt("relay"), opt("spf"))
     reports = _reports(opt("reports"), _address(top["report_abuse_to"]),
                        opt("hostname").str() if "hostname" in top else None)
 
@@ -88,6 +93,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         store_settings=store_settings,
         spam=spam,
         reports=reports,
+        dns=dns,
+        dkim=dkim,
+        spf=spf,
         store=store,
         on_store_error=on_error,
         hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
@@ -121,18 +129,66 @@ def _domains(node: Node) -> tuple[Domain, ...]:
     out: list[Domain] = []
     seen: set[str] = set()
     for item in node.items():
+        keys: tuple = ()
         if item.is_mapping():
-            fields = item.mapping({"name"}, required=("name",))
+            fields = item.mapping({"name", "dkim"}, required=("name",))
             name = _domain_name(fields["name"])
+            if "dkim" in fields:
+                keys = _dkim_keys(fields["dkim"], name)
         else:
             name = _domain_name(item)
         if name in seen:
             raise item.error(f"domain '{name}' is listed twice")
         seen.add(name)
-        out.append(Domain(name=name))
+        out.append(Domain(name=name, dkim=keys))
     if not out:
         raise node.error("at least one registered sender domain is needed")
     return tuple(out)
+
+
+def _dkim_keys(node: Node, domain: str) -> tuple:
+    """``dkim: {selector, key, algorithm}`` or a list of them (rsa and ed25519)."""
+    from ..effects.dkim import DkimKey
+    items = node.items() if not node.is_mapping() else [node]
+    keys = tuple(settings_from(n, DkimKey, domain=domain) for n in items)
+    algos = [k.algorithm for k in keys]
+    if len(set(algos)) != len(algos):
+        raise node.error(f"{domain}: at most one rsa and one ed25519 key")
+    return keys
+
+
+def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
+    from ..effects.dkim import DkimSettings
+    from ..core.headers import STAMPED
+    fields = node.mapping({"canonicalization", "extra_headers", "min_rsa_bits", "sign_user_domain"})
+    keys = tuple(k for d in domains for k in d.dkim)
+    fixed = {"keys": keys}
+    if "extra_headers" not in fields:
+        fixed["extra_headers"] = STAMPED + ("X-Outpost-Class",)
+    settings = settings_from(node, DkimSettings, ignore={"sign_user_domain"}, **fixed)
+    sign_user = fields["sign_user_domain"].bool() if "sign_user_domain" in fields else False
+    return DkimConfig(settings=settings if keys else None, sign_user_domain=sign_user)
+
+
+def _spf(relay: Node, spf: Node):
+    """``relay:`` (egress_ips, spf_domain, helo) and ``spf:`` → SpfSettings,
+    or None when no egress address is configured."""
+    from ..effects.spf import SpfSettings
+    rf = relay.mapping({"egress_ips", "spf_domain", "helo"})
+    if "egress_ips" not in rf:
+        if not spf.missing:
+            raise spf.error("SPF checks need relay.egress_ips (this relay's public addresses)")
+        return None
+    fixed = {"egress_ips": tuple(n.parsed(lambda v: str(ipaddress.ip_address(v)), "an IP address")
+                                 for n in rf["egress_ips"].items())}
+    if "spf_domain" in rf:
+        fixed["relay_spf_domain"] = _domain_name(rf["spf_domain"])
+    if "helo" in rf:
+        fixed["helo"] = rf["helo"].str()
+    sf = spf.mapping({"action", "query_timeout", "time_budget", "cache_max_entries", "cache_max_ttl"})
+    if "action" in sf:
+        fixed["fail_action"] = sf["action"].str(("tag", "tempfail", "reject"))
+    return settings_from(spf, SpfSettings, ignore={"action"}, **fixed)
 
 
 def _address(node: Node) -> str:
@@ -259,9 +315,10 @@ def _spam_config(node: Node) -> SpamConfig:
         out = replace(out, weights=tuple((k, v.float(minimum=0)) for k, v in fields["weights"].mapping().items()))
     if "disabled" in fields:
         out = replace(out, disabled=frozenset(fields["disabled"].str_list()))
+    from ..effects.dnslists import DnsListSettings
     for key, cls in (("bayes", BayesCheckSettings), ("rules", RulesSettings), ("bulk", BulkSettings),
                      ("blocklists", BlocklistSettings), ("spamassassin", SpamdSettings),
-                     ("rspamd", RspamdSettings)):
+                     ("rspamd", RspamdSettings), ("dnslists", DnsListSettings)):
         if key in fields:
             out = replace(out, **{key: settings_from(fields[key], cls)})
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import os
 import socket
 import time
@@ -26,7 +27,9 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from ..effects.dkim import Signer
     from ..effects.reports import BlockEvent
+    from ..effects.spf import SpfChecker
     from ..spam.engine import Engine
 
 log = logging.getLogger("outpost.policy")
@@ -90,13 +93,16 @@ class Policy:
 
     def __init__(self, config: Config, store: Store, codec: TokenCodec,
                  clock: Callable[[], float] = time.time, engine: Optional["Engine"] = None,
-                 reporter: Optional[Callable[["BlockEvent"], object]] = None) -> None:
+                 reporter: Optional[Callable[["BlockEvent"], object]] = None,
+                 signer: Optional["Signer"] = None, spf: Optional["SpfChecker"] = None) -> None:
         self.config = config
         self.store = store
         self.codec = codec
         self.clock = clock
         self.engine = engine
         self.reporter = reporter
+        self.signer = signer
+        self.spf = spf
         self.max_scan = engine.settings.max_scan if engine is not None else 0
         self.index = UserIndex(config.users)
         self.host = socket.gethostname()
@@ -259,6 +265,11 @@ class Policy:
         room = self.max_scan - len(msg.body_head)
         if room > 0:
             msg.body_head += chunk[:room]
+        if msg.full_body is None and self.signer is not None and self._signing_domain(msg):
+            msg.full_body = tempfile.SpooledTemporaryFile(max_size=4 << 20)
+            msg.full_body.write(bytes(msg.body_head[:msg.body_size - len(chunk)]))
+        if msg.full_body is not None:
+            msg.full_body.write(chunk)
 
     # -- end of message -------------------------------------------------------------------
     def end_of_message(self, session: Session, queue_id: str = "") -> Decision:
@@ -286,6 +297,11 @@ class Policy:
         token = msg.token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
                                                    client_ip=session.client_ip or "", queue_id=queue_id or "",
                                                    time=int(self.clock())))
+        spf_headers: tuple[tuple[str, str], ...] = ()
+        if self.spf is not None:
+            d, spf_headers = self._check_spf(msg, user)
+            if d.blocks:
+                return d
         verdict_headers: tuple[tuple[str, str], ...] = ()
         quarantine = None
         if self.engine is not None:
@@ -300,10 +316,78 @@ class Policy:
             if d.blocks:
                 return d
 
+        removals = self._removals(msg, user)
+        added = self._stamps(session, msg, user, token) + spf_headers + verdict_headers + self._would_header(msg)
+        try:
+            signatures = self._sign(msg, user, removals, added)
+        except Exception as exc:  # noqa: BLE001 - never relay unsigned what should be signed
+            log.error("DKIM signing failed (qid=%s): %s", queue_id or "-", exc)
+            return Decision(Action.TEMPFAIL, STORE_DOWN, "dkim_error")
         return Decision(Action.ACCEPT, reason="quarantine" if quarantine else "ok",
-                        remove_headers=self._removals(msg, user), quarantine=quarantine,
-                        add_headers=self._stamps(session, msg, user, token) + verdict_headers
-                        + self._would_header(msg))
+                        remove_headers=removals, quarantine=quarantine,
+                        add_headers=added, prepend_headers=signatures)
+
+    # -- SPF and DKIM ------------------------------------------------------------------------
+    def _from_domain(self, msg: Message) -> str:
+        if msg.from_domain is None:
+            addr, _ = header_from_address([v for n, v in msg.headers if n.lower() == "from"])
+            msg.from_domain = split_address(addr or "")[1]
+        return msg.from_domain
+
+    def _signing_domain(self, msg: Message) -> Optional[str]:
+        """The domain whose key signs this message: the header From domain
+        when it has a key; else, with ``dkim.sign_user_domain``, the envelope
+        sender's domain when the From domain is not registered."""
+        assert self.signer is not None
+        domain = self._from_domain(msg)
+        if domain and self.signer.has_key(domain):
+            return domain
+        if (self.config.dkim.sign_user_domain and domain not in self.config.domain_names
+                and msg.sender_domain and self.signer.has_key(msg.sender_domain)):
+            return msg.sender_domain
+        return None
+
+    def _sign(self, msg: Message, user: User, removals, added) -> tuple[tuple[str, str], ...]:
+        """DKIM-Signature header(s) over the message exactly as the MTA will
+        send it: the headers received, minus the ones removed, plus ours."""
+        if self.signer is None:
+            return ()
+        domain = self._signing_domain(msg)
+        if domain is None:
+            return ()
+        gone: dict[str, set[int]] = {}
+        for name, idx in removals:
+            gone.setdefault(name.lower(), set()).add(idx)
+        final: list[tuple[str, str]] = []
+        seen: dict[str, int] = {}
+        for name, value in msg.headers:
+            lname = name.lower()
+            seen[lname] = seen.get(lname, 0) + 1
+            if seen[lname] not in gone.get(lname, ()):
+                final.append((name, value))
+        if self.signer.already_signed(final, domain):
+            return ()
+        final.extend((name, " " + value) for name, value in added)
+        if msg.full_body is not None:
+            msg.full_body.seek(0)
+            body = msg.full_body.read()
+        else:
+            body = b""                               # a message without a body
+        # the adapter supplies the blank after the colon: strip the signer's
+        return tuple((n, v[1:] if v.startswith(" ") else v) for n, v in self.signer.sign(final, body, domain))
+
+    def _check_spf(self, msg: Message, user: User) -> tuple[Decision, tuple[tuple[str, str], ...]]:
+        assert self.spf is not None
+        domain = msg.sender_domain or self._from_domain(msg)
+        if not domain:
+            return CONTINUE, ()
+        result = self.spf.check(domain, msg.sender)
+        decision = self.spf.decide(result)
+        header = ((decision.header[0], hdr.safe_value(decision.header[1])),)
+        if decision.smtp is None:
+            return CONTINUE, header
+        code, xcode, text = decision.smtp
+        return self._block(msg, user, reject(code, xcode, text, f"spf_{result.result}")), header
 
     def log_message(self, session: Session, decision: Decision, queue_id: str = "") -> None:
         """The one log line per message."""

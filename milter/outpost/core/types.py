@@ -33,6 +33,7 @@ class Decision:
     reply: Optional[Reply] = None
     reason: str = ""                                        # short tag for logs/metrics
     add_headers: tuple[tuple[str, str], ...] = ()           # appended, in order
+    prepend_headers: tuple[tuple[str, str], ...] = ()       # inserted at the top (DKIM-Signature)
     remove_headers: tuple[tuple[str, int], ...] = ()        # (name, 1-based occurrence), apply in order
     quarantine: Optional[str] = None                        # hold the message with this reason
 
@@ -70,6 +71,8 @@ class Message:
     header_bytes: int = 0
     body_size: int = 0
     body_head: bytearray = field(default_factory=bytearray)   # first bytes of the body, for scanning
+    full_body: Optional[object] = None                        # whole body (a spooled file) when signing
+    from_domain: Optional[str] = None                         # header From domain, once parsed
     verdict: Optional[object] = None                          # the spam engine's Verdict
     spam_class: Optional[str] = None
     would: list[str] = field(default_factory=list)          # monitor mode: what would have happened

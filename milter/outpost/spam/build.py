@@ -36,7 +36,7 @@ def load_model(store: Optional[Store]):
     return model
 
 
-def build_engine(config: Config, store: Optional[Store]) -> Optional[Engine]:
+def build_engine(config: Config, store: Optional[Store], resolver=None) -> Optional[Engine]:
     """The engine, or None when ``spam.enabled`` is false."""
     sc = config.spam
     if not sc.enabled:
@@ -48,6 +48,11 @@ def build_engine(config: Config, store: Optional[Store]) -> Optional[Engine]:
     if sc.blocklists is not None and (sc.blocklists.url_files or sc.blocklists.sender_files):
         from .blocklists import BlocklistCheck
         checks.append(BlocklistCheck(sc.blocklists))
+    if sc.dnslists is not None and sc.dnslists.lists:
+        from ..effects.dnslists import DnsListCheck, DnsListChecker
+        from ..effects.resolver import ResolverSettings, make_resolver
+        checks.append(DnsListCheck(DnsListChecker(
+            sc.dnslists, resolver or make_resolver(config.dns or ResolverSettings()))))
     if sc.spamassassin is not None:
         from .external import SpamdCheck
         checks.append(SpamdCheck(sc.spamassassin))
