@@ -5,6 +5,7 @@ real SMTP AUTH — no XCLIENT, which Sendmail lacks."""
 from __future__ import annotations
 
 import email
+import random
 import smtplib
 import textwrap
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from outpost.effects.dkim import keygen, zone_txt
 from tests.corpus import SPAM, corpus_message
+from tests.services.dns import DnsServer
+from tests.services.opendkim import opendkim_verify
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.postfix import PostfixInstance
 from tests.services.sendmail import SendmailInstance
@@ -25,7 +29,11 @@ CONFIG = textwrap.dedent("""\
     hostname: relay.example.net
     report_abuse_to: abuse@example.net
     connection_limit: 10
-    domains: [example.com, example.org]
+    dns: {{nameservers: [127.0.0.1], port: {dns_port}}}
+    domains:
+      - name: example.com
+        dkim: {{selector: s2026, key: {dkim_key}}}
+      - example.org
     reports:
       spool_dir: {spool}
       smtp: {{host: 127.0.0.1, port: {report_port}}}
@@ -51,9 +59,20 @@ CONFIG = textwrap.dedent("""\
 MTAS = {"postfix": PostfixInstance, "sendmail": SendmailInstance}
 
 
+@pytest.fixture(scope="module")
+def dns_server(tmp_path_factory):
+    """NSD serving example.com's DKIM key; yields (server, key path)."""
+    path, txt = keygen("example.com", "s2026", "rsa", 2048, str(tmp_path_factory.mktemp("dkim")))
+    extra = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+    with DnsServer({"example.com": f"s2026._domainkey IN TXT ( {zone_txt(txt)} )\n"},
+                   extra_ip=extra) as server:
+        yield server, path
+
+
 @pytest.fixture(scope="module", params=sorted(MTAS))
-def relay(request):
+def relay(request, dns_server):
     """(mta instance, outpost, destination sink, report sink) for one MTA."""
+    dns, dkim_key = dns_server
     sink = SmtpSink().start()
     reports = SmtpSink().start()
     mta = MTAS[request.param](sink_port=sink.port)
@@ -61,7 +80,8 @@ def relay(request):
     for login, pw in (("alice@example.com", "alicepw"), ("bob@example.com", "bobpw")):
         mta.add_sasl_user(login, pw)
     spool = Path("/tmp") / f"outpost-spool-{request.param}-{time.time_ns()}"
-    outpost = Outpost(mta.milter_socket, CONFIG.format(spool=spool, report_port=reports.port)).start()
+    outpost = Outpost(mta.milter_socket, CONFIG.format(spool=spool, report_port=reports.port,
+                                                       dns_port=dns.port, dkim_key=dkim_key)).start()
     mta.start()
     try:
         yield request.param, mta, outpost, sink, reports
@@ -104,13 +124,20 @@ def test_mapping_by_ip_and_stamped_headers(env):
     assert len(m.headers("X-Outpost-ID")) == 1
 
 
-def test_mapping_by_auth_login(env):
+def test_mapping_by_auth_login_and_dkim_signature_verifies(env, dns_server):
     name, mta, outpost, sink, _ = env
+    msg = build_message("Alice <alice@example.com>", "x@dest.example", subject="Signed  by Outpost",
+                        body="Hello,\n\nthis message is signed.\n")
     r = by_login(mta, "alice@example.com", "alicepw", mail_from="alice@example.com",
-                 rcpt_tos=["x@dest.example"])
+                 rcpt_tos=["x@dest.example"], message=msg)
     assert r.accepted, r
     [m] = sink.wait_for(1, timeout=20)
     assert m.headers("X-Outpost-User") == ["alice"]
+    server, _ = dns_server
+    assert len(m.headers("DKIM-Signature")) == 1
+    assert opendkim_verify(server.extra_ip, m.data) == [("example.com", "s2026", True)]
+    tampered = m.data.replace(b"this message is signed", b"this message was changed")
+    assert opendkim_verify(server.extra_ip, tampered) == [("example.com", "s2026", False)]
 
 
 def test_unknown_client_refused(env):
