@@ -81,7 +81,8 @@ class SmtpSink:
         """Listen (idempotent)."""
         if self._controller is None:
             controller = Controller(_Handler(self), hostname=self.host, port=self.port,
-                                    ready_timeout=10, enable_SMTPUTF8=True)
+                                    ready_timeout=10, enable_SMTPUTF8=True,
+                                    data_size_limit=100 * 1024 * 1024)   # 50 MB test messages
             controller.start()
             self._controller = controller
         return self
