@@ -26,8 +26,10 @@ YAML
 { common bare; echo "spam: {enabled: false}"; } > "$W/bare.yaml"
 { common limits; echo "spam: {enabled: false}"
   echo 'defaults: {limits: {messages: ["1000000/1m", "10000000/1h"], recipients: ["10000000/1d"]}, user_limits: {messages: ["100000000/1d"]}}'; } > "$W/limits.yaml"
+# smtp-source's repetitive filler text scores as spam: the engine still runs on
+# every message, but the bench accepts whatever it decides.
 { common full
-  echo 'defaults: {limits: {messages: ["1000000/1m", "10000000/1h"], recipients: ["10000000/1d"]}, user_limits: {messages: ["100000000/1d"]}}'; } > "$W/full.yaml"
+  echo 'defaults: {spam: {on_spam: accept}, limits: {messages: ["1000000/1m", "10000000/1h"], recipients: ["10000000/1d"]}, user_limits: {messages: ["100000000/1d"]}}'; } > "$W/full.yaml"
 exec "$PY" bench/throughput.py \
     --milter "outpost-bare=$PY -m outpost run -c $W/bare.yaml --socket {socket}" \
     --milter "outpost-limits=$PY -m outpost run -c $W/limits.yaml --socket {socket}" \

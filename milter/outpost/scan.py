@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .core.policy import Policy, header_from_address, split_address
-from .core.types import Action, Decision, Session
+from .core.types import Decision, Session
 from .store.base import Bucket, HitResult, Lock, Store
 from .store.memory import MemoryStore
 

@@ -15,7 +15,6 @@ import pytest
 
 from outpost.effects.dkim import keygen, zone_txt
 from tests.services.dns import DnsServer
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.opendkim import opendkim_verify
 from tests.services.smtp import build_message, send
 

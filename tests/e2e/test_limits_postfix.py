@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.postfix import PostfixInstance
 from tests.services.redis import RedisServer
 from tests.services.smtp import build_message, send

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.milter import unix_socket_ready
 from tests.services.smtp import build_message, send
 

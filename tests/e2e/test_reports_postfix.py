@@ -16,7 +16,6 @@ import pytest
 from tests.corpus import SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.sink import SmtpSink
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.smtp import send
 
 from .outpost_proc import Outpost

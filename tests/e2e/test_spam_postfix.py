@@ -10,7 +10,6 @@ import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
 from tests.corpus import HAM, SPAM, corpus_message
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.smtp import build_message, send
 from tests.services.spamd import Spamd
 

@@ -5,7 +5,6 @@ real SASL AUTH, as the Postfix harness allows."""
 
 from __future__ import annotations
 
-import signal
 import smtplib
 import subprocess
 import time
@@ -13,7 +12,6 @@ import time
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost

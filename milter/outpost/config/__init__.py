@@ -5,3 +5,6 @@ from .model import (  # noqa: F401
 )
 from .parse import load_config, parse_config, parse_network, parse_rate  # noqa: F401
 from .source import ConfigError  # noqa: F401
+
+__all__ = ["Config", "ConfigError", "Domain", "IdentityHeader", "Limits", "LockPolicy", "RateLimit",
+           "User", "UserPolicy", "load_config", "parse_config", "parse_network", "parse_rate"]

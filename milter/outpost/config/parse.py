@@ -376,7 +376,7 @@ def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User
         if utype == "ip" and not ips:
             raise item.error(f"user '{name}' of type ip needs 'ips'")
         if utype != "ip" and "ips" in fields:
-            raise fields["ips"].error(f"'ips' is only for users of type ip")
+            raise fields["ips"].error("'ips' is only for users of type ip")
 
         user_logins: list[str] = []
         for n in (fields.get("logins") or Node(None, "", item.file)).items():
