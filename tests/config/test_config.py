@@ -132,3 +132,9 @@ def test_check_config_cli_exit_codes(tmp_path, capsys):
     assert main(["check-config", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml:6: users[0].ips[0]: '192.0.2.300' is not an IP network" in err
+
+
+def test_store_memory_may_be_written_without_the_colon():
+    assert parse_config("store: memory\n" + BASE).store == "memory:"
+    assert parse_config("store: 'memory:'\n" + BASE).store == "memory:"
+    assert "is not a store URL" in error_of("store: postgres://x\n" + BASE)

@@ -73,6 +73,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
     _check_socket_spec(listen, opt("listen"))
     store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
+    if store == "memory":                    # `store: memory:` is not valid YAML unquoted
+        store = "memory:"
     if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
         raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
 
