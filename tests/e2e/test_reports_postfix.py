@@ -138,7 +138,7 @@ def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
     spool = Path("/tmp") / f"outpost-spool-storm-{time.time_ns()}"
     proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool, max_per_hour=3)).start()
     try:
-        for _ in range(30):
+        for _ in range(100):                          # 100 blocks within a minute
             assert spam_from(postfix, "storm@example.com").code == 550
         got = wait_reports(sink, 3, timeout=30)
         time.sleep(2)
@@ -152,6 +152,6 @@ def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
                                  capture_output=True, text=True, env=proc.proc.env, timeout=30)
         held = sum(int(x.split("incidents=")[1].split()[0]) for x in listing.stdout.splitlines()
                    if "incidents=" in x)
-        assert incidents + held == 30, (incidents, held, listing.stdout)
+        assert incidents + held == 100, (incidents, held, listing.stdout)
     finally:
         proc.stop(graceful=False)

@@ -1,0 +1,61 @@
+"""Outpost refuses to start, with a message naming the culprit, when a DKIM
+key is unsafe or missing, or the secret is missing (``outpost run`` exits 1
+before opening its socket)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from outpost.effects.dkim import keygen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_outpost(cfg: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "milter"))
+    return subprocess.run([sys.executable, "-m", "outpost", "run", "-c", str(cfg), "--workers", "1",
+                           "--socket", f"unix:{cfg.parent}/o.sock"], capture_output=True, text=True,
+                          env=env, timeout=60)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    key, _ = keygen("example.com", "s1", "rsa", 2048, str(tmp_path))
+
+    def write(key_path: str, secret_path: Path = secret) -> Path:
+        cfg = tmp_path / "outpost.yaml"
+        cfg.write_text(textwrap.dedent(f"""\
+            secret_file: {secret_path}
+            store: sqlite:///{tmp_path}/state.db
+            report_abuse_to: abuse@example.net
+            reports: {{spool_dir: {tmp_path}/reports}}
+            domains:
+              - {{name: example.com, dkim: {{selector: s1, key: {key_path}}}}}
+            users:
+              - {{name: alice, type: login, logins: [alice@example.com], domains: [example.com]}}
+            """))
+        return cfg
+    return tmp_path, key, write
+
+
+def test_key_readable_by_others_refused(setup):
+    tmp, key, write = setup
+    os.chmod(key, 0o644)
+    out = run_outpost(write(key))
+    assert out.returncode == 1
+    assert "cannot start" in out.stderr and key in out.stderr
+    assert not (tmp / "o.sock").exists()
+
+
+def test_missing_key_and_missing_secret_refused(setup):
+    tmp, key, write = setup
+    out = run_outpost(write(str(tmp / "nope.pem")))
+    assert out.returncode == 1 and "nope.pem" in out.stderr
+    out = run_outpost(write(key, tmp / "no-secret"))
+    assert out.returncode == 1 and "no-secret" in out.stderr and "outpost secret" in out.stderr
