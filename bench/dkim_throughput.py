@@ -13,7 +13,8 @@ Configurations (each its own Postfix instance; one is loaded at a time):
                       throw-away venv (``--dkimpy-venv``, created on demand),
 * ``outpost-nosign``  Postfix + Outpost, no DKIM key, spam engine off,
 * ``outpost-sign``    Postfix + Outpost, RSA key for example.com, spam off,
-* ``outpost-spam``    Outpost signing with the spam engine on (``--spam``).
+* ``outpost-spam``    Outpost signing with the spam engine on (``--spam``;
+                      ``on_spam: accept``: smtp-source's bodies score as spam).
 
 Every signer uses the same generated RSA key (``--bits``, default 2048),
 domain ``example.com``, selector ``bench``.  smtp-source sends from
@@ -178,7 +179,9 @@ def outpost_setup(name: str, root: Path, repo: Path, python: str, key: Path | No
         "  - name: localhost\n"
         "    type: ip\n"
         "    ips: [127.0.0.0/8]\n"
-        f"    domains: [{DOMAIN}]\n")
+        f"    domains: [{DOMAIN}]\n"
+        # smtp-source's repetitive bodies score as spam: score, but deliver
+        + ("    spam: {on_spam: accept}\n" if spam else ""))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(repo / "milter")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
