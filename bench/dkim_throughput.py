@@ -58,6 +58,7 @@ sys.path[:0] = [str(REPO), str(REPO / "milter")]
 import dkim  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from dkim.util import parse_tag_value  # noqa: E402
 
 from bench.throughput import BenchError, run_source  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
@@ -67,7 +68,7 @@ from tests.services.sink import SinkTimeout, SmtpSink  # noqa: E402
 DOMAIN = "example.com"
 SELECTOR = "bench"
 VERIFY_RCPT = "verify@example.net"
-DEFAULT_DKIMPY_VENV = Path(os.environ.get("XDG_CACHE_HOME", "/root/.cache")) / \
+DEFAULT_DKIMPY_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
     "outpost-bench" / "dkimpy-milter-venv"
 
 
@@ -152,9 +153,9 @@ def dkimpy_setup(root: Path, key: Path, venv: Path) -> Setup:
     return Setup("dkimpy", [str(ensure_dkimpy_venv(venv)), str(conf)], signs=True, conf=conf)
 
 
-def outpost_setup(name: str, root: Path, repo: Path, python: str, key: Path | None,
+def outpost_setup(name: str, root: Path, args: argparse.Namespace, key: Path | None,
                   spam: bool) -> Setup:
-    """``outpost run`` from ``repo`` with a config for IP-relayed mail from
+    """``outpost run`` from ``--outpost-repo`` with a config for IP-relayed mail from
     127.0.0.0/8 as example.com; ``key`` switches signing on."""
     wdir = root / f"{name}.outpost"
     wdir.mkdir()
@@ -182,11 +183,14 @@ def outpost_setup(name: str, root: Path, repo: Path, python: str, key: Path | No
         f"    domains: [{DOMAIN}]\n"
         # smtp-source's repetitive bodies score as spam: score, but deliver
         + ("    spam: {on_spam: accept}\n" if spam else ""))
+    repo = args.outpost_repo.resolve()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(repo / "milter")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return Setup(name, [python, "-m", "outpost", "run", "-c", str(cfg), "--socket", "{socket}"],
-                 signs=key is not None, env=env, cwd=repo)
+    argv = [args.outpost_python, "-m", "outpost", "run", "-c", str(cfg), "--socket", "{socket}"]
+    if args.outpost_workers:
+        argv += ["--workers", str(args.outpost_workers)]
+    return Setup(name, argv, signs=key is not None, env=env, cwd=repo)
 
 
 # --------------------------------------------------------------------------
@@ -234,12 +238,13 @@ def dkim_signatures(data: bytes) -> list[bytes]:
         rb"^DKIM-Signature:((?:.*)(?:\r?\n[ \t].*)*)", head, re.M | re.I)]
 
 
-def check_signing(s: Setup, args: argparse.Namespace, sink: SmtpSink, txt: bytes) -> str:
+def check_signing(s: Setup, args: argparse.Namespace, size: int, sink: SmtpSink,
+                  txt: bytes) -> str:
     """Send a sample through ``s`` to the capturing sink; return a summary,
     raise BenchError if a signer did not sign (or a non-signer did)."""
     sink.clear()
     sample = argparse.Namespace(**{**vars(args), "recipient": VERIFY_RCPT})
-    run_source(s.instance, sample, args.verify, 2048)
+    run_source(s.instance, sample, args.verify, size)
     try:
         got = sink.wait_for(args.verify, timeout=30)
     except SinkTimeout as exc:
@@ -251,8 +256,9 @@ def check_signing(s: Setup, args: argparse.Namespace, sink: SmtpSink, txt: bytes
     signed = valid = 0
     for m in got:
         sigs = dkim_signatures(m.data)
-        ours = [v for v in sigs if re.search(rb"\bd=example\.com;", v)
-                and re.search(rb"\bs=bench;", v)]
+        tags = [parse_tag_value(re.sub(rb"\s+", b"", v)) for v in sigs]
+        ours = [t for t in tags if t.get(b"d") == DOMAIN.encode()
+                and t.get(b"s") == SELECTOR.encode()]
         if ours:
             signed += 1
             if dkim.verify(m.data, dnsfunc=dnsfunc):
@@ -302,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Outpost checkout to run (its milter/ goes on PYTHONPATH)")
     parser.add_argument("--outpost-python", default=sys.executable,
                         help="interpreter for Outpost (needs pymilter, dkimpy, ...)")
+    parser.add_argument("--outpost-workers", type=int, default=0,
+                        help="outpost run --workers (default: Outpost's own default)")
     parser.add_argument("--dkimpy-venv", type=Path, default=DEFAULT_DKIMPY_VENV,
                         help="venv holding dkimpy-milter (created with pip if missing)")
     parser.add_argument("--spam", action="store_true",
@@ -315,8 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    repo = args.outpost_repo.resolve()
-
     root = Path(tempfile.mkdtemp(prefix="outpost-dkimbench-"))
     root.chmod(0o755)  # the postfix user must reach the instances under it
     key, txt = make_key(root, args.bits)
@@ -324,14 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         "postfix": lambda: Setup("postfix", None, signs=False),
         "opendkim": lambda: opendkim_setup(root, key),
         "dkimpy": lambda: dkimpy_setup(root, key, args.dkimpy_venv),
-        "outpost-nosign": lambda: outpost_setup("outpost-nosign", root, repo,
-                                                args.outpost_python, None, False),
-        "outpost-sign": lambda: outpost_setup("outpost-sign", root, repo,
-                                              args.outpost_python, key, False),
+        "outpost-nosign": lambda: outpost_setup("outpost-nosign", root, args, None, False),
+        "outpost-sign": lambda: outpost_setup("outpost-sign", root, args, key, False),
     }
     if args.spam:
-        makers["outpost-spam"] = lambda: outpost_setup("outpost-spam", root, repo,
-                                                       args.outpost_python, key, True)
+        makers["outpost-spam"] = lambda: outpost_setup("outpost-spam", root, args, key, True)
     unknown = set(args.skip) - set(makers)
     if unknown or "postfix" in args.skip:
         parser.error(f"--skip: unknown or required configuration {sorted(unknown) or 'postfix'}")
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.05)
         start_setups(setups, sink_port, capture.port, root)
         for s in setups:
-            print(check_signing(s, args, capture, txt), flush=True)
+            print(check_signing(s, args, sizes[0], capture, txt), flush=True)
             run_source(s.instance, args, args.warmup, sizes[0])
         for rnd in range(args.rounds):
             order = setups if rnd % 2 == 0 else setups[::-1]
