@@ -208,7 +208,7 @@ def cmd_reports(args: argparse.Namespace) -> int:
             print(f"{retry(spool, args.id)} report(s) due now")
         else:
             print(f"{purge(spool, args.id, args.state)} report(s) deleted")
-    except ReportError as exc:
+    except (ReportError, ValueError) as exc:
         print(f"outpost: {exc}", file=sys.stderr)
         return 1
     return 0

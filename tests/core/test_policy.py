@@ -1,5 +1,7 @@
 """The decision core, driven with typed events (no pymilter)."""
 
+import textwrap
+
 import pytest
 
 from outpost.core.idtoken import TokenCodec
@@ -263,3 +265,24 @@ def test_store_down_tempfails_under_tempfail_policy(config, codec):
     accept = Policy(replace(config, on_store_error="accept"), FailingStore(), codec)
     _, _, d = transaction(accept)
     assert d.action is Action.ACCEPT
+
+
+def test_lock_reply_names_the_users_own_abuse_contact(codec):
+    from outpost.config import parse_config
+    from outpost.core.policy import Policy
+    from outpost.store.memory import MemoryStore
+    config = parse_config(textwrap.dedent("""\
+        report_abuse_to: abuse@example.net
+        domains: [example.com]
+        users:
+          - {name: shop, type: login, logins: [s@example.com], domains: [example.com],
+             abuse_contact: abuse@shop.example}
+        """))
+    store = MemoryStore()
+    policy = Policy(config, store, codec)
+    store.set_lock("shop/s@example.com", "test", 600)
+    s = Session()
+    policy.mail_from(s, "<s@example.com>", "s@example.com")
+    d = policy.rcpt(s, "<x@dest.example>")
+    assert d.reply.text.endswith("contact abuse@shop.example")
+    assert not policy.rcpt(s, "<abuse@shop.example>").blocks

@@ -65,7 +65,8 @@ def open_listener(spec: str, group: Optional[str] = None) -> tuple[socket.socket
         if gid is not None:
             os.chown(path, -1, gid)
         else:
-            os.chmod(path, 0o666)
+            log.warning("no 'postfix' group: %s is writable by its owner and group %d only "
+                        "(use --socket-group for the MTA's group)", path, os.getgid())
         sock.listen(128)
         return sock, path
     if spec.startswith(("inet:", "inet6:")):

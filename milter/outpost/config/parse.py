@@ -484,6 +484,11 @@ def _typed(node: Node, hint):
         return node.duration() if isinstance(node.value, str) else node.float()
     if hint is str:
         return node.str(nonempty=False)
+    if origin is tuple and len(args) >= 2 and args[1] is not Ellipsis:     # fixed length
+        items = node.items()
+        if len(items) != len(args):
+            raise node.error(f"expected a list of {len(args)} items")
+        return tuple(_typed(n, a) for n, a in zip(items, args))
     if origin in (tuple, list, frozenset):
         inner = args[0] if args else str
         return (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())

@@ -30,12 +30,12 @@ def unfold(value: str) -> str:
 
 def clean(value: str, limit: int = MAX_VALUE) -> str:
     """One-line value: CR, LF, NUL and other controls become spaces, runs of
-    blanks collapse, the result is cut to ``limit`` characters (with an
-    ellipsis)."""
+    blanks collapse, the result is cut to ``limit`` characters (ending in
+    ``...``, ASCII like the rest of a header)."""
     value = _CONTROL.sub(" ", value)
     value = re.sub(r"[ \t]{2,}", " ", value).strip()
     if len(value) > limit:
-        value = value[: limit - 1].rstrip() + "\u2026"
+        value = value[: limit - 3].rstrip() + "..."
     return value
 
 

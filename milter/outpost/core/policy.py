@@ -429,7 +429,8 @@ class Policy:
                 msg.lock_decision = self._block(msg, user, reject(
                     "451", "4.7.1",
                     f"Sending from {msg.identity} is suspended because of suspected abuse; "
-                    f"contact {self.config.report_abuse_to}", "locked"))
+                    f"contact {(user.policy.abuse_contact if user else None) or self.config.report_abuse_to}",
+                    "locked"))
         return msg.lock_decision if msg.lock_decision.blocks else None
 
     def _check_header_from(self, msg: Message, user: User) -> Optional[Decision]:
@@ -635,7 +636,7 @@ class Policy:
         assert self.engine is not None
         out = [("X-Outpost-Class", msg.spam_class or verdict.cls),
                ("X-Outpost-Score", f"{verdict.score:.1f}")]
-        evidence = evidence_header(verdict, self.engine.settings.max_evidence_len)
+        evidence = evidence_header(verdict, self.engine.settings.max_evidence_len, ellipsis="...")
         if evidence:
             out.append(("X-Outpost-Evidence", hdr.safe_value(evidence)))
         if verdict.partial:
