@@ -44,6 +44,10 @@ def test_shipped_example_is_valid():
     assert config.users[0].policy.connection_limit is None
     assert [r.label for r in webfarm.policy.limits.messages] == ["60/1m", "1000/1h", "10000/1d"]
     assert webfarm.policy.lock.window == 600 and webfarm.policy.lock.duration == 3600
+    assert webfarm.policy.lock.after_spam == 5 and webfarm.policy.spam.on_spam == "reject"
+    assert [(k.selector, k.algorithm) for k in config.domains[0].dkim] == [("s2026", "rsa"), ("ed2026", "ed25519")]
+    assert config.spf.egress_ips == ("198.51.100.7", "2001:db8::25") and config.spf.fail_action == "tag"
+    assert config.reports.to == "abuse@example.net" and config.reports.smtp.port == 10587
 
 
 def test_error_names_path_and_line():
