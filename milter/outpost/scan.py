@@ -70,6 +70,9 @@ class ReadOnlyStore(Store):
     def fingerprint_add(self, fp, member, recipients, window):
         return self.scratch.fingerprint_add(fp, member, recipients, window)
 
+    def fingerprint_add_many(self, items, window):
+        return self.scratch.fingerprint_add_many(items, window)
+
     def put_blob(self, name: str, data: bytes) -> None:
         pass
 

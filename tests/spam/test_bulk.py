@@ -1,8 +1,7 @@
 """BulkCheck: fingerprints and bulk evidence, over any Store.
 
-The ``store`` fixture runs every test against each store available: the
-real ``MemoryStore`` and ``SqliteStore`` (branch ``store``) when they are
-importable, and always against ``DictFingerprintStore`` below.
+The ``store`` fixture runs every test against the real ``MemoryStore`` and
+``SqliteStore``.
 """
 
 from __future__ import annotations
@@ -20,32 +19,10 @@ from outpost.spam.bulk import (BulkCheck, BulkSettings, fingerprints, minhash_ba
 from outpost.store.base import FingerprintStats, StoreError
 
 
-class DictFingerprintStore:
-    """TEST DOUBLE until the real stores are merged: implements only
-    ``Store.fingerprint_add`` (sliding window, in a dict).  The lead can
-    drop it once MemoryStore/SqliteStore are on the main branch; the tests
-    below also run against those when they are importable."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.log: dict[str, list[tuple[float, str, int]]] = {}
-
-    def fingerprint_add(self, fp: str, member: str, recipients: int,
-                        window: float) -> FingerprintStats:
-        now = self.clock()
-        entries = [e for e in self.log.get(fp, []) if e[0] > now - window]
-        entries.append((now, member, recipients))
-        self.log[fp] = entries
-        return FingerprintStats(messages=len(entries),
-                                recipients=sum(e[2] for e in entries),
-                                members=len({e[1] for e in entries}))
-
-
 class FailingStore:
     """A store whose backend is down (raises StoreError like every backend)."""
 
-    def fingerprint_add(self, fp: str, member: str, recipients: int,
-                        window: float) -> FingerprintStats:
+    def fingerprint_add_many(self, items, window: float) -> list[FingerprintStats]:
         raise StoreError("redis://127.0.0.1:1: connection refused")
 
 
@@ -58,17 +35,16 @@ class Clock:
 
 
 def _memory(clock: Clock, tmp_path) -> object:
-    from outpost.store.memory import MemoryStore  # type: ignore[import-not-found]
+    from outpost.store.memory import MemoryStore
     return MemoryStore(clock=clock)
 
 
 def _sqlite(clock: Clock, tmp_path) -> object:
-    from outpost.store.sqlite import SqliteStore  # type: ignore[import-not-found]
+    from outpost.store.sqlite import SqliteStore
     return SqliteStore(str(tmp_path / "store.db"))
 
 
 STORES = {
-    "dict": lambda clock, tmp_path: DictFingerprintStore(clock),
     "memory": _memory,
     "sqlite": _sqlite,
 }
@@ -86,10 +62,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(store_kind: str, clock: Clock, tmp_path) -> Iterator[object]:
-    try:
-        s = STORES[store_kind](clock, tmp_path)
-    except ImportError:
-        pytest.skip(f"{store_kind} store not available on this branch")
+    s = STORES[store_kind](clock, tmp_path)
     yield s
     close = getattr(s, "close", None)
     if close:

@@ -127,8 +127,9 @@ def outbound_view(raw: bytes, max_scan: int = 1_000_000,
 
 
 def _words(text: str, prefix: str, out: set[str], limit: int = 100_000) -> None:
-    for m in _WORD_RE.finditer(text[:limit]):
-        w = m.group(0).lower().rstrip(".")
+    # tokens are a set: look at each distinct word once
+    for w in set(_WORD_RE.findall(text[:limit])):
+        w = w.lower().rstrip(".")
         if 3 <= len(w) <= 20:
             out.add(prefix + w)
         elif len(w) > 20:

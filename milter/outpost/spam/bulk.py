@@ -182,16 +182,14 @@ def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
     s = _LONG_WORD_RE.sub(_hide_token, s)
     s = _DIGITS_RE.sub("0", s)
     skip = {w.lower() for w in personal}
-    out: list[str] = []
-    size = 0
-    for w in _WORD_RE.findall(s):
-        if w in skip:
-            continue
-        out.append(w)
-        size += len(w) + 1
-        if size >= max_chars:
-            break
-    return " ".join(out)
+    words = _WORD_RE.findall(s)
+    if skip:
+        words = [w for w in words if w not in skip]
+    joined = " ".join(words)
+    # keep words up to and including the one that reaches max_chars (counting
+    # one blank after each word): cut at the first blank from max_chars - 1 on
+    cut = joined.find(" ", max_chars - 1)
+    return joined if cut < 0 else joined[:cut]
 
 
 def minhash_bands(words: list[str], bands: int = 4) -> list[str]:
@@ -286,13 +284,6 @@ class BulkCheck(Check):
         """The member counted in the store: ``user/identity``."""
         return f"{ctx.user}/{ctx.identity}"
 
-    def _add(self, fp: str, member: str, recipients: int) -> FingerprintStats:
-        try:
-            return self.store.fingerprint_add(fp, member=member, recipients=recipients,
-                                              window=self.settings.window)
-        except StoreError as exc:
-            raise CheckError(f"bulk: store failed: {exc}") from exc
-
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
         s = self.settings
         fps = fingerprints(msg, ctx, s)
@@ -303,10 +294,16 @@ class BulkCheck(Check):
         rcpts = max(1, len(ctx.recipients))
         same: Optional[tuple[str, FingerprintStats]] = None
         many: Optional[tuple[str, FingerprintStats]] = None
+        items: list[tuple[str, str, int]] = []
         for kind, value in fps.items():
             fp = f"{FP_VERSION}:{kind}:{value}"
-            overall = self._add(fp, member, rcpts)
-            mine = self._add(f"{fp}:{member_tag}", member, rcpts)
+            items += [(fp, member, rcpts), (f"{fp}:{member_tag}", member, rcpts)]
+        try:       # one store round trip (one transaction on sqlite) for all fingerprints
+            stats = self.store.fingerprint_add_many(items, self.settings.window)
+        except StoreError as exc:
+            raise CheckError(f"bulk: store failed: {exc}") from exc
+        for i, kind in enumerate(fps):
+            overall, mine = stats[2 * i], stats[2 * i + 1]
             if (mine.messages >= s.same_body_messages
                     and mine.recipients > s.same_body_recipients
                     and (same is None or mine.recipients > same[1].recipients)):

@@ -167,6 +167,12 @@ class Store(abc.ABC):
         """Count one message with content fingerprint ``fp`` from identity
         ``member`` to ``recipients`` recipients; return totals in the window."""
 
+    def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
+                             window: float) -> list[FingerprintStats]:
+        """:meth:`fingerprint_add` for several ``(fp, member, recipients)`` at
+        once (a backend may do them in one transaction)."""
+        return [self.fingerprint_add(fp, member, recipients, window) for fp, member, recipients in items]
+
     # -- small named blobs (operator-trained spam model, …) ------------------
     @abc.abstractmethod
     def put_blob(self, name: str, data: bytes) -> None:

@@ -151,6 +151,10 @@ class ResilientStore(Store):
                         window: float) -> FingerprintStats:
         return self._call("fingerprint_add", fp, member, recipients, window)
 
+    def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
+                             window: float) -> list[FingerprintStats]:
+        return self._call("fingerprint_add_many", items, window)
+
     def put_blob(self, name: str, data: bytes) -> None:
         self._call("put_blob", name, data)
 

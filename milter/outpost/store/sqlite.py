@@ -327,24 +327,35 @@ class SqliteStore(Store):
     # -- fingerprints ------------------------------------------------------------------------
     def fingerprint_add(self, fp: str, member: str, recipients: int,
                         window: float) -> FingerprintStats:
+        return self.fingerprint_add_many([(fp, member, recipients)], window)[0]
+
+    def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
+                             window: float) -> list[FingerprintStats]:
         check_window(window)
-        check_recipients(recipients)
+        for _, _, recipients in items:
+            check_recipients(recipients)
         with self._tx() as db:
             now = time.time()
-            db.execute("DELETE FROM fingerprint WHERE fp = ? AND t <= ?", (fp, now - window))
-            db.execute("INSERT INTO fingerprint (fp, t, expires, member, recipients) "
-                       "VALUES (?, ?, ?, ?, ?)", (fp, now, now + window, member, recipients))
-            count = db.execute("SELECT count(*) FROM fingerprint WHERE fp = ?",
-                               (fp,)).fetchone()[0]
-            excess = count - self.settings.max_fingerprint_entries
-            if excess > 0:
-                db.execute("DELETE FROM fingerprint WHERE rowid IN (SELECT rowid FROM "
-                           "fingerprint WHERE fp = ? ORDER BY t LIMIT ?)", (fp, excess))
-            messages, rcpts, members = db.execute(
-                "SELECT count(*), coalesce(sum(recipients), 0), count(DISTINCT member) "
-                "FROM fingerprint WHERE fp = ?", (fp,)).fetchone()
+            out = [self._fingerprint_add(db, fp, member, recipients, window, now)
+                   for fp, member, recipients in items]
             self._sweep(db, now)
-            return FingerprintStats(messages=messages, recipients=rcpts, members=members)
+            return out
+
+    def _fingerprint_add(self, db: sqlite3.Connection, fp: str, member: str, recipients: int,
+                         window: float, now: float) -> FingerprintStats:
+        db.execute("DELETE FROM fingerprint WHERE fp = ? AND t <= ?", (fp, now - window))
+        db.execute("INSERT INTO fingerprint (fp, t, expires, member, recipients) "
+                   "VALUES (?, ?, ?, ?, ?)", (fp, now, now + window, member, recipients))
+        count = db.execute("SELECT count(*) FROM fingerprint WHERE fp = ?",
+                           (fp,)).fetchone()[0]
+        excess = count - self.settings.max_fingerprint_entries
+        if excess > 0:
+            db.execute("DELETE FROM fingerprint WHERE rowid IN (SELECT rowid FROM "
+                       "fingerprint WHERE fp = ? ORDER BY t LIMIT ?)", (fp, excess))
+        messages, rcpts, members = db.execute(
+            "SELECT count(*), coalesce(sum(recipients), 0), count(DISTINCT member) "
+            "FROM fingerprint WHERE fp = ?", (fp,)).fetchone()
+        return FingerprintStats(messages=messages, recipients=rcpts, members=members)
 
     # -- blobs ----------------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:
