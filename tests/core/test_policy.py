@@ -286,3 +286,23 @@ def test_lock_reply_names_the_users_own_abuse_contact(codec):
     d = policy.rcpt(s, "<x@dest.example>")
     assert d.reply.text.endswith("contact abuse@shop.example")
     assert not policy.rcpt(s, "<abuse@shop.example>").blocks
+
+
+@pytest.mark.parametrize("value,expected", [
+    (" alice@example.com", "alice@example.com"),
+    (" Alice Smith <alice@example.com>", "alice@example.com"),
+    (' "Smith, Alice" <alice@example.com>', "alice@example.com"),
+    (" =?utf-8?q?Caf=C3=A9?= <cafe@example.com>", "cafe@example.com"),
+    (" Alice (work) <alice@example.com>", "alice@example.com"),
+    (' "x <y@evil.example>" <alice@example.com>', "alice@example.com"),
+    (" alice@example.com <ceo@bank.example>", None),      # parsers disagree: refused
+    (" <a@example.com> <b@example.com>", None),
+    (" a@example.com, b@example.com", None),
+    (" undisclosed-recipients:;", None),
+    (" nobody", None),
+])
+def test_header_from_address_forms(value, expected):
+    from outpost.core.policy import header_from_address
+    addr, problem = header_from_address([value])
+    assert addr == expected
+    assert (problem is None) == (expected is not None)

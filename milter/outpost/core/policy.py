@@ -9,6 +9,7 @@ slots, rate-limit buckets, locks) lives in the store.
 from __future__ import annotations
 
 import itertools
+import re
 import logging
 import tempfile
 import os
@@ -72,20 +73,39 @@ def split_address(addr: str) -> tuple[str, str]:
     return addr, domain
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+#: The everyday forms only: ``a@b.example`` or ``Plain Name <a@b.example>``
+#: (no quotes, comments, groups or specials in the name).  Anything else goes
+#: through the full RFC 5322 parser of the email package.
+_SIMPLE_FROM = re.compile(rf"^\s*(?:[^\"<>@,;:\\()\[\]]*?\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*$")
+
+
 def header_from_address(values: list[str]) -> tuple[Optional[str], Optional[Reply]]:
     """The single From address of a message, or a 5.x reply saying why not."""
     if not values:
         return None, Reply("550", "5.6.0", "Message has no From header")
     if len(values) > 1:
         return None, Reply("550", "5.6.0", "Message has more than one From header")
+    value = hdr.unfold(values[0])
+    simple = _SIMPLE_FROM.match(value)
+    if simple:
+        return simple.group(1) or simple.group(2), None
+    bad = Reply("550", "5.6.0", "The From header must hold exactly one valid address")
     try:
-        parsed = _HEADERS("From", hdr.unfold(values[0]))
-        addresses = parsed.addresses
+        addresses = _HEADERS("From", value).addresses
     except (ValueError, TypeError, IndexError):
         addresses = ()
     if len(addresses) != 1 or not addresses[0].domain or not addresses[0].username:
-        return None, Reply("550", "5.6.0", "The From header must hold exactly one valid address")
-    return addresses[0].addr_spec, None
+        return None, bad
+    addr = addresses[0].addr_spec
+    # Parsers disagree on malformed names ("a@x.example <b@y.example>": the
+    # email package says a@x, mail readers and DMARC say b@y): when the
+    # header has an angle address, it must be the one we found.
+    angled = re.findall(r"<\s*([^<>\s]+)\s*>", re.sub(r'"(?:[^"\\]|\\.)*"', "", value))
+    if angled and [a.lower() for a in angled] != [addr.lower()]:
+        return None, bad
+    return addr, None
 
 
 class Policy:
