@@ -20,7 +20,8 @@ test: setup
 
 bench: setup
 	$(PYTHON) bench/mapping.py
-	$(PYTHON) bench/throughput.py
+	$(PYTHON) bench/limiter.py
+	PYTHON=$(PYTHON) bash bench/outpost_throughput.sh
 
 check-config: setup
 	$(VENV)/bin/outpost check-config -c contrib/outpost.yaml
