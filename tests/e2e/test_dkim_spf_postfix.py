@@ -8,13 +8,10 @@ import random
 import subprocess
 import textwrap
 
-import dkim as dkimpy
-import dns.message
-import dns.query
 import pytest
 
 from outpost.effects.dkim import keygen, zone_txt
-from tests.services.dns import DnsServer
+from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
 from tests.services.smtp import build_message, send
 
@@ -79,22 +76,6 @@ def outpost(postfix, dns_server, keys):  # noqa: F811
 def sink(smtp_sink):  # noqa: F811
     smtp_sink.clear()
     return smtp_sink
-
-
-def dkimpy_verify(server, message: bytes) -> list[bool]:
-    def dnsfunc(name, timeout=5):
-        r = dns.query.udp(dns.message.make_query(name.decode(), "TXT"), "127.0.0.1",
-                          port=server.port, timeout=2)
-        return b"".join(r.answer[0][0].strings) if r.answer else None
-    d = dkimpy.DKIM(message)
-    n = sum(1 for h, _ in d.headers if h.lower() == b"dkim-signature")
-    out = []
-    for i in range(n):
-        try:
-            out.append(d.verify(i, dnsfunc=dnsfunc))
-        except dkimpy.ValidationError:
-            out.append(False)
-    return out
 
 
 def submit(postfix, sender, message):  # noqa: F811

@@ -7,15 +7,12 @@ import os
 import random
 import stat
 
-import dkim as dkimpy
-import dns.message
-import dns.query
 import pytest
 
 from outpost.effects.dkim import (DkimKey, DkimSettings, DkimSignError, KeyFileMissing,
                                   KeyFileUnparsable, KeyFileUnsafe, KeyTooSmall, Signer,
                                   already_signed, keygen, load_keys, zone_line, zone_txt)
-from tests.services.dns import DnsServer
+from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
 
 DOMAIN = "example.test"
@@ -64,22 +61,6 @@ def assemble(sigs, headers=HEADERS, body=BODY) -> bytes:
     lines = [f"{n}:{v}".encode() for n, v in sigs] + [n + b":" + v for n, v in headers]
     return b"\r\n".join(x.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n")
                         for x in lines) + b"\r\n\r\n" + body
-
-
-def dkimpy_verify(server, message: bytes) -> list[bool]:
-    def dnsfunc(name, timeout=5):
-        r = dns.query.udp(dns.message.make_query(name.decode(), "TXT"), "127.0.0.1",
-                          port=server.port, timeout=2)
-        return b"".join(r.answer[0][0].strings) if r.answer else None
-    d = dkimpy.DKIM(message)
-    n = sum(1 for h, _ in d.headers if h.lower() == b"dkim-signature")
-    out = []
-    for i in range(n):
-        try:
-            out.append(d.verify(i, dnsfunc=dnsfunc))
-        except dkimpy.ValidationError:   # dkimpy raises on a body hash mismatch
-            out.append(False)
-    return out
 
 
 @pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple", "relaxed/simple"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import replace
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pytest
 

@@ -13,7 +13,6 @@ import base64
 import os
 import struct
 from dataclasses import dataclass
-from typing import Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -94,10 +93,3 @@ def read_secret(path: str) -> bytes:
 def new_secret() -> bytes:
     """A fresh random secret, as text for the secret file."""
     return base64.b64encode(os.urandom(32)) + b"\n"
-
-
-def maybe_open(codec: TokenCodec, token: str) -> Optional[Origin]:
-    try:
-        return codec.open(token)
-    except TokenError:
-        return None
