@@ -18,6 +18,11 @@ DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
 
 
 def _setup_logging(level: str = "info") -> None:
+    # libmilter calls us from threads Python did not create: a log record's
+    # threadName would make threading register a _DummyThread for each new
+    # connection thread (slow, and never freed).  We log no thread names.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s",
