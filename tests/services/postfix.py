@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from tests.services.mta import MtaInstance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRIB_DIR = REPO_ROOT / "contrib" / "postfix"
@@ -223,7 +224,7 @@ class QueueEntry:
     raw: dict = field(repr=False)
 
 
-class PostfixInstance:
+class PostfixInstance(MtaInstance):
     """A private Postfix under ``base_dir`` relaying everything to a sink.
 
     :param base_dir: created if missing; holds ``etc/``, ``queue/``, ``data/``,
@@ -244,6 +245,8 @@ class PostfixInstance:
     :param main_overrides: extra main.cf parameters (applied last).
     :param contrib_dir: where the shipped fragments are read from.
     """
+
+    error = PostfixError
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, sink_port: int,
                  milter: str | None = None,
@@ -290,25 +293,6 @@ class PostfixInstance:
     def ports(self) -> dict[str, int]:
         """``{attribute name: port}`` of every listener."""
         return {attr: getattr(self, attr) for attr in SERVICE_PORTS.values()}
-
-    def maillog(self) -> str:
-        """The whole maillog text so far ('' before the first line)."""
-        try:
-            return self.maillog_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
-        """Wait until ``pattern`` (regex) appears in the maillog; return the match."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while True:
-            match = rx.search(self.maillog())
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise PostfixError(f"{pattern!r} not in {self.maillog_path} after {timeout}s")
-            time.sleep(0.05)
 
     # ------------------------------------------------------------- config
 
@@ -499,13 +483,6 @@ class PostfixInstance:
         """``postfix reload`` (new smtpd processes use the new config)."""
         self.postfix("reload")
 
-    def __enter__(self) -> "PostfixInstance":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
     # ---------------------------------------------------------------- SASL
 
     def add_sasl_user(self, login: str, password: str) -> None:
@@ -550,15 +527,3 @@ class PostfixInstance:
     def flush(self) -> None:
         """Retry deferred mail now (``postqueue -f``)."""
         self.postqueue("-f")
-
-    def wait_queue_empty(self, timeout: float = 20.0, *, include_hold: bool = False) -> None:
-        """Wait until no message is queued (held ones ignored unless asked)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = [e for e in self.queue() if include_hold or e.queue_name != "hold"]
-            if not left:
-                return
-            if time.monotonic() > deadline:
-                raise PostfixError(f"{len(left)} message(s) still queued after {timeout}s: "
-                                   f"{[(e.queue_id, e.queue_name) for e in left][:10]}")
-            time.sleep(0.1)

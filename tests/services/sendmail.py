@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from tests.services.mta import MtaInstance
 from tests.services.postfix import DEFAULT_MYNETWORKS, QueueEntry, free_port, port_open
 
 __all__ = ["SendmailInstance", "SendmailError", "SendmailDist", "QueueEntry",
@@ -290,7 +291,7 @@ class _SyslogReceiver:
 # The instance
 # --------------------------------------------------------------------------
 
-class SendmailInstance:
+class SendmailInstance(MtaInstance):
     """A private Sendmail under ``base_dir`` relaying everything to a sink.
 
     :param base_dir: created if missing; holds ``etc/`` (``sendmail.mc``,
@@ -312,6 +313,8 @@ class SendmailInstance:
     :param mc_extra: extra ``.mc`` lines, appended after the fragment.
     :param dist: where the Sendmail binaries come from.
     """
+
+    error = SendmailError
 
     def __init__(self, base_dir: str | os.PathLike | None = None, *, sink_port: int,
                  milter: str | None = None,
@@ -363,25 +366,6 @@ class SendmailInstance:
     def ports(self) -> dict[str, int]:
         """``{attribute name: port}`` of every listener."""
         return {"submission_port": self.submission_port, "relay_port": self.relay_port}
-
-    def maillog(self) -> str:
-        """The whole log text so far (Sendmail's syslog lines, '' before the first)."""
-        try:
-            return self.maillog_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
-        """Wait until ``pattern`` (regex) appears in the maillog; return the match."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while True:
-            match = rx.search(self.maillog())
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise SendmailError(f"{pattern!r} not in {self.maillog_path} after {timeout}s")
-            time.sleep(0.05)
 
     # ------------------------------------------------------------- config
 
@@ -569,13 +553,6 @@ class SendmailInstance:
             self.stop()
             self.start()
 
-    def __enter__(self) -> "SendmailInstance":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
     # ---------------------------------------------------------------- SASL
 
     def add_sasl_user(self, login: str, password: str) -> None:
@@ -641,15 +618,3 @@ class SendmailInstance:
     def quarantine(self, queue_id: str, reason: str) -> None:
         """Quarantine a queued message by hand (``sendmail -Q<reason> -qI<id>``)."""
         self.sendmail(f"-Q{reason}", f"-qI{queue_id}")
-
-    def wait_queue_empty(self, timeout: float = 20.0, *, include_hold: bool = False) -> None:
-        """Wait until no message is queued (quarantined ones ignored unless asked)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = [e for e in self.queue() if include_hold or e.queue_name != "hold"]
-            if not left:
-                return
-            if time.monotonic() > deadline:
-                raise SendmailError(f"{len(left)} message(s) still queued after {timeout}s: "
-                                    f"{[(e.queue_id, e.queue_name) for e in left][:10]}")
-            time.sleep(0.1)
