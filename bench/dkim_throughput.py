@@ -60,7 +60,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from dkim.util import parse_tag_value  # noqa: E402
 
-from bench.throughput import BenchError, run_source  # noqa: E402
+from bench.throughput import BenchError, run_rounds, run_source  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
 from tests.services.postfix import PostfixInstance, free_port, port_open  # noqa: E402
 from tests.services.sink import SinkTimeout, SmtpSink  # noqa: E402
@@ -355,14 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in setups:
             print(check_signing(s, args, sizes[0], capture, txt), flush=True)
             run_source(s.instance, args, args.warmup, sizes[0])
-        for rnd in range(args.rounds):
-            order = setups if rnd % 2 == 0 else setups[::-1]
-            for size in sizes:
-                for s in order:
-                    rate = run_source(s.instance, args, args.messages, size)
-                    s.rates.setdefault(size, []).append(rate)
-                    print(f"round {rnd + 1} {s.name:<15} {size:>6} B {rate:8.0f} msgs/s",
-                          flush=True)
+        run_rounds(setups, args, sizes)
         report(setups, sizes, args)
     finally:
         stop_setups(setups)

@@ -149,6 +149,21 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
                   f"{paired_ratio(cfg, noop, size):>10}")
 
 
+def run_rounds(configs, args: argparse.Namespace, sizes: list[int]) -> None:
+    """Interleaved rounds, the order reversed every other round so machine
+    noise hits all configurations alike; fills each ``cfg.rates[size]``.
+    A configuration needs ``name``, ``instance`` and ``rates``."""
+    width = max(len(cfg.name) for cfg in configs)
+    for rnd in range(args.rounds):
+        order = configs if rnd % 2 == 0 else configs[::-1]
+        for size in sizes:
+            for cfg in order:
+                rate = run_source(cfg.instance, args, args.messages, size)
+                cfg.rates.setdefault(size, []).append(rate)
+                print(f"round {rnd + 1} {cfg.name:<{width}} {size:>6} B {rate:8.0f} msgs/s",
+                      flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per run")
@@ -189,14 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         start_configs(configs, sink_port, root)
         for cfg in configs:
             run_source(cfg.instance, args, args.warmup, sizes[0])
-        for rnd in range(args.rounds):
-            order = configs if rnd % 2 == 0 else configs[::-1]
-            for size in sizes:
-                for cfg in order:
-                    rate = run_source(cfg.instance, args, args.messages, size)
-                    cfg.rates.setdefault(size, []).append(rate)
-                    print(f"round {rnd + 1} {cfg.name:<10} {size:>6} B {rate:8.0f} msgs/s",
-                          flush=True)
+        run_rounds(configs, args, sizes)
         report(configs, sizes, args)
     finally:
         stop_configs(configs)

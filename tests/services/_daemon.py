@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,3 +93,41 @@ def kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         return
     proc.wait(10)
+
+
+class ManagedDaemon:
+    """The end of life every daemon launcher shares: ``proc`` (the process,
+    leader of its group), ``dir`` (its private directory), ``log_path`` and a
+    ``start()`` returning self."""
+
+    proc: Optional[subprocess.Popen] = None
+    dir: Optional[str] = None
+
+    def start(self):  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    @property
+    def log_path(self) -> str:  # pragma: no cover - implemented by subclasses
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL every process of the daemon (a crash), keep the files."""
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def log_tail(self) -> str:
+        return tail(self.log_path)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -32,9 +32,8 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
-                                    start_with_retries, stop_process, tail,
-                                    wait_until)
+from tests.services._daemon import (DaemonError, ManagedDaemon, free_tcp_port,
+                                    start_with_retries, wait_until)
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 CONFDIR = "/etc/rspamd"
@@ -64,7 +63,7 @@ def _dead_udp_port() -> int:
     return free_tcp_port()
 
 
-class Rspamd:
+class Rspamd(ManagedDaemon):
     """A running rspamd; use as a context manager or call start()/stop()."""
 
     def __init__(self, unix_socket: bool = False,
@@ -212,25 +211,3 @@ worker "controller" {{
         if resp.status != 200:
             raise ValueError(f"HTTP {resp.status}")
         return json.loads(data)
-
-    def kill(self) -> None:
-        """SIGKILL every process of the daemon (a crash), keep the files."""
-        if self.proc is not None:
-            kill_group(self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def log_tail(self) -> str:
-        return tail(self.log_path)
-
-    def __enter__(self) -> "Rspamd":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

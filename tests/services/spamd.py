@@ -25,15 +25,14 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, free_tcp_port, kill_group,
-                                    start_with_retries, stop_process, tail,
-                                    wait_until)
+from tests.services._daemon import (DaemonError, ManagedDaemon, free_tcp_port,
+                                    start_with_retries, wait_until)
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 START_TIMEOUT = 60.0
 
 
-class Spamd:
+class Spamd(ManagedDaemon):
     """A running spamd; use as a context manager or call start()/stop()."""
 
     def __init__(self, unix_socket: bool = False,
@@ -94,25 +93,3 @@ class Spamd:
         if not self._ping(socket.AF_INET, ("127.0.0.1", self.port)):
             return False
         return self.socket_path is None or self._ping(socket.AF_UNIX, self.socket_path)
-
-    def kill(self) -> None:
-        """SIGKILL every process of the daemon (a crash), keep the files."""
-        if self.proc is not None:
-            kill_group(self.proc)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def log_tail(self) -> str:
-        return tail(self.log_path)
-
-    def __enter__(self) -> "Spamd":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
