@@ -282,16 +282,11 @@ def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
 
 def _reports(node: Node, abuse_to: str, hostname: Optional[str]):
     """``reports:`` → ReportSettings, or None with ``enabled: false``."""
-    import dataclasses
     from ..effects.reports import ReportSettings
-    if node.is_mapping():
-        fields = node.mapping()
-        if "enabled" in fields:
-            if not fields["enabled"].bool():
-                return None
+    given = node.mapping() if node.is_mapping() else {}
+    if "enabled" in given and not given["enabled"].bool():
+        return None
     fixed = {}
-    names = {f.name for f in dataclasses.fields(ReportSettings)}
-    given = set(node.mapping(names | {"enabled"})) if node.is_mapping() else set()
     if "to" not in given:
         fixed["to"] = abuse_to
     if "hostname" not in given and hostname:
