@@ -11,6 +11,7 @@ reclaimed when slots of their IP are acquired or counted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import sqlite3
@@ -42,14 +43,20 @@ CREATE TABLE IF NOT EXISTS fingerprint (
 CREATE INDEX IF NOT EXISTS fingerprint_fp_t ON fingerprint (fp, t);
 CREATE INDEX IF NOT EXISTS fingerprint_expires ON fingerprint (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS conn (
-    slot TEXT PRIMARY KEY, ip TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL)
-    WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS conn_ip ON conn (ip);
-CREATE INDEX IF NOT EXISTS conn_owner ON conn (host, pid);
+DROP TABLE IF EXISTS conn;
+CREATE TABLE IF NOT EXISTS conn_slot (
+    ip TEXT NOT NULL, slot TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    PRIMARY KEY (ip, slot)) WITHOUT ROWID;
 """
 
 _POOL_SIZE = 16
+
+#: Take a connection slot if ``ip`` holds fewer than the limit (no row
+#: inserted: at the limit, or the slot exists).  No RETURNING clause: through
+#: Python's sqlite3 it costs more than the insert itself.
+_ACQUIRE = ("INSERT INTO conn_slot (ip, slot, host, pid) SELECT ?1, ?2, ?3, ?4 "
+            "WHERE (SELECT count(*) FROM conn_slot WHERE ip = ?1) < ?5 "
+            "ON CONFLICT (ip, slot) DO NOTHING")
 
 
 class SqliteStore(Store):
@@ -66,12 +73,15 @@ class SqliteStore(Store):
         self._pool: list[sqlite3.Connection] = []
         self._pool_pid = os.getpid()
         self._sweep_mutex = threading.Lock()
+        self._write_mutex = threading.Lock()
+        self._lock_fd: Optional[int] = None
+        self._lock_pid = 0
         self._next_sweep = 0.0
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         except OSError as exc:
             raise StoreError(f"sqlite store {path}: cannot create its directory: {exc}") from exc
-        with self._conn() as db:
+        with self._write() as db:
             db.executescript(_SCHEMA)
 
     # -- plumbing ------------------------------------------------------------
@@ -83,24 +93,21 @@ class SqliteStore(Store):
         db.execute("PRAGMA synchronous = NORMAL")
         return db
 
-    @contextlib.contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        """A pooled connection; sqlite errors become StoreError."""
+    def _conn(self) -> "_Use":
+        """``with self._conn() as db``: a pooled connection for reads."""
+        return _Use(self, False)
+
+    def _write(self) -> "_Use":
+        """``with self._write() as db``: a pooled connection for one write
+        statement (autocommit), taken with the writer lock."""
+        return _Use(self, True)
+
+    def _take(self) -> sqlite3.Connection:
         with self._pool_mutex:
             if self._pool_pid != os.getpid():   # forked: never share a connection
                 self._pool, self._pool_pid = [], os.getpid()
             db = self._pool.pop() if self._pool else None
-        healthy = False
-        try:
-            if db is None:
-                db = self._connect()
-            yield db
-            healthy = True
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite store {self.path}: {exc}") from exc
-        finally:
-            if db is not None:
-                self._give_back(db, healthy and not db.in_transaction)
+        return db if db is not None else self._connect()
 
     def _give_back(self, db: sqlite3.Connection, reuse: bool) -> None:
         """Return a connection to the pool, or close it."""
@@ -112,10 +119,42 @@ class SqliteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             db.close()
 
+    def _lock_writer(self) -> None:
+        """Take turns with the other writers of the database before asking
+        SQLite for its write lock.  SQLite's own busy handler polls (it
+        sleeps 1, 2, 5, 10 ms... between tries), which leaves cores idle
+        while connections queue; a thread mutex in the process and an
+        ``flock`` on ``<db>-writer`` between processes wake the next writer
+        as soon as the lock is free, and are dropped if the process dies."""
+        self._write_mutex.acquire()
+        try:
+            if self._lock_pid != os.getpid():   # forked: flock belongs to our own open file
+                if self._lock_fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self._lock_fd)
+                    self._lock_fd = None
+                self._lock_fd = os.open(self.path + "-writer",
+                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._write_mutex.release()
+            raise StoreError(f"sqlite store {self.path}: writer lock: {exc}") from exc
+        except BaseException:
+            self._write_mutex.release()
+            raise
+
+    def _unlock_writer(self) -> None:
+        try:
+            if self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._write_mutex.release()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
-        with self._conn() as db:
+        with self._write() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -133,6 +172,10 @@ class SqliteStore(Store):
             pool, self._pool = self._pool, []
         for db in pool:
             db.close()
+        with self._write_mutex:
+            if self._lock_fd is not None and self._lock_pid == os.getpid():
+                os.close(self._lock_fd)
+            self._lock_fd, self._lock_pid = None, 0
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete expired state inside the caller's transaction, at most once
@@ -154,39 +197,51 @@ class SqliteStore(Store):
     def _reclaim(self, db: sqlite3.Connection, ip: str) -> None:
         """Drop slots of ``ip`` owned by processes of this host that are gone."""
         pids = [r[0] for r in db.execute(
-            "SELECT DISTINCT pid FROM conn WHERE ip = ? AND host = ?", (ip, self.host))]
+            "SELECT DISTINCT pid FROM conn_slot WHERE ip = ? AND host = ?", (ip, self.host))]
         for pid in pids:
             if not pid_exists(pid):
-                db.execute("DELETE FROM conn WHERE host = ? AND pid = ?", (self.host, pid))
+                db.execute("DELETE FROM conn_slot WHERE ip = ? AND host = ? AND pid = ?",
+                           (ip, self.host, pid))
 
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
         host, pid = slot_owner(slot)
+        # Fast path, one statement (an INSERT takes the write lock before it
+        # reads, so the count and the insert are atomic): a free slot below
+        # the limit.  Slots of dead processes only matter at the limit, so
+        # they are reclaimed on the slow path, which also sees a re-acquire.
+        with self._write() as db:
+            inserted = db.execute(_ACQUIRE, (ip, slot, host, pid, limit)).rowcount
+        if inserted:
+            with self._conn() as db:        # for the caller's information only
+                return True, db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?",
+                                        (ip,)).fetchone()[0]
         with self._tx() as db:
             self._reclaim(db, ip)
-            held = db.execute("SELECT count(*) FROM conn WHERE ip = ?", (ip,)).fetchone()[0]
-            if db.execute("SELECT 1 FROM conn WHERE slot = ?", (slot,)).fetchone():
+            held = db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?", (ip,)).fetchone()[0]
+            if db.execute("SELECT 1 FROM conn_slot WHERE ip = ? AND slot = ?", (ip, slot)).fetchone():
                 return True, held
             if held >= limit:
                 return False, held
-            db.execute("INSERT INTO conn (slot, ip, host, pid) VALUES (?, ?, ?, ?)",
-                       (slot, ip, host, pid))
+            db.execute("INSERT INTO conn_slot (ip, slot, host, pid) VALUES (?, ?, ?, ?)",
+                       (ip, slot, host, pid))
             return True, held + 1
 
     def conn_release(self, ip: str, slot: str) -> None:
-        with self._conn() as db:
-            db.execute("DELETE FROM conn WHERE slot = ? AND ip = ?", (slot, ip))
+        with self._write() as db:
+            db.execute("DELETE FROM conn_slot WHERE ip = ? AND slot = ?", (ip, slot))
 
     def conn_count(self, ip: str) -> int:
         with self._tx() as db:
             self._reclaim(db, ip)
-            return db.execute("SELECT count(*) FROM conn WHERE ip = ?", (ip,)).fetchone()[0]
+            return db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?", (ip,)).fetchone()[0]
 
     def process_alive(self, host: str, pid: int) -> None:
         """Nothing to store: liveness is the pid existing on this host."""
 
     def process_gone(self, host: str, pid: int) -> None:
-        with self._conn() as db:
-            db.execute("DELETE FROM conn WHERE host = ? AND pid = ?", (host, pid))
+        with self._write() as db:
+            # a scan: the table holds only the connections open right now
+            db.execute("DELETE FROM conn_slot WHERE host = ? AND pid = ?", (host, pid))
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
@@ -359,7 +414,7 @@ class SqliteStore(Store):
 
     # -- blobs ----------------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:
-        with self._conn() as db:
+        with self._write() as db:
             db.execute("INSERT OR REPLACE INTO blob (name, data) VALUES (?, ?)",
                        (name, bytes(data)))
 
@@ -367,3 +422,43 @@ class SqliteStore(Store):
         with self._conn() as db:
             row = db.execute("SELECT data FROM blob WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
+
+
+class _Use:
+    """A pooled connection of a :class:`SqliteStore` for one ``with`` block
+    (a class, not a generator: it sits on every message's path).  Writes
+    hold the writer lock throughout.  sqlite errors become StoreError; a
+    connection that failed, or is left inside a transaction, is closed."""
+
+    __slots__ = ("store", "write", "db")
+
+    def __init__(self, store: SqliteStore, write: bool) -> None:
+        self.store = store
+        self.write = write
+        self.db: Optional[sqlite3.Connection] = None
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        if self.write:
+            store._lock_writer()
+        try:
+            self.db = store._take()
+        except BaseException as exc:
+            if self.write:
+                store._unlock_writer()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"sqlite store {store.path}: {exc}") from exc
+            raise
+        return self.db
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        store, db = self.store, self.db
+        try:
+            if db is not None:
+                store._give_back(db, etype is None and not db.in_transaction)
+        finally:
+            if self.write:
+                store._unlock_writer()
+        if exc is not None and isinstance(exc, sqlite3.Error):
+            raise StoreError(f"sqlite store {store.path}: {exc}") from exc
+        return False
