@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class Config:
     log_level: str = "info"
     source: str = ""                           # file it was read from
 
-    @property
+    @functools.cached_property
     def domain_names(self) -> frozenset[str]:
+        """Registered domain names (built once: checked for every message)."""
         return frozenset(d.name for d in self.domains)

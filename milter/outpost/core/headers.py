@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 #: Headers Outpost stamps; any copy arriving from the client is a forgery.
@@ -32,6 +33,9 @@ def clean(value: str, limit: int = MAX_VALUE) -> str:
     """One-line value: CR, LF, NUL and other controls become spaces, runs of
     blanks collapse, the result is cut to ``limit`` characters (ending in
     ``...``, ASCII like the rest of a header)."""
+    if (len(value) <= limit and value.isprintable() and "  " not in value
+            and value[:1] != " " and value[-1:] != " "):
+        return value                    # nothing to clean (the common case)
     value = _CONTROL.sub(" ", value)
     value = re.sub(r"[ \t]{2,}", " ", value).strip()
     if len(value) > limit:
@@ -55,6 +59,8 @@ def fold(value: str, width: int = _LINE) -> str:
     return "\n\t".join(lines)
 
 
+@functools.lru_cache(maxsize=1024)
 def safe_value(value: str, limit: int = MAX_VALUE) -> str:
-    """Clean then fold: what to pass to ``addheader``."""
+    """Clean then fold: what to pass to ``addheader``.  Cached: most stamped
+    values (user names, domains, addresses) repeat from message to message."""
     return fold(clean(value, limit))

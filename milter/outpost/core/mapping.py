@@ -8,6 +8,7 @@ million networks (see ``bench/mapping.py``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Generic, Iterable, Optional, TypeVar, Union
 
@@ -17,10 +18,12 @@ V = TypeVar("V")
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_client_ip(text: Optional[str]) -> Optional[IPAddress]:
     """Client address from a milter macro or hostaddr: handles ``IPv6:`` and
     ``[…]`` wrappers and IPv4-mapped IPv6 (``::ffff:192.0.2.1`` → IPv4);
-    None for ``unknown``, unix-socket clients and garbage."""
+    None for ``unknown``, unix-socket clients and garbage.  Cached: the
+    same clients come back, and address objects are immutable."""
     if not text:
         return None
     text = text.strip()

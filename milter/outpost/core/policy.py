@@ -66,6 +66,8 @@ def split_address(addr: str) -> tuple[str, str]:
     domain = addr.rsplit("@", 1)[1].strip().rstrip(".").lower()
     if domain.startswith("[") or not domain:
         return addr, domain
+    if domain.isascii():                # IDNA leaves ASCII labels as they are
+        return addr, domain
     try:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
@@ -487,6 +489,9 @@ class Policy:
         return out
 
     def _check_limits(self, msg: Message, user: User, dry_run: bool) -> Decision:
+        lim, ulim = user.policy.limits, user.policy.user_limits
+        if not (lim.messages or lim.recipients or ulim.messages or ulim.recipients):
+            return CONTINUE
         buckets = self.buckets(msg, user, max(1, len(msg.recipients)) if not dry_run else 1)
         if not buckets:
             return CONTINUE

@@ -63,13 +63,14 @@ class ResilientStore(Store):
             return self._retry_at is not None
 
     def _call(self, name: str, *args: Any) -> Any:
-        with self._mutex:
-            skip = False
-            if self._retry_at is not None:
-                now = self._clock()
-                skip = now < self._retry_at
-                if not skip:   # this call probes the primary; others keep going local
-                    self._retry_at = now + self.settings.retry_interval
+        skip = False
+        if self._retry_at is not None:          # degraded (a healthy store takes no lock)
+            with self._mutex:
+                if self._retry_at is not None:
+                    now = self._clock()
+                    skip = now < self._retry_at
+                    if not skip:   # this call probes the primary; others keep going local
+                        self._retry_at = now + self.settings.retry_interval
         if not skip:
             try:
                 result = getattr(self.primary, name)(*args)
@@ -94,6 +95,8 @@ class ResilientStore(Store):
                       "(limits are per process until it is back): %s", self.url, exc)
 
     def _recovered(self) -> None:
+        if self._retry_at is None:
+            return
         with self._mutex:
             if self._retry_at is None:
                 return
