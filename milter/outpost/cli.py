@@ -23,6 +23,9 @@ def _setup_logging(level: str = "info") -> None:
     # connection thread (slow, and never freed).  We log no thread names.
     logging.logThreads = False
     logging.logMultiprocessing = False
+    # No caller lookup (file, line, function) for each record: the format
+    # does not show it (the logging HOWTO's "Optimization" section).
+    logging._srcfile = None
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s",

@@ -86,18 +86,22 @@ class OutpostMilter(Milter.Base):
         try:
             return fn()
         except Exception:  # noqa: BLE001 - any failure must tempfail, never accept
-            log.exception("internal error at %s (qid=%s, client=%s); answering 451 4.3.0",
-                          stage, self.queue_id or "-", self.session.client_ip or "-")
-            self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
-            try:
-                self.setreply(INTERNAL_ERROR.code, INTERNAL_ERROR.xcode, INTERNAL_ERROR.text)
-            except Exception:  # noqa: BLE001 - the reply is best effort, the code is what counts
-                log.debug("setreply failed after an internal error", exc_info=True)
-            return Milter.TEMPFAIL
+            return self._internal_error(stage)
         finally:
             msg = self.session.message
             if msg is not None:
                 msg.spent += time.monotonic() - started
+
+    def _internal_error(self, stage: str) -> int:
+        """Log the exception being handled and answer 451 4.3.0."""
+        log.exception("internal error at %s (qid=%s, client=%s); answering 451 4.3.0",
+                      stage, self.queue_id or "-", self.session.client_ip or "-")
+        self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
+        try:
+            self.setreply(INTERNAL_ERROR.code, INTERNAL_ERROR.xcode, INTERNAL_ERROR.text)
+        except Exception:  # noqa: BLE001 - the reply is best effort, the code is what counts
+            log.debug("setreply failed after an internal error", exc_info=True)
+        return Milter.TEMPFAIL
 
     def _finish(self, decision: Decision) -> None:
         """Log the message's line and forget it (after a final decision)."""
@@ -144,10 +148,12 @@ class OutpostMilter(Milter.Base):
 
     @Milter.noreply
     def header(self, name, value):
-        def run() -> int:
+        # Not timed (it only records the header): the clock would cost more.
+        try:
             self.policy.header(self.session, name, value)
-            return Milter.CONTINUE
-        return self._guarded("header", run)
+        except Exception:  # noqa: BLE001 - as in _guarded
+            return self._internal_error("header")
+        return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk):
