@@ -115,7 +115,7 @@ setup_venv() {
     local stamp="$VENV/.outpost-setup-stamp" digest
     digest="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
-            && "$VENV/bin/python" -c 'import outpost, Milter, pytest' 2>/dev/null; then
+            && "$VENV/bin/python" -c 'import outpost, Milter, pytest, nacl, aiosmtpd, hypothesis, parsedmarc' 2>/dev/null; then
         log "venv up to date"
         return
     fi
