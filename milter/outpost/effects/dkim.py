@@ -28,7 +28,9 @@ import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.canonicalization import (CanonicalizationPolicy, InvalidCanonicalizationPolicyError,
+                                   Relaxed, compress_whitespace, correct_empty_body,
+                                   strip_trailing_lines, strip_trailing_whitespace)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
@@ -239,6 +241,21 @@ def _crlf(data: bytes) -> bytes:
     return _NL.sub(b"\r\n", data)
 
 
+def canonicalize_body(canon: CanonicalizationPolicy, body: bytes) -> bytes:
+    """``canon.canonicalize_body(body)``, from dkimpy's own steps, minus the
+    regular-expression passes of "relaxed" that cannot change this body.
+    Each pass scans every byte (~25 ns a byte: 0.5 ms for 20 KB) even when
+    the body has no blank to strip or compress, the common case."""
+    if canon.body_algorithm is not Relaxed:
+        return canon.canonicalize_body(body)
+    tab, space = b"\t" in body, b" " in body          # one-byte searches are the fastest
+    if (space and b" \r\n" in body) or (tab and b"\t\r\n" in body):    # blanks at a line end
+        body = strip_trailing_whitespace(body)
+    if tab or (space and b"  " in body):              # a tab, or a run of blanks
+        body = compress_whitespace(body)
+    return correct_empty_body(strip_trailing_lines(body))
+
+
 def _tags(value: Union[bytes, str]) -> dict[bytes, bytes]:
     """Tags of a DKIM-Signature value ({} if unparsable)."""
     try:
@@ -312,7 +329,7 @@ class Signer:
         hdrs = [(_b(n), _crlf(_b(v)).rstrip(b"\r\n") + b"\r\n") for n, v in headers]
         include = self.include_headers(hdrs)
         cheaders = self.canon.canonicalize_headers(hdrs)
-        cbody = self.canon.canonicalize_body(_crlf(bytes(body)))
+        cbody = canonicalize_body(self.canon, _crlf(bytes(body)))
         bodyhash = base64.b64encode(hashlib.sha256(cbody).digest())
         t = str(int(self.clock())).encode()
         out = []
