@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from outpost.effects.dkim import (DkimKey, DkimSettings, DkimSignError, KeyFileMissing,
                                   KeyFileUnparsable, KeyFileUnsafe, KeyTooSmall, Signer,
-                                  already_signed, canonicalize_body, keygen, load_keys,
+                                  already_signed, canonicalize_body, canonicalize_headers,
+                                  keygen, load_keys,
                                   zone_line, zone_txt)
 from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
@@ -253,3 +254,17 @@ def test_canonicalize_body_equals_dkimpy(pieces, c):
 def test_canonicalize_body_edge_cases(body):
     canon = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert canonicalize_body(canon, body) == canon.canonicalize_body(body)
+
+
+_VALUE_PIECES = st.lists(st.sampled_from([b"a", b"Xy", b" ", b"  ", b"\t", b"\r\n ", b"\n\t", b"\r",
+                                          b"\r\n", b"\xe9"]), max_size=20)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(fields=st.lists(st.tuples(st.sampled_from([b"From", b"SUBJECT", b"to ", b"X-Y"]), _VALUE_PIECES),
+                       max_size=6),
+       c=st.sampled_from([b"relaxed/relaxed", b"simple/simple"]))
+def test_canonicalize_headers_equals_dkimpy(fields, c):
+    canon = CanonicalizationPolicy.from_c_value(c)
+    headers = [(name, b"".join(pieces)) for name, pieces in fields]
+    assert canonicalize_headers(canon, headers) == canon.canonicalize_headers(headers)
