@@ -26,11 +26,27 @@ def _setup_logging(level: str = "info") -> None:
     # No caller lookup (file, line, function) for each record: the format
     # does not show it (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+class _Formatter(logging.Formatter):
+    """The standard format; the date and time are formatted once a second,
+    not for every record (there is a line per message)."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        # Called under the handler's lock: one thread at a time.
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

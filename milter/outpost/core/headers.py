@@ -10,23 +10,28 @@ PREFIX = "X-Outpost-"
 STAMPED = ("X-Outpost-User", "X-Outpost-Domain", "X-Originating-IP", "X-Outpost-ID",
            "X-Report-Abuse-To")
 _OWNED_EXACT = frozenset(h.lower() for h in STAMPED)
+_PREFIX_LOWER = PREFIX.lower()
 
 #: libmilter refuses header lines of 2048 bytes or more; keep well under.
 MAX_VALUE = 1900
 _LINE = 78
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BLANKS = re.compile(r"[ \t]{2,}")
+_FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
 
 def is_owned(name: str) -> bool:
     """True for a header Outpost stamps (any case): X-Outpost-*, X-Originating-IP,
     X-Report-Abuse-To."""
     lname = name.strip().lower()
-    return lname.startswith(PREFIX.lower()) or lname in _OWNED_EXACT
+    return lname.startswith(_PREFIX_LOWER) or lname in _OWNED_EXACT
 
 
 def unfold(value: str) -> str:
     """A header value as one logical line (folding removed, ends stripped)."""
-    return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+    if "\n" in value:
+        value = _FOLDING.sub("", value)
+    return value.strip()
 
 
 def clean(value: str, limit: int = MAX_VALUE) -> str:
@@ -37,7 +42,7 @@ def clean(value: str, limit: int = MAX_VALUE) -> str:
             and value[:1] != " " and value[-1:] != " "):
         return value                    # nothing to clean (the common case)
     value = _CONTROL.sub(" ", value)
-    value = re.sub(r"[ \t]{2,}", " ", value).strip()
+    value = _BLANKS.sub(" ", value).strip()
     if len(value) > limit:
         value = value[: limit - 3].rstrip() + "..."
     return value
