@@ -386,6 +386,20 @@ def test_race_exactly_limit_admitted_processes(store: Store) -> None:
     assert store.peek([Bucket("race/procs", 100, 60.0)])[0].used == 100
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
+def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> None:
+    """Two processes x 10 threads race for slots of one IP: exactly the
+    limit is taken (sqlite: one conditional INSERT under the writer lock)."""
+    ip = "198.51.100.77"
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, WORKER, "grab", store.url, store.settings.key_prefix,
+                               ip, "30", "10", "5", start], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sum(int(out) for out in outputs) == 30
+
+
 # -- open_store --------------------------------------------------------------------------------
 
 def test_open_store_urls(tmp_path) -> None:

@@ -6,6 +6,10 @@ time START on; prints the number admitted.
 
 ``python worker.py slots URL PREFIX IP COUNT HEARTBEAT``: takes COUNT slots of
 IP for this pid, prints ``ready`` and sleeps until killed.
+
+``python worker.py grab URL PREFIX IP LIMIT THREADS N START``: THREADS threads
+each try N new slots of IP (limit LIMIT) from wall-clock time START on, and
+keep what they get; prints the number taken, then how many the store counts.
 """
 
 from __future__ import annotations
@@ -54,5 +58,25 @@ def slots(url: str, prefix: str, ip: str, count: str, heartbeat: str) -> None:
     time.sleep(60)
 
 
+def grab(url: str, prefix: str, ip: str, limit: str, threads: str, n: str, start: str) -> None:
+    store = open_store(url, StoreSettings(key_prefix=prefix, on_store_error="tempfail"))
+    host, pid = socket.gethostname(), os.getpid()
+    store.process_alive(host, pid)
+    taken = [0] * int(threads)
+
+    def run(i: int) -> None:
+        time.sleep(max(0.0, float(start) - time.time()))
+        for k in range(int(n)):
+            ok, _held = store.conn_acquire(ip, int(limit), f"{host}:{pid}:{i}-{k}")
+            taken[i] += ok
+
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(int(threads))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print(sum(taken), flush=True)
+
+
 if __name__ == "__main__":
-    {"hammer": hammer, "slots": slots}[sys.argv[1]](*sys.argv[2:])
+    {"hammer": hammer, "slots": slots, "grab": grab}[sys.argv[1]](*sys.argv[2:])
