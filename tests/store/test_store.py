@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import socket
 import subprocess
 import sys
@@ -398,6 +399,30 @@ def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> N
     outputs = [p.communicate(timeout=60)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert sum(int(out) for out in outputs) == 30
+
+
+def test_sqlite_writer_lock_file_follows_the_database(tmp_path) -> None:
+    """``<db>-writer`` is created next to the database, readable like it
+    (flock needs only a read-only descriptor), and owned like it when root
+    opens a database that another user owns."""
+    from outpost.store.sqlite import SqliteStore
+    path = tmp_path / "state.db"
+    store = SqliteStore(str(path))
+    store.conn_acquire("192.0.2.1", 5, f"{HOST}:{os.getpid()}:1")
+    lock = tmp_path / "state.db-writer"
+    assert lock.exists()
+    assert stat.S_IMODE(lock.stat().st_mode) & 0o444 == 0o444 & stat.S_IMODE(path.stat().st_mode)
+    store.close()
+    if os.geteuid() != 0:
+        return
+    os.chown(path, 65534, 65534)                       # nobody
+    lock.unlink()
+    again = SqliteStore(str(path))
+    try:
+        again.conn_release("192.0.2.1", f"{HOST}:{os.getpid()}:1")
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+    finally:
+        again.close()
 
 
 # -- open_store --------------------------------------------------------------------------------

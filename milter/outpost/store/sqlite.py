@@ -133,8 +133,7 @@ class SqliteStore(Store):
                     with contextlib.suppress(OSError):
                         os.close(self._lock_fd)
                     self._lock_fd = None
-                self._lock_fd = os.open(self.path + "-writer",
-                                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._lock_fd = self._open_writer_lock()
                 self._lock_pid = os.getpid()
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         except OSError as exc:
@@ -143,6 +142,22 @@ class SqliteStore(Store):
         except BaseException:
             self._write_mutex.release()
             raise
+
+    def _open_writer_lock(self) -> int:
+        """``<db>-writer``, opened read-only (``flock`` needs no more), so
+        every user who can use the database can take turns on it: it gets
+        the database's permission bits and, when we are root, its owner
+        (as SQLite does for ``-wal`` and ``-shm``)."""
+        try:
+            st: Optional[os.stat_result] = os.stat(self.path)
+        except FileNotFoundError:                   # the first opener creates both
+            st = None
+        fd = os.open(self.path + "-writer", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
+                     (st.st_mode & 0o666) if st is not None else 0o644)
+        if st is not None and os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                os.fchown(fd, st.st_uid, st.st_gid)
+        return fd
 
     def _unlock_writer(self) -> None:
         try:
