@@ -125,6 +125,25 @@ def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch,
     assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == " webfarm"
 
 
+def test_internal_error_at_connect_answers_451_at_mail_from(runtime, monkeypatch, caplog):
+    """connect is a no-reply stage: its failure refuses the session's mail
+    at MAIL FROM (never accepts it unfiltered), and the next session is fine."""
+    real = runtime.policy.connect
+
+    def broken(session, addr, hostname=""):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(runtime.policy, "connect", broken)
+    ctx = MilterTestCtx()
+    assert ctx._connect(ip="192.0.2.5") == Milter.CONTINUE
+    assert ctx._envfrom("<bob@example.com>") == Milter.TEMPFAIL
+    assert ctx._reply == ("451", "4.3.0", "Temporary local problem; please try again later")
+    assert "internal error at connect" in caplog.text and "KeyError: 'boom'" in caplog.text
+    monkeypatch.setattr(runtime.policy, "connect", real)
+    ctx2, rc2 = feed()
+    assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == " webfarm"
+
+
 def test_one_log_line_per_message(runtime, caplog):
     import logging
     caplog.set_level(logging.INFO, logger="outpost.message")

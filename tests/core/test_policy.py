@@ -259,9 +259,11 @@ def test_store_down_tempfails_under_tempfail_policy(config, codec):
     from dataclasses import replace
     from outpost.core.policy import Policy
     policy = Policy(replace(config, on_store_error="tempfail"), FailingStore(), codec)
-    d = policy.connect(Session(), "192.0.2.5")
+    session = Session()
+    assert policy.connect(session, "192.0.2.5").action is Action.CONTINUE   # never refuses at connect
+    d = policy.mail_from(session, "<bob@example.com>", None)                  # ... but at MAIL FROM
     assert str(d.reply) == "451 4.3.0 Temporary local problem; please try again later"
-    assert d.action is Action.TEMPFAIL
+    assert d.action is Action.TEMPFAIL and d.reason == "store_error"
     accept = Policy(replace(config, on_store_error="accept"), FailingStore(), codec)
     _, _, d = transaction(accept)
     assert d.action is Action.ACCEPT

@@ -119,13 +119,25 @@ class OutpostMilter(Milter.Base):
         return self._reply(decision)
 
     # -- callbacks -------------------------------------------------------------------
+    @Milter.noreply
     def connect(self, hostname, family, hostaddr):
-        def run() -> int:
+        # No reply: the MTA greets the client without waiting for us (about
+        # 10 % more messages per second even for a do-nothing milter).  The
+        # core never refuses here; a refusal, or an internal error, is
+        # answered at the first MAIL FROM (MTAs replace a milter's text at
+        # connect by their own anyway).
+        try:
             addr = self._macro("{client_addr}")
             if addr is None and family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
                 addr = hostaddr[0] if isinstance(hostaddr, tuple) else str(hostaddr)
-            return self._reply(self.policy.connect(self.session, addr, hostname or ""))
-        return self._guarded("connect", run)
+            d = self.policy.connect(self.session, addr, hostname or "")
+        except Exception:  # noqa: BLE001 - refuse the session's mail, never accept it unfiltered
+            log.exception("internal error at connect (client=%s); MAIL FROM will get 451 4.3.0",
+                          self.session.client_ip or "-")
+            d = Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error")
+        if d.blocks:
+            self.session.refusal = d
+        return Milter.CONTINUE
 
     def envfrom(self, mailfrom, *params):
         def run() -> int:

@@ -159,6 +159,10 @@ class Policy:
 
     # -- connection -----------------------------------------------------------------
     def connect(self, session: Session, client_addr: Optional[str], hostname: str = "") -> Decision:
+        """Take the connection's slot.  Never refuses here: the MTA is not
+        kept waiting for this stage (no reply), and a refusal (too many
+        connections, store down) is kept in ``session.refusal`` and answered
+        at the first MAIL FROM, where the client sees our text."""
         addr = parse_client_ip(client_addr)
         session.client_ip = str(addr) if addr is not None else None
         session.hostname = hostname or ""
@@ -171,7 +175,8 @@ class Policy:
         try:
             got = self._store_call(self.store.conn_acquire, session.client_ip, limit, slot)
         except StoreUnavailable:
-            return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+            session.refusal = Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+            return CONTINUE
         if got is None:                        # store down, policy accept
             return CONTINUE
         acquired, count = got
