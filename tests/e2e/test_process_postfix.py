@@ -136,7 +136,9 @@ def test_sigterm_clean_shutdown_and_restart_on_stale_socket(postfix, outpost, si
     assert r.code == 451, r                           # Postfix: milter_default_action = tempfail
     outpost.start()
     master = outpost.proc.proc.pid
-    workers = _children(master)
+    deadline = time.monotonic() + 10          # the socket listens before the workers are forked
+    while len(workers := _children(master)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(master, signal.SIGKILL)
     for w in workers:
         os.kill(w, signal.SIGKILL)

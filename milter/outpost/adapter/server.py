@@ -116,9 +116,10 @@ def _clear_stale_socket(path: str) -> None:
 
 # -- workers ----------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Ask Linux to send SIGTERM to this worker when the master dies (even by
-    SIGKILL), so that no orphan keeps serving an old configuration."""
+    SIGKILL), so that no orphan keeps serving an old configuration.  If the
+    master ``parent`` died before the request was made, exit now."""
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -126,11 +127,13 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the heartbeat thread checks the parent
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    if os.getppid() != parent:          # the master died between fork and prctl
+        os._exit(1)
 
 
 # -- workers (body) ----------------------------------------------------------------------------------
 
-def _worker_main(config: Config, fd: int) -> int:
+def _worker_main(config: Config, fd: int, parent: int) -> int:
     """Body of a worker process: libmilter on the inherited socket."""
     import Milter
     from .milter import FLAGS, Live, OutpostMilter
@@ -138,14 +141,12 @@ def _worker_main(config: Config, fd: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # reloads are the master's business
-    _die_with_parent()
+    _die_with_parent(parent)
     runtime = Runtime.build(config)
     host, pid = runtime.policy.host, os.getpid()
     store = runtime.store
     store.process_gone(host, pid)                   # slots of an earlier process with our pid
     stop = threading.Event()
-
-    parent = os.getppid()
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT):
@@ -183,14 +184,14 @@ def _worker_main(config: Config, fd: int) -> int:
     return 0
 
 
-def _sender_main(config: Config) -> int:
+def _sender_main(config: Config, parent: int) -> int:
     """Body of the report-sender process: deliver spooled abuse reports."""
     from ..effects.reports import ReportSender, Spool
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent)
     assert config.reports is not None
     ReportSender(Spool.from_settings(config.reports), config.reports).run_forever(stop)
     return 0
@@ -208,15 +209,16 @@ class Master:
     _flags: set = field(default_factory=set)
 
     def spawn(self, role: str = "worker") -> int:
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 if role == "sender":
                     self.sock.close()
-                    code = _sender_main(self.config)
+                    code = _sender_main(self.config, master)
                 else:
-                    code = _worker_main(self.config, self.sock.fileno())
+                    code = _worker_main(self.config, self.sock.fileno(), master)
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
             except Exception:  # noqa: BLE001 - report and exit the child, never return into the master loop
