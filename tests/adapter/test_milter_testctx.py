@@ -147,10 +147,17 @@ def test_internal_error_at_connect_answers_451_at_mail_from(runtime, monkeypatch
 def test_one_log_line_per_message(runtime, caplog):
     import logging
     caplog.set_level(logging.INFO, logger="outpost.message")
-    feed(qid="QLOG1")
-    lines = [r.getMessage() for r in caplog.records if r.name == "outpost.message"]
-    assert len(lines) == 1
-    line = lines[0]
+    ctx, _ = feed(qid="QLOG1")
+
+    def lines():
+        return [r.getMessage() for r in caplog.records if r.name == "outpost.message"]
+
+    assert lines() == []          # written after the reply went out: at the next MAIL FROM or close
+    ctx._envfrom("<bob@example.com>")
+    assert len(lines()) == 1 and "qid=QLOG1" in lines()[0]
+    ctx._close()                  # the second transaction, never finished, is logged as closed
+    assert len(lines()) == 2 and "reason=closed" in lines()[1]
+    line = lines()[0]
     for part in ("qid=QLOG1", "ip=192.0.2.5", "login=-", "user=webfarm", "identity=1001",
                  "from=<bob@example.com>", "rcpts=1", "action=accept", "reason=ok", "ms="):
         assert part in line, part

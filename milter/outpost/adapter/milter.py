@@ -63,6 +63,7 @@ class OutpostMilter(Milter.Base):
         self.session = Session()
         self.queue_id = ""
         self._stage_started = time.monotonic()
+        self._unlogged: Optional[tuple] = None    # (message, decision, queue id) to log
         self._live = live
         if live is not None:
             live.up()
@@ -104,14 +105,23 @@ class OutpostMilter(Milter.Base):
         return Milter.TEMPFAIL
 
     def _finish(self, decision: Decision) -> None:
-        """Log the message's line and forget it (after a final decision)."""
+        """Close the message's account (after a final decision) and forget
+        it.  Its log line is written by the next callback (MAIL FROM, abort
+        or close): after the reply has gone to the MTA, not while it waits."""
         msg = self.session.message
         if msg is not None:
             now = time.monotonic()
             msg.spent += now - self._stage_started
             self._stage_started = now
-            self.policy.log_message(self.session, decision, self.queue_id)
+            self._flush_log()
+            self._unlogged = (msg, decision, self.queue_id)
             self.session.message = None
+
+    def _flush_log(self) -> None:
+        if self._unlogged is not None:
+            msg, decision, queue_id = self._unlogged
+            self._unlogged = None
+            self.policy.log_message(self.session, decision, queue_id, msg)
 
     def _stage_result(self, decision: Decision) -> int:
         if decision.blocks:
@@ -143,6 +153,7 @@ class OutpostMilter(Milter.Base):
         def run() -> int:
             if self.session.message is not None:           # RSET without abort callback
                 self._finish(Decision(Action.CONTINUE, reason="reset"))
+            self._flush_log()
             self.queue_id = self._macro("i") or ""
             d = self.policy.mail_from(self.session, mailfrom, self._macro("{auth_authen}"),
                                       self._macro("{client_addr}"))
@@ -197,12 +208,14 @@ class OutpostMilter(Milter.Base):
     def abort(self):
         def run() -> int:
             self._finish(Decision(Action.CONTINUE, reason="aborted"))
+            self._flush_log()
             return Milter.CONTINUE
         return self._guarded("abort", run)
 
     def close(self):
         try:
             self._finish(Decision(Action.CONTINUE, reason="closed"))
+            self._flush_log()
             self.policy.close(self.session)
         except Exception:  # noqa: BLE001 - close must never raise into libmilter
             log.exception("error while closing a connection")

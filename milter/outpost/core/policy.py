@@ -416,9 +416,10 @@ class Policy:
         code, xcode, text = decision.smtp
         return self._block(msg, user, reject(code, xcode, text, f"spf_{result.result}")), header
 
-    def log_message(self, session: Session, decision: Decision, queue_id: str = "") -> None:
-        """The one log line per message."""
-        msg = session.message
+    def log_message(self, session: Session, decision: Decision, queue_id: str = "",
+                    msg: Optional[Message] = None) -> None:
+        """The one log line per message (``msg``, or the session's current one)."""
+        msg = msg if msg is not None else session.message
         if msg is None:
             return
         msglog.info(
