@@ -26,6 +26,15 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
 from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
 
 
+def _in_threads(run, n: int) -> None:
+    """run(0) … run(n-1), each on its own thread; return when all are done."""
+    pool = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
 def hammer(url: str, prefix: str, key: str, limit: str, threads: str, n: str,
            start: str) -> None:
     store = open_store(url, StoreSettings(key_prefix=prefix, on_store_error="tempfail"))
@@ -38,11 +47,7 @@ def hammer(url: str, prefix: str, key: str, limit: str, threads: str, n: str,
             if store.hit(bucket).allowed:
                 admitted[i] += 1
 
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(int(threads))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    _in_threads(run, int(threads))
     print(sum(admitted), flush=True)
 
 
@@ -70,11 +75,7 @@ def grab(url: str, prefix: str, ip: str, limit: str, threads: str, n: str, start
             ok, _held = store.conn_acquire(ip, int(limit), f"{host}:{pid}:{i}-{k}")
             taken[i] += ok
 
-    pool = [threading.Thread(target=run, args=(i,)) for i in range(int(threads))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    _in_threads(run, int(threads))
     print(sum(taken), flush=True)
 
 
