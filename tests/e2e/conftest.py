@@ -1,4 +1,5 @@
-"""Shared fixtures of the end-to-end tests: a module-scoped SMTP sink and a
-real Postfix relaying to it (tests/services/fixtures.py)."""
+"""Shared fixtures of the end-to-end tests: a module-scoped SMTP sink (and
+``sink``, the same emptied for each test) and a real Postfix relaying to it
+(tests/services/fixtures.py)."""
 
-from tests.services.fixtures import postfix, smtp_sink  # noqa: F401
+from tests.services.fixtures import postfix, sink, smtp_sink  # noqa: F401

@@ -72,12 +72,6 @@ def outpost(postfix, dns_server, keys):  # noqa: F811
     proc.stop()
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def submit(postfix, sender, message):  # noqa: F811
     return send(postfix.submission_port, xclient={"LOGIN": "alice@example.com"}, mail_from=sender,
                 rcpt_tos=["bob@dest.example"], message=message)

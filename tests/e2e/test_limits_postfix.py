@@ -51,12 +51,6 @@ def outpost(postfix):  # noqa: F811
     proc.stop()
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def as_login(postfix, login, rcpts=("x@dest.example",), message=None, port=None):  # noqa: F811
     return send(port or postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=list(rcpts), message=message)

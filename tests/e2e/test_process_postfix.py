@@ -24,12 +24,6 @@ def outpost(postfix):  # noqa: F811
     proc.stop(graceful=False)
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def _children(pid: int) -> list[int]:
     """Children of the master ``pid`` (its workers: reports are off here)."""
     out = []

@@ -53,12 +53,6 @@ def outpost(postfix, tmp_path_factory):  # noqa: F811
     proc.stop(graceful=False)
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def spam_from(postfix, login):  # noqa: F811
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=["victim1@dest.example", "victim2@dest.example"],

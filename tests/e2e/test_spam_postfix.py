@@ -54,12 +54,6 @@ def outpost(postfix, spamd):  # noqa: F811
     proc.stop()
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def submit(postfix, login, message, rcpts=("bob@dest.example",)):  # noqa: F811
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=list(rcpts), message=message)

@@ -26,12 +26,6 @@ def outpost(postfix):  # noqa: F811
     proc.stop()
 
 
-@pytest.fixture
-def sink(smtp_sink):  # noqa: F811
-    smtp_sink.clear()
-    return smtp_sink
-
-
 def codec(outpost):
     return TokenCodec(read_secret(str(outpost.secret_file)))
 

@@ -6,7 +6,7 @@ Import the ones you need into a conftest.py or test module::
 
 ``smtp_sink`` and ``postfix`` are module-scoped: the tests of one module share
 one sink and one Postfix (its milter socket is ``postfix.milter_socket``;
-start your milter there).  Tests should ``smtp_sink.clear()`` first.
+start your milter there).  ``sink`` is the same sink, emptied for each test.
 """
 
 from __future__ import annotations
@@ -39,3 +39,10 @@ def postfix(smtp_sink: SmtpSink) -> Iterator[PostfixInstance]:
         yield instance
     finally:
         instance.cleanup()
+
+
+@pytest.fixture
+def sink(smtp_sink: SmtpSink) -> SmtpSink:
+    """The module's ``smtp_sink``, emptied for this test."""
+    smtp_sink.clear()
+    return smtp_sink

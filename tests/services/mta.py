@@ -1,18 +1,50 @@
-"""What the Postfix and Sendmail test instances share: their log, waiting on
-it and on the queue, and the context-manager protocol.  Subclasses set
-``maillog_path``, ``error`` (their exception class) and implement
-``start()``, ``cleanup()`` and ``queue()``."""
+"""What the Postfix and Sendmail test instances share: their directory
+layout, milter socket, log, waiting on it and on the queue, and the
+context-manager protocol.  Subclasses call ``_layout()``, set ``error``
+(their exception class) and implement ``start()``, ``cleanup()`` and
+``queue()``."""
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 
 class MtaInstance:
     maillog_path: Path
     error: type[Exception] = RuntimeError
+
+    def _layout(self, base_dir: str | os.PathLike | None, prefix: str, *, sink_port: int,
+                milter: str | None, mynetworks: Iterable[str], hostname: str,
+                require_tls: bool) -> None:
+        """The instance's directories under ``base_dir`` (a fresh temporary
+        one, removed at clean-up, when None) and the settings every MTA has."""
+        self._owns_dir = base_dir is None
+        if base_dir is None:
+            base_dir = tempfile.mkdtemp(prefix=prefix)
+        self.base_dir = Path(base_dir).resolve()
+        self.config_dir = self.base_dir / "etc"
+        self.queue_dir = self.base_dir / "queue"
+        self.milter_dir = self.base_dir / "milter"
+        self.maillog_path = self.base_dir / "maillog"
+        self.sasldb_path = self.base_dir / "sasldb2"
+        self.tls_dir = self.base_dir / "tls"
+        self.sink_port = sink_port
+        self.hostname = hostname
+        self.mynetworks = tuple(mynetworks)
+        self.require_tls = require_tls
+        self.milter = f"unix:{self.milter_dir / 'outpost.sock'}" if milter is None else milter
+
+    @property
+    def milter_socket(self) -> Path | None:
+        """Filesystem path of a ``unix:`` milter socket, else None."""
+        if self.milter.startswith("unix:"):
+            return Path(self.milter[len("unix:"):])
+        return None
 
     def start(self):  # pragma: no cover - implemented by subclasses
         raise NotImplementedError

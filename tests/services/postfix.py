@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,23 +254,10 @@ class PostfixInstance(MtaInstance):
                  main_overrides: Mapping[str, str] | None = None,
                  contrib_dir: str | os.PathLike = CONTRIB_DIR,
                  hostname: str = "outpost-test.localdomain") -> None:
-        self._owns_dir = base_dir is None
-        if base_dir is None:
-            base_dir = tempfile.mkdtemp(prefix="outpost-postfix-")
-        self.base_dir = Path(base_dir).resolve()
-        self.config_dir = self.base_dir / "etc"
-        self.queue_dir = self.base_dir / "queue"
+        self._layout(base_dir, "outpost-postfix-", sink_port=sink_port, milter=milter,
+                     mynetworks=mynetworks, hostname=hostname, require_tls=require_tls)
         self.data_dir = self.base_dir / "data"
-        self.milter_dir = self.base_dir / "milter"
-        self.maillog_path = self.base_dir / "maillog"
-        self.sasldb_path = self.base_dir / "sasldb2"
-        self.tls_dir = self.base_dir / "tls"
-        self.sink_port = sink_port
-        self.hostname = hostname
-        self.mynetworks = tuple(mynetworks)
-        self.require_tls = require_tls
         self.contrib_dir = Path(contrib_dir)
-        self.milter = (f"unix:{self.milter_dir / 'outpost.sock'}" if milter is None else milter)
         self._main_overrides = dict(main_overrides or {})
         self.submission_port = free_port()
         self.smtps_port = free_port()
@@ -281,13 +267,6 @@ class PostfixInstance(MtaInstance):
         self._daemon_dir: str | None = None
 
     # ---------------------------------------------------------------- info
-
-    @property
-    def milter_socket(self) -> Path | None:
-        """Filesystem path of a ``unix:`` milter socket, else None."""
-        if self.milter.startswith("unix:"):
-            return Path(self.milter[len("unix:"):])
-        return None
 
     @property
     def ports(self) -> dict[str, int]:

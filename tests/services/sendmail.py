@@ -50,7 +50,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -326,41 +325,21 @@ class SendmailInstance(MtaInstance):
                  dist: SendmailDist | None = None) -> None:
         if "." not in hostname:
             raise ValueError(f"hostname must be fully qualified, got {hostname!r}")
-        self._owns_dir = base_dir is None
-        if base_dir is None:
-            base_dir = tempfile.mkdtemp(prefix="outpost-sendmail-")
-        self.base_dir = Path(base_dir).resolve()
-        self.config_dir = self.base_dir / "etc"
-        self.queue_dir = self.base_dir / "queue"
-        self.milter_dir = self.base_dir / "milter"
+        self._layout(base_dir, "outpost-sendmail-", sink_port=sink_port, milter=milter,
+                     mynetworks=mynetworks, hostname=hostname, require_tls=require_tls)
         self.sasl_dir = self.config_dir / "sasl2"
-        self.sasldb_path = self.base_dir / "sasldb2"
-        self.maillog_path = self.base_dir / "maillog"
         self.cf_path = self.config_dir / "sendmail.cf"
         self.pid_path = self.base_dir / "sendmail.pid"
-        self.tls_dir = self.base_dir / "tls"
-        self.sink_port = sink_port
-        self.hostname = hostname
-        self.mynetworks = tuple(mynetworks)
         access_prefixes(self.mynetworks)  # validate early
-        self.require_tls = require_tls
         self.mc_extra = tuple(mc_extra)
         self.fragment = Path(fragment)
         self.dist = dist or SendmailDist()
-        self.milter = (f"unix:{self.milter_dir / 'outpost.sock'}" if milter is None else milter)
         self.submission_port = free_port()
         self.relay_port = free_port()
         self._syslog = _SyslogReceiver(self.base_dir / "log.sock", self.maillog_path)
         self._built = False
 
     # ---------------------------------------------------------------- info
-
-    @property
-    def milter_socket(self) -> Path | None:
-        """Filesystem path of a ``unix:`` milter socket, else None."""
-        if self.milter.startswith("unix:"):
-            return Path(self.milter[len("unix:"):])
-        return None
 
     @property
     def ports(self) -> dict[str, int]:
