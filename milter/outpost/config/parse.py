@@ -11,7 +11,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 from .model import (
     HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
@@ -349,6 +349,38 @@ def _identity_header(node: Node) -> IdentityHeader:
     return IdentityHeader(header=name, regex=regex, remove=remove)
 
 
+
+def _network_item(n: Node) -> tuple[IPNetwork, IPNetwork, str]:
+    net = n.parsed(parse_network, "an IP network")
+    return net, net, f"network {net}"
+
+
+def _login_item(n: Node) -> tuple[str, str, str]:
+    login = n.str().strip()
+    if any(c in login for c in "\r\n\0"):
+        raise n.error("control characters in a login")
+    return login, login.lower(), f"login '{login}'"
+
+
+def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name: str,
+             owners: dict, read: Callable[[Node], tuple]) -> list:
+    """A user's ``ips`` or ``logins``: each read by ``read`` (value, index
+    key, description), listed for no other user (``owners``: key → user,
+    filled in), required for users of type ``for_type`` and refused for
+    others."""
+    out = []
+    for n in (fields.get(key) or Node(None, "", item.file)).items():
+        value, index, what = read(n)
+        if index in owners:
+            raise n.error(f"{what} is already listed for user '{owners[index]}'")
+        owners[index] = name
+        out.append(value)
+    if utype == for_type and not out:
+        raise item.error(f"user '{name}' of type {for_type} needs '{key}'")
+    if utype != for_type and key in fields:
+        raise fields[key].error(f"'{key}' is only for users of type {for_type}")
+    return out
+
 def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User, ...]:
     users: list[User] = []
     names: dict[str, Node] = {}
@@ -363,32 +395,8 @@ def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User
         utype = fields["type"].str(USER_TYPES)
         policy = _policy(fields, defaults)
 
-        ips: list[IPNetwork] = []
-        for n in (fields.get("ips") or Node(None, "", item.file)).items():
-            net = n.parsed(parse_network, "an IP network")
-            if net in networks:
-                raise n.error(f"network {net} is already listed for user '{networks[net]}'")
-            networks[net] = name
-            ips.append(net)
-        if utype == "ip" and not ips:
-            raise item.error(f"user '{name}' of type ip needs 'ips'")
-        if utype != "ip" and "ips" in fields:
-            raise fields["ips"].error("'ips' is only for users of type ip")
-
-        user_logins: list[str] = []
-        for n in (fields.get("logins") or Node(None, "", item.file)).items():
-            login = n.str().strip()
-            if any(c in login for c in "\r\n\0"):
-                raise n.error("control characters in a login")
-            key = login.lower()
-            if key in logins:
-                raise n.error(f"login '{login}' is already listed for user '{logins[key]}'")
-            logins[key] = name
-            user_logins.append(login)
-        if utype == "login" and not user_logins:
-            raise item.error(f"user '{name}' of type login needs 'logins'")
-        if utype != "login" and "logins" in fields:
-            raise fields["logins"].error("'logins' is only for users of type login")
+        ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
+        user_logins = _claimed(item, fields, "logins", "login", utype, name, logins, _login_item)
 
         if utype == "domain":
             dom = _domain_name(fields["name"])
