@@ -47,8 +47,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +58,9 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from dkim.util import parse_tag_value  # noqa: E402
 
-from bench.throughput import BenchError, run_rounds, run_source  # noqa: E402
+from bench.throughput import BenchError, bench_site, run_rounds, run_source  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
-from tests.services.postfix import PostfixInstance, free_port, port_open  # noqa: E402
+from tests.services.postfix import PostfixInstance  # noqa: E402
 from tests.services.sink import SinkTimeout, SmtpSink  # noqa: E402
 
 DOMAIN = "example.com"
@@ -323,49 +321,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    root = Path(tempfile.mkdtemp(prefix="outpost-dkimbench-"))
-    root.chmod(0o755)  # the postfix user must reach the instances under it
-    key, txt = make_key(root, args.bits)
-    makers = {
-        "postfix": lambda: Setup("postfix", None, signs=False),
-        "opendkim": lambda: opendkim_setup(root, key),
-        "dkimpy": lambda: dkimpy_setup(root, key, args.dkimpy_venv),
-        "outpost-nosign": lambda: outpost_setup("outpost-nosign", root, args, None, False),
-        "outpost-sign": lambda: outpost_setup("outpost-sign", root, args, key, False),
-    }
-    if args.spam:
-        makers["outpost-spam"] = lambda: outpost_setup("outpost-spam", root, args, key, True)
-    unknown = set(args.skip) - set(makers)
+    names = ["postfix", "opendkim", "dkimpy", "outpost-nosign", "outpost-sign"]
+    names += ["outpost-spam"] if args.spam else []
+    unknown = set(args.skip) - set(names)
     if unknown or "postfix" in args.skip:
         parser.error(f"--skip: unknown or required configuration {sorted(unknown) or 'postfix'}")
-    setups: list[Setup] = []
-    sink_port = free_port()
-    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    capture = SmtpSink()
-    try:
-        setups = [make() for name, make in makers.items() if name not in args.skip]
-        capture.start()
-        deadline = time.monotonic() + 10
-        while not port_open(sink_port):
-            if sink.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("smtp-sink did not start")
-            time.sleep(0.05)
-        start_setups(setups, sink_port, capture.port, root)
-        for s in setups:
-            print(check_signing(s, args, sizes[0], capture, txt), flush=True)
-            run_source(s.instance, args, args.warmup, sizes[0])
-        run_rounds(setups, args, sizes)
-        report(setups, sizes, args)
-    finally:
-        stop_setups(setups)
-        capture.stop()
-        sink.terminate()
-        sink.wait(10)
-        if args.keep:
-            print(f"work directory kept: {root}")
-        else:
-            shutil.rmtree(root)
+    with bench_site(args.keep) as (root, sink_port):
+        key, txt = make_key(root, args.bits)
+        makers = {
+            "postfix": lambda: Setup("postfix", None, signs=False),
+            "opendkim": lambda: opendkim_setup(root, key),
+            "dkimpy": lambda: dkimpy_setup(root, key, args.dkimpy_venv),
+            "outpost-nosign": lambda: outpost_setup("outpost-nosign", root, args, None, False),
+            "outpost-sign": lambda: outpost_setup("outpost-sign", root, args, key, False),
+            "outpost-spam": lambda: outpost_setup("outpost-spam", root, args, key, True),
+        }
+        setups: list[Setup] = []
+        capture = SmtpSink()
+        try:
+            setups = [makers[name]() for name in names if name not in args.skip]
+            capture.start()
+            start_setups(setups, sink_port, capture.port, root)
+            for s in setups:
+                print(check_signing(s, args, sizes[0], capture, txt), flush=True)
+                run_source(s.instance, args, args.warmup, sizes[0])
+            run_rounds(setups, args, sizes)
+            report(setups, sizes, args)
+        finally:
+            stop_setups(setups)
+            capture.stop()
     return 0
 
 

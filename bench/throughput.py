@@ -26,6 +26,7 @@ per message on delayed ACKs.  Run as root (Postfix instances).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -37,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
@@ -149,6 +151,32 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
                   f"{paired_ratio(cfg, noop, size):>10}")
 
 
+@contextlib.contextmanager
+def bench_site(keep: bool) -> Iterator[tuple[Path, int]]:
+    """A work directory the postfix user can reach and a running
+    ``smtp-sink`` on a free loopback port: ``(root, sink port)``; both are
+    removed afterwards (the directory kept with ``keep``)."""
+    root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
+    root.chmod(0o755)  # the postfix user must reach the instances under it
+    sink_port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "1024"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open(sink_port):
+            if sink.poll() is not None or time.monotonic() > deadline:
+                raise BenchError("smtp-sink did not start")
+            time.sleep(0.05)
+        yield root, sink_port
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        if keep:
+            print(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root)
+
+
 def run_rounds(configs, args: argparse.Namespace, sizes: list[int]) -> None:
     """Interleaved rounds, the order reversed every other round so machine
     noise hits all configurations alike; fills each ``cfg.rates[size]``.
@@ -190,30 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     if len({c.name for c in configs}) != len(configs):
         parser.error("configuration names must be unique")
 
-    root = Path(tempfile.mkdtemp(prefix="outpost-bench-"))
-    root.chmod(0o755)  # the postfix user must reach the instances under it
-    sink_port = free_port()
-    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", f"127.0.0.1:{sink_port}", "1024"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not port_open(sink_port):
-            if sink.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("smtp-sink did not start")
-            time.sleep(0.05)
-        start_configs(configs, sink_port, root)
-        for cfg in configs:
-            run_source(cfg.instance, args, args.warmup, sizes[0])
-        run_rounds(configs, args, sizes)
-        report(configs, sizes, args)
-    finally:
-        stop_configs(configs)
-        sink.terminate()
-        sink.wait(10)
-        if args.keep:
-            print(f"work directory kept: {root}")
-        else:
-            shutil.rmtree(root)
+    with bench_site(args.keep) as (root, sink_port):
+        try:
+            start_configs(configs, sink_port, root)
+            for cfg in configs:
+                run_source(cfg.instance, args, args.warmup, sizes[0])
+            run_rounds(configs, args, sizes)
+            report(configs, sizes, args)
+        finally:
+            stop_configs(configs)
     return 0
 
 
