@@ -390,7 +390,7 @@ def test_race_exactly_limit_admitted_processes(store: Store) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
 def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> None:
     """Two processes x 10 threads race for slots of one IP: exactly the
-    limit is taken (sqlite: one conditional INSERT under the writer lock)."""
+    limit is taken (sqlite: the shared slot table, under its flock)."""
     ip = "198.51.100.77"
     start = str(time.time() + 1.0)
     procs = [subprocess.Popen([sys.executable, WORKER, "grab", store.url, store.settings.key_prefix,
@@ -401,26 +401,33 @@ def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> N
     assert sum(int(out) for out in outputs) == 30
 
 
-def test_sqlite_writer_lock_file_follows_the_database(tmp_path) -> None:
-    """``<db>-writer`` is created next to the database, readable like it
-    (flock needs only a read-only descriptor), and owned like it when root
-    opens a database that another user owns."""
+def test_sqlite_side_files_follow_the_database(tmp_path) -> None:
+    """``<db>-writer`` (the writers' lock) and ``<db>-conn`` (connection
+    slots) are created next to the database with its permission bits, and
+    owned like it when root opens a database that another user owns."""
     from outpost.store.sqlite import SqliteStore
     path = tmp_path / "state.db"
     store = SqliteStore(str(path))
     store.conn_acquire("192.0.2.1", 5, f"{HOST}:{os.getpid()}:1")
-    lock = tmp_path / "state.db-writer"
-    assert lock.exists()
-    assert stat.S_IMODE(lock.stat().st_mode) & 0o444 == 0o444 & stat.S_IMODE(path.stat().st_mode)
+    store.put_blob("x", b"1")                          # a write: takes the writer lock
+    side = [tmp_path / "state.db-writer", tmp_path / "state.db-conn"]
+    mode = stat.S_IMODE(path.stat().st_mode)
+    for f in side:
+        assert f.exists()
+        assert stat.S_IMODE(f.stat().st_mode) & 0o444 == 0o444 & mode, f
+    assert stat.S_IMODE(side[1].stat().st_mode) == mode & 0o666
     store.close()
     if os.geteuid() != 0:
         return
     os.chown(path, 65534, 65534)                       # nobody
-    lock.unlink()
+    for f in side:
+        f.unlink()
     again = SqliteStore(str(path))
     try:
         again.conn_release("192.0.2.1", f"{HOST}:{os.getpid()}:1")
-        assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+        again.put_blob("x", b"2")
+        for f in side:
+            assert (f.stat().st_uid, f.stat().st_gid) == (65534, 65534), f
     finally:
         again.close()
 

@@ -4,8 +4,9 @@ The database runs in WAL mode; every operation that reads and then writes
 is one ``BEGIN IMMEDIATE`` transaction, so a check and its count are atomic
 across processes.  Connections come from a small per-process pool (pymilter
 runs each SMTP session on its own short-lived thread).  Time is this host's
-clock.  Connection slots of processes that no longer exist on this host are
-reclaimed when slots of their IP are acquired or counted.
+clock.  Connection slots are not in the database but in a table shared
+through ``<db>-conn`` (:mod:`outpost.store.slots`); slots of processes that
+no longer exist are reclaimed when their IP reaches its limit or is counted.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Iterator, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
 from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_state,
-                    check_recipients, check_window, pid_exists, slot_expiry, slot_owner,
+                    check_recipients, check_window, slot_expiry, slot_owner,
                     validate_buckets, window_decide)
 from .settings import StoreSettings
+from .slots import SlotTable
 
 _SCHEMA = """
 DROP TABLE IF EXISTS bucket;
@@ -44,19 +46,11 @@ CREATE INDEX IF NOT EXISTS fingerprint_fp_t ON fingerprint (fp, t);
 CREATE INDEX IF NOT EXISTS fingerprint_expires ON fingerprint (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 DROP TABLE IF EXISTS conn;
-CREATE TABLE IF NOT EXISTS conn_slot (
-    ip TEXT NOT NULL, slot TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
-    PRIMARY KEY (ip, slot)) WITHOUT ROWID;
+DROP TABLE IF EXISTS conn_slot;
 """
 
 _POOL_SIZE = 16
 
-#: Take a connection slot if ``ip`` holds fewer than the limit (no row
-#: inserted: at the limit, or the slot exists).  No RETURNING clause: through
-#: Python's sqlite3 it costs more than the insert itself.
-_ACQUIRE = ("INSERT INTO conn_slot (ip, slot, host, pid) SELECT ?1, ?2, ?3, ?4 "
-            "WHERE (SELECT count(*) FROM conn_slot WHERE ip = ?1) < ?5 "
-            "ON CONFLICT (ip, slot) DO NOTHING")
 
 
 class SqliteStore(Store):
@@ -83,6 +77,7 @@ class SqliteStore(Store):
             raise StoreError(f"sqlite store {path}: cannot create its directory: {exc}") from exc
         with self._write() as db:
             db.executescript(_SCHEMA)
+        self._conn_slots = SlotTable(path + "-conn", like=path)
 
     # -- plumbing ------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -191,6 +186,7 @@ class SqliteStore(Store):
             if self._lock_fd is not None and self._lock_pid == os.getpid():
                 os.close(self._lock_fd)
             self._lock_fd, self._lock_pid = None, 0
+        self._conn_slots.close()
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete expired state inside the caller's transaction, at most once
@@ -209,54 +205,23 @@ class SqliteStore(Store):
                    (now - self.settings.lock_history_ttl,))
 
     # -- connection slots ----------------------------------------------------------
-    def _reclaim(self, db: sqlite3.Connection, ip: str) -> None:
-        """Drop slots of ``ip`` owned by processes of this host that are gone."""
-        pids = [r[0] for r in db.execute(
-            "SELECT DISTINCT pid FROM conn_slot WHERE ip = ? AND host = ?", (ip, self.host))]
-        for pid in pids:
-            if not pid_exists(pid):
-                db.execute("DELETE FROM conn_slot WHERE ip = ? AND host = ? AND pid = ?",
-                           (ip, self.host, pid))
-
+    # In a table shared through ``<db>-conn`` (store/slots.py): a slot lives
+    # as long as an SMTP connection and needs no journal; two SQLite commits
+    # per connection cost several times as much.
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
-        host, pid = slot_owner(slot)
-        # Fast path, one statement (an INSERT takes the write lock before it
-        # reads, so the count and the insert are atomic): a free slot below
-        # the limit.  Slots of dead processes only matter at the limit, so
-        # they are reclaimed on the slow path, which also sees a re-acquire.
-        with self._write() as db:
-            inserted = db.execute(_ACQUIRE, (ip, slot, host, pid, limit)).rowcount
-        if inserted:
-            with self._conn() as db:        # for the caller's information only
-                return True, db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?",
-                                        (ip,)).fetchone()[0]
-        with self._tx() as db:
-            self._reclaim(db, ip)
-            held = db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?", (ip,)).fetchone()[0]
-            if db.execute("SELECT 1 FROM conn_slot WHERE ip = ? AND slot = ?", (ip, slot)).fetchone():
-                return True, held
-            if held >= limit:
-                return False, held
-            db.execute("INSERT INTO conn_slot (ip, slot, host, pid) VALUES (?, ?, ?, ?)",
-                       (ip, slot, host, pid))
-            return True, held + 1
+        return self._conn_slots.acquire(ip, limit, slot, slot_owner(slot)[1])
 
     def conn_release(self, ip: str, slot: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM conn_slot WHERE ip = ? AND slot = ?", (ip, slot))
+        self._conn_slots.release(slot)
 
     def conn_count(self, ip: str) -> int:
-        with self._tx() as db:
-            self._reclaim(db, ip)
-            return db.execute("SELECT count(*) FROM conn_slot WHERE ip = ?", (ip,)).fetchone()[0]
+        return self._conn_slots.count(ip, os.getpid())
 
     def process_alive(self, host: str, pid: int) -> None:
         """Nothing to store: liveness is the pid existing on this host."""
 
     def process_gone(self, host: str, pid: int) -> None:
-        with self._write() as db:
-            # a scan: the table holds only the connections open right now
-            db.execute("DELETE FROM conn_slot WHERE host = ? AND pid = ?", (host, pid))
+        self._conn_slots.process_gone(pid)
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
