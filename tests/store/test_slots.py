@@ -183,3 +183,16 @@ def test_closed_table_refuses(tmp_path) -> None:
 def test_table_sizes_must_be_powers_of_two(tmp_path) -> None:
     with pytest.raises(ValueError, match="power of two"):
         SlotTable(str(tmp_path / "t-conn"), slots=100)
+
+
+def test_file_takes_the_mode_of_the_database_despite_the_umask(tmp_path) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(b"")
+    db.chmod(0o660)                                          # group-writable: a shared group
+    old = os.umask(0o027)
+    try:
+        table = SlotTable(str(tmp_path / "state.db-conn"), like=str(db), slots=64, ips=32, pids=8)
+    finally:
+        os.umask(old)
+    table.close()
+    assert (tmp_path / "state.db-conn").stat().st_mode & 0o777 == 0o660

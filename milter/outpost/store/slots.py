@@ -24,6 +24,7 @@ by another layout.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -185,11 +186,12 @@ class SlotTable:
         except OSError as exc:
             raise StoreError(f"connection slot table {self.path}: {exc}") from exc
         try:
-            if st is not None and os.geteuid() == 0:
-                try:
-                    os.fchown(fd, st.st_uid, st.st_gid)
-                except OSError:
-                    pass
+            if st is not None:                     # the umask may have narrowed the mode
+                with contextlib.suppress(OSError):
+                    if os.fstat(fd).st_mode & 0o777 != mode:
+                        os.fchmod(fd, mode)
+                    if os.geteuid() == 0:
+                        os.fchown(fd, st.st_uid, st.st_gid)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 boot = _boot_id()
@@ -217,10 +219,8 @@ class SlotTable:
         with self._mutex:
             if self._mm is not None:
                 self._mm.close()
-                try:
+                with contextlib.suppress(OSError):
                     os.close(self._fd)
-                except OSError:
-                    pass
             self._mm, self._fd, self._pid = None, -1, 0
 
     def _lock(self) -> list[int]:
@@ -234,10 +234,8 @@ class SlotTable:
                 # forked: the flock would be the parent's (one open file);
                 # the shared mapping itself is fine.
                 fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-                try:
+                with contextlib.suppress(OSError):
                     os.close(self._fd)
-                except OSError:
-                    pass
                 self._fd, self._pid = fd, os.getpid()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         except OSError as exc:
