@@ -283,6 +283,34 @@ def test_operator_lock_and_listing(store: Store) -> None:
     assert store.remove_lock("farm/zed") and [lk.key for lk in store.list_locks()] == ["farm/amy"]
 
 
+def test_sqlite_lock_set_elsewhere_is_seen_at_once(tmp_path, monkeypatch) -> None:
+    """A worker answers "not locked" from the locked keys it has read, until
+    the generation in ``<db>-conn`` moves: a lock or unlock by another
+    process (here: another store on the same file, e.g. ``outpost lock``)
+    is seen by the next message."""
+    from outpost.store import sqlite as sq
+    worker = sq.SqliteStore(str(tmp_path / "state.db"))
+    operator = sq.SqliteStore(str(tmp_path / "state.db"))
+    try:
+        assert worker.get_lock("farm/amy") is None            # warms the worker's keys
+        operator.set_lock("farm/amy", "abuse desk", None, by="operator")
+        assert worker.get_lock("farm/amy").reason == "abuse desk"
+        assert worker.get_lock("farm/bob") is None
+        operator.remove_lock("farm/amy")
+        assert worker.get_lock("farm/amy") is None
+        short = operator.set_lock("farm/cy", "spam", 0.2)
+        assert worker.get_lock("farm/cy") == short
+        time.sleep(0.25)
+        assert worker.get_lock("farm/cy") is None              # expired (and settled)
+        monkeypatch.setattr(sq, "_LOCKED_KEYS_MAX", 1)         # too many to keep: ask each time
+        operator.set_lock("farm/a", "x", None)
+        operator.set_lock("farm/b", "y", None)
+        assert worker.get_lock("farm/b").reason == "y" and worker.get_lock("farm/c") is None
+    finally:
+        worker.close()
+        operator.close()
+
+
 # -- fingerprints, blobs ------------------------------------------------------------------
 
 def test_fingerprints(store: Store) -> None:

@@ -15,6 +15,10 @@ thread mutex in each process):
 * **pids**: the processes that have taken slots, so that slots of a
   process that died are found by checking a few pids, not every slot.
 
+The header also holds a generation counter the store advances when
+identity locks change, so that a process can tell "not locked" from the
+locked keys it last read without asking the database for every message.
+
 A writer sets a *dirty* mark in the header before it changes anything and
 clears it after; a process killed in between leaves the mark, and the next
 locker rebuilds the tables from the slot records.  The file is reset when
@@ -38,6 +42,7 @@ from .logic import pid_exists
 
 _MAGIC = b"outpost-slots\x00\x00\x01"      # 16 bytes; the last one is the layout version
 _HEADER = 64        # magic 16 | boot id 16 | dirty u8 | pad 3 | used u32 x 3 | pid generation u32
+                    # | pad 4 | state generation u64
 
 _SLOT = struct.Struct("<B3xI16s16s")      # used | pid | slot key | ip key
 _IP = struct.Struct("<B3xI16s")           # used | slots held | ip key
@@ -46,6 +51,8 @@ _USED = struct.Struct("<III")             # records used in slots, ips, pids
 _USED_AT = 36
 _GEN = struct.Struct("<I")                # bumped whenever a pid record goes
 _GEN_AT = 48
+_STATE = struct.Struct("<Q")              # the store's own change counter (advance())
+_STATE_AT = 56
 
 SLOT_RECORDS = 1 << 16
 IP_RECORDS = 1 << 16
@@ -347,6 +354,23 @@ class SlotTable:
             ok = True
         finally:
             self._unlock(used, ok)
+
+    def generation(self) -> int:
+        """A counter the store advances after changes other processes must
+        notice (identity locks); read without the lock (an aligned 8-byte
+        load)."""
+        mm = self._mm
+        if mm is None:
+            raise StoreError(f"connection slot table {self.path}: closed")
+        return _STATE.unpack_from(mm, _STATE_AT)[0]
+
+    def advance(self) -> None:
+        used = self._lock()
+        try:
+            mm = self._mm
+            _STATE.pack_into(mm, _STATE_AT, (_STATE.unpack_from(mm, _STATE_AT)[0] + 1) & (2**64 - 1))
+        finally:
+            self._unlock(used, True)
 
     # -- under the lock ------------------------------------------------------------------
     def _register(self, pid: int, used: list[int]) -> None:

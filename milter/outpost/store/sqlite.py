@@ -51,6 +51,10 @@ DROP TABLE IF EXISTS conn_slot;
 
 _POOL_SIZE = 16
 
+#: Locked identities a process keeps in memory to answer "not locked"
+#: without a query; with more, every message asks the database.
+_LOCKED_KEYS_MAX = 10000
+
 
 
 class SqliteStore(Store):
@@ -78,6 +82,8 @@ class SqliteStore(Store):
         with self._write() as db:
             db.executescript(_SCHEMA)
         self._conn_slots = SlotTable(path + "-conn", like=path)
+        self._locks_changed = False
+        self._locked_keys: Optional[tuple[int, Optional[frozenset[str]]]] = None
 
     # -- plumbing ------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -166,6 +172,7 @@ class SqliteStore(Store):
         """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
         with self._write() as db:
             db.execute("BEGIN IMMEDIATE")
+            self._locks_changed = False             # the writer lock guards it
             try:
                 yield db
             except BaseException:
@@ -173,6 +180,10 @@ class SqliteStore(Store):
                     db.rollback()
                 raise
             db.execute("COMMIT")
+            if self._locks_changed:
+                # after the commit: a reader that sees the new generation
+                # reads the new locks
+                self._conn_slots.advance()
 
     def now(self) -> float:
         return time.time()
@@ -309,8 +320,8 @@ class SqliteStore(Store):
                     auto_unlocks=auto) if locked else None
         return LockRecord(lock, auto)
 
-    @staticmethod
-    def _save(db: sqlite3.Connection, key: str, rec: LockRecord, now: float) -> None:
+    def _save(self, db: sqlite3.Connection, key: str, rec: LockRecord, now: float) -> None:
+        self._locks_changed = True
         lk = rec.lock
         if lk is None and rec.auto_unlocks == 0:
             db.execute("DELETE FROM lock WHERE key = ?", (key,))
@@ -327,7 +338,24 @@ class SqliteStore(Store):
             self._save(db, key, rec, now)
         return rec
 
+    def _maybe_locked(self, key: str) -> bool:
+        """False when ``key`` is surely not locked: every message asks, few
+        identities are locked, and the locked keys change only when the
+        generation in ``<db>-conn`` moves (read before the keys, so a change
+        committed meanwhile is seen at the next call)."""
+        gen = self._conn_slots.generation()
+        known = self._locked_keys
+        if known is None or known[0] != gen:
+            with self._conn() as db:
+                rows = db.execute("SELECT key FROM lock WHERE locked = 1 LIMIT ?",
+                                  (_LOCKED_KEYS_MAX + 1,)).fetchall()
+            keys = frozenset(r[0] for r in rows) if len(rows) <= _LOCKED_KEYS_MAX else None
+            known = self._locked_keys = (gen, keys)
+        return known[1] is None or key in known[1]
+
     def get_lock(self, key: str) -> Optional[Lock]:
+        if not self._maybe_locked(key):
+            return None
         with self._conn() as db:
             rec = self._load(db, key)
         if rec.lock is None or not rec.settle(time.time())[1]:
@@ -350,6 +378,7 @@ class SqliteStore(Store):
         with self._tx() as db:
             rec = self._settle(db, key, time.time())
             db.execute("DELETE FROM lock WHERE key = ?", (key,))
+            self._locks_changed = True
             return rec.lock is not None
 
     def list_locks(self) -> list[Lock]:
