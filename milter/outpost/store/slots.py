@@ -3,7 +3,7 @@
 The sqlite store keeps its connection slots here, not in the database: a
 slot lives only as long as an SMTP connection, so it needs no journal, and
 taking and freeing one is two writes per connection (a SQLite commit each,
-some 60 µs of CPU for the pair; about 10 µs here).
+some 60 µs of CPU for the pair; about 13 µs here).
 
 The file (``<db>-conn``) holds three open-addressing hash tables with
 linear probing and fixed-size records, all behind one ``flock`` (and a
