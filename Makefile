@@ -21,6 +21,7 @@ test: setup
 bench: setup
 	$(PYTHON) bench/mapping.py
 	$(PYTHON) bench/limiter.py
+	$(PYTHON) bench/limiter.py --op slot
 	PYTHON=$(PYTHON) bash bench/outpost_throughput.sh
 
 check-config: setup

@@ -1,10 +1,12 @@
-"""Rate-limit check+count throughput of the store backends.
+"""Rate-limit check+count (or connection-slot) throughput of the store backends.
 
-Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL]``
+Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL] [--op hit|slot]``
 
-Each operation is one ``Store.hit()`` over two buckets (a per-minute and a
-per-hour limit of one of 200 users; limits high enough that everything is
-admitted, so every call writes).  Runs memory, sqlite (temp file) and Redis
+With ``--op hit`` (the default) each operation is one ``Store.hit()`` over
+two buckets (a per-minute and a per-hour limit of one of 200 users; limits
+high enough that everything is admitted, so every call writes).  With
+``--op slot`` it is what every SMTP connection costs: ``conn_acquire()``
+then ``conn_release()`` of a slot for one of 200 client IPs.  Runs memory, sqlite (temp file) and Redis
 (a throw-away ``redis-server`` on loopback unless ``--redis-url``), first in
 one process, then in 2 processes at once, and prints operations per second
 with the ratio to the memory backend measured in the same run.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -26,31 +29,39 @@ from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
 from tests.services.redis import RedisServer  # noqa: E402
 
 
-def run(url: str, seconds: float, seed: int) -> int:
-    """Call hit() for ``seconds``; return how many calls were made."""
+def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:
+    """Run ``op`` for ``seconds``; return how many were made."""
     store = open_store(url, StoreSettings(key_prefix="bench:", on_store_error="tempfail"))
     users = [(Bucket(f"bench/u{i}", 10**9, 60.0), Bucket(f"bench/u{i}", 10**9, 3600.0))
              for i in range(200)]
+    owner = f"{socket.gethostname()}:{os.getpid()}"
     n = seed
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         for _ in range(50):
-            if not store.hit(users[n % 200]).allowed:
-                raise RuntimeError("bench bucket refused: limits too low")
+            if op == "hit":
+                if not store.hit(users[n % 200]).allowed:
+                    raise RuntimeError("bench bucket refused: limits too low")
+            else:
+                ip, slot = f"192.0.2.{n % 200}", f"{owner}:{n}"
+                if not store.conn_acquire(ip, 10**6, slot)[0]:
+                    raise RuntimeError("bench slot refused")
+                store.conn_release(ip, slot)
             n += 1
     store.close()
     return n - seed
 
 
-def _child(url: str, seconds: float, seed: int, out: "multiprocessing.Queue[int]") -> None:
-    out.put(run(url, seconds, seed))
+def _child(url: str, seconds: float, seed: int, op: str,
+           out: "multiprocessing.Queue[int]") -> None:
+    out.put(run(url, seconds, seed, op))
 
 
-def run_procs(url: str, seconds: float, procs: int) -> float:
+def run_procs(url: str, seconds: float, procs: int, op: str) -> float:
     """Aggregate ops/s of ``procs`` processes hammering the same store."""
     ctx = multiprocessing.get_context("spawn")
     out: "multiprocessing.Queue[int]" = ctx.Queue()
-    workers = [ctx.Process(target=_child, args=(url, seconds, i * 7919, out))
+    workers = [ctx.Process(target=_child, args=(url, seconds, i * 7919, op, out))
                for i in range(procs)]
     for w in workers:
         w.start()
@@ -64,6 +75,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--redis-url")
+    ap.add_argument("--op", choices=("hit", "slot"), default="hit",
+                    help="hit(): a rate-limit check; slot: take and free a connection slot")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="outpost-bench-")
     server = None
@@ -75,14 +88,15 @@ def main() -> None:
     try:
         rows = []
         for name, url in urls.items():
-            one = run(url, args.seconds, 0) / args.seconds
-            two = run_procs(url, args.seconds, 2)
+            one = run(url, args.seconds, 0, args.op) / args.seconds
+            two = run_procs(url, args.seconds, 2, args.op)
             rows.append((name, one, two))
     finally:
         if server is not None:
             server.close()
     base = rows[0][1]
-    print(f"hit() over 2 buckets, {args.seconds:g} s per run, ratio to memory (1 process)")
+    what = "hit() over 2 buckets" if args.op == "hit" else "conn_acquire() + conn_release()"
+    print(f"{what}, {args.seconds:g} s per run, ratio to memory (1 process)")
     print(f"{'backend':8} {'1 process ops/s':>16} {'ratio':>7} "
           f"{'2 processes ops/s':>18} {'ratio':>7}")
     for name, one, two in rows:
