@@ -95,6 +95,9 @@ def relay(request, dns_server):
 @pytest.fixture
 def env(relay):
     name, mta, outpost, sink, reports = relay
+    # The previous test's mail must not arrive in this one's sink: Sendmail
+    # may still be delivering it (its queue runner is asynchronous).
+    mta.wait_queue_empty(timeout=30)
     sink.clear()
     reports.clear()
     return relay

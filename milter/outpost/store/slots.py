@@ -28,16 +28,14 @@ by another layout.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import mmap
 import os
 import struct
-import threading
 from typing import Callable, Optional
 
 from .base import StoreError
+from .filelock import FileLock, open_beside
 from .logic import pid_exists
 
 _MAGIC = b"outpost-slots\x00\x00\x01"      # 16 bytes; the last one is the layout version
@@ -168,9 +166,7 @@ class SlotTable:
         self._counts = (slots, ips, pids)
         self.path = path
         self._like = like
-        self._mutex = threading.Lock()
-        self._pid = 0
-        self._fd = -1
+        self._flock = FileLock(path, like or path, f"connection slot table {path}")
         self._mm: Optional[mmap.mmap] = None
         self._slots = self._ips = self._pids = None  # type: ignore[assignment]
         self._registered = (0, -1)               # (pid, generation) known to have its record
@@ -180,26 +176,15 @@ class SlotTable:
     # -- file ----------------------------------------------------------------------------
     def _open(self) -> None:
         """Open (create, or reset) and map the file."""
-        mode = 0o644
-        st = None
-        if self._like is not None:
-            try:
-                st = os.stat(self._like)
-                mode = st.st_mode & 0o666
-            except FileNotFoundError:
-                st = None
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+            if self._like is not None:
+                fd = open_beside(self.path, self._like, os.O_RDWR)
+            else:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise StoreError(f"connection slot table {self.path}: {exc}") from exc
         try:
-            if st is not None:                     # the umask may have narrowed the mode
-                with contextlib.suppress(OSError):
-                    if os.fstat(fd).st_mode & 0o777 != mode:
-                        os.fchmod(fd, mode)
-                    if os.geteuid() == 0:
-                        os.fchown(fd, st.st_uid, st.st_gid)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._flock.acquire()
             try:
                 boot = _boot_id()
                 head = os.pread(fd, 32, 0)
@@ -209,11 +194,12 @@ class SlotTable:
                     os.pwrite(fd, _MAGIC + boot, 0)
                 mm = mmap.mmap(fd, self._size)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._flock.release()
         except OSError as exc:
-            os.close(fd)
             raise StoreError(f"connection slot table {self.path}: {exc}") from exc
-        self._mm, self._fd, self._pid = mm, fd, os.getpid()
+        finally:
+            os.close(fd)                                 # the mapping keeps the file
+        self._mm = mm
         base = _HEADER
         n_slots, n_ips, n_pids = self._counts
         self._slots = _Table(mm, base, n_slots, _SLOT.size, 8, 16, _home_digest, 0)
@@ -223,40 +209,27 @@ class SlotTable:
         self._pids = _Table(mm, base, n_pids, _PID.size, 4, 4, _home_pid, 2)
 
     def close(self) -> None:
-        with self._mutex:
-            if self._mm is not None:
-                self._mm.close()
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-            self._mm, self._fd, self._pid = None, -1, 0
+        self._flock.acquire()
+        try:
+            mm, self._mm = self._mm, None
+            if mm is not None:
+                mm.close()
+        finally:
+            self._flock.release()
+        self._flock.close()
 
     def _lock(self) -> list[int]:
         """Take the table (thread mutex, then ``flock``); the used counts."""
-        self._mutex.acquire()
+        self._flock.acquire()
         try:
             mm = self._mm
             if mm is None:
                 raise StoreError(f"connection slot table {self.path}: closed")
-            if self._pid != os.getpid():
-                # forked: the flock would be the parent's (one open file);
-                # the shared mapping itself is fine.
-                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-                self._fd, self._pid = fd, os.getpid()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            self._mutex.release()
-            raise StoreError(f"connection slot table {self.path}: {exc}") from exc
-        except BaseException:
-            self._mutex.release()
-            raise
-        try:
             if mm[32]:
                 self._rebuild()
             return list(_USED.unpack_from(mm, _USED_AT))
         except BaseException:
-            self._unlock(None, False)
+            self._flock.release()
             raise
 
     def _unlock(self, used: Optional[list[int]], ok: bool) -> None:
@@ -269,9 +242,8 @@ class SlotTable:
                 assert mm is not None
                 _USED.pack_into(mm, _USED_AT, *used)
                 mm[32] = 0
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            self._mutex.release()
+            self._flock.release()
 
     def _dirty(self) -> None:
         assert self._mm is not None

@@ -12,7 +12,6 @@ no longer exist are reclaimed when their IP reaches its limit or is counted.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import socket
 import sqlite3
@@ -24,6 +23,7 @@ from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
 from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_state,
                     check_recipients, check_window, slot_expiry, slot_owner,
                     validate_buckets, window_decide)
+from .filelock import FileLock
 from .settings import StoreSettings
 from .slots import SlotTable
 
@@ -71,9 +71,11 @@ class SqliteStore(Store):
         self._pool: list[sqlite3.Connection] = []
         self._pool_pid = os.getpid()
         self._sweep_mutex = threading.Lock()
-        self._write_mutex = threading.Lock()
-        self._lock_fd: Optional[int] = None
-        self._lock_pid = 0
+        # Writers take turns here before asking SQLite for its write lock.
+        # SQLite's own busy handler polls (it sleeps 1, 2, 5, 10 ms...
+        # between tries), which leaves cores idle while connections queue;
+        # the lock wakes the next writer as soon as it is free.
+        self._writer = FileLock(path + "-writer", path, f"sqlite store {path}: writer lock")
         self._next_sweep = 0.0
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -120,53 +122,6 @@ class SqliteStore(Store):
         with contextlib.suppress(sqlite3.Error):
             db.close()
 
-    def _lock_writer(self) -> None:
-        """Take turns with the other writers of the database before asking
-        SQLite for its write lock.  SQLite's own busy handler polls (it
-        sleeps 1, 2, 5, 10 ms... between tries), which leaves cores idle
-        while connections queue; a thread mutex in the process and an
-        ``flock`` on ``<db>-writer`` between processes wake the next writer
-        as soon as the lock is free, and are dropped if the process dies."""
-        self._write_mutex.acquire()
-        try:
-            if self._lock_pid != os.getpid():   # forked: flock belongs to our own open file
-                if self._lock_fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(self._lock_fd)
-                    self._lock_fd = None
-                self._lock_fd = self._open_writer_lock()
-                self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            self._write_mutex.release()
-            raise StoreError(f"sqlite store {self.path}: writer lock: {exc}") from exc
-        except BaseException:
-            self._write_mutex.release()
-            raise
-
-    def _open_writer_lock(self) -> int:
-        """``<db>-writer``, opened read-only (``flock`` needs no more), so
-        every user who can use the database can take turns on it: it gets
-        the database's permission bits and, when we are root, its owner
-        (as SQLite does for ``-wal`` and ``-shm``)."""
-        try:
-            st: Optional[os.stat_result] = os.stat(self.path)
-        except FileNotFoundError:                   # the first opener creates both
-            st = None
-        fd = os.open(self.path + "-writer", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC,
-                     (st.st_mode & 0o666) if st is not None else 0o644)
-        if st is not None and os.geteuid() == 0:
-            with contextlib.suppress(OSError):
-                os.fchown(fd, st.st_uid, st.st_gid)
-        return fd
-
-    def _unlock_writer(self) -> None:
-        try:
-            if self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        finally:
-            self._write_mutex.release()
-
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
@@ -193,10 +148,7 @@ class SqliteStore(Store):
             pool, self._pool = self._pool, []
         for db in pool:
             db.close()
-        with self._write_mutex:
-            if self._lock_fd is not None and self._lock_pid == os.getpid():
-                os.close(self._lock_fd)
-            self._lock_fd, self._lock_pid = None, 0
+        self._writer.close()
         self._conn_slots.close()
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
@@ -449,12 +401,12 @@ class _Use:
     def __enter__(self) -> sqlite3.Connection:
         store = self.store
         if self.write:
-            store._lock_writer()
+            store._writer.acquire()
         try:
             self.db = store._take()
         except BaseException as exc:
             if self.write:
-                store._unlock_writer()
+                store._writer.release()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"sqlite store {store.path}: {exc}") from exc
             raise
@@ -467,7 +419,7 @@ class _Use:
                 store._give_back(db, etype is None and not db.in_transaction)
         finally:
             if self.write:
-                store._unlock_writer()
+                store._writer.release()
         if exc is not None and isinstance(exc, sqlite3.Error):
             raise StoreError(f"sqlite store {store.path}: {exc}") from exc
         return False

@@ -1,0 +1,77 @@
+"""Files next to a database, and a lock between threads and processes.
+
+Used by the sqlite store for ``<db>-writer`` (the writers' turn) and
+``<db>-conn`` (the shared connection-slot table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+
+from .base import StoreError
+
+
+def open_beside(path: str, like: str, flags: int) -> int:
+    """Open (creating) ``path`` with ``like``'s permission bits, whatever
+    the umask, and, when we are root, its owner — as SQLite does for its
+    ``-wal`` and ``-shm`` files — so every user of the database can use it."""
+    try:
+        st = os.stat(like)
+    except FileNotFoundError:                        # the first opener creates both
+        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    mode = st.st_mode & 0o666
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+    with contextlib.suppress(OSError):
+        if os.fstat(fd).st_mode & 0o777 != mode:
+            os.fchmod(fd, mode)
+        if os.geteuid() == 0:
+            os.fchown(fd, st.st_uid, st.st_gid)
+    return fd
+
+
+class FileLock:
+    """Exclusive between the threads of a process (a mutex) and between
+    processes (``flock`` on ``path``); dropped by the kernel if the holder
+    dies.  A forked child opens the file again: an inherited descriptor
+    shares its ``flock`` with the parent."""
+
+    def __init__(self, path: str, like: str, what: str) -> None:
+        self.path, self._like, self._what = path, like, what
+        self._mutex = threading.Lock()
+        self._fd = -1
+        self._pid = 0
+
+    def acquire(self) -> None:
+        self._mutex.acquire()
+        try:
+            if self._pid != os.getpid():
+                if self._fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+                    self._fd = -1
+                # read-only: flock needs no more
+                self._fd = open_beside(self.path, self._like, os.O_RDONLY)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._mutex.release()
+            raise StoreError(f"{self._what}: {exc}") from exc
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._fd >= 0:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._fd >= 0 and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd, self._pid = -1, 0
