@@ -83,6 +83,7 @@ class Setup:
     instance: PostfixInstance | None = None
     milter: MilterProcess | None = None
     rates: dict[int, list[float]] = field(default_factory=dict)
+    cpu: dict[int, list[float]] = field(default_factory=dict)   # milter µs CPU per message
 
 
 # --------------------------------------------------------------------------

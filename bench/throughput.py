@@ -17,7 +17,9 @@ noise hits all alike.  Reported: accepted messages per second (time for
 smtp-source to get all messages accepted; the queue is drained, and every
 message checked delivered, before the next run), median over rounds, with the
 ratio to Postfix alone and to the noop milter (median of the ratios measured
-in the same round, which cancels slow drifts of machine load).
+in the same round, which cancels slow drifts of machine load), and the CPU
+time the milter's processes used per message (from ``/proc``: what the
+milter itself costs, apart from the MTA's share).
 
 Milters listen on unix sockets: an ``inet:`` milter on loopback stalls ~40 ms
 per message on delayed ACKs.  Run as root (Postfix instances).
@@ -62,6 +64,7 @@ class Config:
     instance: PostfixInstance | None = None
     milter: MilterProcess | None = None
     rates: dict[int, list[float]] = field(default_factory=dict)
+    cpu: dict[int, list[float]] = field(default_factory=dict)   # milter µs CPU per message
 
 
 def parse_milter(spec: str) -> tuple[str, list[str]]:
@@ -75,6 +78,30 @@ def parse_milter(spec: str) -> tuple[str, list[str]]:
 def count_sent(instance: PostfixInstance) -> int:
     """Deliveries logged so far."""
     return len(_SENT_RE.findall(instance.maillog()))
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live
+    descendants (a milter's master and workers), from ``/proc``."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:                      # gone meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo += [c for c, parent in parents.items() if parent == p and c not in tree]
+    return sum(used.get(p, 0.0) for p in tree)
 
 
 def run_source(instance: PostfixInstance, args: argparse.Namespace, messages: int,
@@ -139,7 +166,7 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
           f"({'one session per message' if not args.reuse else 'sessions reused'}); "
           "msgs/s = median (min-max); ratios = median of same-round ratios")
     header = (f"{'config':<12}{'size':>8}{'msgs/s':>10}{'range':>16}"
-              f"{'vs postfix':>12}{'vs noop':>10}")
+              f"{'vs postfix':>12}{'vs noop':>10}{'milter µs/msg':>15}")
     print(header)
     print("-" * len(header))
     for size in sizes:
@@ -148,7 +175,10 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
             spread = f"{min(rates):.0f}-{max(rates):.0f}"
             print(f"{cfg.name:<12}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
                   f"{paired_ratio(cfg, configs[0], size):>12}"
-                  f"{paired_ratio(cfg, noop, size):>10}")
+                  f"{paired_ratio(cfg, noop, size):>10}"
+                  f"{statistics.median(cfg.cpu[size]) if cfg.cpu.get(size) else 0:>15.0f}")
+    print("milter µs/msg: CPU (user + system) of the milter's processes per message,\n"
+          "median over rounds, read from /proc (0: no milter)")
 
 
 @contextlib.contextmanager
@@ -186,9 +216,17 @@ def run_rounds(configs, args: argparse.Namespace, sizes: list[int]) -> None:
         order = configs if rnd % 2 == 0 else configs[::-1]
         for size in sizes:
             for cfg in order:
+                milter = getattr(cfg, "milter", None)
+                pid = milter.proc.pid if milter is not None and milter.proc is not None else None
+                before = tree_cpu(pid) if pid else 0.0
                 rate = run_source(cfg.instance, args, args.messages, size)
                 cfg.rates.setdefault(size, []).append(rate)
-                print(f"round {rnd + 1} {cfg.name:<{width}} {size:>6} B {rate:8.0f} msgs/s",
+                cpu = ""
+                if pid and hasattr(cfg, "cpu"):
+                    per_msg = (tree_cpu(pid) - before) / args.messages * 1e6
+                    cfg.cpu.setdefault(size, []).append(per_msg)
+                    cpu = f"  milter CPU {per_msg:5.0f} µs/msg"
+                print(f"round {rnd + 1} {cfg.name:<{width}} {size:>6} B {rate:8.0f} msgs/s{cpu}",
                       flush=True)
 
 
