@@ -6,9 +6,11 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
+import outpost
 from outpost.store.base import StoreError
 from outpost.store.slots import _HEADER, _IP, _SLOT, SlotTable, TableFull
 
@@ -196,3 +198,52 @@ def test_file_takes_the_mode_of_the_database_despite_the_umask(tmp_path) -> None
         os.umask(old)
     table.close()
     assert (tmp_path / "state.db-conn").stat().st_mode & 0o777 == 0o660
+
+
+def test_generation_of_a_closed_table_is_a_store_error(tmp_path) -> None:
+    table = SlotTable(str(tmp_path / "t-conn"), slots=64, ips=32, pids=8)
+    table.advance()
+    assert table.generation() == 1
+    table.close()
+    with pytest.raises(StoreError, match="closed"):
+        table.generation()
+
+
+def test_writers_killed_at_random_points_leave_a_usable_table(tmp_path) -> None:
+    """kill -9 of processes that take and free slots as fast as they can:
+    whatever they were doing, the table is consistent afterwards and their
+    slots are freed."""
+    path = str(tmp_path / "t-conn")
+    table = SlotTable(path, slots=64, ips=32, pids=8)
+    code = (
+        "import os, sys\n"
+        "from outpost.store.slots import SlotTable\n"
+        "t = SlotTable(sys.argv[1], slots=64, ips=32, pids=8)\n"
+        "me, n = os.getpid(), 0\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    n += 1\n"
+        "    ip = f'192.0.2.{n % 7}'\n"
+        "    t.acquire(ip, 1000, f'h:{me}:{n}', me)\n"
+        "    if n % 3:\n"
+        "        t.release(f'h:{me}:{n}')\n"
+        "    if n % 40 == 0:\n"
+        "        for k in range(n - 39, n + 1):\n"
+        "            t.release(f'h:{me}:{k}')\n")
+    rnd = random.Random(7)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(outpost.__file__))] + sys.path))
+    try:
+        for _ in range(12):          # about one kill in eight lands in the middle of a write
+            child = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
+                                     text=True, env=env)
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            time.sleep(rnd.uniform(0.02, 0.12))
+            child.kill()
+            child.wait(timeout=10)
+            child.stdout.close()
+            assert table.count("192.0.2.1", ME) == 0              # its slots are freed
+            assert sum(check_consistent(table).values()) == 0
+        assert table.acquire("192.0.2.1", 2, f"h:{ME}:1", ME) == (True, 1)
+    finally:
+        table.close()

@@ -331,10 +331,10 @@ class SlotTable:
         """A counter the store advances after changes other processes must
         notice (identity locks); read without the lock (an aligned 8-byte
         load)."""
-        mm = self._mm
-        if mm is None:
-            raise StoreError(f"connection slot table {self.path}: closed")
-        return _STATE.unpack_from(mm, _STATE_AT)[0]
+        try:
+            return _STATE.unpack_from(self._mm, _STATE_AT)[0]   # type: ignore[arg-type]
+        except (TypeError, ValueError):                       # closed (None, or unmapped)
+            raise StoreError(f"connection slot table {self.path}: closed") from None
 
     def advance(self) -> None:
         used = self._lock()
