@@ -70,6 +70,12 @@ def _boot_id() -> bytes:
         return bytes(16)
 
 
+def _increment(mm: mmap.mmap, counter: struct.Struct, at: int) -> None:
+    """Add one to an unsigned counter in the header (wrapping around)."""
+    value = counter.unpack_from(mm, at)[0] + 1
+    counter.pack_into(mm, at, value % (1 << (8 * counter.size)))
+
+
 class TableFull(StoreError):
     """More slots (or processes) than the table holds."""
 
@@ -177,10 +183,7 @@ class SlotTable:
     def _open(self) -> None:
         """Open (create, or reset) and map the file."""
         try:
-            if self._like is not None:
-                fd = open_beside(self.path, self._like, os.O_RDWR)
-            else:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = open_beside(self.path, self._like or self.path, os.O_RDWR)
         except OSError as exc:
             raise StoreError(f"connection slot table {self.path}: {exc}") from exc
         try:
@@ -232,12 +235,12 @@ class SlotTable:
             self._flock.release()
             raise
 
-    def _unlock(self, used: Optional[list[int]], ok: bool) -> None:
+    def _unlock(self, used: list[int], ok: bool) -> None:
         """Let go of the table.  ``ok``: the change (if any) is complete,
         store the counts and clear the dirty mark; otherwise the mark stays
         for the next locker to rebuild."""
         try:
-            if ok and used is not None:
+            if ok:
                 mm = self._mm
                 assert mm is not None
                 _USED.pack_into(mm, _USED_AT, *used)
@@ -254,78 +257,46 @@ class SlotTable:
         """Take ``slot`` for ``ip`` unless ``limit`` slots are held; (taken,
         slots held now).  Taking a slot already held changes nothing."""
         sk, ik = _key(slot), _key(ip)
-        used = self._lock()
-        ok = False
-        try:
+        with _Held(self) as used:
             self._register(pid, used)
-            mm = self._mm
             s_off, found = self._slots.locate(sk)
-            a_off, a_found = self._ips.locate(ik)
-            held = _IP.unpack_from(mm, a_off)[1] if a_found else 0
+            a_off, a_found, held = self._ip(ik)
             if found:
-                result = True, held
-            else:
-                if held >= limit and self._reclaim(used, pid):     # records moved
-                    s_off, found = self._slots.locate(sk)
-                    a_off, a_found = self._ips.locate(ik)
-                    held = _IP.unpack_from(mm, a_off)[1] if a_found else 0
-                if held >= limit:
-                    result = False, held
-                elif not (self._slots.room(used) and (a_found or self._ips.room(used))):
-                    raise TableFull(f"connection slot table {self.path}: full")
-                else:
-                    self._dirty()
-                    self._slots.put(s_off, _SLOT.pack(1, pid, sk, ik), used)
-                    if a_found:
-                        _IP.pack_into(mm, a_off, 1, held + 1, ik)
-                    else:
-                        self._ips.put(a_off, _IP.pack(1, 1, ik), used)
-                    result = True, held + 1
-            ok = True
-            return result
-        finally:
-            self._unlock(used, ok)
+                return True, held
+            if held >= limit and self._reclaim(used, pid):     # records moved
+                s_off, found = self._slots.locate(sk)
+                a_off, a_found, held = self._ip(ik)
+            if held >= limit:
+                return False, held
+            if not (self._slots.room(used) and (a_found or self._ips.room(used))):
+                raise TableFull(f"connection slot table {self.path}: full")
+            self._dirty()
+            self._slots.put(s_off, _SLOT.pack(1, pid, sk, ik), used)
+            self._set_held(a_off, a_found, ik, held + 1, used)
+            return True, held + 1
 
     def release(self, slot: str) -> None:
         """Free a slot (nothing if it is not held)."""
         sk = _key(slot)
-        used = self._lock()
-        ok = False
-        try:
+        with _Held(self) as used:
             off, found = self._slots.locate(sk)
             if found:
                 self._dirty()
                 self._drop(off, used)
-            ok = True
-        finally:
-            self._unlock(used, ok)
 
     def count(self, ip: str, pid: int) -> int:
         """Slots held for ``ip``, after freeing those of dead processes."""
         ik = _key(ip)
-        used = self._lock()
-        ok = False
-        try:
+        with _Held(self) as used:
             self._reclaim(used, pid)
-            off, found = self._ips.locate(ik)
-            held = _IP.unpack_from(self._mm, off)[1] if found else 0
-            ok = True
-            return held
-        finally:
-            self._unlock(used, ok)
+            return self._ip(ik)[2]
 
     def process_gone(self, pid: int) -> None:
         """Free every slot of that process."""
-        used = self._lock()
-        ok = False
-        try:
-            off, found = self._pids.locate(pid.to_bytes(4, "little"))
-            if found:
+        with _Held(self) as used:
+            if self._pids.locate(pid.to_bytes(4, "little"))[1]:
                 self._dirty()
                 self._drop_pid(pid, used)
-            ok = True
-        finally:
-            self._unlock(used, ok)
 
     def generation(self) -> int:
         """A counter the store advances after changes other processes must
@@ -337,12 +308,8 @@ class SlotTable:
             raise StoreError(f"connection slot table {self.path}: closed") from None
 
     def advance(self) -> None:
-        used = self._lock()
-        try:
-            mm = self._mm
-            _STATE.pack_into(mm, _STATE_AT, (_STATE.unpack_from(mm, _STATE_AT)[0] + 1) & (2**64 - 1))
-        finally:
-            self._unlock(used, True)
+        with _Held(self):
+            _increment(self._mm, _STATE, _STATE_AT)
 
     # -- under the lock ------------------------------------------------------------------
     def _register(self, pid: int, used: list[int]) -> None:
@@ -365,18 +332,28 @@ class SlotTable:
             self._pids.put(off, _PID.pack(1, pid), used)
         self._registered = (pid, _GEN.unpack_from(mm, _GEN_AT)[0])
 
+    def _ip(self, ik: bytes) -> tuple[int, bool, int]:
+        """(offset, found, slots held) of an IP's record (see _Table.locate)."""
+        off, found = self._ips.locate(ik)
+        return off, found, _IP.unpack_from(self._mm, off)[1] if found else 0
+
+    def _set_held(self, off: int, found: bool, ik: bytes, held: int, used: list[int]) -> None:
+        """Store an IP's count at the record :meth:`_ip` found (or the free
+        one it pointed to); an IP holding none has no record."""
+        if not found:
+            self._ips.put(off, _IP.pack(1, held, ik), used)
+        elif held > 0:
+            _IP.pack_into(self._mm, off, 1, held, ik)
+        else:
+            self._ips.delete(off, used)
+
     def _drop(self, off: int, used: list[int]) -> None:
         """Delete the slot record at ``off`` and count it out of its IP."""
-        mm = self._mm
-        ik = mm[off + 24:off + 40]
+        ik = self._mm[off + 24:off + 40]
         self._slots.delete(off, used)
-        a, found = self._ips.locate(ik)
+        a_off, found, held = self._ip(ik)
         if found:
-            held = _IP.unpack_from(mm, a)[1] - 1
-            if held > 0:
-                _IP.pack_into(mm, a, 1, held, ik)
-            else:
-                self._ips.delete(a, used)
+            self._set_held(a_off, True, ik, held - 1, used)
 
     def _drop_pid(self, pid: int, used: list[int]) -> None:
         """Free the slots of a process and forget it (a full scan)."""
@@ -390,7 +367,7 @@ class SlotTable:
         off, found = self._pids.locate(pid.to_bytes(4, "little"))
         if found:
             self._pids.delete(off, used)
-        _GEN.pack_into(mm, _GEN_AT, (_GEN.unpack_from(mm, _GEN_AT)[0] + 1) & 0xFFFFFFFF)
+        _increment(mm, _GEN, _GEN_AT)
 
     def _reclaim(self, used: list[int], me: int) -> bool:
         """Free the slots of processes that no longer exist; whether any."""
@@ -415,19 +392,36 @@ class SlotTable:
             slots[sk] = (pid, ik)
         pids = {_PID.unpack_from(mm, off)[1] for off in self._pids.records()}
         pids.update(pid for pid, _ik in slots.values())
-        gen = _GEN.unpack_from(mm, _GEN_AT)[0]
-        mm[_HEADER:self._size] = bytes(self._size - _HEADER)
+        mm[_HEADER:self._size] = bytes(self._size - _HEADER)      # the header stays
         used = [0, 0, 0]
         for pid in pids:
             key = pid.to_bytes(4, "little")
             self._pids.put(self._pids.locate(key)[0], _PID.pack(1, pid), used)
         for sk, (pid, ik) in slots.items():
             self._slots.put(self._slots.locate(sk)[0], _SLOT.pack(1, pid, sk, ik), used)
-            a, found = self._ips.locate(ik)
-            if found:
-                _IP.pack_into(mm, a, 1, _IP.unpack_from(mm, a)[1] + 1, ik)
-            else:
-                self._ips.put(a, _IP.pack(1, 1, ik), used)
+            a_off, found, held = self._ip(ik)
+            self._set_held(a_off, found, ik, held + 1, used)
         _USED.pack_into(mm, _USED_AT, *used)
-        _GEN.pack_into(mm, _GEN_AT, (gen + 1) & 0xFFFFFFFF)
+        _increment(mm, _GEN, _GEN_AT)                 # process records went and came back
         mm[32] = 0
+
+
+class _Held:
+    """``with _Held(table) as used``: the table locked for one operation,
+    and the used counts of its tables.  A clean exit (a return included)
+    stores the counts and clears the dirty mark; after an exception the mark
+    stays for the next locker to rebuild.  A class, not a generator: it is on
+    every connection's path."""
+
+    __slots__ = ("table", "used")
+
+    def __init__(self, table: SlotTable) -> None:
+        self.table = table
+
+    def __enter__(self) -> list[int]:
+        self.used = self.table._lock()
+        return self.used
+
+    def __exit__(self, etype, exc, tb) -> bool:
+        self.table._unlock(self.used, etype is None)
+        return False

@@ -56,7 +56,6 @@ _POOL_SIZE = 16
 _LOCKED_KEYS_MAX = 10000
 
 
-
 class SqliteStore(Store):
     """Store in one SQLite database file (absolute path)."""
 
@@ -328,9 +327,9 @@ class SqliteStore(Store):
 
     def remove_lock(self, key: str) -> bool:
         with self._tx() as db:
-            rec = self._settle(db, key, time.time())
-            db.execute("DELETE FROM lock WHERE key = ?", (key,))
-            self._locks_changed = True
+            now = time.time()
+            rec = self._settle(db, key, now)
+            self._save(db, key, LockRecord(None), now)      # no lock, no history: deleted
             return rec.lock is not None
 
     def list_locks(self) -> list[Lock]:
