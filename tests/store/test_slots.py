@@ -247,3 +247,18 @@ def test_writers_killed_at_random_points_leave_a_usable_table(tmp_path) -> None:
         assert table.acquire("192.0.2.1", 2, f"h:{ME}:1", ME) == (True, 1)
     finally:
         table.close()
+
+
+def test_an_error_half_way_leaves_the_mark_for_a_rebuild(small: SlotTable, monkeypatch) -> None:
+    """An exception between two writes of one change (here: the slot is
+    stored, its IP's count is not) leaves the dirty mark; the next
+    operation rebuilds the counts."""
+    def broken(*args):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(SlotTable, "_set_held", broken)
+    with pytest.raises(RuntimeError):
+        small.acquire("192.0.2.8", 9, f"h:{ME}:1", ME)
+    monkeypatch.undo()
+    assert small._mm[32] == 1
+    assert small.count("192.0.2.8", ME) == 1                  # rebuilt from the slot record
+    check_consistent(small)
