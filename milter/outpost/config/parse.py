@@ -349,7 +349,6 @@ def _identity_header(node: Node) -> IdentityHeader:
     return IdentityHeader(header=name, regex=regex, remove=remove)
 
 
-
 def _network_item(n: Node) -> tuple[IPNetwork, IPNetwork, str]:
     net = n.parsed(parse_network, "an IP network")
     return net, net, f"network {net}"
@@ -380,6 +379,7 @@ def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name
     if utype != for_type and key in fields:
         raise fields[key].error(f"'{key}' is only for users of type {for_type}")
     return out
+
 
 def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User, ...]:
     users: list[User] = []
