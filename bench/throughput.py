@@ -165,7 +165,8 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
     print(f"\n{args.messages} messages x {args.sessions} sessions, {args.rounds} rounds "
           f"({'one session per message' if not args.reuse else 'sessions reused'}); "
           "msgs/s = median (min-max); ratios = median of same-round ratios")
-    header = (f"{'config':<12}{'size':>8}{'msgs/s':>10}{'range':>16}"
+    w = max([12] + [len(c.name) + 2 for c in configs])
+    header = (f"{'config':<{w}}{'size':>8}{'msgs/s':>10}{'range':>16}"
               f"{'vs postfix':>12}{'vs noop':>10}{'milter µs/msg':>15}")
     print(header)
     print("-" * len(header))
@@ -173,7 +174,7 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
         for cfg in configs:
             rates = cfg.rates[size]
             spread = f"{min(rates):.0f}-{max(rates):.0f}"
-            print(f"{cfg.name:<12}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
+            print(f"{cfg.name:<{w}}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
                   f"{paired_ratio(cfg, configs[0], size):>12}"
                   f"{paired_ratio(cfg, noop, size):>10}"
                   f"{statistics.median(cfg.cpu[size]) if cfg.cpu.get(size) else 0:>15.0f}")
