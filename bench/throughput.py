@@ -159,15 +159,26 @@ def paired_ratio(cfg: Config, ref: Config | None, size: int) -> str:
     return f"{statistics.median(a / b for a, b in zip(cfg.rates[size], ref.rates[size])):.2f}"
 
 
+def paired_quartiles(cfg: Config, ref: Config | None, size: int) -> str:
+    """First and third quartile of the same-round ratios cfg/ref: how far
+    apart the rounds were (half of them fall in between)."""
+    if ref is None or len(cfg.rates[size]) < 2:
+        return "-"
+    q1, _, q3 = statistics.quantiles(
+        [a / b for a, b in zip(cfg.rates[size], ref.rates[size])], n=4, method="inclusive")
+    return f"{q1:.2f}-{q3:.2f}"
+
+
 def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) -> None:
     """Print msgs/s (median, range) and ratios paired per round."""
     noop = next((c for c in configs if c.name == "noop"), None)
     print(f"\n{args.messages} messages x {args.sessions} sessions, {args.rounds} rounds "
           f"({'one session per message' if not args.reuse else 'sessions reused'}); "
-          "msgs/s = median (min-max); ratios = median of same-round ratios")
+          "msgs/s = median (min-max); ratios = median of same-round ratios; "
+          "quartiles: of the same-round ratios to noop")
     w = max([12] + [len(c.name) + 2 for c in configs])
     header = (f"{'config':<{w}}{'size':>8}{'msgs/s':>10}{'range':>16}"
-              f"{'vs postfix':>12}{'vs noop':>10}{'milter µs/msg':>15}")
+              f"{'vs postfix':>12}{'vs noop':>10}{'quartiles':>12}{'milter µs/msg':>15}")
     print(header)
     print("-" * len(header))
     for size in sizes:
@@ -177,6 +188,7 @@ def report(configs: list[Config], sizes: list[int], args: argparse.Namespace) ->
             print(f"{cfg.name:<{w}}{size:>8}{statistics.median(rates):>10.0f}{spread:>16}"
                   f"{paired_ratio(cfg, configs[0], size):>12}"
                   f"{paired_ratio(cfg, noop, size):>10}"
+                  f"{paired_quartiles(cfg, noop, size):>12}"
                   f"{statistics.median(cfg.cpu[size]) if cfg.cpu.get(size) else 0:>15.0f}")
     print("milter µs/msg: CPU (user + system) of the milter's processes per message,\n"
           "median over rounds, read from /proc (0: no milter)")
