@@ -152,11 +152,16 @@ def stop_configs(configs: list[Config]) -> None:
             cfg.milter.stop(graceful=False)
 
 
+def same_round_ratios(cfg: Config, ref: Config, size: int) -> list[float]:
+    """cfg/ref for each round (both measured in it)."""
+    return [a / b for a, b in zip(cfg.rates[size], ref.rates[size])]
+
+
 def paired_ratio(cfg: Config, ref: Config | None, size: int) -> str:
     """Median over rounds of cfg/ref measured in the same round."""
     if ref is None:
         return "-"
-    return f"{statistics.median(a / b for a, b in zip(cfg.rates[size], ref.rates[size])):.2f}"
+    return f"{statistics.median(same_round_ratios(cfg, ref, size)):.2f}"
 
 
 def paired_quartiles(cfg: Config, ref: Config | None, size: int) -> str:
@@ -164,8 +169,7 @@ def paired_quartiles(cfg: Config, ref: Config | None, size: int) -> str:
     apart the rounds were (half of them fall in between)."""
     if ref is None or len(cfg.rates[size]) < 2:
         return "-"
-    q1, _, q3 = statistics.quantiles(
-        [a / b for a, b in zip(cfg.rates[size], ref.rates[size])], n=4, method="inclusive")
+    q1, _, q3 = statistics.quantiles(same_round_ratios(cfg, ref, size), n=4, method="inclusive")
     return f"{q1:.2f}-{q3:.2f}"
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Iterator
 
 import pytest
 
@@ -26,7 +27,7 @@ time.sleep(float(sys.argv[2]))
 
 
 @pytest.fixture
-def lock(tmp_path) -> FileLock:
+def lock(tmp_path) -> Iterator[FileLock]:
     db = tmp_path / "x.db"
     db.write_bytes(b"")
     lk = FileLock(str(tmp_path / "x.db-writer"), str(db), "test lock")

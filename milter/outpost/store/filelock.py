@@ -41,6 +41,14 @@ def _flock_keeping_gil() -> Optional[Callable[[int, int], int]]:
 _FLOCK_KEEPING_GIL = _flock_keeping_gil()
 
 
+def _flock(fd: int, op: int) -> None:
+    """``flock(fd, op)``: tried with ``LOCK_NB`` keeping the GIL, then, if
+    that did not do it (held elsewhere, or an error), by ``fcntl.flock``,
+    which waits with the GIL released and raises what went wrong."""
+    if _FLOCK_KEEPING_GIL is None or _FLOCK_KEEPING_GIL(fd, op | fcntl.LOCK_NB) != 0:
+        fcntl.flock(fd, op)
+
+
 def open_beside(path: str, like: str, flags: int) -> int:
     """Open (creating) ``path`` with ``like``'s permission bits, whatever
     the umask, and, when we are root, its owner — as SQLite does for its
@@ -71,25 +79,24 @@ class FileLock:
         self._fd = -1
         self._pid = 0
 
+    def _drop_fd(self) -> None:
+        """Forget the descriptor (the next acquire opens the file again)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._pid = -1, 0
+
     def acquire(self) -> None:
         self._mutex.acquire()
         try:
-            if self._pid != os.getpid():
-                if self._fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(self._fd)
-                    self._fd = -1
+            if self._pid != os.getpid():                   # first use, or a forked child
+                self._drop_fd()
                 # read-only: flock needs no more
                 self._fd = open_beside(self.path, self._like, os.O_RDONLY)
                 self._pid = os.getpid()
-            if (_FLOCK_KEEPING_GIL is None
-                    or _FLOCK_KEEPING_GIL(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB) != 0):
-                fcntl.flock(self._fd, fcntl.LOCK_EX)       # held elsewhere (or failed): wait here
+            _flock(self._fd, fcntl.LOCK_EX)
         except OSError as exc:
-            if self._fd >= 0:                              # the next try opens the file afresh
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)
-            self._fd, self._pid = -1, 0
+            self._drop_fd()
             self._mutex.release()
             raise StoreError(f"{self._what}: {exc}") from exc
         except BaseException:
@@ -98,9 +105,8 @@ class FileLock:
 
     def release(self) -> None:
         try:
-            if self._fd >= 0 and (_FLOCK_KEEPING_GIL is None
-                                  or _FLOCK_KEEPING_GIL(self._fd, fcntl.LOCK_UN) != 0):
-                fcntl.flock(self._fd, fcntl.LOCK_UN)       # raises what went wrong
+            if self._fd >= 0:
+                _flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
 
