@@ -8,6 +8,7 @@ slots, rate-limit buckets, locks) lives in the store.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import logging
@@ -56,8 +57,10 @@ TOO_MANY_CONNECTIONS = Reply(
 STORE_DOWN = Reply("451", "4.3.0", "Temporary local problem; please try again later")
 
 
+@functools.lru_cache(maxsize=4096)
 def split_address(addr: str) -> tuple[str, str]:
-    """(address without <>, lower-case IDNA domain or '')."""
+    """(address without <>, lower-case IDNA domain or '').  Cached: the same
+    senders and recipients come back message after message."""
     addr = addr.strip()
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1].strip()
@@ -420,15 +423,16 @@ class Policy:
                     msg: Optional[Message] = None) -> None:
         """The one log line per message (``msg``, or the session's current one)."""
         msg = msg if msg is not None else session.message
-        if msg is None:
+        if msg is None or not msglog.isEnabledFor(logging.INFO):
             return
+        # One f-string, not %-arguments: this runs for every message.
+        would = f' would="{hdr.clean("; ".join(msg.would), 300)}"' if msg.would else ""
         msglog.info(
-            "qid=%s ip=%s login=%s user=%s identity=%s from=<%s> rcpts=%d size=%d action=%s reason=%s%s ms=%.1f",
-            queue_id or "-", session.client_ip or "-", _q(msg.login), _q(msg.user_name), _q(msg.identity),
-            hdr.clean(msg.sender, 320), len(msg.recipients), msg.header_bytes + msg.body_size,
-            decision.action.value, decision.reason or "-",
-            f" would=\"{hdr.clean('; '.join(msg.would), 300)}\"" if msg.would else "",
-            msg.spent * 1000.0)
+            f"qid={queue_id or '-'} ip={session.client_ip or '-'} login={_q(msg.login)} "
+            f"user={_q(msg.user_name)} identity={_q(msg.identity)} from=<{hdr.clean(msg.sender, 320)}> "
+            f"rcpts={len(msg.recipients)} size={msg.header_bytes + msg.body_size} "
+            f"action={decision.action.value} reason={decision.reason or '-'}{would} "
+            f"ms={msg.spent * 1000.0:.1f}")
 
     # -- pieces -------------------------------------------------------------------------
     def _identity(self, msg: Message, user: User) -> str:

@@ -1,0 +1,96 @@
+"""How libmilter reaches the adapter: negotiation and the no-reply stages,
+called the way ``Milter.runmilter`` calls them (``*_bytes`` entry points),
+with pymilter's real NOREPLY (not patched as in the TestCtx tests)."""
+
+import functools
+
+import Milter
+import pytest
+
+from outpost.adapter.milter import OutpostMilter
+from outpost.config import parse_config
+from outpost.core.idtoken import TokenCodec
+from outpost.core.policy import Policy
+from outpost.runtime import Runtime
+from outpost.store.memory import MemoryStore
+
+from ..core.conftest import CONFIG, SECRET
+
+ALL_STEPS = 0x1FFFFF            # an MTA offering every protocol step and no-reply option
+
+
+@pytest.fixture
+def milter():
+    config = parse_config(CONFIG)
+    store = MemoryStore()
+    codec = TokenCodec(SECRET)
+    rt = Runtime(config=config, store=store, codec=codec, policy=Policy(config, store, codec))
+    factory = functools.partial(OutpostMilter, rt)
+    yield factory
+    store.close()
+
+
+@pytest.mark.parametrize("offered", [ALL_STEPS, Milter.P_NR_HDR | Milter.P_HDR_LEADSPC, 0,
+                                     0x3FF, 0x1FFC00])
+def test_negotiation_agrees_with_milter_base(milter, offered):
+    ours, base = milter(), milter()
+    opts_ours = [Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE, offered, 7, 9]
+    opts_base = list(opts_ours)
+    assert ours.negotiate(opts_ours) == Milter.Base.negotiate(base, opts_base) == Milter.CONTINUE
+    assert opts_ours == opts_base
+    assert (ours._protocol, ours._actions) == (base._protocol, base._actions)
+
+
+def test_no_reply_only_for_connect_header_and_body(milter):
+    m = milter()
+    opts = [0, ALL_STEPS, 0, 0]
+    m.negotiate(opts)
+    for kept in (Milter.P_NR_CONN, Milter.P_NR_HDR, Milter.P_NR_BODY, Milter.P_HDR_LEADSPC):
+        assert opts[1] & kept, hex(kept)
+    for dropped in (Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_EOH, Milter.P_NOMAIL,
+                    Milter.P_NORCPT, Milter.P_NOHDRS, Milter.P_NOBODY):
+        assert not opts[1] & dropped, hex(dropped)
+    assert opts[1] & Milter.P_NOHELO and opts[1] & Milter.P_NOEOH     # stages Outpost has no use for
+
+
+@pytest.mark.parametrize("protocol, answer", [
+    (Milter.P_NR_CONN | Milter.P_NR_HDR | Milter.P_NR_BODY, Milter.NOREPLY),
+    (0, Milter.CONTINUE),                 # an MTA without no-reply stages waits for CONTINUE
+])
+def test_no_reply_stages_answer_as_negotiated(milter, protocol, answer):
+    assert Milter.NOREPLY != Milter.CONTINUE
+    m = milter()
+    m._protocol = protocol
+    assert m.connect("client.example", 2, ("192.0.2.5", 4000)) == answer
+    assert m.envfrom_bytes(b"<bob@example.com>") == Milter.CONTINUE
+    assert m.header_bytes("Subject", b"hello") == answer
+    assert m.body(b"text\r\n") == answer
+    msg = m.session.message
+    assert msg.headers == [("Subject", "hello")] and msg.body_size == 6
+
+
+def test_bytes_entry_points_decode_like_milter_base(milter):
+    m = milter()
+    m._protocol = Milter.P_NR_CONN | Milter.P_NR_HDR
+    m.connect("client.example", 2, ("192.0.2.5", 4000))
+    assert m.envfrom_bytes(b"<bob@example.com>", b"SIZE=100") == Milter.CONTINUE
+    assert m.envrcpt_bytes("<x@dest.example>".encode(), "ORCPT=rfc822;x@dest.example".encode()) \
+        == Milter.CONTINUE
+    raw = b"caf\xc3\xa9 \xff"              # UTF-8, then a byte that is not
+    assert m.header_bytes("Subject", raw) == Milter.NOREPLY
+    msg = m.session.message
+    assert msg.sender == "bob@example.com" and msg.recipients == ["x@dest.example"]
+    name, value = msg.headers[0]
+    assert (name, value) == ("Subject", "café \udcff")
+    assert value.encode("utf-8", "surrogateescape") == raw       # the original bytes are kept
+
+
+def test_header_error_answers_tempfail(milter, monkeypatch):
+    m = milter()
+    m._protocol = Milter.P_NR_HDR
+    m.envfrom_bytes(b"<bob@example.com>")
+
+    def broken(*_args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(m.policy, "header", broken)
+    assert m.header_bytes("Subject", b"x") == Milter.TEMPFAIL
