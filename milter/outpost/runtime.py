@@ -81,7 +81,9 @@ class Runtime:
 
     #: Fault injection for the end-to-end tests of the error path: when the
     #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that
-    #: carries it raises inside the milter.  Unset in production.
+    #: carries it raises inside the milter: at end of message, or, when the
+    #: header's value is ``header``, in the (no-reply) header callback.
+    #: Unset in production.
     fault_header: Optional[str] = field(
         default_factory=lambda: os.environ.get("OUTPOST_FAULT_HEADER", "").lower() or None)
 
@@ -90,6 +92,10 @@ class Runtime:
         if self.fault_header and msg is not None and any(
                 n.lower() == self.fault_header for n, _ in msg.headers):
             raise RuntimeError(f"fault injected by {self.fault_header} (OUTPOST_FAULT_HEADER)")
+
+    def header_fault(self, name: str, value: str) -> None:
+        if name.lower() == self.fault_header and value.strip().lower() == "header":
+            raise RuntimeError(f"fault injected by {self.fault_header} at the header stage")
 
     def close(self) -> None:
         if self.policy.engine is not None:

@@ -85,12 +85,19 @@ def test_bytes_entry_points_decode_like_milter_base(milter):
     assert value.encode("utf-8", "surrogateescape") == raw       # the original bytes are kept
 
 
-def test_header_error_answers_tempfail(milter, monkeypatch):
+@pytest.mark.parametrize("stage", ["header", "body"])
+@pytest.mark.parametrize("protocol, answer", [
+    (Milter.P_NR_HDR | Milter.P_NR_BODY, Milter.NOREPLY),   # anything else would break the protocol
+    (0, Milter.TEMPFAIL),                                    # the MTA waits: refuse now
+])
+def test_error_at_a_no_reply_stage(milter, monkeypatch, stage, protocol, answer):
     m = milter()
-    m._protocol = Milter.P_NR_HDR
+    m._protocol = protocol
     m.envfrom_bytes(b"<bob@example.com>")
 
     def broken(*_args):
         raise RuntimeError("boom")
-    monkeypatch.setattr(m.policy, "header", broken)
-    assert m.header_bytes("Subject", b"x") == Milter.TEMPFAIL
+    monkeypatch.setattr(m.policy, stage, broken)
+    got = m.header_bytes("Subject", b"x") if stage == "header" else m.body(b"x")
+    assert got == answer
+    assert m.eom() == Milter.TEMPFAIL          # never accepted after the failure

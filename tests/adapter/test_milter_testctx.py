@@ -5,6 +5,7 @@ goes past envfrom; a fresh copy of TestCtx.default_opts per test; hostaddr is
 a bare string here.
 """
 
+import email
 import functools
 import io
 import textwrap
@@ -142,6 +143,68 @@ def test_internal_error_at_connect_answers_451_at_mail_from(runtime, monkeypatch
     monkeypatch.setattr(runtime.policy, "connect", real)
     ctx2, rc2 = feed()
     assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == " webfarm"
+
+
+@pytest.mark.parametrize("stage", ["header", "body"])
+def test_error_at_a_no_reply_stage_tempfails_at_end_of_message(runtime, monkeypatch, caplog, stage):
+    """header and body are no-reply stages: libmilter turns their 451 into
+    no answer, so the failed message must get its 451 at end of message,
+    never be accepted unfiltered.  The next message is fine."""
+    import logging
+    caplog.set_level(logging.INFO)
+
+    def broken(*_args):
+        raise KeyError("boom")
+
+    ctx = MilterTestCtx()
+    ctx._setsymval("i", "QNR1")
+    assert ctx._connect(ip="192.0.2.5") == Milter.CONTINUE
+    assert ctx._envfrom("<bob@example.com>") == Milter.CONTINUE
+    assert ctx._envrcpt("<x@dest.example>") == Milter.CONTINUE
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime.policy, stage, broken)
+        ctx._header("From", "bob@example.com")       # the MTA does not wait for these answers
+        ctx.getpriv().body(b"text\r\n")
+    ctx._reply = None
+    assert ctx._eom() == Milter.TEMPFAIL
+    assert ctx._reply == ("451", "4.3.0", "Temporary local problem; please try again later")
+    assert not ctx._headerschanged                                 # nothing stamped
+    assert f"internal error at {stage} (qid=QNR1" in caplog.text
+    ctx._setsymval("i", "QNR2")
+    assert ctx._envfrom("<bob@example.com>") == Milter.CONTINUE   # the next transaction is clean
+    assert ctx._envrcpt("<x@dest.example>") == Milter.CONTINUE
+    ctx._header("From", "bob@example.com")
+    ctx._msg = email.message_from_string("From: bob@example.com\n\ntext\n")   # as _feedFile sets it
+    assert ctx._eom() == Milter.CONTINUE
+    assert ctx._msg["X-Outpost-User"] == " webfarm"
+    ctx._close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "outpost.message"]
+    assert any("qid=QNR1" in x and "action=tempfail reason=internal_error" in x for x in lines)
+    assert any("qid=QNR2" in x and "action=accept reason=ok" in x for x in lines)
+
+
+def test_error_at_one_recipient_fails_the_message(runtime, monkeypatch):
+    """An MTA goes on after a recipient refused with 451: the message must
+    not then reach end of message unchecked and be accepted."""
+    real = runtime.policy.rcpt
+    calls = []
+
+    def broken(session, recipient):
+        calls.append(recipient)
+        if len(calls) == 1:
+            raise KeyError("boom")
+        return real(session, recipient)
+
+    monkeypatch.setattr(runtime.policy, "rcpt", broken)
+    ctx = MilterTestCtx()
+    assert ctx._connect(ip="192.0.2.5") == Milter.CONTINUE
+    assert ctx._envfrom("<bob@example.com>") == Milter.CONTINUE
+    assert ctx._envrcpt("<x@dest.example>") == Milter.TEMPFAIL
+    assert ctx._envrcpt("<y@dest.example>") == Milter.CONTINUE
+    ctx._header("From", "bob@example.com")
+    ctx._reply = None
+    assert ctx._eom() == Milter.TEMPFAIL
+    assert ctx._reply[:2] == ("451", "4.3.0") and not ctx._headerschanged
 
 
 def test_one_log_line_per_message(runtime, caplog):

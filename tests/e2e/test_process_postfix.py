@@ -58,6 +58,20 @@ def test_internal_error_gives_451_and_next_message_is_fine(postfix, outpost, sin
     assert sink.messages == [m]                    # the failed one was not relayed
 
 
+def test_internal_error_at_the_no_reply_header_stage_gives_451_at_end_of_data(postfix, outpost, sink):
+    """Postfix does not wait for the header callbacks' answers: the failure
+    is answered at end of DATA, and the message is not relayed."""
+    bad = build_message("web@example.com", "x@dest.example", headers={"X-Test-Fault": "header"})
+    r = _send_ip(postfix, message=bad)
+    assert (r.stage, r.code) == ("end", 451) and r.text.startswith("4.3.0"), r
+    log = outpost.log()
+    assert "internal error at header (qid=" in log and "at the header stage" in log
+    r2 = _send_ip(postfix)
+    assert r2.accepted, r2
+    [m] = sink.wait_for(1)
+    assert sink.messages == [m] and m.headers("X-Outpost-User") == ["webfarm"]
+
+
 def _connect_from(port: int, source: str):
     c = smtplib.SMTP(timeout=15, source_address=(source, 0))
     c.connect("127.0.0.1", port)

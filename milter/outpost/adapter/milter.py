@@ -78,6 +78,7 @@ class OutpostMilter(Milter.Base):
         self.queue_id = ""
         self._stage_started = time.monotonic()
         self._unlogged: Optional[tuple] = None    # (message, decision, queue id) to log
+        self._failed_at: Optional[str] = None     # stage of an internal error in this transaction
         self._live = live
         if live is not None:
             live.up()
@@ -125,10 +126,24 @@ class OutpostMilter(Milter.Base):
                 msg.spent += time.monotonic() - started
 
     def _internal_error(self, stage: str) -> int:
-        """Log the exception being handled and answer 451 4.3.0."""
+        """Log the exception being handled and answer 451 4.3.0.  The
+        transaction is failed for good: an MTA that did not wait for this
+        stage's answer (a no-reply header or body), or that goes on after a
+        refused recipient, gets the 451 at end of message."""
         log.exception("internal error at %s (qid=%s, client=%s); answering 451 4.3.0",
                       stage, self.queue_id or "-", self.session.client_ip or "-")
+        self._failed_at = stage
         self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
+        return self._tempfail()
+
+    def _no_reply_error(self, stage: str, nr_mask: int) -> int:
+        """An internal error at a stage the MTA may not wait for: when it
+        does not, any answer but NOREPLY breaks the protocol (Postfix then
+        hangs until its timeout), so the 451 waits for end of message."""
+        code = self._internal_error(stage)
+        return Milter.NOREPLY if self._protocol & nr_mask else code
+
+    def _tempfail(self) -> int:
         try:
             self.setreply(INTERNAL_ERROR.code, INTERNAL_ERROR.xcode, INTERNAL_ERROR.text)
         except Exception:  # noqa: BLE001 - the reply is best effort, the code is what counts
@@ -193,6 +208,7 @@ class OutpostMilter(Milter.Base):
 
     def envfrom(self, mailfrom, *params):
         def run() -> int:
+            self._failed_at = None                         # a new transaction
             if self.session.message is not None:           # RSET without abort callback
                 self._finish(_RESET)
             self._flush_log()
@@ -215,20 +231,26 @@ class OutpostMilter(Milter.Base):
     def header(self, name, value):
         # Not timed (it only records the header): the clock would cost more.
         try:
+            if self.runtime.fault_header:
+                self.runtime.header_fault(name, value)
             self.policy.header(self.session, name, value)
         except Exception:  # noqa: BLE001 - as in _guarded
-            return self._internal_error("header")
+            return self._no_reply_error("header", Milter.P_NR_HDR)
         return self._done(Milter.P_NR_HDR)
 
     @_no_reply
     def body(self, chunk):
         def run() -> int:
             self.policy.body(self.session, chunk)
-            return self._done(Milter.P_NR_BODY)
-        return self._guarded("body", run)
+            return Milter.CONTINUE
+        if self._guarded("body", run) == Milter.TEMPFAIL and not self._protocol & Milter.P_NR_BODY:
+            return Milter.TEMPFAIL              # the MTA waits for this answer
+        return self._done(Milter.P_NR_BODY)     # a failure is answered at end of message
 
     def eom(self):
         def run() -> int:
+            if self._failed_at is not None:     # logged and finished where it happened
+                return self._tempfail()
             self.queue_id = self._macro("i") or self.queue_id
             self.runtime.fault_point(self.session)
             d = self.policy.end_of_message(self.session, self.queue_id)
@@ -249,6 +271,7 @@ class OutpostMilter(Milter.Base):
 
     def abort(self):
         def run() -> int:
+            self._failed_at = None
             self._finish(_ABORTED)
             self._flush_log()
             return Milter.CONTINUE
