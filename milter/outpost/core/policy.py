@@ -57,10 +57,11 @@ TOO_MANY_CONNECTIONS = Reply(
 STORE_DOWN = Reply("451", "4.3.0", "Temporary local problem; please try again later")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def split_address(addr: str) -> tuple[str, str]:
     """(address without <>, lower-case IDNA domain or '').  Cached: the same
-    senders and recipients come back message after message."""
+    senders and recipients come back message after message (1 024 entries:
+    at most about 2 MB, as the MTA bounds an address's length)."""
     addr = addr.strip()
     if addr.startswith("<") and addr.endswith(">"):
         addr = addr[1:-1].strip()
