@@ -1,0 +1,178 @@
+"""Python time per message, stage by stage, in one process: Outpost's
+milter class against the do-nothing pymilter, called the way libmilter
+calls them through ``Milter.runmilter`` (negotiate, connect, MAIL, RCPT, six
+headers, one body chunk, end of message, close).
+
+Usage: ``python bench/callbacks.py [--messages 8000] [--rounds 5] [--body 2048]``
+
+It isolates the Python each message costs from the MTA and the kernel
+(``bench/throughput.py`` measures the whole path through Postfix).  The
+context object handed to the callbacks stands in for pymilter's C
+``milterContext``: it answers the macros Postfix sends and records nothing,
+so what is timed is the milter's own code.  Outpost runs the benchmark's
+bare configuration (mapping, domain policy, headers, the connection slot in
+a throw-away SQLite store, the log line written to a temporary file).  The
+configurations alternate round by round; each figure is the lowest of the
+rounds' medians (in µs), with the ratio to the do-nothing milter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from typing import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "bench"), os.path.join(ROOT, "milter")]
+
+import Milter  # noqa: E402
+
+from noop_milter import NoopMilter  # noqa: E402
+from outpost.adapter.milter import OutpostMilter  # noqa: E402
+from outpost.cli import LogFormatter  # noqa: E402
+from outpost.config import parse_config  # noqa: E402
+from outpost.core.idtoken import new_secret  # noqa: E402
+from outpost.runtime import Runtime  # noqa: E402
+
+STAGES = ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close")
+HEADERS = [
+    ("Received", b"from bench.example.org (localhost [127.0.0.1])\n\tby relay.example.net (Postfix) "
+                 b"with ESMTP id 4XyZ01\n\tfor <rcpt@example.net>; Sat, 28 Nov 2026 03:00:00 +0000 (UTC)"),
+    ("Date", b"Sat, 28 Nov 2026 03:00:00 +0000"), ("From", b"bench@example.com"),
+    ("To", b"rcpt@example.net"), ("Subject", b"bench"),
+    ("Message-Id", b"<20261128030000.4XyZ01@bench.example.org>"),
+]
+
+
+class Context:
+    """Stands in for pymilter's ``milterContext``: the macros Postfix
+    sends, and the calls a milter makes on it."""
+
+    MACROS = {"{client_addr}": "127.0.0.1", "i": "4XyZ01", "j": "relay.example.net"}
+
+    def __init__(self) -> None:
+        self.priv = None
+
+    def getsymval(self, name: str):
+        return self.MACROS.get(name)
+
+    def getpriv(self):
+        return self.priv
+
+    def setpriv(self, priv) -> None:
+        self.priv = priv
+
+    def setreply(self, *args) -> None:
+        pass
+
+    def addheader(self, *args) -> None:
+        pass
+
+    def chgheader(self, *args) -> None:
+        pass
+
+
+def one_message(body: bytes, times: dict[str, list[float]]) -> None:
+    """One connection with one message, through runmilter's dispatch."""
+    clock = time.perf_counter
+    ctx = Context()
+    t0 = clock()
+    Milter.negotiate_callback(ctx, [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+    t1 = clock()
+    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 40000))
+    t2 = clock()
+    ctx.getpriv().envfrom_bytes(b"<bench@example.com>")
+    t3 = clock()
+    ctx.getpriv().envrcpt_bytes(b"<rcpt@example.net>")
+    t4 = clock()
+    for name, value in HEADERS:
+        ctx.getpriv().header_bytes(name, value)
+    t5 = clock()
+    ctx.getpriv().body(body)
+    t6 = clock()
+    rc = ctx.getpriv().eom()
+    t7 = clock()
+    Milter.close_callback(ctx)
+    t8 = clock()
+    if rc != Milter.CONTINUE:
+        raise SystemExit(f"end of message answered {rc}, not CONTINUE: the benchmark is broken")
+    for stage, a, b in zip(STAGES, (t0, t1, t2, t3, t4, t5, t6, t7), (t1, t2, t3, t4, t5, t6, t7, t8)):
+        times[stage].append(b - a)
+
+
+def measure(factory: Callable, messages: int, body: bytes) -> dict[str, float]:
+    """Median µs per stage over ``messages`` messages."""
+    Milter.factory = factory
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    for _ in range(messages):
+        one_message(body, times)
+    return {s: sorted(v)[len(v) // 2] * 1e6 for s, v in times.items()}
+
+
+def outpost_factory(work: str) -> tuple[Callable, Runtime]:
+    secret = os.path.join(work, "secret")
+    with open(secret, "wb") as f:
+        f.write(new_secret())
+    config = parse_config(f"""
+secret_file: {secret}
+store: sqlite:///{work}/bench.db
+report_abuse_to: abuse@example.net
+reports: {{enabled: false}}
+spam: {{enabled: false}}
+domains: [example.com]
+users:
+  - {{name: bench, type: ip, ips: [127.0.0.0/8], domains: [example.com], connection_limit: 1000}}
+""")
+    runtime = Runtime.build(config)
+    return functools.partial(OutpostMilter, runtime), runtime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=8000, help="messages per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--body", type=int, default=2048, help="body bytes (one chunk)")
+    args = parser.parse_args(argv)
+    body = b"x" * args.body
+    with tempfile.TemporaryDirectory(prefix="outpost-callbacks-") as work:
+        log = open(os.path.join(work, "outpost.log"), "w", encoding="utf-8")
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(LogFormatter())
+        logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+        logging.logThreads = logging.logMultiprocessing = False
+        logging._srcfile = None                       # as `outpost run` sets them
+        outpost, runtime = outpost_factory(work)
+        configs = {"noop": NoopMilter, "outpost": outpost}
+        best: dict[str, dict[str, float]] = {name: {} for name in configs}
+        try:
+            for name, factory in configs.items():         # warm-up
+                measure(factory, 300, body)
+            for rnd in range(args.rounds):
+                order = list(configs.items())
+                for name, factory in (order if rnd % 2 == 0 else order[::-1]):
+                    for stage, us in measure(factory, args.messages, body).items():
+                        best[name][stage] = min(best[name].get(stage, float("inf")), us)
+        finally:
+            runtime.close()
+            logging.shutdown()
+            log.close()
+    print(f"{args.messages} messages x {args.rounds} rounds, {args.body} B body; "
+          "µs per message: lowest of the rounds' medians")
+    print(f"{'stage':<10}{'noop':>8}{'outpost':>10}{'difference':>12}")
+    for stage in STAGES:
+        noop, ours = best["noop"][stage], best["outpost"][stage]
+        print(f"{stage:<10}{noop:>8.1f}{ours:>10.1f}{ours - noop:>12.1f}")
+    noop_total, ours_total = sum(best["noop"].values()), sum(best["outpost"].values())
+    print(f"{'total':<10}{noop_total:>8.1f}{ours_total:>10.1f}{ours_total - noop_total:>12.1f}"
+          f"   ({ours_total / noop_total:.1f}x the do-nothing milter)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

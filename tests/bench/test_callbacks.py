@@ -1,0 +1,21 @@
+"""bench/callbacks.py runs both milters through every stage and reports them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "callbacks.py"
+
+
+def test_every_stage_is_reported_for_both_milters():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--messages", "40", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr      # Outpost must accept the message (CONTINUE at eom)
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[2:]}
+    for stage in ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close"):
+        noop, ours, diff = (float(x) for x in rows[stage])
+        assert noop > 0 and ours > 0 and abs(ours - noop - diff) < 0.11, (stage, rows[stage])
+    assert float(rows["total"][1]) > float(rows["total"][0])   # Outpost does more than nothing
+    assert "x the do-nothing milter" in out.stdout
