@@ -41,7 +41,7 @@ FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
 def _no_reply(method):
     """Like ``@Milter.noreply`` (the MTA is told not to wait for this stage's
     answer), without its wrapper: one Python call less for every header.
-    The method answers through :meth:`OutpostMilter._done`."""
+    The method answers through :meth:`OutpostMilter._answer`."""
     method.milter_protocol = Milter.OPTIONAL_CALLBACKS[method.__name__][0]
     return method
 
@@ -96,10 +96,12 @@ class OutpostMilter(Milter.Base):
             return Milter.ALL_OPTS
         return Milter.CONTINUE
 
-    def _done(self, nr_mask: int) -> int:
-        """CONTINUE for a no-reply stage: NOREPLY when the MTA agreed not to
-        wait for it (as ``@Milter.noreply`` answers)."""
-        return Milter.NOREPLY if self._protocol & nr_mask else Milter.CONTINUE
+    def _answer(self, code: int, nr_mask: int) -> int:
+        """The answer of a stage the MTA may not wait for: NOREPLY when it
+        agreed not to (``nr_mask`` negotiated), whatever happened — any other
+        answer breaks the protocol (Postfix then hangs until its timeout), and
+        a failure is answered at end of message; else ``code``."""
+        return Milter.NOREPLY if self._protocol & nr_mask else code
 
     def _macro(self, name: str) -> Optional[str]:
         try:
@@ -135,13 +137,6 @@ class OutpostMilter(Milter.Base):
         self._failed_at = stage
         self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
         return self._tempfail()
-
-    def _no_reply_error(self, stage: str, nr_mask: int) -> int:
-        """An internal error at a stage the MTA may not wait for: when it
-        does not, any answer but NOREPLY breaks the protocol (Postfix then
-        hangs until its timeout), so the 451 waits for end of message."""
-        code = self._internal_error(stage)
-        return Milter.NOREPLY if self._protocol & nr_mask else code
 
     def _tempfail(self) -> int:
         try:
@@ -193,7 +188,7 @@ class OutpostMilter(Milter.Base):
             d = Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error")
         if d.blocks:
             self.session.refusal = d
-        return self._done(Milter.P_NR_CONN)
+        return self._answer(Milter.CONTINUE, Milter.P_NR_CONN)
 
     # libmilter's entry points (Milter.runmilter): decode as Milter.Base does,
     # without asking each time for the method's error strategy.
@@ -235,17 +230,15 @@ class OutpostMilter(Milter.Base):
                 self.runtime.header_fault(name, value)
             self.policy.header(self.session, name, value)
         except Exception:  # noqa: BLE001 - as in _guarded
-            return self._no_reply_error("header", Milter.P_NR_HDR)
-        return self._done(Milter.P_NR_HDR)
+            return self._answer(self._internal_error("header"), Milter.P_NR_HDR)
+        return self._answer(Milter.CONTINUE, Milter.P_NR_HDR)
 
     @_no_reply
     def body(self, chunk):
         def run() -> int:
             self.policy.body(self.session, chunk)
             return Milter.CONTINUE
-        if self._guarded("body", run) == Milter.TEMPFAIL and not self._protocol & Milter.P_NR_BODY:
-            return Milter.TEMPFAIL              # the MTA waits for this answer
-        return self._done(Milter.P_NR_BODY)     # a failure is answered at end of message
+        return self._answer(self._guarded("body", run), Milter.P_NR_BODY)
 
     def eom(self):
         def run() -> int:
