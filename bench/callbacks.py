@@ -35,7 +35,7 @@ import Milter  # noqa: E402
 
 from noop_milter import NoopMilter  # noqa: E402
 from outpost.adapter.milter import OutpostMilter  # noqa: E402
-from outpost.cli import LogFormatter  # noqa: E402
+from outpost.cli import _setup_logging as setup_logging  # noqa: E402
 from outpost.config import parse_config  # noqa: E402
 from outpost.core.idtoken import new_secret  # noqa: E402
 from outpost.runtime import Runtime  # noqa: E402
@@ -142,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     body = b"x" * args.body
     with tempfile.TemporaryDirectory(prefix="outpost-callbacks-") as work:
         log = open(os.path.join(work, "outpost.log"), "w", encoding="utf-8")
-        handler = logging.StreamHandler(log)
-        handler.setFormatter(LogFormatter())
-        logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-        logging.logThreads = logging.logMultiprocessing = False
-        logging._srcfile = None                       # as `outpost run` sets them
+        setup_logging("info", log)                    # as `outpost run` sets it up
         outpost, runtime = outpost_factory(work)
         configs = {"noop": NoopMilter, "outpost": outpost}
         best: dict[str, dict[str, float]] = {name: {} for name in configs}

@@ -20,7 +20,8 @@ DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
 LOG_FORMAT = "%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
-def _setup_logging(level: str = "info") -> None:
+def _setup_logging(level: str = "info", stream=None) -> None:
+    """The daemon's logging: ``LOG_FORMAT`` to ``stream`` (standard error)."""
     # libmilter calls us from threads Python did not create: a log record's
     # threadName would make threading register a _DummyThread for each new
     # connection thread (slow, and never freed).  We log no thread names.
@@ -29,9 +30,10 @@ def _setup_logging(level: str = "info") -> None:
     # No caller lookup (file, line, function) for each record: the format
     # does not show it (the logging HOWTO's "Optimization" section).
     logging._srcfile = None
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(LogFormatter())
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler],
+                        force=True)
 
 
 class LogFormatter(logging.Formatter):

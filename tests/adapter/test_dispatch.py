@@ -8,26 +8,13 @@ import Milter
 import pytest
 
 from outpost.adapter.milter import OutpostMilter
-from outpost.config import parse_config
-from outpost.core.idtoken import TokenCodec
-from outpost.core.policy import Policy
-from outpost.runtime import Runtime
-from outpost.store.memory import MemoryStore
-
-from ..core.conftest import CONFIG, SECRET
 
 ALL_STEPS = 0x1FFFFF            # an MTA offering every protocol step and no-reply option
 
 
 @pytest.fixture
-def milter():
-    config = parse_config(CONFIG)
-    store = MemoryStore()
-    codec = TokenCodec(SECRET)
-    rt = Runtime(config=config, store=store, codec=codec, policy=Policy(config, store, codec))
-    factory = functools.partial(OutpostMilter, rt)
-    yield factory
-    store.close()
+def milter(memory_runtime):
+    return functools.partial(OutpostMilter, memory_runtime)
 
 
 @pytest.mark.parametrize("offered", [ALL_STEPS, Milter.P_NR_HDR | Milter.P_HDR_LEADSPC, 0,

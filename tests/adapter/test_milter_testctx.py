@@ -15,26 +15,14 @@ import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
 from outpost.adapter.milter import OutpostMilter
-from outpost.config import parse_config
-from outpost.core.idtoken import TokenCodec
-from outpost.core.policy import Policy
-from outpost.runtime import Runtime
-from outpost.store.memory import MemoryStore
-
-from ..core.conftest import CONFIG, SECRET
 
 
 @pytest.fixture
-def runtime(monkeypatch):
+def runtime(monkeypatch, memory_runtime):
     monkeypatch.setattr(Milter, "NOREPLY", Milter.CONTINUE)
     monkeypatch.setattr(MilterTestCtx, "default_opts", list(MilterTestCtx.default_opts))
-    config = parse_config(CONFIG)
-    store = MemoryStore()
-    codec = TokenCodec(SECRET)
-    rt = Runtime(config=config, store=store, codec=codec, policy=Policy(config, store, codec))
-    Milter.factory = functools.partial(OutpostMilter, rt)
-    yield rt
-    store.close()
+    monkeypatch.setattr(Milter, "factory", functools.partial(OutpostMilter, memory_runtime))
+    return memory_runtime
 
 
 MESSAGE = textwrap.dedent("""\

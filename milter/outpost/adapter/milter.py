@@ -46,6 +46,10 @@ def _no_reply(method):
     return method
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
 class Live:
     """Number of open milter connections in this process (for a graceful stop)."""
 
@@ -190,16 +194,17 @@ class OutpostMilter(Milter.Base):
             self.session.refusal = d
         return self._answer(Milter.CONTINUE, Milter.P_NR_CONN)
 
-    # libmilter's entry points (Milter.runmilter): decode as Milter.Base does,
-    # without asking each time for the method's error strategy.
+    # libmilter's entry points (Milter.runmilter): decode as Milter.Base does
+    # (UTF-8, the original bytes kept as surrogates), without asking each
+    # time for the method's error strategy.
     def envfrom_bytes(self, *args):
-        return self.envfrom(*[a.decode("utf-8", "surrogateescape") for a in args])
+        return self.envfrom(*map(_text, args))
 
     def envrcpt_bytes(self, *args):
-        return self.envrcpt(*[a.decode("utf-8", "surrogateescape") for a in args])
+        return self.envrcpt(*map(_text, args))
 
     def header_bytes(self, name, value):
-        return self.header(name, value.decode("utf-8", "surrogateescape"))
+        return self.header(name, _text(value))
 
     def envfrom(self, mailfrom, *params):
         def run() -> int:
