@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import pytest
 
 from outpost.spam.bayes import strip_transport_headers
-from tests.spam.helpers import find_corpus
+from tests.spam.helpers import require_corpus
 
 SPAM = "00001.7848dde101aa985090474a91ec93fcf0.eml"
 HAM = "00001.7c53336b37003a9286aba55d2945844c.eml"
@@ -16,11 +13,9 @@ HAM = "00001.7c53336b37003a9286aba55d2945844c.eml"
 
 def corpus_message(kind: str, name: str, sender: str) -> bytes:
     """A corpus message with transport headers dropped and From/Sender/
-    Reply-To replaced by ``sender`` (CRLF line ends); skips without corpus."""
-    root = find_corpus()
-    if root is None:
-        pytest.skip("SpamAssassin corpus not found (set OUTPOST_CORPUS)")
-    raw = strip_transport_headers((Path(root) / kind / name).read_bytes())
+    Reply-To replaced by ``sender`` (CRLF line ends); skips without corpus
+    (a failure in CI)."""
+    raw = strip_transport_headers((require_corpus() / kind / name).read_bytes())
     head, sep, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
     lines = re.split(rb"\n(?![ \t])", head)
     kept = [ln for ln in lines if not re.match(rb"(?i)(from|sender|reply-to|return-path):", ln)]

@@ -39,6 +39,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until none of ``pids`` is a live process (a zombie counts as gone)."""
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"processes {pids} still alive after {timeout}s"
+        time.sleep(0.02)
+
+
 def _send_ip(postfix, **kw):  # noqa: F811
     return send(postfix.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="web@example.com",
                 rcpt_tos=["x@dest.example"], **kw)
@@ -101,8 +115,11 @@ def test_slots_of_a_killed_worker_are_reclaimed(postfix, outpost, sink):
     deadline = time.monotonic() + 20
     while len(set(_children(master)) - set(workers)) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(set(_children(master)) - set(workers)) == 2, "the master replaces dead workers"
-    time.sleep(0.5)
+    new = set(_children(master)) - set(workers)
+    assert len(new) == 2, "the master replaces dead workers"
+    while not all(f"worker {pid} serving" in outpost.log() for pid in new):   # slots freed before
+        assert time.monotonic() < deadline, outpost.log()[-3000:]
+        time.sleep(0.05)
     fresh = [_connect_from(postfix.relay_port, "127.0.0.77") for _ in range(10)]
     try:
         assert [code for _, code in fresh] == [250] * 10
@@ -150,7 +167,7 @@ def test_sigterm_clean_shutdown_and_restart_on_stale_socket(postfix, outpost, si
     os.kill(master, signal.SIGKILL)
     for w in workers:
         os.kill(w, signal.SIGKILL)
-    time.sleep(0.3)
+    _wait_gone([master, *workers])
     assert sock.exists() and not unix_socket_ready(sock)   # stale socket left behind
     outpost.proc.proc = None
     outpost.start()

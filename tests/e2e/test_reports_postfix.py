@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from outpost.effects.reports import Spool, list_items
 from tests.corpus import SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.sink import SmtpSink
@@ -70,6 +71,20 @@ def wait_reports(sink, n, timeout=30.0):
     return reports(sink)
 
 
+def wait_spool(spool: Path, done, timeout=40.0):
+    """Wait until ``done(items)`` holds for the spool's items (as ``outpost
+    reports list`` sees them); return the items.  Fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = list_items(Spool(str(spool)))
+        if done(items):
+            return items
+        if time.monotonic() > deadline:
+            pytest.fail(f"spool {spool} did not settle in {timeout}s: "
+                        f"{[(it.state, it.attempts, it.last_error) for it in items]}")
+        time.sleep(0.1)
+
+
 def test_spam_block_produces_an_arf_report_that_is_not_filtered(postfix, outpost, sink):
     r = spam_from(postfix, "alice@example.com")
     assert r.code == 550, r
@@ -90,8 +105,8 @@ def test_spam_block_produces_an_arf_report_that_is_not_filtered(postfix, outpost
     assert "alice/alice@example.com" in text and token in text and "outpost lock alice/alice@example.com" in text
     # delivered by Postfix's reports listener, which has no milter: no Outpost stamps on it
     assert msg["X-Outpost-User"] is None and msg["X-Outpost-Class"] is None
-    # parsed by a parser we did not write
-    parsedmarc = pytest.importorskip("parsedmarc")
+    # parsed by a parser we did not write (a test dependency: setup.cfg [test])
+    import parsedmarc
     parsed = parsedmarc.parse_report_email(rep.data, offline=True, always_use_local_files=True)
     assert parsed["report_type"] in ("failure", "forensic")     # parsedmarc renamed it
     assert parsed["report"]["feedback_type"] == "abuse"
@@ -110,22 +125,31 @@ def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):  # n
     try:
         for _ in range(3):
             assert spam_from(postfix, "alice@example.com").code == 550
-        time.sleep(2)
+        # the three reports rendered and queued, the dead relay tried
+        wait_spool(spool, lambda items: len(items) == 3 and all(
+            it.state == "queued" for it in items) and any(it.attempts for it in items))
         listing = subprocess.run([*proc.proc.argv[:3], "reports", "list", "-c", str(proc.config_path)],
                                  capture_output=True, text=True, env=proc.proc.env, timeout=30)
         assert listing.returncode == 0
         assert len([ln for ln in listing.stdout.splitlines() if "alice/alice@example.com" in ln]) == 3, \
             listing.stdout
         relay.start()
-        deadline = time.monotonic() + 40
-        while len(relay.messages) < 3 and time.monotonic() < deadline:
-            time.sleep(0.3)
-        time.sleep(1.5)                                  # nothing more may come
+        # the spool empties only after each report is accepted: nothing more may come
+        wait_spool(spool, lambda items: not items)
         ids = [email.message_from_bytes(m.data)["Message-ID"] for m in relay.messages]
         assert len(ids) == 3 and len(set(ids)) == 3, ids
     finally:
         proc.stop(graceful=False)
         relay.stop()
+
+
+def delivered_incidents(sink) -> int:
+    """Blocks counted in the reports the sink got (Incidents, default 1)."""
+    total = 0
+    for m in reports(sink):
+        fields = {k.lower(): v for k, v in check_arf(m.data).fields.items()}
+        total += int(fields.get("incidents", ["1"])[0])
+    return total
 
 
 def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
@@ -134,14 +158,14 @@ def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
     try:
         for _ in range(100):                          # 100 blocks within a minute
             assert spam_from(postfix, "storm@example.com").code == 550
-        got = wait_reports(sink, 3, timeout=30)
-        time.sleep(2)
+        wait_reports(sink, 3, timeout=30)
+        # settled: every block is a held event or in a delivered report, none
+        # on its way (new, folding, queued, sending)
+        wait_spool(spool, lambda items: all(it.state == "held" for it in items)
+                   and sum(it.incidents for it in items) + delivered_incidents(sink) == 100)
         got = reports(sink)
         assert len(got) <= 4, len(got)                # 3 within the hour (+ at most one aggregate)
-        incidents = 0
-        for m in got:
-            fields = {k.lower(): v for k, v in check_arf(m.data).fields.items()}
-            incidents += int(fields.get("incidents", ["1"])[0])
+        incidents = delivered_incidents(sink)
         listing = subprocess.run([*proc.proc.argv[:3], "reports", "list", "-c", str(proc.config_path)],
                                  capture_output=True, text=True, env=proc.proc.env, timeout=30)
         held = sum(int(x.split("incidents=")[1].split()[0]) for x in listing.stdout.splitlines()

@@ -42,7 +42,13 @@ def postfix(smtp_sink: SmtpSink) -> Iterator[PostfixInstance]:
 
 
 @pytest.fixture
-def sink(smtp_sink: SmtpSink) -> SmtpSink:
-    """The module's ``smtp_sink``, emptied for this test."""
+def sink(smtp_sink: SmtpSink, request: pytest.FixtureRequest) -> SmtpSink:
+    """The module's ``smtp_sink``, emptied for this test.  With the module's
+    ``postfix``, first wait until the messages of earlier tests are no longer
+    in flight: one the sink has recorded may not be reported to Postfix yet."""
+    if "postfix" in request.fixturenames:
+        instance = request.getfixturevalue("postfix")
+        if isinstance(instance, PostfixInstance):
+            instance.drain()
     smtp_sink.clear()
     return smtp_sink

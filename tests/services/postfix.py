@@ -439,18 +439,78 @@ class PostfixInstance(MtaInstance):
         return _run([f"{self._daemon_dir}/master", "-c", str(self.config_dir), "-t"],
                     check=False).returncode != 0
 
+    #: Queues whose messages are on their way: submitted, not yet picked up
+    #: by the queue manager, or being delivered right now.
+    IN_FLIGHT_QUEUES = ("maildrop", "incoming", "active")
+
+    def in_flight(self) -> list[str]:
+        """Queue ids in the maildrop, incoming and active queues (read from
+        the queue directory: no Postfix command, works while stopped)."""
+        ids = []
+        for name in self.IN_FLIGHT_QUEUES:
+            for _dirpath, _dirs, files in os.walk(self.queue_dir / name):
+                ids += files
+        return ids
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until no message is in flight: each one queued so far has been
+        delivered, deferred or held.  A sink that recorded a message has not
+        yet answered Postfix; stopping Postfix (or forgetting what the sink
+        got) before the delivery agent has reported it leaves the message in
+        the active queue, and the next Postfix delivers it again."""
+        deadline = time.monotonic() + timeout
+        while self.running and (ids := self.in_flight()):
+            if time.monotonic() > deadline:
+                raise PostfixError(f"messages {sorted(ids)} still in flight after {timeout}s\n"
+                                   f"{self.maillog()[-2000:]}")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _stat(pid: int) -> list[str] | None:
+        """Fields of /proc/PID/stat after the command name (state first), or None."""
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    def _group_alive(self, pgid: int) -> bool:
+        """True while a live (non-zombie) process is in process group ``pgid``."""
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                fields = self._stat(int(entry.name))
+                if fields and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                    return True
+        return False
+
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop (SIGTERM to master, as ``postfix stop`` does without its 1 s
-        polling) and wait until the master and its lock are gone."""
+        """Stop as ``postfix stop`` does, without its 1 s polling: first let
+        the messages in flight be delivered (:meth:`drain`: the master's
+        SIGTERM kills a delivery agent that has sent a message but not yet
+        reported it, and the next start delivers it a second time), then
+        SIGTERM to the master, and wait until the master, its lock and every
+        process of its process group (the master kills them on SIGTERM) are
+        gone, so that no old daemon still answers or delivers."""
         pid = self.master_pid
         if pid is None:
             return
+        try:
+            self.drain()
+        except PostfixError as exc:          # stop all the same, then say why
+            stuck: PostfixError | None = exc
+        else:
+            stuck = None
+        fields = self._stat(pid)
+        group = pid if fields and fields[2] == str(pid) else None   # the master calls setsid()
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.master_pid is not None or self._master_locked():
+        while (self.master_pid is not None or self._master_locked()
+               or (group is not None and self._group_alive(group))):
             if time.monotonic() > deadline:
-                raise PostfixError(f"Postfix master {pid} still running {timeout}s after SIGTERM")
+                raise PostfixError(f"Postfix master {pid} or its daemons still running "
+                                   f"{timeout}s after SIGTERM")
             time.sleep(0.02)
+        if stuck is not None:
+            raise stuck
 
     def cleanup(self) -> None:
         """Stop, and remove the directory if this instance created it."""

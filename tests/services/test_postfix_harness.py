@@ -65,9 +65,11 @@ def stamp_milter(postfix: PostfixInstance) -> Iterator[MilterProcess]:
 
 
 @pytest.fixture
-def sink(smtp_sink: SmtpSink, stamp_milter: MilterProcess) -> SmtpSink:
-    """The module's sink, emptied, with the stamp milter running."""
+def sink(smtp_sink: SmtpSink, stamp_milter: MilterProcess, postfix: PostfixInstance) -> SmtpSink:
+    """The module's sink, emptied once earlier messages are no longer in
+    flight, with the stamp milter running."""
     stamp_milter.start()
+    postfix.drain()
     smtp_sink.clear()
     return smtp_sink
 

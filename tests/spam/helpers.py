@@ -7,6 +7,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from outpost.spam.base import ScanContext
 from outpost.spam.message import parse_message
 
@@ -50,13 +52,27 @@ CTX = ScanContext(user="u1", identity="alice@example.org", sender="alice@example
 
 
 def find_corpus() -> Optional[Path]:
-    cands = []
+    """The sa-2002 corpus directory (with ``spam/`` and ``ham/``): the one
+    ``$OUTPOST_CORPUS`` names (the sa-2002 directory or its parent) if set,
+    else ``shared/corpus/sa-2002`` beside the checkout or beside its parent
+    (a worktree under ``wt/``).  None if not there."""
     if os.environ.get("OUTPOST_CORPUS"):
-        cands.append(Path(os.environ["OUTPOST_CORPUS"]))
-    for base in (REPO.parent, REPO.parent.parent):
-        cands.append(base / "shared" / "corpus" / "sa-2002")
-    cands.append(Path("/work/shared/corpus/sa-2002"))
+        env = Path(os.environ["OUTPOST_CORPUS"])
+        cands = [env, env / "sa-2002"]
+    else:
+        cands = [base / "shared" / "corpus" / "sa-2002" for base in (REPO.parent, REPO.parent.parent)]
+        cands.append(Path("/work/shared/corpus/sa-2002"))
     for c in cands:
         if (c / "spam").is_dir() and (c / "ham").is_dir():
             return c
     return None
+
+
+def require_corpus() -> Path:
+    """The corpus, or skip the test (which fails it in CI: tests/conftest.py)."""
+    c = find_corpus()
+    if c is None:
+        where = os.environ.get("OUTPOST_CORPUS") or "../shared/corpus/sa-2002"
+        pytest.skip(f"SpamAssassin corpus not found in {where}: set OUTPOST_CORPUS to "
+                    "the sa-2002 directory")
+    return c

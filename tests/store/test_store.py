@@ -20,6 +20,14 @@ WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
 HOST = socket.gethostname()
 
 
+#: Lifetime (s) of a window or lock that must still run when the next few
+#: statements check it: longer than a stalled, shared 2-core machine pauses.
+ALIVE = 2.0
+#: Waited past an expiry.  Sleeping there cannot undershoot: a stall only
+#: makes the wait longer.
+PAST = 0.1
+
+
 def admitted(store: Store, buckets: list[Bucket], n: int) -> list[bool]:
     return [store.hit(buckets).allowed for _ in range(n)]
 
@@ -48,17 +56,20 @@ def test_limit_at_once_then_refused(store: Store) -> None:
 
 
 def test_refused_until_oldest_slot_expires(store: Store) -> None:
-    b = [Bucket("u/spread", 3, 1.5)]
+    # Margins of 1 s each side of the moment the first unit comes back: the
+    # check before it, and the second hit 1 s after the first.
+    margin, window = 1.0, 2.5
+    b = [Bucket("u/spread", 3, window)]
     start = time.time()
-    for offset in (0.0, 0.4, 0.6):               # the limit, spread over the window
+    for offset in (0.0, margin, margin + 0.1):   # the limit, spread over the window
         time.sleep(max(0.0, start + offset - time.time()))
         assert store.hit(b).allowed
     refused = store.hit(b)
     asked = time.time()
     assert not refused.allowed
-    # the first hit (at ~start) is counted until ~start + 1.5 s + one slot (25 ms)
-    assert 0.5 < refused.retry_after <= 1.5 + 0.025 + 0.001
-    time.sleep(max(0.0, asked + refused.retry_after - 0.25 - time.time()))
+    # the first hit (at ~start) is counted until ~start + window + one slot
+    assert window - (asked - start) - 0.1 < refused.retry_after <= window + window / 60 + 0.001
+    time.sleep(max(0.0, asked + refused.retry_after - margin - time.time()))
     assert not store.hit(b).allowed                # still inside the window
     time.sleep(max(0.0, asked + refused.retry_after - time.time()))
     assert admitted(store, b, 2) == [True, False]  # exactly the one unit came back
@@ -234,10 +245,10 @@ def test_bad_buckets_are_rejected(store: Store) -> None:
 # -- events ---------------------------------------------------------------------------
 
 def test_events_sliding_window(store: Store) -> None:
-    assert [store.record_event("spam/e", 0.5) for _ in range(3)] == [1, 2, 3]
-    assert store.record_event("spam/other", 0.5) == 1
-    time.sleep(0.55)
-    assert store.record_event("spam/e", 0.5) == 1
+    assert [store.record_event("spam/e", ALIVE) for _ in range(3)] == [1, 2, 3]
+    assert store.record_event("spam/other", ALIVE) == 1
+    time.sleep(ALIVE + PAST)
+    assert store.record_event("spam/e", ALIVE) == 1
 
 
 def test_events_are_bounded(make_store) -> None:
@@ -250,13 +261,13 @@ def test_events_are_bounded(make_store) -> None:
 def test_lock_lifecycle_and_escalation(store: Store) -> None:
     key = "webfarm/alice"
     assert store.get_lock(key) is None and store.list_locks() == []
-    lock = store.set_lock(key, "5 spam in 10m", 0.4)
+    lock = store.set_lock(key, "5 spam in 10m", ALIVE)
     assert (lock.key, lock.reason, lock.by, lock.auto_unlocks) == (key, "5 spam in 10m", "auto", 0)
-    assert lock.until is not None and abs(lock.until - lock.since - 0.4) < 1e-3
+    assert lock.until is not None and abs(lock.until - lock.since - ALIVE) < 1e-3
     assert abs(lock.since - store.now()) < 2.0
     assert store.get_lock(key) == lock
     assert store.list_locks() == [lock]
-    time.sleep(0.45)
+    time.sleep(ALIVE + PAST)
     assert store.get_lock(key) is None                    # expired: one auto-unlock
     assert store.list_locks() == []
     second = store.set_lock(key, "again", 0.3, max_auto_unlocks=2)
@@ -298,9 +309,9 @@ def test_sqlite_lock_set_elsewhere_is_seen_at_once(tmp_path, monkeypatch) -> Non
         assert worker.get_lock("farm/bob") is None
         operator.remove_lock("farm/amy")
         assert worker.get_lock("farm/amy") is None
-        short = operator.set_lock("farm/cy", "spam", 0.2)
+        short = operator.set_lock("farm/cy", "spam", ALIVE)
         assert worker.get_lock("farm/cy") == short
-        time.sleep(0.25)
+        time.sleep(ALIVE + PAST)
         assert worker.get_lock("farm/cy") is None              # expired (and settled)
         monkeypatch.setattr(sq, "_LOCKED_KEYS_MAX", 1)         # too many to keep: ask each time
         operator.set_lock("farm/a", "x", None)
@@ -314,12 +325,12 @@ def test_sqlite_lock_set_elsewhere_is_seen_at_once(tmp_path, monkeypatch) -> Non
 # -- fingerprints, blobs ------------------------------------------------------------------
 
 def test_fingerprints(store: Store) -> None:
-    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 3, 0.5))) == (1, 3, 1)
-    assert tuple(vars_of(store.fingerprint_add("fp1", "bob", 2, 0.5))) == (2, 5, 2)
-    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 1, 0.5))) == (3, 6, 2)
-    assert tuple(vars_of(store.fingerprint_add("fp2", "carol", 7, 0.5))) == (1, 7, 1)
-    time.sleep(0.55)
-    assert tuple(vars_of(store.fingerprint_add("fp1", "dave", 4, 0.5))) == (1, 4, 1)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 3, ALIVE))) == (1, 3, 1)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "bob", 2, ALIVE))) == (2, 5, 2)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "alice", 1, ALIVE))) == (3, 6, 2)
+    assert tuple(vars_of(store.fingerprint_add("fp2", "carol", 7, ALIVE))) == (1, 7, 1)
+    time.sleep(ALIVE + PAST)
+    assert tuple(vars_of(store.fingerprint_add("fp1", "dave", 4, ALIVE))) == (1, 4, 1)
 
 
 def test_fingerprints_are_bounded(make_store) -> None:
@@ -494,21 +505,21 @@ def test_empty_buckets_expire(make_store) -> None:
     store = make_store(sweep_interval=0.1)
     gone, kept = Bucket("exp/gone", 4, 0.4), Bucket("exp/kept", 4, 60.0)
     store.hit([gone, kept])
-    store.record_event("exp/event", 0.3)
+    store.record_event("exp/event", ALIVE)
     if store.url.startswith("redis"):
         import redis
         r = redis.Redis.from_url(store.url)
         prefix = store.settings.key_prefix
         ttl = r.pttl(f"{prefix}rl:exp/kept@60")
-        assert 60000 < ttl <= 61001                    # empty one window + one slot later
-        assert 0 < r.pttl(f"{prefix}ev:exp/event") <= 301
-        time.sleep(0.45)
+        assert 60000 - ALIVE * 1000 < ttl <= 61001     # empty one window + one slot later
+        assert 0 < r.pttl(f"{prefix}ev:exp/event") <= ALIVE * 1000 + 1
+        time.sleep(ALIVE + PAST)
         assert not r.exists(f"{prefix}rl:exp/gone@0.4", f"{prefix}ev:exp/event")
         assert r.exists(f"{prefix}rl:exp/kept@60")
         r.close()
     else:
         import sqlite3
-        time.sleep(0.45)
+        time.sleep(ALIVE + PAST)
         store.hit([Bucket("exp/trigger", 4, 60.0)])   # sweeps expired rows
         db = sqlite3.connect(store.url[len("sqlite://"):])
         ids = [row[0] for row in db.execute("SELECT DISTINCT id FROM rl_slot ORDER BY id")]

@@ -34,15 +34,22 @@ class _Handler:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     data_started: threading.Event = field(default_factory=threading.Event)
+    in_data: int = 0                # DATA transactions not answered yet
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd API)
         import asyncio
-        self.data_started.set()
-        if self.delay:
-            await asyncio.sleep(self.delay)
         with self.lock:
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          bytes(envelope.original_content or envelope.content)))
+            self.in_data += 1
+        try:
+            self.data_started.set()
+            if self.delay:
+                await asyncio.sleep(self.delay)   # cancelled if the client goes away
+            with self.lock:
+                self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                              bytes(envelope.original_content or envelope.content)))
+        finally:
+            with self.lock:
+                self.in_data -= 1
         return "250 2.0.0 Ok: queued"
 
 
@@ -79,6 +86,17 @@ class Sink:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no DATA transaction is being answered (one whose client
+        died ends when aiosmtpd notices: recorded or cancelled)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.handler.lock:
+                if self.handler.in_data == 0:
+                    return
+            assert time.monotonic() < deadline, f"sink still in DATA after {timeout}s"
+            time.sleep(0.02)
 
     @property
     def received(self) -> list[Received]:

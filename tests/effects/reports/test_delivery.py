@@ -151,7 +151,7 @@ def test_sender_killed_mid_way_loses_nothing(tmp_path):
             proc.wait(10)
         assert 2 <= len(sink.received) < 6
         assert len(spool.files("sending", ext=".rpt")) == 1   # caught in the transaction
-        time.sleep(0.5)    # let the relay finish the orphaned transaction
+        sink.wait_idle()   # the relay is done with the orphaned transaction
         sender = ReportSender(spool, settings)
         stats = sender.run_once()
         assert stats.recovered == 1
