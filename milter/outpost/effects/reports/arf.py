@@ -201,7 +201,7 @@ def _subject(event: BlockEvent, incidents: int) -> str:
     if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
-        text = f"identity {who} locked {until}"
+        text = (f"identity {who}" if event.identity else f"user {who} (all identities)") + f" locked {until}"
     else:
         text = f"{clean(event.kind, 32)} {_PAST.get(event.action, event.action)} from {who}"
         if event.verdict_score is not None:
@@ -223,7 +223,8 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
     if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
-        lines.append(f"Identity {who} locked {until} because "
+        lines.append((f"Identity {who}" if event.identity else
+                      f"User {who} as a whole (every identity)") + f" locked {until} because "
                      f"{clean(event.reason or 'of repeated blocks', 500)}.")
     else:
         lines.append(f"Outpost {_PAST.get(event.action, event.action)} a message from "
