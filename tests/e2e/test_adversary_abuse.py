@@ -36,7 +36,7 @@ def config(reports_port: int, spool: Path) -> str:
           from_addr: outpost@relay.example.net
           smtp: {{host: 127.0.0.1, port: {reports_port}, timeout: 10s}}
           max_per_hour: 10
-          max_per_user_per_hour: 3
+          max_per_user: 3
           poll_interval: 0.2
         users:
           - name: dressed
@@ -174,7 +174,7 @@ def test_rotating_identities_lock_the_whole_user(postfix, outpost, sink):
 
 def test_report_volume_is_bounded_per_user(postfix, outpost, sink):
     """#14.7: 12 spam from 12 identities of one user: 3 reports
-    (``max_per_user_per_hour``), the other 9 incidents held for one
+    (``max_per_user``), the other 9 incidents held for one
     aggregated report (Incidents), none lost."""
     sender = "www@storm.example"
     spam = corpus_message("spam", SPAM, sender)

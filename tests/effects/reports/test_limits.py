@@ -21,7 +21,7 @@ def test_rotating_identities_are_limited_per_user(tmp_path, sink):
     block each.  The per-identity limit never bites; the per-user limit
     does, and the rest goes out as ONE aggregated report once the window
     has room again.  Another user of the same spool is not held back."""
-    settings = make_settings(tmp_path, port=sink.port, max_per_hour=10, max_per_user_per_hour=5,
+    settings = make_settings(tmp_path, port=sink.port, max_per_hour=10, max_per_user=5,
                              window=3600.0)
     spool = Spool.from_settings(settings)
     sender = ReportSender(spool, settings)
@@ -44,7 +44,7 @@ def test_rotating_identities_are_limited_per_user(tmp_path, sink):
 
 
 def test_total_limit_holds_every_user(tmp_path, sink):
-    settings = make_settings(tmp_path, port=sink.port, max_total_per_hour=3)
+    settings = make_settings(tmp_path, port=sink.port, max_total=3)
     spool = Spool.from_settings(settings)
     sender = ReportSender(spool, settings)
     t0 = time.time()

@@ -233,8 +233,8 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         lines.append("")
         lines.append(f"{incidents} incidents are folded into this report: more than "
                      f"{settings.max_per_hour} reports per identity, "
-                     f"{settings.max_per_user_per_hour} per user or "
-                     f"{settings.max_total_per_hour} in all per {int(settings.window)} s "
+                     f"{settings.max_per_user} per user or "
+                     f"{settings.max_total} in all per {int(settings.window)} s "
                      "would have been sent. The details below are those of the latest "
                      "incident.")
     lines += ["", "Who", f"  User:          {clean(event.user, 200)}",

@@ -283,7 +283,7 @@ class ReportSender:
         s = self.settings
         return [(key_hash(key), key, self._rate(key_hash(key), now), limit)
                 for key, limit in zip(rate_keys(event),
-                                      (s.max_per_hour, s.max_per_user_per_hour, s.max_total_per_hour))]
+                                      (s.max_per_hour, s.max_per_user, s.max_total))]
 
     def _count_all(self, event: BlockEvent, now: float) -> None:
         for kh, key, times, _ in self._limits(event, now):
@@ -343,7 +343,7 @@ class ReportSender:
         s = self.settings
         return all(len(self._rate(key_hash(key), now)) < limit
                    for key, limit in zip(user_rate_keys(user),
-                                         (s.max_per_user_per_hour, s.max_total_per_hour)))
+                                         (s.max_per_user, s.max_total)))
 
     def _group_event(self, kh: str) -> Optional[BlockEvent]:
         """An event of held/<kh>/ (its identity and user), or None."""

@@ -102,8 +102,8 @@ class ReportSettings:
     include_body: bool = True
     max_body_size: int = 1_000_000
     max_per_hour: int = 10           # reports per identity per window
-    max_per_user_per_hour: int = 30  # reports per user (all its identities) per window
-    max_total_per_hour: int = 300    # reports in all per window
+    max_per_user: int = 30           # reports per user (all its identities) per window
+    max_total: int = 300             # reports in all per window
     window: float = 3600.0           # the "hour" of the three limits above
     max_spool: SpoolLimits = field(default_factory=SpoolLimits)
     on_limit: bool = False           # report rate-limit blocks too
@@ -129,7 +129,7 @@ class ReportSettings:
             raise ValueError(f"reports.spool_dir must be an absolute path, not {self.spool_dir!r}")
         if self.max_body_size < 1024:
             raise ValueError("reports.max_body_size must be at least 1024 bytes")
-        for name in ("max_per_hour", "max_per_user_per_hour", "max_total_per_hour"):
+        for name in ("max_per_hour", "max_per_user", "max_total"):
             if getattr(self, name) < 1:
                 raise ValueError(f"reports.{name} must be >= 1")
         if not isinstance(self.max_spool, SpoolLimits):
