@@ -107,6 +107,7 @@ def reset(config: Config, store: Store, target: str) -> str:
     if target not in {u.name for u in config.users}:
         raise OpsError(f"no user '{target}' in the configuration")
     n = store.reset(f"rl:user:{target}:")
+    n += store.reset(keys.user_event_key("limit", target)) + store.reset(keys.user_event_key("spam", target))
     return f"reset {n} counters of user {target}"
 
 

@@ -212,6 +212,9 @@ def test_operator_locks_and_unlocks_the_whole_user(policy, config):
     assert store.record_event("uspam:webfarm/", 600) == 1          # the user's history is cleared
     assert store.record_event("uspam:webfarm2/", 600) == 2         # and no other's
     assert ops.unlock(config, store, "webfarm") == ("user:webfarm was not locked", 1)
+    store.record_event("uhits:webfarm/", 600)
+    assert ops.reset(config, store, "webfarm") == "reset 2 counters of user webfarm"
+    assert store.record_event("uhits:webfarm/", 600) == 1
     assert run(policy, with_header(ham, "X-AuthUser: a")).action is Action.ACCEPT
     with pytest.raises(ops.OpsError):
         ops.lock(config, store, "nosuchuser", None, "x")

@@ -281,3 +281,16 @@ def test_original_quoting_a_feedback_part_is_fine(settings):
                 b"\r\n\r\nFeedback-Type: abuse\r\nX-Evil: 1\r\n")
     rep = render_report(make_event(1, original=original), settings)
     assert check(rep.data).fields["feedback-type"] == ["abuse"]
+
+
+def test_lock_of_a_whole_user_says_so(settings):
+    ev = make_event(1, kind="lock", action="lock", identity="", lock_until=None,
+                    reason="10 spam verdicts of all its identities in 600s",
+                    remedy="outpost unlock webfarm")
+    rep = render_report(ev, settings)
+    assert check(rep.data).fields["feedback-type"] == ["other"]
+    msg = parse(rep.data)
+    assert msg["Subject"] == "[Outpost] user webfarm (all identities) locked permanently"
+    text = text_part(msg)
+    assert "User webfarm as a whole (every identity) locked permanently" in text
+    assert "outpost unlock webfarm" in text

@@ -271,6 +271,7 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         for ev in shown:
             score = "" if ev.verdict_score is None else f" {ev.verdict_score:.1f}"
             lines.append(f"  {_human_time(ev.arrival_time)}  {clean(ev.queue_id or '-', 64)}  "
+                         f"{clean(ev.identity or '-', 64)}  "
                          f"{clean(ev.kind, 32)} {_PAST.get(ev.action, ev.action)}{score}")
         if more:
             lines.append(f"  ... and {more} more")

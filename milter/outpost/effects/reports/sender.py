@@ -285,8 +285,9 @@ class ReportSender:
                 for key, limit in zip(rate_keys(event),
                                       (s.max_per_hour, s.max_per_user, s.max_total))]
 
-    def _count_all(self, event: BlockEvent, now: float) -> None:
-        for kh, key, times, _ in self._limits(event, now):
+    def _count_all(self, event: BlockEvent, now: float,
+                   limits: Optional[list[tuple[str, str, list[float], int]]] = None) -> None:
+        for kh, key, times, _ in limits if limits is not None else self._limits(event, now):
             self._count(kh, key, times, now)
 
     def _ingest(self, stats: SendStats, now: float) -> None:
@@ -305,7 +306,8 @@ class ReportSender:
                 self._move_corrupt(path, exc, stats)
                 continue
             kh = key_hash(event.key)
-            full = any(len(times) >= limit for _, _, times, limit in self._limits(event, now))
+            limits = self._limits(event, now)
+            full = any(len(times) >= limit for _, _, times, limit in limits)
             if full or os.path.isdir(sp.dir("held", kh)):
                 os.makedirs(sp.dir("held", kh), mode=0o750, exist_ok=True)
                 os.rename(path, sp.dir("held", kh, os.path.basename(path)))
@@ -317,7 +319,7 @@ class ReportSender:
             except ReportError as exc:
                 self._move_corrupt(path, exc, stats)
                 continue
-            self._count_all(event, now)
+            self._count_all(event, now, limits)
             self._queue(item_id, event, report, now)
             stats.reported += 1
             os.unlink(path)
