@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reports(args: argparse.Namespace) -> int:
-    from .effects.reports import ReportError, Spool, list_items, purge, retry
+    from .effects.reports import ReportError, Spool, list_items, overflow_counts, purge, retry
     config = load_config(args.config)
     if config.reports is None:
         print("outpost: reports are switched off (reports: {enabled: false})", file=sys.stderr)
@@ -241,6 +241,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
                 nxt = time.strftime("%H:%M:%S", time.localtime(it.next_attempt)) if it.next_attempt else "-"
                 print(f"{it.id}  {it.state:8} {it.kind:6} {it.identity or '-':36} attempts={it.attempts} "
                       f"next={nxt} incidents={it.incidents}" + (f"  error: {it.last_error}" if it.last_error else ""))
+            for user, count in overflow_counts(spool):
+                print(f"counted (spool full, not spooled): user {user} incidents={count}")
         elif args.action == "retry":
             print(f"{retry(spool, args.id)} report(s) due now")
         else:

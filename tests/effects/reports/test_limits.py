@@ -5,7 +5,7 @@ import json
 import logging
 import time
 
-from outpost.effects.reports import ReportSender, Spool, list_items
+from outpost.effects.reports import ReportSender, Spool, list_items, overflow_counts
 from outpost.effects.reports.settings import SpoolLimits
 
 from .arfcheck import check
@@ -73,13 +73,14 @@ def test_full_spool_counts_instead_of_writing(tmp_path, sink, caplog):
     counted = json.loads((tmp_path / "spool" / "overflow.json").read_text())
     assert counted["webfarm"]["count"] == 140
     assert counted["webfarm"]["event"]["queue_id"] == "4Q00149"
+    assert overflow_counts(spool) == [("webfarm", 140)]            # shown by `outpost reports list`
     full = [r for r in caplog.records if "is full" in r.getMessage()]
     assert [r.getMessage().split("bytes): ")[1].split()[0] for r in full] == ["1", "10", "100"]
     sender = ReportSender(spool, settings)
     stats = sender.run_once(now=t0 + 200)
     assert stats.overflow == 1 and stats.reported == 10 and stats.sent == 11
     assert incidents(sink.received) == 150
-    assert not (tmp_path / "spool" / "overflow.json").exists()
+    assert not (tmp_path / "spool" / "overflow.json").exists() and overflow_counts(spool) == []
     summary = [r for r in sink.received if b"Incidents: 140" in r.data]
     assert len(summary) == 1 and b"report spool was full" in summary[0].data
     # room again: the next block is spooled as a file (by a worker whose count

@@ -11,11 +11,11 @@ from .errors import (DeliveryError, ReportError, SenderLocked, SpoolError, Spool
 from .event import ACTIONS, BlockEvent
 from .sender import ReportSender, SendStats
 from .settings import ReportSettings, SmtpSettings
-from .spool import Spool, SpoolItem, list_items, purge, retry
+from .spool import Spool, SpoolItem, list_items, overflow_counts, purge, retry
 
 __all__ = [
     "ACTIONS", "BlockEvent", "DeliveryError", "RenderedReport", "ReportError",
     "ReportSender", "ReportSettings", "SendStats", "SenderLocked", "SmtpSettings", "SpoolError", "SpoolItemBusy",
-    "SpoolItemNotFound", "Spool", "SpoolItem", "list_items",
+    "SpoolItemNotFound", "Spool", "SpoolItem", "list_items", "overflow_counts",
     "purge", "render_report", "retry",
 ]

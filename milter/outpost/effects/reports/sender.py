@@ -22,7 +22,7 @@ from .arf import RenderedReport, render_report
 from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
 from .event import BlockEvent
 from .settings import ReportSettings
-from .spool import RETRY_MARK, Spool, fsync_dir, key_hash, new_id, rate_keys, user_rate_keys
+from .spool import OVERFLOW, RETRY_MARK, Spool, fsync_dir, key_hash, new_id, rate_keys, user_rate_keys
 
 log = logging.getLogger("outpost.reports")
 
@@ -430,6 +430,8 @@ class ReportSender:
         user (``Incidents``: the count), when the user and the total limit
         have room."""
         sp = self.spool
+        if not os.path.exists(sp.dir(OVERFLOW)):
+            return
         with sp.locked():
             data = sp.read_overflow()
             if not data:

@@ -424,6 +424,16 @@ def list_items(spool: Spool) -> list[SpoolItem]:
     return items
 
 
+def overflow_counts(spool: Spool) -> list[tuple[str, int]]:
+    """(user, blocks) counted but not spooled while the spool was full,
+    waiting to be reported as one report per user."""
+    out = []
+    for user, rec in sorted(spool.read_overflow().items()):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            out.append((user, int(rec["count"])))
+    return out
+
+
 def retry(spool: Spool, item_id: Optional[str] = None, now: Optional[float] = None) -> int:
     """Make queued reports due now and move failed reports back to the
     queue (attempts and give-up clock reset).  ``item_id`` None: all of
