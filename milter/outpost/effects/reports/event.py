@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from .settings import check_address
 
-#: Actions a block can take.  ``lock``: the identity was locked.
+#: Actions a block can take.  ``lock``: the identity (or, with identity '', the user) was locked.
 ACTIONS = frozenset({"reject", "tempfail", "quarantine", "discard", "lock"})
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _BLANK_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})   # controls, surrogates, separators
