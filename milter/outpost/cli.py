@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reports(args: argparse.Namespace) -> int:
-    from .effects.reports import ReportError, Spool, list_items, purge, retry
+    from .effects.reports import ReportError, Spool, list_items, overflow_counts, purge, retry
     config = load_config(args.config)
     if config.reports is None:
         print("outpost: reports are switched off (reports: {enabled: false})", file=sys.stderr)
@@ -241,6 +241,8 @@ def cmd_reports(args: argparse.Namespace) -> int:
                 nxt = time.strftime("%H:%M:%S", time.localtime(it.next_attempt)) if it.next_attempt else "-"
                 print(f"{it.id}  {it.state:8} {it.kind:6} {it.identity or '-':36} attempts={it.attempts} "
                       f"next={nxt} incidents={it.incidents}" + (f"  error: {it.last_error}" if it.last_error else ""))
+            for user, count in overflow_counts(spool):
+                print(f"counted (spool full, not spooled): user {user} incidents={count}")
         elif args.action == "retry":
             print(f"{retry(spool, args.id)} report(s) due now")
         else:
@@ -313,14 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(cmd("whois", cmd_whois, "reveal who sent a message from its X-Outpost-ID"))
     sp.add_argument("token")
 
-    with_config(cmd("locks", cmd_locks, "list locked identities with reason and expiry"))
-    sp = with_config(cmd("lock", cmd_lock, "lock an identity (USER/IDENTITY)"))
-    sp.add_argument("identity", metavar="USER/IDENTITY")
+    with_config(cmd("locks", cmd_locks, "list locked identities and users (user:NAME) with reason and expiry"))
+    sp = with_config(cmd("lock", cmd_lock, "lock an identity (USER/IDENTITY) or a whole user (USER)"))
+    sp.add_argument("identity", metavar="USER/IDENTITY|USER")
     sp.add_argument("--for", dest="duration", type=_duration, default=None,
                     help="duration such as 2h (default: until unlocked)")
     sp.add_argument("--reason", default="locked by an operator")
-    sp = with_config(cmd("unlock", cmd_unlock, "unlock an identity and clear its hit history"))
-    sp.add_argument("identity", metavar="USER/IDENTITY")
+    sp = with_config(cmd("unlock", cmd_unlock, "unlock an identity or a whole user and clear its hit history"))
+    sp.add_argument("identity", metavar="USER/IDENTITY|USER")
     sp = with_config(cmd("usage", cmd_usage, "show each limit window as used/limit"))
     sp.add_argument("target", nargs="?", metavar="USER|USER/IDENTITY")
     sp = with_config(cmd("reset", cmd_reset, "forget the counters of an identity or a user"))

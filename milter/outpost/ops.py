@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 from .config import Config
+from .core import keys
 from .core.types import Message
 from .core.policy import Policy
 from .store.base import Store
@@ -44,12 +45,24 @@ def split_identity(config: Config, text: str) -> tuple[str, str]:
     return user, ident.lower()
 
 
+def split_target(config: Config, text: str) -> tuple[str, str]:
+    """``USER/IDENTITY`` → (user, identity); ``USER`` → (user, '') for the
+    user as a whole (its lock key is ``user:USER``)."""
+    if "/" in text:
+        return split_identity(config, text)
+    if text not in {u.name for u in config.users}:
+        raise OpsError(f"no user '{text}' in the configuration")
+    return text, ""
+
+
 def list_locks(store: Store) -> str:
+    """Locked identities (``USER/IDENTITY``) and users locked as a whole
+    (``user:USER``)."""
     locks = store.list_locks()
     if not locks:
         return "no identity is locked"
     now = store.now()
-    lines = [f"{'identity':40} {'by':9} {'since':24} {'until':30} reason"]
+    lines = [f"{'identity (user:NAME = every identity)':40} {'by':9} {'since':24} {'until':30} reason"]
     for lock in sorted(locks, key=lambda l: l.since):
         until = _when(lock.until) + (f" (in {_span(lock.until - now)})" if lock.until else "")
         lines.append(f"{lock.key:40} {lock.by:9} {_when(lock.since):24} {until:30} {lock.reason}"
@@ -58,13 +71,25 @@ def list_locks(store: Store) -> str:
 
 
 def lock(config: Config, store: Store, identity: str, duration: Optional[float], reason: str) -> str:
-    user, ident = split_identity(config, identity)
-    got = store.set_lock(f"{user}/{ident}", reason, duration, by="operator")
+    """Lock ``USER/IDENTITY``, or with ``USER`` the user as a whole."""
+    user, ident = split_target(config, identity)
+    key = keys.identity_key(user, ident) if ident else keys.user_lock_key(user)
+    got = store.set_lock(key, reason, duration, by="operator")
     return f"locked {got.key} {('until ' + _when(got.until)) if got.until else 'until unlocked'}"
 
 
 def unlock(config: Config, store: Store, identity: str) -> tuple[str, int]:
-    user, ident = split_identity(config, identity)
+    """Unlock ``USER/IDENTITY`` (and clear its hit history), or with
+    ``USER`` the user's own lock (and the user's summed history; locks of
+    single identities stay)."""
+    user, ident = split_target(config, identity)
+    if not ident:
+        key = keys.user_lock_key(user)
+        if store.remove_lock(key):
+            store.reset(keys.user_event_key("limit", user))
+            store.reset(keys.user_event_key("spam", user))
+            return f"unlocked {key}", 0
+        return f"{key} was not locked", 1
     key = f"{user}/{ident}"
     if store.remove_lock(key):
         store.reset(f"hits:{key}")
@@ -82,6 +107,7 @@ def reset(config: Config, store: Store, target: str) -> str:
     if target not in {u.name for u in config.users}:
         raise OpsError(f"no user '{target}' in the configuration")
     n = store.reset(f"rl:user:{target}:")
+    n += store.reset(keys.user_event_key("limit", target)) + store.reset(keys.user_event_key("spam", target))
     return f"reset {n} counters of user {target}"
 
 

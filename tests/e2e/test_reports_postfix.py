@@ -36,7 +36,7 @@ def config(reports_port: int, spool: Path, max_per_hour: int = 10) -> str:
           retry_initial: 0.5
           retry_max: 1
         defaults:
-          lock: {{after_spam: 1000}}
+          lock: {{after_spam: 1000, user_after_spam: 1000}}
         users:
           - name: alice
             type: login

@@ -54,6 +54,9 @@ class LockPolicy:
     window: float = 600.0
     duration: float = 3600.0
     max_auto_unlocks: Optional[int] = 3      # then the next lock is permanent
+    # the same summed over all of the user's identities: lock the user as a whole
+    user_after_spam: Optional[int] = 10
+    user_after_limit_hits: Optional[int] = None
 
 
 @dataclass(frozen=True)

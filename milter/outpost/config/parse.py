@@ -233,9 +233,11 @@ def _limits(node: Node, base: Limits, per_message: bool) -> Limits:
 
 
 def _lock(node: Node, base: LockPolicy) -> LockPolicy:
-    fields = node.mapping({"after_limit_hits", "after_spam", "window", "duration", "max_auto_unlocks"})
+    counts = ("after_limit_hits", "after_spam", "max_auto_unlocks", "user_after_spam",
+              "user_after_limit_hits")
+    fields = node.mapping({"window", "duration", *counts})
     out = base
-    for key in ("after_limit_hits", "after_spam", "max_auto_unlocks"):
+    for key in counts:
         if key in fields:
             out = replace(out, **{key: None if fields[key].value is None
                                   else fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
@@ -389,6 +391,8 @@ def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User
     for item in node.items():
         fields = item.mapping(USER_KEYS, required=("name", "type"))
         name = fields["name"].str().strip()
+        if "/" in name:      # USER/IDENTITY keys and commands split at the first '/'
+            raise fields["name"].error(f"user name '{name}' must not contain '/'")
         if name in names:
             raise fields["name"].error(f"duplicate user name '{name}' (first defined on line {names[name].line})")
         names[name] = fields["name"]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from ..config.model import Config, RateLimit, User
 from ..store.base import Bucket, Store, StoreError
 from . import headers as hdr
+from . import keys
 from .idtoken import Origin, TokenCodec
 from .mapping import UserIndex, parse_client_ip
 from .types import (
@@ -265,14 +266,15 @@ class Policy:
             return CONTINUE
         user = self.user_of(msg)
         addr, _ = split_address(recipient)
-        if msg.identity and user is not None and addr.lower() not in self._contacts:
-            d = self._lock_decision(msg, user)
+        if user is not None and addr.lower() not in self._contacts:
+            d = self._lock_decision(msg, user)   # the user's lock; the identity's once known
             if d is not None:
                 return d
-            if msg.early_limit is None:          # refuse early rather than after DATA
-                msg.early_limit = self._check_limits(msg, user, dry_run=True)
-            if msg.early_limit.blocks:
-                return msg.early_limit
+            if msg.identity:
+                if msg.early_limit is None:      # refuse early rather than after DATA
+                    msg.early_limit = self._check_limits(msg, user, dry_run=True)
+                if msg.early_limit.blocks:
+                    return msg.early_limit
         limit = user.policy.limits.max_recipients if user else None
         if limit is not None and len(msg.recipients) >= limit:
             d = self._block(msg, user, reject("452", "4.5.3", "Too many recipients", "max_recipients"))
@@ -447,24 +449,31 @@ class Policy:
         return self._default_identity(msg)
 
     def identity_key(self, msg: Message) -> str:
-        return f"{msg.user_name}/{msg.identity}"
+        return keys.identity_key(msg.user_name or "", msg.identity)
 
-    def _lock_decision(self, msg: Message, user: Optional[User]) -> Optional[Decision]:
-        """The refusal for a locked identity (checked once per message), or None."""
-        if msg.lock_decision is None:
+    def _lock_decision(self, msg: Message, user: User) -> Optional[Decision]:
+        """The refusal for a locked user (as a whole) or a locked identity
+        (once the identity is known), each checked once per message; or None."""
+        contact = user.policy.abuse_contact or self.config.report_abuse_to
+        if msg.user_lock_decision is None:
+            try:
+                lock = self._store_call(self.store.get_lock, keys.user_lock_key(user.name))
+            except StoreUnavailable:
+                return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
+            msg.user_lock_decision = CONTINUE if lock is None else self._block(msg, user, reject(
+                "451", "4.7.1", f"Sending from {user.name} is suspended because of suspected "
+                                f"abuse; contact {contact}", "user_locked"))
+        if msg.user_lock_decision.blocks:
+            return msg.user_lock_decision
+        if msg.lock_decision is None and msg.identity:
             try:
                 lock = self._store_call(self.store.get_lock, self.identity_key(msg))
             except StoreUnavailable:
                 return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
-            if lock is None:
-                msg.lock_decision = CONTINUE
-            else:
-                msg.lock_decision = self._block(msg, user, reject(
-                    "451", "4.7.1",
-                    f"Sending from {msg.identity} is suspended because of suspected abuse; "
-                    f"contact {(user.policy.abuse_contact if user else None) or self.config.report_abuse_to}",
-                    "locked"))
-        return msg.lock_decision if msg.lock_decision.blocks else None
+            msg.lock_decision = CONTINUE if lock is None else self._block(msg, user, reject(
+                "451", "4.7.1", f"Sending from {msg.identity} is suspended because of suspected "
+                                f"abuse; contact {contact}", "locked"))
+        return msg.lock_decision if msg.lock_decision is not None and msg.lock_decision.blocks else None
 
     def _check_header_from(self, msg: Message, user: User) -> Optional[Decision]:
         values = [v for n, v in msg.headers if n.lower() == "from"]
@@ -526,29 +535,55 @@ class Policy:
             self._report("limit", "tempfail", msg, user, reason=str(reply) if reply else "rate limit",
                          remedy=f"outpost usage {self.identity_key(msg)}   (outpost reset "
                                 f"{self.identity_key(msg)} to clear the counters)")
-        self._abuse_event("limit", msg, user, user.policy.lock.after_limit_hits)
+        self._abuse_event("limit", msg, user)
 
-    def _abuse_event(self, kind: str, msg: Message, user: User, threshold: Optional[int]) -> None:
-        """Count a rate-limit hit or a spam verdict; lock the identity when
-        ``threshold`` of them fall within the lock window."""
-        if not threshold:
+    def _own_report(self, msg: Message) -> bool:
+        """True if ``msg`` is one of our own abuse reports, decided by where
+        it came from, never by what it says about itself: our report sender's
+        envelope sender on a session authenticated with the report sender's
+        own login (``reports.smtp.username``).  Reports normally go through
+        the MTA's unfiltered report listener and never get here; without a
+        report login nothing on the filtered path is one of our reports."""
+        reports = self.config.reports
+        return (reports is not None and reports.smtp.username is not None
+                and msg.login == reports.smtp.username
+                and msg.sender.lower() == reports.from_addr.lower())
+
+    def _abuse_event(self, kind: str, msg: Message, user: User) -> None:
+        """Count a rate-limit hit or a spam verdict, for the identity and for
+        the user as a whole (all its identities together: changing identity
+        does not evade the user's count).  Lock the identity, or the whole
+        user, when its threshold of them fall within the lock window."""
+        if self._own_report(msg):
             return
         lock = user.policy.lock
-        key = self.identity_key(msg)
-        label = {"limit": "rate-limit hits", "spam": "spam verdicts"}[kind]
-        try:
-            count = self.store.record_event(f"{'hits' if kind == 'limit' else 'spam'}:{key}", lock.window)
-            if count >= threshold and self._mode(user) != "monitor":
-                current = self.store.get_lock(key)
-                if current is not None:
-                    return                      # already locked (e.g. by an operator): keep that lock
-                got = self.store.set_lock(key, f"{count} {label} in {int(lock.window)}s",
+        limit = kind == "limit"
+        label = "rate-limit hits" if limit else "spam verdicts"
+        counts = (
+            (lock.after_limit_hits if limit else lock.after_spam,
+             keys.event_key(kind, user.name, msg.identity), self.identity_key(msg), msg.identity),
+            (lock.user_after_limit_hits if limit else lock.user_after_spam,
+             keys.user_event_key(kind, user.name), keys.user_lock_key(user.name), ""),
+        )
+        for threshold, event_key, lock_key, identity in counts:
+            if not threshold:
+                continue
+            try:
+                count = self.store.record_event(event_key, lock.window)
+                if count < threshold or self._mode(user) == "monitor":
+                    continue
+                if self.store.get_lock(lock_key) is not None:
+                    continue                    # already locked (e.g. by an operator): keep that lock
+                whose = "" if identity else " of all its identities"
+                got = self.store.set_lock(lock_key, f"{count} {label}{whose} in {int(lock.window)}s",
                                           lock.duration, max_auto_unlocks=lock.max_auto_unlocks)
-                log.warning("locked %s: %s (until %s)", key, got.reason, got.until or "operator unlock")
-                self._report("lock", "lock", msg, user, reason=got.reason, lock_until=got.until,
-                             remedy=f"outpost unlock {key}")
-        except StoreError as exc:
-            log.error("could not record the %s event of %s: %s", kind, key, exc)
+            except StoreError as exc:
+                log.error("could not record the %s event of %s: %s", kind, lock_key, exc)
+                continue
+            log.warning("locked %s: %s (until %s)", lock_key, got.reason, got.until or "operator unlock")
+            self._report("lock", "lock", msg, user, reason=got.reason, lock_until=got.until,
+                         remedy=f"outpost unlock {self.identity_key(msg) if identity else user.name}",
+                         identity=identity)
 
     def _removals(self, msg: Optional[Message], user: Optional[User]) -> tuple[tuple[str, int], ...]:
         """Forged copies of our headers, and identity headers marked remove.
@@ -629,7 +664,7 @@ class Policy:
             self._report("spam", "quarantine", msg, user,
                          remedy=f"outpost quarantine release {msg.queue_id or 'QUEUE-ID'}   "
                                 f"(or: outpost quarantine delete {msg.queue_id or 'QUEUE-ID'})")
-            self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
+            self._abuse_event("spam", msg, user)
             return CONTINUE, f"Outpost: {cls} (score {verdict.score}) from {self.identity_key(msg)}"
         if action == "reject":
             d = reject("550", "5.7.1", f"Message rejected as spam; reference {token}", cls)
@@ -639,15 +674,18 @@ class Policy:
         if d.blocks:
             self._report("spam", d.action.value, msg, user,
                          remedy=f"outpost lock {self.identity_key(msg)}   (to suspend this sender)")
-            self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
+            self._abuse_event("spam", msg, user)
         return d, None
 
     # -- abuse reports ----------------------------------------------------------------------
     def _report(self, kind: str, action: str, msg: Message, user: User, *, remedy: str = "",
-                reason: str = "", lock_until: Optional[float] = None) -> None:
+                reason: str = "", lock_until: Optional[float] = None,
+                identity: Optional[str] = None) -> None:
         """Hand a block to the abuse-report spool (never raises: a report
-        that cannot be spooled is logged, the decision stands)."""
-        if self.reporter is None:
+        that cannot be spooled is logged, the decision stands).  Never for
+        one of our own reports (decided by origin: :meth:`_own_report`).
+        ``identity`` '' reports about the user as a whole."""
+        if self.reporter is None or self._own_report(msg):
             return
         from ..effects.reports import BlockEvent
         verdict = msg.verdict
@@ -656,7 +694,8 @@ class Policy:
             if original is not None and msg.body_size > len(msg.body_head):
                 original = original.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"   # body cut: headers only
             self.reporter(BlockEvent(
-                kind=kind, action=action, user=user.name, identity=msg.identity, login=msg.login,
+                kind=kind, action=action, user=user.name,
+                identity=msg.identity if identity is None else identity, login=msg.login,
                 client_ip=msg.client_ip, sender=msg.sender, recipients=tuple(msg.recipients),
                 queue_id=msg.queue_id or None, outpost_id=msg.token or None,
                 verdict_class=msg.spam_class, verdict_score=getattr(verdict, "score", None),

@@ -77,6 +77,7 @@ class Message:
     spam_class: Optional[str] = None
     would: list[str] = field(default_factory=list)          # monitor mode: what would have happened
     lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
+    user_lock_decision: Optional[Decision] = None   # the same for the user as a whole
     early_limit: Optional[Decision] = None     # cached read-only limit check at RCPT
     started: float = 0.0                 # monotonic time of MAIL FROM
     spent: float = 0.0                   # seconds spent inside Outpost for this message

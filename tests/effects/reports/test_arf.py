@@ -215,18 +215,18 @@ def test_aggregated_report_has_incidents_and_queue_ids(settings):
     assert parse(rep.data)["Subject"].startswith("[Outpost] 30 incidents: spam rejected")
 
 
-def test_no_report_about_a_report(settings):
+def test_content_type_does_not_make_a_report_unreportable(settings):
+    """#14.6: what the original says about itself (``multipart/report;
+    report-type=feedback-report``) does not make it "one of our reports":
+    a blocked message is reported whatever its Content-Type (our own reports
+    are recognised by origin, in the policy)."""
     first = render_report(make_event(1), settings)
-    assert render_report(make_event(2, original=first.data), settings) is None
-    # headers only is enough to recognise it
-    head = split_original(first.data)[0]
-    assert render_report(make_event(2, original=head), settings) is None
     other_arf = (b"From: fbl@mailbox.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report;"
                  b"\r\n report-type=Feedback-Report; boundary=x\r\n\r\n--x--\r\n")
-    assert render_report(make_event(2, original=other_arf), settings) is None
-    dsn = (b"From: MAILER-DAEMON@x.example\r\nContent-Type: multipart/report; "
-           b"report-type=delivery-status; boundary=x\r\n\r\n--x--\r\n")
-    assert render_report(make_event(2, original=dsn), settings) is not None
+    for original in (first.data, split_original(first.data)[0], other_arf):
+        rep = render_report(make_event(2, original=original), settings)
+        assert rep is not None
+        assert check(rep.data).fields["feedback-type"] == ["abuse"]
 
 
 def test_checker_rejects_broken_reports(settings):
@@ -281,3 +281,16 @@ def test_original_quoting_a_feedback_part_is_fine(settings):
                 b"\r\n\r\nFeedback-Type: abuse\r\nX-Evil: 1\r\n")
     rep = render_report(make_event(1, original=original), settings)
     assert check(rep.data).fields["feedback-type"] == ["abuse"]
+
+
+def test_lock_of_a_whole_user_says_so(settings):
+    ev = make_event(1, kind="lock", action="lock", identity="", lock_until=None,
+                    reason="10 spam verdicts of all its identities in 600s",
+                    remedy="outpost unlock webfarm")
+    rep = render_report(ev, settings)
+    assert check(rep.data).fields["feedback-type"] == ["other"]
+    msg = parse(rep.data)
+    assert msg["Subject"] == "[Outpost] user webfarm (all identities) locked permanently"
+    text = text_part(msg)
+    assert "User webfarm as a whole (every identity) locked permanently" in text
+    assert "outpost unlock webfarm" in text

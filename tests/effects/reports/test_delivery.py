@@ -198,17 +198,20 @@ def test_storm_is_rate_limited_and_aggregated(tmp_path, sink):
     assert list_items(spool) == []
 
 
-def test_report_about_a_report_is_not_spooled(tmp_path, sink):
+def test_spam_dressed_as_a_report_is_spooled_and_reported(tmp_path, sink):
+    """#14.6: a blocked message whose Content-Type says it is a feedback
+    report is still reported (content never decides that)."""
     settings = make_settings(tmp_path, port=sink.port)
     spool = Spool.from_settings(settings)
     sender = ReportSender(spool, settings)
     spool.put(make_event(1))
     drain(sender, sink, 1)
     report = sink.received[0].data
-    assert spool.put(make_event(2, original=report)) is None
-    assert spool.put(make_event(3, original=report.split(b"\r\n\r\n")[0])) is None
-    assert sender.run_once().ingested == 0
-    assert len(sink.received) == 1
+    assert spool.put(make_event(2, original=report)) is not None
+    assert spool.put(make_event(3, original=report.split(b"\r\n\r\n")[0])) is not None
+    drain(sender, sink, 3)
+    assert len(sink.received) == 3
+    assert [check(r.data).fields["feedback-type"] for r in sink.received] == [["abuse"]] * 3
 
 
 def test_one_sender_per_spool(tmp_path, sink):

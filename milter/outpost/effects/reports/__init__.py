@@ -8,14 +8,14 @@ the reports over SMTP.  See README.rst, "Abuse reports".
 from .arf import RenderedReport, render_report
 from .errors import (DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemBusy,
                      SpoolItemNotFound)
-from .event import ACTIONS, BlockEvent, is_feedback_report
+from .event import ACTIONS, BlockEvent
 from .sender import ReportSender, SendStats
 from .settings import ReportSettings, SmtpSettings
-from .spool import Spool, SpoolItem, list_items, purge, retry
+from .spool import Spool, SpoolItem, list_items, overflow_counts, purge, retry
 
 __all__ = [
     "ACTIONS", "BlockEvent", "DeliveryError", "RenderedReport", "ReportError",
     "ReportSender", "ReportSettings", "SendStats", "SenderLocked", "SmtpSettings", "SpoolError", "SpoolItemBusy",
-    "SpoolItemNotFound", "Spool", "SpoolItem", "is_feedback_report", "list_items",
+    "SpoolItemNotFound", "Spool", "SpoolItem", "list_items", "overflow_counts",
     "purge", "render_report", "retry",
 ]

@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from outpost import __version__
 
 from .errors import ReportError
-from .event import BlockEvent, clean, is_feedback_report
+from .event import BlockEvent, clean
 from .settings import ReportSettings
 
 USER_AGENT = f"Outpost/{__version__}"
@@ -201,7 +201,7 @@ def _subject(event: BlockEvent, incidents: int) -> str:
     if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
-        text = f"identity {who} locked {until}"
+        text = (f"identity {who}" if event.identity else f"user {who} (all identities)") + f" locked {until}"
     else:
         text = f"{clean(event.kind, 32)} {_PAST.get(event.action, event.action)} from {who}"
         if event.verdict_score is not None:
@@ -216,24 +216,27 @@ def _bounded(items: Sequence[str], limit: int) -> tuple[list[str], int]:
 
 
 def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEvent],
-          notes: list[str]) -> str:
+          notes: list[str], incidents: int) -> str:
     n = settings.max_list
     lines: list[str] = []
     who = clean(event.key, 200)
     if _is_lock(event):
         until = ("permanently" if event.lock_until is None
                  else f"until {_human_time(event.lock_until)}")
-        lines.append(f"Identity {who} locked {until} because "
+        lines.append((f"Identity {who}" if event.identity else
+                      f"User {who} as a whole (every identity)") + f" locked {until} because "
                      f"{clean(event.reason or 'of repeated blocks', 500)}.")
     else:
         lines.append(f"Outpost {_PAST.get(event.action, event.action)} a message from "
                      f"{who} ({clean(event.kind, 32)}).")
-    if len(folded) > 1:
+    if incidents > 1:
         lines.append("")
-        lines.append(f"{len(folded)} incidents for this identity are folded into this "
-                     f"report: more than {settings.max_per_hour} reports per "
-                     f"{int(settings.window)} s would have been sent. The details below "
-                     "are those of the latest incident.")
+        lines.append(f"{incidents} incidents are folded into this report: more than "
+                     f"{settings.max_per_hour} reports per identity, "
+                     f"{settings.max_per_user} per user or "
+                     f"{settings.max_total} in all per {int(settings.window)} s "
+                     "would have been sent. The details below are those of the latest "
+                     "incident.")
     lines += ["", "Who", f"  User:          {clean(event.user, 200)}",
               f"  Identity:      {clean(event.identity or '-', 200)}",
               f"  Login:         {clean(event.login or '-', 200)}",
@@ -268,6 +271,7 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         for ev in shown:
             score = "" if ev.verdict_score is None else f" {ev.verdict_score:.1f}"
             lines.append(f"  {_human_time(ev.arrival_time)}  {clean(ev.queue_id or '-', 64)}  "
+                         f"{clean(ev.identity or '-', 64)}  "
                          f"{clean(ev.kind, 32)} {_PAST.get(ev.action, ev.action)}{score}")
         if more:
             lines.append(f"  ... and {more} more")
@@ -309,25 +313,28 @@ def _feedback_fields(event: BlockEvent, settings: ReportSettings,
 def render_report(event: BlockEvent, settings: ReportSettings, *,
                   folded: Sequence[BlockEvent] = (), now: Optional[float] = None,
                   message_id: Optional[str] = None,
-                  notes: Sequence[str] = ()) -> Optional[RenderedReport]:
+                  notes: Sequence[str] = (), uncounted: int = 0) -> RenderedReport:
     """Build the ARF report for ``event``.
 
     ``folded``: all incidents of an aggregated report (``event`` is the one
     whose details and original are shown, normally the latest); ``Incidents``
-    is ``len(folded)`` when that is more than one.  ``notes`` are added to
-    the text part (e.g. why only the header is attached).  Returns None when the
-    original message is itself a feedback report (never report a report).
+    is ``len(folded)`` when that is more than one, plus ``uncounted``
+    (incidents known only as a count: the spool was full).  ``notes`` are
+    added to the text part (e.g. why only the header is attached).
+
+    What the original says about itself (a ``multipart/report`` Content-Type,
+    say) does not matter here: whether a message is one of our own reports
+    is decided by where it came from (see :meth:`Policy._own_report`), and
+    our reports never reach the filtered listener.
     """
-    if is_feedback_report(event.original):
-        return None
-    incidents = max(1, len(folded))
+    incidents = max(1, len(folded)) + max(0, uncounted)
     notes = list(notes)
     original, eightbit, original_type = _original_part(event, settings, notes)
     to = event.report_to or settings.to
     subject = header_value(_subject(event, incidents), 200)
     msgid = message_id or make_msgid(idstring="arf", domain=settings.hostname)
 
-    text = _text(event, settings, folded, notes)
+    text = _text(event, settings, folded, notes, incidents)
     if text.isascii():
         text_part = MIMEText(text, "plain", "us-ascii", policy=SMTP)
     else:

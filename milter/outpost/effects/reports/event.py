@@ -6,13 +6,11 @@ import re
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any, Optional
 
 from .settings import check_address
 
-#: Actions a block can take.  ``lock``: the identity was locked.
+#: Actions a block can take.  ``lock``: the identity (or, with identity '', the user) was locked.
 ACTIONS = frozenset({"reject", "tempfail", "quarantine", "discard", "lock"})
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _BLANK_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})   # controls, surrogates, separators
@@ -127,25 +125,3 @@ class BlockEvent:
         kwargs["evidence"] = tuple(kwargs.get("evidence", ()))
         return cls(original=original, **kwargs)
 
-
-def is_feedback_report(original: Optional[bytes]) -> bool:
-    """True if ``original`` is itself an abuse report (ARF): never report on
-    a report.  Matches ``multipart/report; report-type=feedback-report``
-    (any generator, ours carry ``Auto-Submitted: auto-generated`` too), and a
-    top-level ``message/feedback-report``."""
-    if not original:
-        return False
-    head = original.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    try:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(head[:262144])
-    except (ValueError, TypeError, LookupError):
-        return False
-    ctype = msg.get_content_type()
-    if ctype == "message/feedback-report":
-        return True
-    if ctype != "multipart/report":
-        return False
-    rtype = msg.get_param("report-type", "", header="content-type")
-    if isinstance(rtype, tuple):   # RFC 2231 encoded
-        rtype = rtype[2]
-    return str(rtype).strip().lower() == "feedback-report"

@@ -1,6 +1,7 @@
 """The one report sender per host: turns spooled events into reports
-(rate-limited and aggregated per identity) and delivers them over SMTP with
-per-item exponential back-off.  All state is in the spool directory."""
+(rate-limited per identity, per user and in all, and aggregated) and
+delivers them over SMTP with per-item exponential back-off.  All state is in
+the spool directory."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .arf import RenderedReport, render_report
 from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemNotFound
 from .event import BlockEvent
 from .settings import ReportSettings
-from .spool import RETRY_MARK, Spool, fsync_dir, key_hash, new_id
+from .spool import OVERFLOW, RETRY_MARK, Spool, fsync_dir, key_hash, new_id, rate_keys, user_rate_keys
 
 log = logging.getLogger("outpost.reports")
 
@@ -36,10 +37,10 @@ class SendStats:
     recovered: int = 0      # reports found in sending/ after a crash (re-queued)
     ingested: int = 0       # events taken from new/
     reported: int = 0       # single-incident reports queued
-    held: int = 0           # events held over the per-identity limit
+    held: int = 0           # events held over a report limit
     aggregated: int = 0     # aggregated reports queued
     folded: int = 0         # events folded into aggregated reports
-    skipped: int = 0        # events not reported (report about a report)
+    overflow: int = 0       # reports queued for blocks counted while the spool was full
     corrupt: int = 0        # unreadable events moved to failed/
     sent: int = 0           # reports accepted by the relay
     deferred: int = 0       # attempts that failed and were rescheduled
@@ -277,6 +278,18 @@ class ReportSender:
         with contextlib.suppress(FileNotFoundError):
             os.rename(path, self.spool.dir("failed", os.path.basename(path)))
 
+    def _limits(self, event: BlockEvent, now: float) -> list[tuple[str, str, list[float], int]]:
+        """(hash, key, recent report times, limit) per identity, per user and in all."""
+        s = self.settings
+        return [(key_hash(key), key, self._rate(key_hash(key), now), limit)
+                for key, limit in zip(rate_keys(event),
+                                      (s.max_per_hour, s.max_per_user, s.max_total))]
+
+    def _count_all(self, event: BlockEvent, now: float,
+                   limits: Optional[list[tuple[str, str, list[float], int]]] = None) -> None:
+        for kh, key, times, _ in limits if limits is not None else self._limits(event, now):
+            self._count(kh, key, times, now)
+
     def _ingest(self, stats: SendStats, now: float) -> None:
         sp = self.spool
         for path in sp.files("new", ext=".evt"):
@@ -293,8 +306,9 @@ class ReportSender:
                 self._move_corrupt(path, exc, stats)
                 continue
             kh = key_hash(event.key)
-            times = self._rate(kh, now)
-            if len(times) >= self.settings.max_per_hour or os.path.isdir(sp.dir("held", kh)):
+            limits = self._limits(event, now)
+            full = any(len(times) >= limit for _, _, times, limit in limits)
+            if full or os.path.isdir(sp.dir("held", kh)):
                 os.makedirs(sp.dir("held", kh), mode=0o750, exist_ok=True)
                 os.rename(path, sp.dir("held", kh, os.path.basename(path)))
                 fsync_dir(sp.dir("held", kh))
@@ -305,37 +319,77 @@ class ReportSender:
             except ReportError as exc:
                 self._move_corrupt(path, exc, stats)
                 continue
-            if report is None:
-                stats.skipped += 1
-            else:
-                self._count(kh, event.key, times, now)
-                self._queue(item_id, event, report, now)
-                stats.reported += 1
+            self._count_all(event, now, limits)
+            self._queue(item_id, event, report, now)
+            stats.reported += 1
             os.unlink(path)
             fsync_dir(sp.dir("new"))
 
     def _render(self, event: BlockEvent, trimmed: str, now: float,
-                folded: Sequence[BlockEvent] = ()) -> Optional[RenderedReport]:
-        notes = [f"Only the message header is attached: {trimmed}."] if trimmed else []
+                folded: Sequence[BlockEvent] = (), uncounted: int = 0,
+                notes: Sequence[str] = ()) -> RenderedReport:
+        notes = list(notes) + ([f"Only the message header is attached: {trimmed}."] if trimmed else [])
         try:
-            return render_report(event, self.settings, folded=folded, now=now, notes=notes)
+            return render_report(event, self.settings, folded=folded, now=now, notes=notes,
+                                 uncounted=uncounted)
         except (ValueError, TypeError, LookupError, MessageError) as exc:
             # a bug meeting odd input must not block the queue behind it
             raise ReportError(f"cannot render report: {exc!r}") from exc
 
+    def _has_room(self, event: BlockEvent, now: float) -> bool:
+        """Room for one more report about ``event``'s identity, user and in all."""
+        return all(len(times) < limit for _, _, times, limit in self._limits(event, now))
+
+    def _user_has_room(self, user: str, now: float) -> bool:
+        """Room for one more report about ``user`` and in all."""
+        s = self.settings
+        return all(len(self._rate(key_hash(key), now)) < limit
+                   for key, limit in zip(user_rate_keys(user),
+                                         (s.max_per_user, s.max_total)))
+
+    def _group_event(self, kh: str) -> Optional[BlockEvent]:
+        """An event of held/<kh>/ (its identity and user), or None."""
+        for path in self.spool.files("held", kh, ext=".evt"):
+            try:
+                return self.spool.read_event(path, with_original=False)[0]
+            except (SpoolItemNotFound, SpoolError):
+                continue
+        return None
+
     def _fold(self, stats: SendStats, now: float) -> None:
+        """Held events go out as one aggregated report per user when the
+        user and the total limit have room again: every held identity of
+        the user that has room itself is folded into it."""
         sp = self.spool
         for batch in sp.groups("folding"):     # left by a crash
             self._fold_batch(batch, stats, now)
+        self._fold_overflow(stats, now)
+        by_user: dict[str, list[str]] = {}
         for kh in sp.groups("held"):
-            if len(self._rate(kh, now)) >= self.settings.max_per_hour:
+            event = self._group_event(kh)
+            if event is None:                  # emptied meanwhile, or only unreadable files
+                if not sp.files("held", kh, ext=".evt"):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sp.dir("held", kh))
+                    continue
+                by_user.setdefault("", []).append(kh)   # folded alone: moves them aside
+                continue
+            if self._has_room(event, now):
+                by_user.setdefault(event.user, []).append(kh)
+        for user, groups in by_user.items():
+            if user and not self._user_has_room(user, now):
                 continue
             batch = new_id()
+            bdir = sp.dir("folding", batch)
             with sp.locked():
-                try:
-                    os.rename(sp.dir("held", kh), sp.dir("folding", batch))
-                except FileNotFoundError:     # purged meanwhile
-                    continue
+                os.makedirs(bdir, mode=0o750, exist_ok=True)
+                for kh in groups:
+                    for path in sp.files("held", kh, ext=".evt"):
+                        with contextlib.suppress(FileNotFoundError):   # purged meanwhile
+                            os.rename(path, os.path.join(bdir, os.path.basename(path)))
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sp.dir("held", kh))
+                fsync_dir(bdir)
                 fsync_dir(sp.dir("held"))
                 fsync_dir(sp.dir("folding"))
             self._fold_batch(batch, stats, now)
@@ -365,15 +419,52 @@ class ReportSender:
                     self._move_corrupt(path, exc, stats)
                 sp.remove_tree(bdir)
                 return
-            if report is None:
-                stats.skipped += len(events)
-            else:
-                kh = key_hash(primary.key)
-                self._count(kh, primary.key, self._rate(kh, now), now)
-                self._queue(batch, primary, report, now)
-                stats.aggregated += 1
-                stats.folded += len(events)
+            self._count_all(primary, now)
+            self._queue(batch, primary, report, now)
+            stats.aggregated += 1
+            stats.folded += len(events)
         sp.remove_tree(bdir)
+
+    def _fold_overflow(self, stats: SendStats, now: float) -> None:
+        """Blocks counted while the spool was full become one report per
+        user (``Incidents``: the count), when the user and the total limit
+        have room."""
+        sp = self.spool
+        if not os.path.exists(sp.dir(OVERFLOW)):
+            return
+        with sp.locked():
+            data = sp.read_overflow()
+            if not data:
+                return
+            for user in list(data):
+                rec = data[user]
+                try:
+                    event = BlockEvent.from_json(rec["event"])
+                    count = int(rec["count"])
+                    first = float(rec.get("first", event.arrival_time))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error("overflow count of %r unreadable (%s); dropped", user, exc)
+                    del data[user]
+                    continue
+                if not self._user_has_room(event.user, now):
+                    continue
+                since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(first))
+                note = (f"{count} block(s) of this user since {since} were counted but not "
+                        f"spooled because the report spool was full (max_spool: "
+                        f"{self.settings.max_spool.files} files, "
+                        f"{self.settings.max_spool.bytes} bytes); the details shown are "
+                        "those of the latest, without the message.")
+                try:
+                    report = self._render(event, "", now, uncounted=count - 1, notes=[note])
+                except ReportError as exc:
+                    log.error("overflow count of %r: %s; dropped", user, exc)
+                    del data[user]
+                    continue
+                self._count_all(event, now)
+                self._queue(new_id(), event, report, now)
+                stats.overflow += 1
+                del data[user]
+            sp.write_overflow(data)
 
     # -- delivery ----------------------------------------------------------------
     def _backoff(self, attempts: int) -> float:

@@ -72,6 +72,22 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class SpoolLimits:
+    """``reports.max_spool``: how much the spool may hold (events and
+    reports in every state).  When full, further blocks are only counted
+    (per user) and reported later as ``Incidents``, never written as files."""
+
+    files: int = 10_000
+    bytes: int = 200_000_000
+
+    def __post_init__(self) -> None:
+        if self.files < 10:
+            raise ValueError("reports.max_spool.files must be >= 10")
+        if self.bytes < 1_000_000:
+            raise ValueError("reports.max_spool.bytes must be >= 1000000")
+
+
+@dataclass(frozen=True)
 class ReportSettings:
     """``reports:`` section of the configuration.
 
@@ -86,7 +102,10 @@ class ReportSettings:
     include_body: bool = True
     max_body_size: int = 1_000_000
     max_per_hour: int = 10           # reports per identity per window
-    window: float = 3600.0           # the "hour" of max_per_hour
+    max_per_user: int = 30           # reports per user (all its identities) per window
+    max_total: int = 300             # reports in all per window
+    window: float = 3600.0           # the "hour" of the three limits above
+    max_spool: SpoolLimits = field(default_factory=SpoolLimits)
     on_limit: bool = False           # report rate-limit blocks too
     retry_initial: float = 30.0
     retry_max: float = 3600.0
@@ -110,8 +129,11 @@ class ReportSettings:
             raise ValueError(f"reports.spool_dir must be an absolute path, not {self.spool_dir!r}")
         if self.max_body_size < 1024:
             raise ValueError("reports.max_body_size must be at least 1024 bytes")
-        if self.max_per_hour < 1:
-            raise ValueError("reports.max_per_hour must be >= 1")
+        for name in ("max_per_hour", "max_per_user", "max_total"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"reports.{name} must be >= 1")
+        if not isinstance(self.max_spool, SpoolLimits):
+            raise ValueError("reports.max_spool must be a SpoolLimits")
         if not self.window > 0:
             raise ValueError("reports.window must be > 0")
         if not 0 < self.retry_initial <= self.retry_max:

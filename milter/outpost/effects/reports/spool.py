@@ -15,7 +15,10 @@ renamed into place and the directory fsynced)::
     queue/<id>.rpt           rendered reports waiting for (another) attempt
     sending/<id>.rpt         the report in an SMTP transaction right now
     failed/<id>.rpt|.evt     given up (or unreadable); kept for the operator
-    rate/<key>.json          creation times of recent reports per identity
+    rate/<key>.json          creation times of recent reports per identity, per
+                             user and in all (see :func:`rate_keys`)
+    overflow.json            blocks counted (not spooled) while the spool was
+                             full: per user, a count and the latest event
 
 ``<key>`` is a hash of ``user/identity``.  An ``.evt`` file is the line
 ``OUTPOST-EVENT 1``, one line of JSON and the original message bytes; an
@@ -32,19 +35,25 @@ import hashlib
 import json
 import os
 import secrets
+import logging
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from .arf import split_original
 from .errors import SpoolError, SpoolItemBusy, SpoolItemNotFound
-from .event import BlockEvent, is_feedback_report
+from .event import BlockEvent, clean
 from .settings import ReportSettings
+
+log = logging.getLogger("outpost.reports")
 
 EVENT_MAGIC = b"OUTPOST-EVENT 1\n"
 REPORT_MAGIC = b"OUTPOST-REPORT 1\n"
 RETRY_MARK = ".retry"               # touched by retry(): the sender drops its relay back-off
+OVERFLOW = "overflow.json"          # blocks counted while the spool was full
+USAGE_TTL = 1.0                     # seconds a worker trusts its last count of the spool
 SUBDIRS = ("tmp", "new", "held", "folding", "queue", "sending", "failed", "rate")
 #: item states as shown by ``outpost reports list``
 STATES = ("new", "held", "folding", "queued", "sending", "failed")
@@ -60,6 +69,19 @@ def new_id() -> str:
 def key_hash(key: str) -> str:
     """Directory/file name for a ``user/identity`` key."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def rate_keys(event: BlockEvent) -> tuple[str, str, str]:
+    """What the report limits count per: the identity (``user/identity``,
+    or ``user`` for an event about the whole user), the user (``user/``:
+    user names hold no ``/`` and identities are never empty, so this is no
+    identity's key) and all reports (``/``)."""
+    return (event.key,) + user_rate_keys(event.user)
+
+
+def user_rate_keys(user: str) -> tuple[str, str]:
+    """The user's and the total key of :func:`rate_keys`."""
+    return f"{user}/", "/"
 
 
 def fsync_dir(path: str) -> None:
@@ -94,12 +116,19 @@ class Spool:
     With ``settings``, ``put`` drops ``limit`` events unless ``on_limit`` is
     set and trims the original message to its header when ``include_body``
     is false or it is larger than ``max_body_size`` (so a 50 MB message never
-    lands in the spool).
+    lands in the spool).  When the spool holds ``max_spool`` files or bytes,
+    ``put`` writes no file: it counts the block for its user in
+    ``overflow.json`` (the sender reports the count as ``Incidents``) and
+    logs it.  Each worker counts the spool at most once a second and adds
+    what it wrote since, so the bound may be passed by what the workers
+    write in that second.
     """
 
     def __init__(self, path: str, settings: Optional[ReportSettings] = None) -> None:
         self.path = os.path.abspath(path)
         self.settings = settings
+        self._usage_lock = threading.Lock()
+        self._usage: Optional[list[float]] = None     # [counted at (monotonic), files, bytes]
         try:
             os.makedirs(self.path, mode=0o750, exist_ok=True)
             for sub in SUBDIRS:
@@ -137,11 +166,11 @@ class Spool:
             raise SpoolError(f"cannot write {final}: {exc}") from exc
 
     def put(self, event: BlockEvent) -> Optional[str]:
-        """Spool ``event`` for reporting; returns its id, or None when it is
-        not reported (its original is itself a feedback report, or it is a
-        ``limit`` event and ``on_limit`` is off).  Raises SpoolError."""
-        if is_feedback_report(event.original):
-            return None
+        """Spool ``event`` for reporting; returns its id, or None when no
+        file was written (a ``limit`` event and ``on_limit`` is off, or the
+        spool is full and the block was counted instead).  Raises
+        SpoolError.  Whether the blocked message was one of our own reports
+        is not decided here (nor from its content): see the policy."""
         settings = self.settings
         if settings is not None and event.kind == "limit" and not settings.on_limit:
             return None
@@ -159,9 +188,102 @@ class Spool:
                 original = head[: settings.max_body_size]
         item_id = new_id()
         header = json.dumps(meta, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        size = len(EVENT_MAGIC) + len(header) + 1 + len(original)
+        if settings is not None and not self._room(size):
+            self._count_overflow(event)
+            return None
         self.write_atomic(self.dir("new", f"{item_id}.evt"),
                           [EVENT_MAGIC, header, b"\n", original])
         return item_id
+
+    # -- the bound -----------------------------------------------------
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) of the events and reports in the spool."""
+        files = size = 0
+        stack = [self.dir(sub) for sub in ("new", "held", "folding", "queue", "sending", "failed")]
+        while stack:
+            path = stack.pop()
+            try:
+                entries = list(os.scandir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise SpoolError(f"cannot list {path}: {exc}") from exc
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)    # held/<key>/, folding/<batch>/
+                        continue
+                    size += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:           # moved meanwhile
+                    continue
+                files += 1
+        return files, size
+
+    def _room(self, size: int) -> bool:
+        """True (and counted) if one more file of ``size`` bytes fits under
+        ``max_spool``."""
+        assert self.settings is not None
+        limits = self.settings.max_spool
+        now = time.monotonic()
+        with self._usage_lock:
+            if self._usage is None or not 0 <= now - self._usage[0] < USAGE_TTL:
+                files, total = self.usage()
+                self._usage = [now, float(files), float(total)]
+            if self._usage[1] + 1 > limits.files or self._usage[2] + size > limits.bytes:
+                return False
+            self._usage[1] += 1
+            self._usage[2] += size
+            return True
+
+    def read_overflow(self) -> dict[str, dict[str, Any]]:
+        """``{user: {"count": n, "first": t, "event": {...}}}`` (empty when
+        nothing was counted; an unreadable file is logged and started afresh)."""
+        try:
+            with open(self.dir(OVERFLOW), encoding="ascii") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable (%s); starting it afresh", self.dir(OVERFLOW), exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_overflow(self, data: dict[str, dict[str, Any]]) -> None:
+        """Replace ``overflow.json`` (hold :meth:`locked`)."""
+        if not data:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dir(OVERFLOW))
+            return
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+        self.write_atomic(self.dir(OVERFLOW), [text.encode("ascii")])
+
+    def _count_overflow(self, event: BlockEvent) -> None:
+        """Count ``event`` for its user instead of spooling it.  Bounded: one
+        entry per configured user, holding the latest event without its
+        original and with at most ``max_list`` recipients and evidence."""
+        assert self.settings is not None
+        n = self.settings.max_list
+        latest = event.to_json()
+        latest["recipients"] = latest["recipients"][:n]
+        latest["evidence"] = latest["evidence"][:n]
+        with self.locked():
+            data = self.read_overflow()
+            rec = data.get(event.user)
+            if not isinstance(rec, dict):
+                rec = {"count": 0, "first": event.arrival_time}
+            rec["count"] = int(rec.get("count", 0)) + 1
+            rec["event"] = latest
+            data[event.user] = rec
+            self.write_overflow(data)
+        count = rec["count"]
+        if str(count).rstrip("0") == "1":                    # log the 1st, 10th, 100th, ...
+            limits = self.settings.max_spool
+            log.warning("report spool %s is full (max_spool: %d files, %d bytes): %d block(s) "
+                        "of user %s counted, not spooled; they will be reported as Incidents",
+                        self.path, limits.files, limits.bytes, count, clean(event.user, 100))
 
     def write_report(self, state_dir: str, item_id: str, meta: dict[str, Any],
                      data: bytes) -> str:
@@ -300,6 +422,16 @@ def list_items(spool: Spool) -> list[SpoolItem]:
         for path in spool.files(sub, ext=".evt"):
             items.append(_item_from_event(spool, state, path))
     return items
+
+
+def overflow_counts(spool: Spool) -> list[tuple[str, int]]:
+    """(user, blocks) counted but not spooled while the spool was full,
+    waiting to be reported as one report per user."""
+    out = []
+    for user, rec in sorted(spool.read_overflow().items()):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            out.append((user, int(rec["count"])))
+    return out
 
 
 def retry(spool: Spool, item_id: Optional[str] = None, now: Optional[float] = None) -> int:
