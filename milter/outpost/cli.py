@@ -115,11 +115,19 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(args: argparse.Namespace):
-    """(config, store) for the state commands."""
-    from .runtime import open_configured_store
+def _state(args: argparse.Namespace, shared: bool = True):
+    """(config, store) for the state commands: the configured store itself,
+    never a fallback to this process' memory.  A store that fails raises
+    StoreError (exit 3); ``memory:`` holds no shared state, so a command
+    that reads or changes it is refused (``shared=False``: ``scan``, which
+    only reads and may run without a shared store)."""
+    from .runtime import open_shared_store
     config = load_config(args.config)
-    return config, open_configured_store(config)
+    if shared and config.store.startswith("memory:"):
+        raise StoreError(f"store {config.store} is this process' memory, not shared state: "
+                         f"'outpost {args.command}' would neither see nor change what the "
+                         f"relays use (configure a sqlite:// or redis:// store)")
+    return config, open_shared_store(config)
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
@@ -198,7 +206,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .core.policy import Policy
     from .scan import ReadOnlyStore, scan_message, to_json
     from .spam.build import build_engine
-    config, real = _state(args)
+    config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)
     try:
         codec = TokenCodec(read_secret(config.secret_file))
@@ -385,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"outpost: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"outpost: store error: {exc}", file=sys.stderr)
+        print(f"outpost: store error, the command did not complete: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130
