@@ -76,3 +76,21 @@ def test_lock_and_unlock_change_the_shared_store(tmp_path, capsys):
         assert main(["unlock", "webfarm/alice", "-c", str(cfg)]) == 0
         assert other.get_lock("webfarm/alice") is None
         other.close()
+
+
+def test_unlock_and_reset_of_a_do_not_touch_alice(tmp_path, capsys):
+    """Key prefixes stop at a terminator: webfarm/a is not webfarm/alice."""
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    store = open_store(f"sqlite:///{tmp_path}/state.db", StoreSettings(on_store_error="tempfail"))
+    for ident in ("a", "alice"):
+        store.record_event(f"hits:webfarm/{ident}", 600.0)
+        store.record_event(f"spam:webfarm/{ident}", 600.0)
+    store.set_lock("webfarm/a", "test", None)
+    assert main(["unlock", "webfarm/a", "-c", str(cfg)]) == 0
+    assert store.record_event("hits:webfarm/alice", 600.0) == 2
+    assert store.record_event("spam:webfarm/alice", 600.0) == 2
+    assert main(["reset", "webfarm/a", "-c", str(cfg)]) == 0
+    assert store.record_event("hits:webfarm/alice", 600.0) == 3
+    assert store.record_event("spam:webfarm/alice", 600.0) == 3
+    assert store.record_event("spam:webfarm/a", 600.0) == 1
+    store.close()
