@@ -75,7 +75,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .core.idtoken import read_secret
     config = load_config(args.config)
+    try:
+        read_secret(config.secret_file)
+    except FileNotFoundError:
+        print(f"outpost: warning: secret_file {config.secret_file} does not exist yet (create "
+              f"one with: outpost secret {config.secret_file})", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+        print(f"outpost: configuration error: {args.config}: secret_file: {detail}",
+              file=sys.stderr)
+        return 2
     nets = sum(len(u.ips) for u in config.users)
     print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
           f"{len(config.domains)} domains)")
@@ -85,7 +96,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_whois(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, TokenError, read_secret
     config = load_config(args.config)
-    codec = TokenCodec(read_secret(config.secret_file))
+    try:
+        codec = TokenCodec(read_secret(config.secret_file))
+    except (OSError, ValueError) as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 2
     try:
         origin = codec.open(args.token)
     except TokenError as exc:
@@ -210,7 +225,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     store = ReadOnlyStore(real)
     try:
         codec = TokenCodec(read_secret(config.secret_file))
-    except OSError:
+    except (OSError, ValueError):
         codec = TokenCodec(b"outpost scan without a secret file")   # tokens shown are not valid
     policy = Policy(config, store, codec, engine=build_engine(config, store))
     with open(args.file, "rb") as fh:
