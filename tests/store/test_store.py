@@ -471,7 +471,8 @@ def test_open_store_urls(tmp_path) -> None:
         open_store("memory:extra")
     store = open_store(f"sqlite://{tmp_path}/a/b/c.db", StoreSettings(on_store_error="accept"))
     assert os.path.isfile(tmp_path / "a" / "b" / "c.db")
-    assert type(store).__name__ == "SqliteStore"
+    assert type(store).__name__ == "ResilientStore" and not store.fallback  # releases only
+    assert type(store.primary).__name__ == "SqliteStore"
     store.close()
     local = open_store(f"sqlite://{tmp_path}/d.db")               # default: local
     assert type(local).__name__ == "ResilientStore"
