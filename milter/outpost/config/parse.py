@@ -32,7 +32,7 @@ TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
-    "dns", "dkim", "relay", "spf",
+    "dns", "dkim", "relay", "spf", "connection_prefix_v6",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -107,6 +107,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         secret_file=opt("secret_file").str() if "secret_file" in top else "/etc/outpost/secret",
         report_abuse_to=_address(top["report_abuse_to"]),
         connection_limit=opt("connection_limit").int(minimum=1) if "connection_limit" in top else 10,
+        connection_prefix_v6=(opt("connection_prefix_v6").int(minimum=16, maximum=128)
+                              if "connection_prefix_v6" in top else 64),
         domains=domains,
         users=users,
         defaults=defaults,
