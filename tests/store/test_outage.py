@@ -164,8 +164,9 @@ def test_slots_taken_in_redis_are_freed_there_after_a_hiccup(own_redis: RedisSer
         store.conn_release(ip, "h:1:1")                # closed during the hiccup
         store.conn_release(ip, "h:1:2")
         if mode == "local":
-            store.conn_release(ip, "h:1:4")
-        assert store.pending_releases == 2
+            store.conn_release(ip, "h:1:4")            # freed in memory, where it was taken
+        # and h:1:4 is also owed to Redis: its timed-out acquire may run there late
+        assert store.pending_releases == (3 if mode == "local" else 2)
     finally:
         unpause(own_redis)
     assert shared_count(own_redis, "hic:", ip) == 2    # still counted in Redis

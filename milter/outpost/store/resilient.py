@@ -39,6 +39,10 @@ from .settings import StoreSettings
 
 log = logging.getLogger("outpost.store")
 
+#: Most slot releases kept for the shared store while it fails (the oldest
+#: go first; after ``heartbeat_ttl`` without heartbeats the shared store
+#: reclaims every slot of the process anyway).
+MAX_PENDING_RELEASES = 10000
 
 
 class ResilientStore(Store):
@@ -87,8 +91,11 @@ class ResilientStore(Store):
     def _call(self, name: str, *args: Any) -> Any:
         return self._served(name, *args)[0]
 
-    def _served(self, name: str, *args: Any) -> tuple[Any, bool]:
-        """(result, whether the primary served it)."""
+    def _served(self, name: str, *args: Any) -> tuple[Any, str]:
+        """(result, who served it): ``"primary"``; ``"failed"``: the primary
+        was asked and failed (it may still have done it: a timed-out script
+        can run), memory answered; ``"local"``: memory answered without
+        asking the primary (waiting for the next probe)."""
         skip = False
         if self._retry_at is not None:          # degraded (a healthy store takes no lock)
             with self._mutex:
@@ -108,10 +115,10 @@ class ResilientStore(Store):
                 self._failed(exc)
             else:
                 self._recovered()
-                return result, True
+                return result, "primary"
         with self._mutex:
             self.fallbacks += 1
-        return getattr(self.local, name)(*args), False
+        return getattr(self.local, name)(*args), "local" if skip else "failed"
 
     def _release_pending(self) -> None:
         """Free in the primary the slots whose release failed before
@@ -154,11 +161,25 @@ class ResilientStore(Store):
         return self._call("now")
 
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
-        (acquired, count), shared = self._served("conn_acquire", ip, limit, slot)
-        if acquired and shared:
+        try:
+            (acquired, count), who = self._served("conn_acquire", ip, limit, slot)
+        except StoreError:
+            self._owe(ip, slot)                # a timed-out acquire may have taken it
+            raise
+        if who == "failed":
+            self._owe(ip, slot)
+        elif acquired and who == "primary":
             with self._mutex:
                 self._shared_slots[slot] = ip
         return acquired, count
+
+    def _owe(self, ip: str, slot: str) -> None:
+        """Free ``slot`` in the shared store when it answers (SREM of a slot
+        it never took is harmless; one it took late must not stay)."""
+        with self._mutex:
+            self._pending_releases[slot] = ip
+            if len(self._pending_releases) > MAX_PENDING_RELEASES:
+                del self._pending_releases[next(iter(self._pending_releases))]
 
     def conn_release(self, ip: str, slot: str) -> None:
         """Free the slot where it was taken: a slot of the shared store in
@@ -178,10 +199,9 @@ class ResilientStore(Store):
             except StoreError as exc:
                 if self.fallback:
                     self._failed(exc)
-        with self._mutex:
-            self._pending_releases[slot] = shared_ip
-        log.warning("store %s: connection slot %s of %s is freed in the shared store when it "
-                    "answers again", self.url, slot, shared_ip)
+        self._owe(shared_ip, slot)
+        log.debug("store %s: connection slot %s of %s is freed in the shared store when it "
+                  "answers again", self.url, slot, shared_ip)
 
     def conn_count(self, ip: str) -> int:
         return self._call("conn_count", ip)
