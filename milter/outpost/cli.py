@@ -87,6 +87,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"outpost: configuration error: {args.config}: secret_file: {detail}",
               file=sys.stderr)
         return 2
+    if config.dkim.settings is not None:
+        from .effects.dkim import DkimKeyError, load_keys
+        try:
+            load_keys(config.dkim.settings)          # unsafe, missing or bad key files
+        except DkimKeyError as exc:
+            print(f"outpost: configuration error: {args.config}: dkim: {exc}", file=sys.stderr)
+            return 2
     nets = sum(len(u.ips) for u in config.users)
     print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
           f"{len(config.domains)} domains)")

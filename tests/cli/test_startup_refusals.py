@@ -84,3 +84,14 @@ def test_secret_readable_by_group_or_others_refused(setup, mode):
     check = subprocess.run([sys.executable, "-m", "outpost", "check-config", "-c", str(cfg)],
                            capture_output=True, text=True, env=env, timeout=60)
     assert check.returncode == 0 and ": OK (" in check.stdout, check
+
+
+def test_check_config_refuses_an_unsafe_dkim_key(setup):
+    tmp, key, write = setup
+    cfg = write(key)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "milter"))
+    check = [sys.executable, "-m", "outpost", "check-config", "-c", str(cfg)]
+    assert subprocess.run(check, capture_output=True, text=True, env=env, timeout=60).returncode == 0
+    os.chmod(key, 0o640)
+    out = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and key in out.stderr and "chmod 600" in out.stderr, out
