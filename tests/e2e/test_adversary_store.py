@@ -209,3 +209,30 @@ def test_workers_dying_at_start_are_respawned_with_back_off(tmp_path):
     finally:
         if proc.proc.running:
             proc.stop(graceful=False)
+
+
+def cli(outpost, *args):
+    import subprocess
+    return subprocess.run([*outpost.proc.argv[:3], *args, "-c", str(outpost.config_path)],
+                          capture_output=True, text=True, env=outpost.proc.env, timeout=60)
+
+
+def test_lock_with_the_store_paused_fails_and_says_so(outpost, redis_server):
+    """``outpost lock`` never "locks" in its own memory (``on_store_error:
+    local`` is for serving mail, not for commands)."""
+    r = rdb(redis_server)
+    r.execute_command("CLIENT", "PAUSE", 5000, "ALL")
+    try:
+        out = cli(outpost, "lock", "webfarm/mallory")
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    assert out.returncode == 3, out
+    assert out.stdout == "" and out.stderr.startswith(
+        "outpost: store error, the command did not complete: redis store"), out.stderr
+    assert not r.exists(f"{PREFIX}lock:webfarm/mallory")
+    out = cli(outpost, "lock", "webfarm/mallory")
+    assert out.returncode == 0 and out.stdout.startswith("locked webfarm/mallory"), out
+    assert r.exists(f"{PREFIX}lock:webfarm/mallory")
+    r.delete(f"{PREFIX}lock:webfarm/mallory")
+    r.srem(f"{PREFIX}locks", "webfarm/mallory")
+    r.close()
