@@ -75,7 +75,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .core.idtoken import read_secret
     config = load_config(args.config)
+    try:
+        read_secret(config.secret_file)
+    except FileNotFoundError:
+        print(f"outpost: warning: secret_file {config.secret_file} does not exist yet (create "
+              f"one with: outpost secret {config.secret_file})", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+        print(f"outpost: configuration error: {args.config}: secret_file: {detail}",
+              file=sys.stderr)
+        return 2
+    if config.dkim.settings is not None:
+        from .effects.dkim import DkimKeyError, load_keys
+        try:
+            load_keys(config.dkim.settings)          # unsafe, missing or bad key files
+        except DkimKeyError as exc:
+            print(f"outpost: configuration error: {args.config}: dkim: {exc}", file=sys.stderr)
+            return 2
     nets = sum(len(u.ips) for u in config.users)
     print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
           f"{len(config.domains)} domains)")
@@ -85,7 +103,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_whois(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, TokenError, read_secret
     config = load_config(args.config)
-    codec = TokenCodec(read_secret(config.secret_file))
+    try:
+        codec = TokenCodec(read_secret(config.secret_file))
+    except (OSError, ValueError) as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 2
     try:
         origin = codec.open(args.token)
     except TokenError as exc:
@@ -115,11 +137,19 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(args: argparse.Namespace):
-    """(config, store) for the state commands."""
-    from .runtime import open_configured_store
+def _state(args: argparse.Namespace, shared: bool = True):
+    """(config, store) for the state commands: the configured store itself,
+    never a fallback to this process' memory.  A store that fails raises
+    StoreError (exit 3); ``memory:`` holds no shared state, so a command
+    that reads or changes it is refused (``shared=False``: ``scan``, which
+    only reads and may run without a shared store)."""
+    from .runtime import open_shared_store
     config = load_config(args.config)
-    return config, open_configured_store(config)
+    if shared and config.store.startswith("memory:"):
+        raise StoreError(f"store {config.store} is this process' memory, not shared state: "
+                         f"'outpost {args.command}' would neither see nor change what the "
+                         f"relays use (configure a sqlite:// or redis:// store)")
+    return config, open_shared_store(config)
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
@@ -198,11 +228,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .core.policy import Policy
     from .scan import ReadOnlyStore, scan_message, to_json
     from .spam.build import build_engine
-    config, real = _state(args)
+    config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)
     try:
         codec = TokenCodec(read_secret(config.secret_file))
-    except OSError:
+    except (OSError, ValueError):
         codec = TokenCodec(b"outpost scan without a secret file")   # tokens shown are not valid
     policy = Policy(config, store, codec, engine=build_engine(config, store))
     with open(args.file, "rb") as fh:
@@ -387,7 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"outpost: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"outpost: store error: {exc}", file=sys.stderr)
+        print(f"outpost: store error, the command did not complete: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         return 130

@@ -29,6 +29,15 @@ def open_configured_store(config: Config) -> Store:
     return open_store(config.store, config.store_settings)
 
 
+def open_shared_store(config: Config) -> Store:
+    """The configured store itself, for the operator commands: never the
+    process-local fallback of ``on_store_error: local`` (a lock or reset
+    made in the command's own memory would be lost when it exits), so a
+    failing store raises :class:`~outpost.store.base.StoreError`."""
+    from dataclasses import replace
+    return open_store(config.store, replace(config.store_settings, on_store_error="tempfail"))
+
+
 @dataclass
 class Runtime:
     config: Config

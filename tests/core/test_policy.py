@@ -182,6 +182,46 @@ def test_connection_limit_user_override(policy):
     assert str(d.reply) == TOO_MANY
 
 
+def test_ipv6_clients_of_one_64_share_the_connection_limit(policy, store):
+    """A client holding a /64 cannot take a fresh address per connection to
+    escape the limit (connection_prefix_v6, default 64)."""
+    held = []
+    for i in range(3):
+        s = Session()
+        policy.connect(s, f"IPv6:2001:db8::{i + 1:x}")
+        assert s.slot is not None and s.slot_key == "2001:db8::/64"
+        held.append(s)
+    s4, d = over_limit(policy, "2001:db8::ffff:9")
+    assert str(d.reply) == TOO_MANY and s4.slot is None
+    s5 = Session()
+    policy.connect(s5, "2001:db8:0:1::1")                    # another /64: its own count
+    assert s5.slot is not None
+    for s in held:
+        policy.close(s)
+    assert store.conn_count("2001:db8::/64") == 0
+    s6, d = over_limit(policy, "2001:db8::42")
+    assert s6.slot is not None and d.reason != "connection_limit"
+
+
+def test_connection_prefix_v6_is_configurable(config, store, codec):
+    from dataclasses import replace
+    from outpost.core.policy import Policy
+    per_address = Policy(replace(config, connection_prefix_v6=128), store, codec)
+    for i in range(4):                                       # each /128 has its own 3
+        s = Session()
+        per_address.connect(s, f"2001:db8:5:6::{i + 1:x}")
+        assert s.slot_key == f"2001:db8:5:6::{i + 1:x}"
+    assert parse_config_prefix("connection_prefix_v6: 56\n") == 56
+    with pytest.raises(Exception, match="connection_prefix_v6: 8 is below the minimum 16"):
+        parse_config_prefix("connection_prefix_v6: 8\n")
+
+
+def parse_config_prefix(head):
+    from outpost.config import parse_config
+    from .conftest import CONFIG
+    return parse_config(head + CONFIG, "t.yaml").connection_prefix_v6
+
+
 def test_ipv4_mapped_client(policy):
     session, _, d = transaction(policy, ip="::ffff:192.0.2.5")
     assert session.client_ip == "192.0.2.5" and stamps(d)["X-Outpost-User"] == "webfarm"

@@ -482,7 +482,8 @@ def test_open_store_urls(tmp_path) -> None:
         open_store("memory:extra")
     store = open_store(f"sqlite://{tmp_path}/a/b/c.db", StoreSettings(on_store_error="accept"))
     assert os.path.isfile(tmp_path / "a" / "b" / "c.db")
-    assert type(store).__name__ == "SqliteStore"
+    assert type(store).__name__ == "ResilientStore" and not store.fallback  # releases only
+    assert type(store.primary).__name__ == "SqliteStore"
     store.close()
     local = open_store(f"sqlite://{tmp_path}/d.db")               # default: local
     assert type(local).__name__ == "ResilientStore"
@@ -570,3 +571,23 @@ def test_redis_replaces_old_gcra_key(store: Store) -> None:
     assert admitted(store, b, 3) == [True, True, False]
     assert r.type(key) == b"hash" and store.peek(b)[0].used == 2
     r.close()
+
+
+def test_reset_stops_at_a_terminator(store: Store) -> None:
+    """``unlock``/``reset`` of webfarm/a never clears webfarm/alice's history
+    or counters (every backend)."""
+    a = Bucket("rl:id:webfarm/a:msg:60", 5, 60.0)
+    alice = Bucket("rl:id:webfarm/alice:msg:60", 5, 60.0)
+    for bucket in (a, alice):
+        store.hit([bucket])
+    for key in ("hits:webfarm/a", "hits:webfarm/alice", "spam:webfarm/a", "spam:webfarm/alice"):
+        store.record_event(key, 600.0)
+    assert store.reset("hits:webfarm/a") == 1
+    assert store.reset("spam:webfarm/a") == 1
+    assert store.reset("rl:id:webfarm/a") == 1          # the bucket key continues after ':'
+    assert store.record_event("hits:webfarm/alice", 600.0) == 2
+    assert store.record_event("spam:webfarm/alice", 600.0) == 2
+    assert store.record_event("hits:webfarm/a", 600.0) == 1
+    assert [s.used for s in store.peek([a, alice])] == [0, 1]
+    assert store.reset("rl:id:webfarm/al") == 0
+    assert store.reset("rl:id:webfarm/") == 1           # a prefix ending in '/' takes all below

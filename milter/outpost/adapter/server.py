@@ -12,7 +12,12 @@ Signals to the master:
 - SIGHUP: the configuration is read again; if it is valid, new workers start
   with it and the old ones are stopped gracefully; if not, the error is logged
   and the old configuration keeps serving.
-A worker that dies is replaced, and the connection slots it held are freed.
+A worker that dies is replaced, and the connection slots it held are freed;
+workers that die soon after they started are replaced after a growing delay
+(``RESPAWN_MIN`` doubling up to ``RESPAWN_MAX``), not in a tight loop.  A
+store that does not answer when a worker starts does not stop it: the worker
+serves (``on_store_error`` decides the answers) and its heartbeat registers
+it once the store is back.
 """
 
 from __future__ import annotations
@@ -32,11 +37,15 @@ from typing import Optional
 
 from ..config import Config, ConfigError, load_config
 from ..runtime import Runtime, StartupError, open_configured_store
+from ..store.base import StoreError
 
 log = logging.getLogger("outpost.server")
 
 GRACE = 30.0              # seconds a stopping worker waits for open connections
 HEARTBEAT = 10.0          # seconds between a worker's store heartbeats
+RESPAWN_MIN = 0.2         # delay before replacing a worker that died young, doubling …
+RESPAWN_MAX = 30.0        # … up to this
+STABLE = 10.0             # a worker that lived this long resets the delay
 
 
 class ServeError(Exception):
@@ -145,8 +154,16 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
     runtime = Runtime.build(config)
     host, pid = runtime.policy.host, os.getpid()
     store = runtime.store
-    store.process_gone(host, pid)                   # slots of an earlier process with our pid
     stop = threading.Event()
+    registered = False
+
+    def register() -> None:
+        """Drop slots of an earlier process with our pid (once), then beat."""
+        nonlocal registered
+        if not registered:
+            store.process_gone(host, pid)
+            registered = True
+        store.process_alive(host, pid)
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT):
@@ -154,11 +171,15 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
                 log.error("worker %d: the master is gone; stopping", pid)
                 os.kill(pid, signal.SIGTERM)
             try:
-                store.process_alive(host, pid)
+                register()
             except Exception:  # noqa: BLE001 - a failed heartbeat is retried next beat
                 log.warning("store heartbeat failed", exc_info=True)
 
-    store.process_alive(host, pid)
+    try:
+        register()
+    except StoreError as exc:           # serve anyway: on_store_error decides each answer
+        log.warning("worker %d: the store does not answer (%s); serving, and registering "
+                    "with it when it is back", pid, exc)
     threading.Thread(target=beat, name="outpost-heartbeat", daemon=True).start()
     live = Live()
     Milter.factory = functools.partial(OutpostMilter, runtime, live=live)
@@ -207,6 +228,9 @@ class Master:
     generation: int = 0
     sender: Optional[int] = None                              # pid of the report sender
     _flags: set = field(default_factory=set)
+    _born: dict = field(default_factory=dict)                 # worker pid → start (monotonic)
+    _respawn_delay: float = 0.0                               # current back-off, seconds
+    _respawn_at: float = 0.0                                  # no new worker before this
 
     def spawn(self, role: str = "worker") -> int:
         master = os.getpid()
@@ -228,12 +252,14 @@ class Master:
                 os._exit(code)
         if role == "worker":
             self.workers[pid] = self.generation
+            self._born[pid] = time.monotonic()
         return pid
 
     def fill(self) -> None:
         current = [p for p, g in self.workers.items() if g == self.generation]
-        for _ in range(self.nworkers - len(current)):
-            self.spawn()
+        if len(current) < self.nworkers and time.monotonic() >= self._respawn_at:
+            for _ in range(self.nworkers - len(current)):
+                self.spawn()
         if self.sender is None and self.config.reports is not None:
             self.sender = self.spawn("sender")
 
@@ -247,6 +273,7 @@ class Master:
         old = [p for p, g in self.workers.items() if g == self.generation]
         self.config = config
         self.generation += 1
+        self._respawn_delay = self._respawn_at = 0.0     # a new configuration starts at once
         self.fill()
         for pid in old:
             _kill(pid, signal.SIGTERM)
@@ -268,10 +295,17 @@ class Master:
                     log.error("report sender %d died (status %d); starting a new one", pid, status)
                 continue
             gen = self.workers.pop(pid, None)
+            born = self._born.pop(pid, None)
             if gen == self.generation and not self._flags & {"stop"}:
-                log.error("worker %d died (status %d); starting a new one", pid, status)
+                lived = time.monotonic() - born if born is not None else STABLE
+                if lived < STABLE:                  # died young: back off (no fork storm)
+                    self._respawn_delay = min(RESPAWN_MAX, max(RESPAWN_MIN, 2 * self._respawn_delay))
+                else:
+                    self._respawn_delay = RESPAWN_MIN
+                self._respawn_at = time.monotonic() + self._respawn_delay
+                log.error("worker %d died (status %d) after %.1f s; starting a new one in %.1f s",
+                          pid, status, lived, self._respawn_delay)
                 self._forget(pid)
-                time.sleep(0.2)                     # no fork storm if workers crash at start
 
     def _forget(self, pid: int) -> None:
         try:

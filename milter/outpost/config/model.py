@@ -185,6 +185,7 @@ class Config:
     workers: Optional[int] = None
     milter_timeout: int = 600
     log_level: str = "info"
+    connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
     source: str = ""                           # file it was read from
 
     @functools.cached_property

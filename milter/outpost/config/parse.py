@@ -25,12 +25,14 @@ _RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")      # RFC 5322 ftext
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+#: ``header_from: false`` / ``no`` mean ``off`` (``off`` itself is taken as written).
+HEADER_FROM_BOOLEANS = {False: "off"}
 
 TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
-    "dns", "dkim", "relay", "spf",
+    "dns", "dkim", "relay", "spf", "connection_prefix_v6",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -65,7 +67,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     if "mode" in top:
         base = replace(base, mode=top["mode"].str(MODES))
     if "header_from" in top:
-        base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES))
+        base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES,
+                                                                booleans=HEADER_FROM_BOOLEANS))
     defaults = _policy(opt("defaults").mapping(POLICY_KEYS), base)
 
     users = _users(top["users"], defaults, names)
@@ -104,6 +107,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         secret_file=opt("secret_file").str() if "secret_file" in top else "/etc/outpost/secret",
         report_abuse_to=_address(top["report_abuse_to"]),
         connection_limit=opt("connection_limit").int(minimum=1) if "connection_limit" in top else 10,
+        connection_prefix_v6=(opt("connection_prefix_v6").int(minimum=16, maximum=128)
+                              if "connection_prefix_v6" in top else 64),
         domains=domains,
         users=users,
         defaults=defaults,
@@ -239,8 +244,11 @@ def _lock(node: Node, base: LockPolicy) -> LockPolicy:
     out = base
     for key in counts:
         if key in fields:
-            out = replace(out, **{key: None if fields[key].value is None
-                                  else fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
+            value = fields[key].value
+            if value is None or (value is False and key != "max_auto_unlocks"):
+                out = replace(out, **{key: None})          # null, off, no, false: switched off
+            else:
+                out = replace(out, **{key: fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
     for key in ("window", "duration"):
         if key in fields:
             out = replace(out, **{key: fields[key].duration()})
@@ -252,7 +260,8 @@ def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
     if "mode" in fields:
         out = replace(out, mode=fields["mode"].str(MODES))
     if "header_from" in fields:
-        out = replace(out, header_from=fields["header_from"].str(HEADER_FROM_MODES))
+        out = replace(out, header_from=fields["header_from"].str(HEADER_FROM_MODES,
+                                                                 booleans=HEADER_FROM_BOOLEANS))
     if "connection_limit" in fields:
         out = replace(out, connection_limit=fields["connection_limit"].int(minimum=1))
     if "limits" in fields:

@@ -97,11 +97,24 @@ class Node:
         return isinstance(self._node, yaml.MappingNode)
 
     # -- scalars ---------------------------------------------------------------
-    def str(self, choices: Optional[tuple[str, ...]] = None, nonempty: bool = True) -> str:
+    def str(self, choices: Optional[tuple[str, ...]] = None, nonempty: bool = True,
+            booleans: Optional[dict[bool, str]] = None) -> str:
+        """A string; with ``choices`` one of them.
+
+        YAML 1.1 reads an unquoted ``off``, ``on``, ``yes``, ``no``,
+        ``true``, ``false`` as a boolean; where a string is expected the word
+        as written is taken (``header_from: off`` is ``"off"``).  ``booleans``
+        maps a boolean to the choice it means (``{False: "off"}``), so that
+        ``false`` / ``no`` are accepted where the choice means on/off."""
         v = self.value
-        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        if isinstance(v, bool) and isinstance(self._node, yaml.ScalarNode):
+            s = self._node.value
+            if choices is not None and s not in choices and booleans is not None and v in booleans:
+                s = booleans[v]
+        elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise self.error(f"expected a string, got {_kind(self._node)}")
-        s = str(v)
+        else:
+            s = str(v)
         if nonempty and not s.strip():
             raise self.error("must not be empty")
         if choices is not None and s not in choices:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -81,9 +82,19 @@ class TokenCodec:
 
 
 def read_secret(path: str) -> bytes:
-    """The secret file's bytes (surrounding whitespace stripped)."""
+    """The secret file's bytes (surrounding whitespace stripped).
+
+    Raises OSError when it cannot be read, ValueError when it is not a
+    regular file, gives access to group or others (as DKIM keys are
+    refused: ``chmod 600``), or is too short."""
     with open(path, "rb") as fh:
-        secret = fh.read().strip()
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"secret_file {path}: not a regular file")
+        if st.st_mode & 0o077:
+            raise ValueError(f"secret_file {path}: mode {stat.S_IMODE(st.st_mode):04o} gives "
+                             f"access to group/others; chmod 600 {path}")
+        secret = fh.read(64 * 1024).strip()
     if len(secret) < MIN_SECRET:
         raise ValueError(f"{path}: the secret must hold at least {MIN_SECRET} bytes "
                          f"(create one with: outpost secret {path})")

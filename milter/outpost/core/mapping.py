@@ -41,6 +41,17 @@ def parse_client_ip(text: Optional[str]) -> Optional[IPAddress]:
     return addr
 
 
+@functools.lru_cache(maxsize=4096)
+def connection_key(addr: IPAddress, prefix_v6: int = 64) -> str:
+    """What a client's concurrent connections are counted under: an IPv4
+    address itself, an IPv6 address's ``/prefix_v6`` network (one customer
+    usually holds a whole /64, and takes a new address from it at will).
+    ``"2001:db8:1:2::/64"``; with ``prefix_v6 == 128`` the address."""
+    if isinstance(addr, ipaddress.IPv6Address) and prefix_v6 < 128:
+        return str(ipaddress.IPv6Network((addr, prefix_v6), strict=False))
+    return str(addr)
+
+
 class PrefixTable(Generic[V]):
     """Longest-prefix match over IPv4 and IPv6 networks."""
 

@@ -24,7 +24,7 @@ from ..store.base import Bucket, Store, StoreError
 from . import headers as hdr
 from . import keys
 from .idtoken import Origin, TokenCodec
-from .mapping import UserIndex, parse_client_ip
+from .mapping import UserIndex, connection_key, parse_client_ip
 from .types import (
     CONTINUE, Action, Decision, Message, Reply, Session, reject,
 )
@@ -177,8 +177,9 @@ class Policy:
         session.ip_user = ip_user.name if ip_user else None
         limit = (ip_user.policy.connection_limit if ip_user else None) or self.config.connection_limit
         slot = f"{self.host}:{os.getpid()}:{next(self._slots)}"
+        key = connection_key(addr, self.config.connection_prefix_v6)
         try:
-            got = self._store_call(self.store.conn_acquire, session.client_ip, limit, slot)
+            got = self._store_call(self.store.conn_acquire, key, limit, slot)
         except StoreUnavailable:
             session.refusal = Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
             return CONTINUE
@@ -186,9 +187,9 @@ class Policy:
             return CONTINUE
         acquired, count = got
         if acquired:
-            session.slot = slot
+            session.slot, session.slot_key = slot, key
             return CONTINUE
-        log.info("connection limit: %s holds %d of %d", session.client_ip, count, limit)
+        log.info("connection limit: %s holds %d of %d", key, count, limit)
         if self._mode(ip_user) == "monitor":
             session.would.append(f"tempfail (connection_limit: {TOO_MANY_CONNECTIONS})")
             return CONTINUE
@@ -198,12 +199,12 @@ class Policy:
         return CONTINUE
 
     def close(self, session: Session) -> None:
-        if session.slot and session.client_ip:
+        if session.slot and session.slot_key:
             try:
-                self.store.conn_release(session.client_ip, session.slot)
+                self.store.conn_release(session.slot_key, session.slot)
             except StoreError as exc:
                 log.warning("could not release connection slot %s: %s", session.slot, exc)
-        session.slot = None
+        session.slot = session.slot_key = None
 
     # -- MAIL FROM ------------------------------------------------------------------
     def mail_from(self, session: Session, sender: str, login: Optional[str],
@@ -228,9 +229,9 @@ class Policy:
         msg.user_name, msg.mapped_by = user.name, how
         log.debug("mapped %s/%s to %s by %s", session.client_ip, login, user.name, how)
 
-        if how != "ip" and user.policy.connection_limit and session.client_ip and session.slot:
+        if how != "ip" and user.policy.connection_limit and session.slot_key and session.slot:
             try:
-                count = self._store_call(self.store.conn_count, session.client_ip)
+                count = self._store_call(self.store.conn_count, session.slot_key)
             except StoreUnavailable:
                 return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
             if count is not None and count > user.policy.connection_limit:

@@ -91,6 +91,7 @@ class Session:
     hostname: str = ""
     helo: str = ""
     slot: Optional[str] = None           # connection slot held in the store
+    slot_key: Optional[str] = None       # what it is counted under (IP, or IPv6 prefix)
     ip_user: Optional[str] = None        # user mapped from the address at connect
     message: Optional[Message] = None
     messages: int = 0

@@ -8,8 +8,11 @@
 * ``redis://[:password@]host:port/db`` or ``rediss://…`` (TLS) — a cluster
   (:class:`~outpost.store.redis.RedisStore`).
 
-With ``settings.on_store_error == "local"`` a sqlite or Redis store comes
-wrapped in a :class:`~outpost.store.resilient.ResilientStore`.
+A sqlite or Redis store comes wrapped in a
+:class:`~outpost.store.resilient.ResilientStore`: with
+``settings.on_store_error == "local"`` it serves from process memory while
+the store fails; in every mode it frees each connection slot in the store
+that holds it, retrying a release that failed.
 """
 
 from __future__ import annotations
@@ -51,7 +54,5 @@ def open_store(url: str, settings: Optional[StoreSettings] = None) -> Store:
     else:
         raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r}; expected "
                          "memory:, sqlite:///abs/path or redis://host:port/db (rediss:// for TLS)")
-    if settings.on_store_error == "local":
-        from .resilient import ResilientStore
-        return ResilientStore(store, settings)
-    return store
+    from .resilient import ResilientStore
+    return ResilientStore(store, settings)

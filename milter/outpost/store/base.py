@@ -130,8 +130,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reset(self, key_prefix: str) -> int:
-        """Forget the buckets and events whose key starts with the prefix;
-        returns how many were dropped."""
+        """Forget the buckets and events under ``key_prefix``: a key equal
+        to it or continuing it after ``:``; a prefix ending in ``:`` or ``/``
+        takes every key that starts with it (``hits:webfarm/a`` never takes
+        ``hits:webfarm/alice``; see :func:`~outpost.store.logic.key_in_prefix`).
+        Returns how many were dropped."""
 
     # -- events (limit hits, spam verdicts) -------------------------------
     @abc.abstractmethod

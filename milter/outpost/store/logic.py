@@ -33,6 +33,29 @@ SLOTS = 60
 EPSILON = 1e-4
 
 
+#: Characters that end one part of a key (``rl:id:USER/IDENTITY:msg:60``):
+#: a reset prefix that ends in one of them takes everything below it.
+KEY_TERMINATORS = (":", "/")
+
+
+def key_in_prefix(key: str, prefix: str) -> bool:
+    """Whether :meth:`Store.reset` with ``prefix`` takes ``key``: the key is
+    the prefix, or continues it after a terminator.  A prefix that ends in
+    ``:`` or ``/`` takes every key below it; any other prefix is a whole
+    part, so ``hits:webfarm/a`` takes ``hits:webfarm/a`` (and
+    ``hits:webfarm/a:…``) but never ``hits:webfarm/alice``."""
+    if not key.startswith(prefix):
+        return False
+    if len(key) == len(prefix) or prefix.endswith(KEY_TERMINATORS):
+        return True
+    return key[len(prefix)] == ":"
+
+
+def bucket_key_of(bid: str) -> str:
+    """The bucket key of a storage id made by :func:`bucket_id`."""
+    return bid.rpartition("@")[0] or bid
+
+
 def bucket_id(bucket: Bucket) -> str:
     """Storage id of a bucket: its key and window (``"<key>@<window>"``), so
     that a per-minute and a per-hour bucket on one key never share state."""

@@ -13,9 +13,9 @@ from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
-from .logic import (LockRecord, bucket_id, bucket_state, check_recipients, check_window,
-                    SlotCounts, slot_expiry, slot_owner, validate_buckets,
-                    window_decide)
+from .logic import (LockRecord, bucket_id, bucket_key_of, bucket_state, check_recipients,
+                    check_window, key_in_prefix, SlotCounts, slot_expiry, slot_owner,
+                    validate_buckets, window_decide)
 from .settings import StoreSettings
 
 
@@ -153,8 +153,8 @@ class MemoryStore(Store):
     def reset(self, key_prefix: str) -> int:
         with self._mutex:
             dropped = 0
-            for table in (self._buckets, self._events):
-                for key in [k for k in table if k.startswith(key_prefix)]:
+            for table, key_of in ((self._buckets, bucket_key_of), (self._events, str)):
+                for key in [k for k in table if key_in_prefix(key_of(k), key_prefix)]:
                     del table[key]
                     dropped += 1
             return dropped

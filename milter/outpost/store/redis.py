@@ -39,8 +39,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_state, check_recipients,
-                    check_window, slot_owner, validate_buckets)
+from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_key_of, bucket_state,
+                    check_recipients, check_window, key_in_prefix, slot_owner, validate_buckets)
 from .settings import StoreSettings
 
 _PRELUDE = """
@@ -437,10 +437,13 @@ class RedisStore(Store):
         escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)
         dropped = 0
         with self._guard("reset"):
-            for kind in ("rl:", "ev:"):
+            for kind, key_of in (("rl:", bucket_key_of), ("ev:", str)):
+                head = len(self._p) + len(kind)
                 batch: list[bytes] = []
-                for key in self._r.scan_iter(match=f"{self._p}{kind}{escaped}*", count=500):
-                    batch.append(key)
+                for name in self._r.scan_iter(match=f"{self._p}{kind}{escaped}*", count=500):
+                    if not key_in_prefix(key_of(name.decode("utf-8", "replace")[head:]), key_prefix):
+                        continue                 # webfarm/alice when resetting webfarm/a
+                    batch.append(name)
                     if len(batch) >= 500:
                         dropped += self._r.delete(*batch)
                         batch = []

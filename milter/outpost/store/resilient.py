@@ -6,7 +6,13 @@ What is lost or approximate while serving locally (each process on its own):
 * rate limits count only this process' traffic since the outage began, so
   a cluster of N processes may admit up to N times a limit, and what was
   counted before the outage is not seen (the local buckets start empty);
-* connection slots are per process (the per-IP limit applies per process);
+* connection slots taken while serving locally are per process (the per-IP
+  limit applies per process); a slot taken in the shared store is always
+  freed there: its release goes to the shared store even while serving
+  locally, and a release that fails is kept and retried before the next
+  call that reaches the shared store (and at recovery), so the shared count
+  comes back down (without this, a client IP whose connections closed
+  during a short outage would stay counted, and refused, until restart);
 * events (spam/limit hits), fingerprints and auto-unlock counts start from
   zero, so auto-locks and bulk detection react later;
 * locks set by operators or other relays are not seen; locks set locally
@@ -33,12 +39,20 @@ from .settings import StoreSettings
 
 log = logging.getLogger("outpost.store")
 
+#: Most slot releases kept for the shared store while it fails (the oldest
+#: go first; after ``heartbeat_ttl`` without heartbeats the shared store
+#: reclaims every slot of the process anyway).
+MAX_PENDING_RELEASES = 10000
 
 
 class ResilientStore(Store):
     """Wraps a shared store; on :class:`StoreError` serves from a
     per-process :class:`MemoryStore`, trying the shared store again at most
     every ``settings.retry_interval`` seconds.
+
+    With ``on_store_error`` ``tempfail`` or ``accept`` nothing is served
+    locally (every StoreError reaches the caller); only the releases of
+    connection slots that failed are kept and retried, as in ``local`` mode.
 
     ``fallbacks`` counts operations served locally and ``outages`` the
     outages seen (export them as metrics); ``degraded`` tells whether the
@@ -51,18 +65,37 @@ class ResilientStore(Store):
         self.settings = settings or StoreSettings()
         self.url = primary.url
         self.local = MemoryStore(self.settings)
+        #: serve from process memory while the primary fails (``local``)
+        self.fallback = self.settings.on_store_error == "local"
         self.fallbacks = 0
         self.outages = 0
         self._clock = clock
         self._mutex = threading.Lock()
         self._retry_at: Optional[float] = None   # None: the primary is healthy
+        #: slot -> ip of the slots held now that were taken in the primary
+        self._shared_slots: dict[str, str] = {}
+        #: slot -> ip of primary slots whose release failed (retried)
+        self._pending_releases: dict[str, str] = {}
 
     @property
     def degraded(self) -> bool:
         with self._mutex:
             return self._retry_at is not None
 
+    @property
+    def pending_releases(self) -> int:
+        """Slots taken in the shared store whose release is still owed to it."""
+        with self._mutex:
+            return len(self._pending_releases)
+
     def _call(self, name: str, *args: Any) -> Any:
+        return self._served(name, *args)[0]
+
+    def _served(self, name: str, *args: Any) -> tuple[Any, str]:
+        """(result, who served it): ``"primary"``; ``"failed"``: the primary
+        was asked and failed (it may still have done it: a timed-out script
+        can run), memory answered; ``"local"``: memory answered without
+        asking the primary (waiting for the next probe)."""
         skip = False
         if self._retry_at is not None:          # degraded (a healthy store takes no lock)
             with self._mutex:
@@ -73,15 +106,32 @@ class ResilientStore(Store):
                         self._retry_at = now + self.settings.retry_interval
         if not skip:
             try:
+                if self._pending_releases:     # owed to the shared store: pay first
+                    self._release_pending()
                 result = getattr(self.primary, name)(*args)
             except StoreError as exc:
+                if not self.fallback:
+                    raise
                 self._failed(exc)
             else:
                 self._recovered()
-                return result
+                return result, "primary"
         with self._mutex:
             self.fallbacks += 1
-        return getattr(self.local, name)(*args)
+        return getattr(self.local, name)(*args), "local" if skip else "failed"
+
+    def _release_pending(self) -> None:
+        """Free in the primary the slots whose release failed before
+        (raises StoreError at the first that fails again; it stays owed)."""
+        with self._mutex:
+            owed = list(self._pending_releases.items())
+        for slot, ip in owed:
+            self.primary.conn_release(ip, slot)
+            with self._mutex:
+                self._pending_releases.pop(slot, None)
+        if owed:
+            log.warning("store %s: freed %d connection slot(s) whose release had failed",
+                        self.url, len(owed))
 
     def _failed(self, exc: StoreError) -> None:
         with self._mutex:
@@ -111,10 +161,47 @@ class ResilientStore(Store):
         return self._call("now")
 
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
-        return self._call("conn_acquire", ip, limit, slot)
+        try:
+            (acquired, count), who = self._served("conn_acquire", ip, limit, slot)
+        except StoreError:
+            self._owe(ip, slot)                # a timed-out acquire may have taken it
+            raise
+        if who == "failed":
+            self._owe(ip, slot)
+        elif acquired and who == "primary":
+            with self._mutex:
+                self._shared_slots[slot] = ip
+        return acquired, count
+
+    def _owe(self, ip: str, slot: str) -> None:
+        """Free ``slot`` in the shared store when it answers (SREM of a slot
+        it never took is harmless; one it took late must not stay)."""
+        with self._mutex:
+            self._pending_releases[slot] = ip
+            if len(self._pending_releases) > MAX_PENDING_RELEASES:
+                del self._pending_releases[next(iter(self._pending_releases))]
 
     def conn_release(self, ip: str, slot: str) -> None:
-        self._call("conn_release", ip, slot)
+        """Free the slot where it was taken: a slot of the shared store in
+        the shared store, even while serving locally; if that fails, the
+        release is kept and retried (see the module docstring)."""
+        with self._mutex:
+            shared_ip = self._shared_slots.pop(slot, None)
+        if shared_ip is None:
+            self.local.conn_release(ip, slot)
+            return
+        if not self.degraded:
+            try:
+                if self._pending_releases:
+                    self._release_pending()
+                self.primary.conn_release(shared_ip, slot)
+                return
+            except StoreError as exc:
+                if self.fallback:
+                    self._failed(exc)
+        self._owe(shared_ip, slot)
+        log.debug("store %s: connection slot %s of %s is freed in the shared store when it "
+                  "answers again", self.url, slot, shared_ip)
 
     def conn_count(self, ip: str) -> int:
         return self._call("conn_count", ip)

@@ -20,7 +20,8 @@ import time
 from typing import Iterator, Optional, Sequence
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
-from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_state,
+from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_key_of, bucket_state,
+                    key_in_prefix,
                     check_recipients, check_window, slot_expiry, slot_owner,
                     validate_buckets, window_decide)
 from .filelock import FileLock
@@ -234,13 +235,15 @@ class SqliteStore(Store):
         pattern = (key_prefix.replace("\\", "\\\\").replace("%", "\\%")
                    .replace("_", "\\_") + "%")
         with self._tx() as db:
-            dropped = db.execute("SELECT count(DISTINCT id) FROM rl_slot WHERE id LIKE ? "
-                                 "ESCAPE '\\'", (pattern,)).fetchone()[0]
-            db.execute("DELETE FROM rl_slot WHERE id LIKE ? ESCAPE '\\'", (pattern,))
-            keys = db.execute("SELECT count(DISTINCT key) FROM event WHERE key LIKE ? "
-                              "ESCAPE '\\'", (pattern,)).fetchone()[0]
-            db.execute("DELETE FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
-            return dropped + keys
+            ids = [bid for (bid,) in db.execute(
+                       "SELECT DISTINCT id FROM rl_slot WHERE id LIKE ? ESCAPE '\\'", (pattern,))
+                   if key_in_prefix(bucket_key_of(bid), key_prefix)]
+            db.executemany("DELETE FROM rl_slot WHERE id = ?", [(bid,) for bid in ids])
+            keys = [key for (key,) in db.execute(
+                        "SELECT DISTINCT key FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+                    if key_in_prefix(key, key_prefix)]
+            db.executemany("DELETE FROM event WHERE key = ?", [(key,) for key in keys])
+            return len(ids) + len(keys)
 
     # -- events -------------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:

@@ -557,12 +557,15 @@ class ReportSender:
         meta["attempts"] = int(meta.get("attempts", 0)) + 1
         meta["last_error"] = str(exc)[:500]
         meta["last_attempt"] = now
-        give_up = now - float(meta.get("since", meta.get("created", now))) >= self.settings.give_up_after
+        # A 5xx would be answered again on every retry: give up at once.
+        give_up = exc.permanent or (now - float(meta.get("since", meta.get("created", now)))
+                                    >= self.settings.give_up_after)
         with sp.locked():
             if give_up:
                 sp.write_report("failed", rid, meta, data)
                 stats.failed += 1
-                log.error("report %s given up after %d attempts: %s", rid, meta["attempts"], exc)
+                log.error("report %s given up after %d attempts%s: %s", rid, meta["attempts"],
+                          " (refused permanently)" if exc.permanent else "", exc)
             else:
                 meta["next_attempt"] = now + self._backoff(meta["attempts"])
                 sp.write_report("queue", rid, meta, data)

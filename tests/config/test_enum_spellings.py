@@ -1,0 +1,129 @@
+"""Every documented spelling of every enumerated key is accepted, whatever
+YAML 1.1 makes of it (``off``, ``no``, ``on`` are booleans to PyYAML), and
+every YAML example in README.rst parses."""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+
+import pytest
+
+from outpost.config import ConfigError, parse_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BASE = textwrap.dedent("""\
+    report_abuse_to: abuse@example.net
+    domains: [example.com, example.org]
+    users:
+      - name: webfarm
+        type: ip
+        ips: [192.0.2.0/28]
+        domains: [example.com]
+    """)
+
+#: (where, key, documented values, how to read the parsed value)
+ENUMS = [
+    ("top", "mode", ("enforce", "monitor"), lambda c: c.defaults.mode),
+    ("top", "header_from", ("enforce", "warn", "off"), lambda c: c.defaults.header_from),
+    ("top", "on_store_error", ("tempfail", "accept", "local"), lambda c: c.on_store_error),
+    ("top", "log_level", ("debug", "info", "warning", "error"), lambda c: c.log_level),
+    ("defaults", "mode", ("enforce", "monitor"), lambda c: c.users[0].policy.mode),
+    ("defaults", "header_from", ("enforce", "warn", "off"), lambda c: c.users[0].policy.header_from),
+    ("user", "mode", ("enforce", "monitor"), lambda c: c.users[0].policy.mode),
+    ("user", "header_from", ("enforce", "warn", "off"), lambda c: c.users[0].policy.header_from),
+    ("spam_policy", "on_unsure", ("accept", "quarantine", "tempfail", "reject"),
+     lambda c: c.defaults.spam.on_unsure),
+    ("spam_policy", "on_spam", ("accept", "quarantine", "tempfail", "reject"),
+     lambda c: c.defaults.spam.on_spam),
+    ("spf", "action", ("tag", "tempfail", "reject"), lambda c: c.spf.fail_action),
+    ("spamassassin", "on_error", ("ignore", "tempfail"), lambda c: c.spam.spamassassin.on_error),
+    ("spamassassin", "oversize", ("skip", "truncate"), lambda c: c.spam.spamassassin.oversize),
+    ("bulk", "on_error", ("ignore", "tempfail"), lambda c: c.spam.bulk.on_error),
+]
+
+
+def config_with(where: str, key: str, spelling: str) -> str:
+    item = f"{key}: {spelling}"
+    if where == "top":
+        return f"{item}\n{BASE}"
+    if where == "defaults":
+        return f"defaults:\n  {item}\n{BASE}"
+    if where == "user":
+        return BASE.replace("    domains: [example.com]\n", f"    domains: [example.com]\n    {item}\n")
+    if where == "spam_policy":
+        return f"defaults:\n  spam: {{{item}}}\n{BASE}"
+    if where == "spf":
+        return f"relay: {{egress_ips: [198.51.100.7]}}\nspf: {{{item}}}\n{BASE}"
+    if where in ("spamassassin", "bulk"):
+        return f"spam:\n  {where}: {{{item}}}\n{BASE}"
+    raise AssertionError(where)
+
+
+CASES = [(where, key, value, read) for where, key, values, read in ENUMS for value in values]
+
+
+@pytest.mark.parametrize("where,key,value,read", CASES,
+                         ids=[f"{w}.{k}={v}" for w, k, v, _ in CASES])
+def test_documented_value_in_every_spelling(where, key, value, read):
+    for spelling in (value, f"'{value}'", f'"{value}"'):
+        config = parse_config(config_with(where, key, spelling), "t.yaml")
+        assert read(config) == value, spelling
+
+
+@pytest.mark.parametrize("where", ["top", "defaults", "user"])
+@pytest.mark.parametrize("spelling", ["off", "Off", "OFF", "false", "False", "no", "No", "'off'"])
+def test_header_from_off_and_its_boolean_spellings(where, spelling):
+    config = parse_config(config_with(where, "header_from", spelling), "t.yaml")
+    assert config.users[0].policy.header_from == "off"
+
+
+@pytest.mark.parametrize("spelling", ["on", "yes", "true"])
+def test_header_from_on_is_not_guessed(spelling):
+    with pytest.raises(ConfigError) as exc:
+        parse_config(config_with("top", "header_from", spelling), "t.yaml")
+    assert str(exc.value) == f"t.yaml:1: header_from: '{spelling}' is not one of: enforce, warn, off"
+
+
+def test_mode_off_names_the_word_written():
+    with pytest.raises(ConfigError) as exc:
+        parse_config(config_with("top", "mode", "off"), "t.yaml")
+    assert str(exc.value) == "t.yaml:1: mode: 'off' is not one of: enforce, monitor"
+
+
+@pytest.mark.parametrize("spelling", ["off", "no", "false", "null", "~"])
+def test_lock_after_limit_hits_off(spelling):
+    text = f"defaults:\n  lock: {{after_limit_hits: {spelling}, after_spam: {spelling}}}\n{BASE}"
+    lock = parse_config(text, "t.yaml").defaults.lock
+    assert lock.after_limit_hits is None and lock.after_spam is None
+
+
+def _readme_yaml_blocks() -> list[str]:
+    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as fh:
+        text = fh.read()
+    blocks = []
+    for m in re.finditer(r"^\.\. code-block:: yaml\n\n((?:   .*\n|\n)+)", text, re.M):
+        blocks.append(textwrap.dedent(m.group(1)))
+    return blocks
+
+
+@pytest.mark.parametrize("block", _readme_yaml_blocks())
+def test_readme_yaml_examples_parse(block):
+    """Each YAML example of the README, on top of a minimal configuration."""
+    text = block if re.search(r"^domains:", block, re.M) else block + "domains: [example.com]\n"
+    text += "report_abuse_to: abuse@example.net\nusers:\n" \
+            "  - {name: web, type: ip, ips: [192.0.2.0/28], domains: [example.com]}\n"
+    parse_config(text, "README.rst")
+
+
+@pytest.mark.parametrize("literal", sorted(set(re.findall(
+    r"``((?:mode|header_from|on_store_error|on_error|oversize|on_spam|on_unsure|action): [a-z]+)``",
+    open(os.path.join(ROOT, "README.rst"), encoding="utf-8").read()))))
+def test_readme_inline_enum_examples_parse(literal):
+    """``header_from: off``-style examples in the README's prose."""
+    key, value = literal.split(": ")
+    where = next(w for w, k, values, _ in ENUMS if k == key and value in values)
+    read = next(r for w, k, values, r in ENUMS if w == where and k == key)
+    assert read(parse_config(config_with(where, key, value), "t.yaml")) == value
