@@ -300,3 +300,27 @@ def test_config_keys(keys):
         parse_config(config_text(keys).replace("max_scan_body: 4096", "max_scan_body: 4096\n  max_scan: 4096"))
     with pytest.raises(ConfigError):
         parse_config(config_text(keys).replace("on_unscannable: accept", "on_unscannable: ham"))
+
+
+def multipart(*parts: bytes) -> bytes:
+    return (b"From: alice@example.com\r\nTo: bob@dest.example\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            + b"".join(b"--b1\r\n" + p for p in parts) + b"--b1--\r\n")
+
+
+PDF = (b"Content-Type: application/pdf; name=\"scan.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+       + b"JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\r\n" * 200)   # 13 KB
+
+
+def test_text_after_a_large_attachment_is_unscannable(policy):
+    raw = multipart(PDF, b"Content-Type: text/plain\r\n\r\n" + UNSEEN)
+    _, d = run(policy, "alice@example.com", "alice@example.com", raw)
+    assert (d.action, d.reason) == (Action.TEMPFAIL, "unscannable"), d
+
+
+def test_large_attachment_after_the_text_is_classified(policy):
+    raw = multipart(b"Content-Type: text/plain\r\n\r\nThe scan you asked for.\r\n", PDF)
+    _, d = run(policy, "alice@example.com", "alice@example.com", raw)
+    h = dict(d.add_headers)
+    assert d.action is Action.ACCEPT and h["X-Outpost-Class"] in ("ham", "unsure"), d
+    assert h["X-Outpost-Scan"].startswith("partial (first 4096 of ")

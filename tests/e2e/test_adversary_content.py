@@ -224,6 +224,23 @@ def test_blank_padded_body_is_unscannable_not_ham(relay):
     still_serving(mta, sink)
 
 
+def test_text_after_a_large_attachment_is_unscannable_not_ham(relay):
+    """A 100 KB attachment first, the spam text after it: the body window
+    (64 KB) sees only the attachment."""
+    mta, op, sink = relay
+    _, _, spam = corpus_message("spam", SPAM, "alice@example.com").partition(b"\r\n\r\n")
+    head = build_message("alice@example.com", "x@dest.example", subject="Files").partition(b"\r\n\r\n")[0]
+    head = b"\r\n".join(ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"content-"))
+    blob = b"JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0K\r\n" * 1600
+    body = (b"--b1\r\nContent-Type: application/pdf; name=\"scan.pdf\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + blob +
+            b"--b1\r\nContent-Type: text/plain\r\n\r\n" + spam + b"\r\n--b1--\r\n")
+    r = submit(mta, "alice@example.com", head + b"\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n" + body)
+    assert (r.stage, r.code) == ("end", 451), r
+    assert r.text.startswith("4.7.1 Message content could not be scanned; reference "), r
+    still_serving(mta, sink)
+
+
 # -- item 9 ------------------------------------------------------------------------------------
 
 def test_too_many_headers_refused(any_relay):

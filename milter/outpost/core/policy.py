@@ -121,13 +121,6 @@ _SCAN_FIRST = frozenset({
     "x-mailer", "user-agent"})
 
 
-def _unscannable(view) -> bool:
-    """The scan window held nothing to classify (no text, no attachment)
-    while the body went on beyond it: whatever the message says, the
-    scanner did not see it (blank or comment padding, a long preamble)."""
-    return bool(view.partial and not view.text.strip() and not view.attachments)
-
-
 class Policy:
     """Decisions for one configuration."""
 
@@ -347,6 +340,10 @@ class Policy:
         room = self.max_scan - len(msg.body_head)
         if room > 0:
             msg.body_head += chunk[:room]
+        if room < len(chunk) and self.engine is not None:      # beyond the scan window
+            if msg.text_watch is None:
+                msg.text_watch = self.engine.watch_beyond_window(self.header_block(msg), bytes(msg.body_head))
+            msg.text_watch.feed(chunk[max(room, 0):])
         if msg.body_hash is not None:
             msg.body_hash.update(chunk)
 
@@ -671,8 +668,8 @@ class Policy:
     def scan(self, session: Session, msg: Message, user: User, queue_id: str = ""):
         """The engine's verdict on the message (score, evidence).  A header
         block over ``max_scan_headers`` is evidence (``header_padding``); a
-        message whose scan window held nothing to classify while the body
-        went on is ``unscannable`` (never ham: see :meth:`_spam_decision`)."""
+        message whose content the scan could not see (:meth:`_unscannable`)
+        is classed ``unscannable``, never ham (:meth:`_unscannable_decision`)."""
         assert self.engine is not None
         from ..spam.base import ScanContext
         view = self.engine.parse_parts(self.header_block(msg), bytes(msg.body_head), msg.body_size)
@@ -682,7 +679,8 @@ class Policy:
         verdict = self.engine.scan(view, ctx, self.engine.header_padding(msg.header_bytes))
         msg.verdict = verdict
         msg.spam_class = user.policy.spam.classify(verdict.score)
-        if msg.spam_class != "spam" and _unscannable(view):
+        msg.unscannable = self._unscannable(msg, view)
+        if msg.spam_class != "spam" and msg.unscannable:
             msg.spam_class = "unscannable"
         for failure in verdict.errors:
             log.warning("check %s failed (%s): %s", failure.check, failure.policy, failure.error)
@@ -721,12 +719,25 @@ class Policy:
             self._abuse_event("spam", msg, user, user.policy.lock.after_spam)
         return d, None
 
+    def _unscannable(self, msg: Message, view) -> str:
+        """Why the scan could not see the message's content ('' when it
+        could): a text part begins beyond the body window (after a large
+        attachment), or the window held nothing to classify (no text, no
+        attachment: blank or comment padding, a long preamble) while the
+        body went on."""
+        watch = msg.text_watch
+        if watch is not None and watch.found:
+            return f"a text part begins after the first {self.max_scan} bytes of the body"
+        if view.partial and not view.text.strip() and not view.attachments:
+            return f"nothing to classify in the first {self.max_scan} of {msg.body_size} body bytes"
+        return ""
+
     def _unscannable_decision(self, msg: Message, user: User, verdict, token: str
                               ) -> tuple[Decision, Optional[str]]:
         """``spam.on_unscannable`` for a message the scan could not see into
         (not counted as a spam verdict towards a lock: it proves nothing)."""
         action = user.policy.spam.unscannable_action
-        what = f"body of {msg.body_size} bytes, nothing to classify in the first {self.max_scan}"
+        what = msg.unscannable
         log.warning("unscannable message from %s (%s): %s", self.identity_key(msg), what, action)
         if action == "accept":
             return CONTINUE, None

@@ -76,6 +76,8 @@ class Message:
     sign_domain: Optional[str] = None    # the domain that signs it, decided at end of headers
     body_hash: Optional[object] = None   # the DKIM body hash, fed as the body streams (effects.dkim.BodyHasher)
     refusal: Optional[Decision] = None   # an answer decided before end of message (header limits)
+    text_watch: Optional[object] = None  # beyond the scan window: spam.message.TextAfterWindow
+    unscannable: str = ""                # why the scan could not see the content ('' if it could)
     from_domain: Optional[str] = None                         # header From domain, once parsed
     verdict: Optional[object] = None                          # the spam engine's Verdict
     spam_class: Optional[str] = None

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
-from .message import parse_message
+from .message import TextAfterWindow, parse_message
 
 if TYPE_CHECKING:
     from .bayes import BayesCheckSettings, Model
@@ -116,6 +116,11 @@ class Engine:
         body = body[:self.settings.max_scan]
         raw = head + b"\r\n\r\n" + body
         return parse_message(raw, len(head) + 4 + max(body_size, len(body)), max_scan=len(raw))
+
+    def watch_beyond_window(self, head: bytes, window: bytes) -> TextAfterWindow:
+        """A watch, fed the body beyond the scanned window, that tells when
+        a text part begins there (see :class:`TextAfterWindow`)."""
+        return TextAfterWindow(head, window)
 
     def header_padding(self, header_bytes: int) -> tuple[Evidence, ...]:
         """The evidence of a header block over ``max_scan_headers`` (else ())."""
