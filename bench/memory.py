@@ -12,6 +12,8 @@ first, so the imports, the spam model and the key are already counted in
 
 * ``50 MB signed``: a 50 MB plain-text body from a user whose mail is signed
   (relaxed/relaxed) and scanned; goal: growth <= 32 MB (issue #14 item 9);
+* ``50 MB attachment``: the same size as a short text and a base64
+  attachment (the rest of the body is watched for text parts); same goal;
 * ``400 000 tiny headers``: ``X-Hn: v`` fields (Outpost keeps at most
   ``max_headers`` and refuses the message with 552 5.3.4).
 
@@ -122,8 +124,17 @@ def main() -> int:
         measure(pf, op, sink, head() + b"Warm-up: a small signed message.\r\n")
         line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
         body = line * ((args.body_mb << 20) // len(line))
+        blob = (b"JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFI+PgpzdHJlYW0KeJwr\r\n"
+                * ((args.body_mb << 20) // 70))
+        mixed = (head().replace(b"Content-Type: text/plain; charset=us-ascii",
+                                b"Content-Type: multipart/mixed; boundary=\"b1\"")
+                 + b"--b1\r\nContent-Type: text/plain\r\n\r\nThe file you asked for.\r\n"
+                 + b"--b1\r\nContent-Type: application/pdf; name=\"big.pdf\"\r\n"
+                 + b"Content-Transfer-Encoding: base64\r\n\r\n" + blob + b"--b1--\r\n")
+        del blob
         cases = [
             (f"{args.body_mb} MB signed", head() + body),
+            (f"{args.body_mb} MB attachment", mixed),
             (f"{args.headers} tiny headers", head(b"".join(b"X-H%d: v\r\n" % i for i in range(args.headers)))
              + b"Hello.\r\n"),
         ]
@@ -133,7 +144,7 @@ def main() -> int:
             before, after, answer = measure(pf, op, sink, message)
             growth = (after - before) / 1024
             print(f"{name:<24} {before / 1024:>10.1f} MB {after / 1024:>7.1f} MB {growth:>7.1f} MB  {answer}")
-            if name.endswith("signed") and growth > args.goal_mb:
+            if "MB" in name and growth > args.goal_mb:
                 print(f"  over the goal of {args.goal_mb:.0f} MB")
                 failed = True
     finally:
