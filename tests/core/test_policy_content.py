@@ -331,3 +331,23 @@ def test_large_attachment_after_the_text_is_classified(policy):
     h = dict(d.add_headers)
     assert d.action is Action.ACCEPT and h["X-Outpost-Class"] in ("ham", "unsure"), d
     assert h["X-Outpost-Scan"].startswith("partial (first 4096 of ")
+
+
+def test_scanned_header_block_keeps_what_the_checks_read(policy):
+    """Over max_scan_headers (2 048 here): From, Subject, Content-Type… are
+    kept whatever padding comes first, the rest in order while room is left."""
+    session = Session()
+    policy.connect(session, "198.51.100.4")
+    policy.mail_from(session, "<alice@example.com>", "alice@example.com")
+    for i in range(30):
+        policy.header(session, f"X-Pad{i}", " " + "p" * 300)
+    for name, value in (("From", " alice@example.com"), ("Subject", " hello"),
+                        ("Content-Type", " text/plain;\r\n\tcharset=utf-8"),
+                        ("Content-Transfer-Encoding", " base64")):
+        policy.header(session, name, value)
+    block = policy.header_block(session.message)
+    assert len(block) <= 2048
+    names = [ln.split(b":")[0] for ln in block.split(b"\r\n") if ln[:1] not in (b" ", b"\t")]
+    assert names[-4:] == [b"From", b"Subject", b"Content-Type", b"Content-Transfer-Encoding"]
+    assert names[:-4] == [b"X-Pad%d" % i for i in range(len(names) - 4)] and len(names) > 4
+    assert b"Content-Type: text/plain;\r\n\tcharset=utf-8" in block

@@ -113,14 +113,6 @@ def header_from_address(values: list[str]) -> tuple[Optional[str], Optional[Repl
     return addr, None
 
 
-#: Header fields kept first in the scanned header block when it is over
-#: ``max_scan_headers`` (what the checks and the MIME parser read).
-_SCAN_FIRST = frozenset({
-    "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "mime-version",
-    "content-type", "content-transfer-encoding", "content-disposition", "list-unsubscribe",
-    "x-mailer", "user-agent"})
-
-
 class Policy:
     """Decisions for one configuration."""
 
@@ -638,6 +630,13 @@ class Policy:
         )
 
     # -- spam verdicts ----------------------------------------------------------------------
+    #: Header fields kept first in the scanned header block when it is over
+    #: ``max_scan_headers`` (what the checks and the MIME parser read).
+    SCAN_FIRST = frozenset({
+        "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "mime-version",
+        "content-type", "content-transfer-encoding", "content-disposition", "list-unsubscribe",
+        "x-mailer", "user-agent"})
+
     def header_block(self, msg: Message) -> bytes:
         """The header block as received (CRLF line ends, no blank line after
         it), cut to ``max_scan_headers`` bytes of whole fields.  When it is
@@ -654,7 +653,7 @@ class Policy:
         room = limit
         for first in (True, False):
             for i, (name, _) in enumerate(msg.headers):
-                if not keep[i] and (name.lower() in _SCAN_FIRST) == first and len(parts[i]) + 2 <= room:
+                if not keep[i] and (name.lower() in self.SCAN_FIRST) == first and len(parts[i]) + 2 <= room:
                     keep[i] = True
                     room -= len(parts[i]) + 2
         return b"\r\n".join(p for p, k in zip(parts, keep) if k)
