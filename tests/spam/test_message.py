@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import time
 import zipfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, html_to_text,
-                                  make_url, normalise_host, parse_message)
+from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, TextAfterWindow,
+                                  html_to_text, make_url, normalise_host, parse_message)
 from tests.spam.helpers import build
 
 
@@ -192,18 +194,8 @@ def test_fuzz_structured_mime_never_raises(pieces):
 
 
 # -- text parts beyond the scan window ----------------------------------------------------------
-
-import base64 as _b64  # noqa: E402
-import time as _time  # noqa: E402
-
-from hypothesis import given as _given  # noqa: E402
-from hypothesis import settings as _hsettings  # noqa: E402
-from hypothesis import strategies as _st  # noqa: E402
-
-from outpost.spam.message import TextAfterWindow  # noqa: E402
-
 _TOP = b'Content-Type: multipart/mixed; boundary="=_b1"\r\n'
-_BLOB = _b64.encodebytes(bytes(range(256)) * 600).replace(b"\n", b"\r\n")     # ~200 KB
+_BLOB = base64.encodebytes(bytes(range(256)) * 600).replace(b"\n", b"\r\n")     # ~200 KB
 
 
 def _attachment(name=b"a.pdf") -> bytes:
@@ -251,10 +243,10 @@ def test_boundary_line_at_the_window_edge():
     assert _watch(body, len(body) - len(_END)) is False      # the whole text part was in the window
 
 
-@_hsettings(max_examples=200, deadline=None)
-@_given(window=_st.integers(min_value=0, max_value=1200),
-        cuts=_st.lists(_st.integers(min_value=0, max_value=300_000), max_size=20),
-        text_last=_st.booleans())
+@settings(max_examples=200, deadline=None)
+@given(window=st.integers(min_value=0, max_value=1200),
+        cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=20),
+        text_last=st.booleans())
 def test_any_chunking_gives_the_same_answer(window, cuts, text_last):
     if text_last:
         assert _watch(_attachment() + _TEXT + _END, window, cuts) is True
@@ -268,9 +260,9 @@ def test_any_chunking_gives_the_same_answer(window, cuts, text_last):
                                   b"--=_b1\r\nContent-Type: image/png\r\n\r\n" * 500_000])
 def test_bounded_time_on_hostile_bodies(junk):
     w = TextAfterWindow(_TOP, b"")
-    started = _time.process_time()
+    started = time.process_time()
     for i in range(0, len(junk), 65536):
         w.feed(junk[i:i + 65536])
-    assert _time.process_time() - started < 2.0
+    assert time.process_time() - started < 2.0
     # past its bounds a body it cannot tell counts as text
     assert w.found is (junk.startswith((b"x--", b"--=_b1")))
