@@ -266,3 +266,10 @@ def test_bounded_time_on_hostile_bodies(junk):
     assert time.process_time() - started < 2.0
     # past its bounds a body it cannot tell counts as text
     assert w.found is (junk.startswith((b"x--", b"--=_b1")))
+
+
+def test_a_window_ending_in_many_parts_does_not_switch_the_watch_off():
+    window = _attachment() + b"--=_b1\r\n\r\n" * 500          # > MAX_PARTS in the last 4 KB
+    w = TextAfterWindow(_TOP, window)
+    w.feed(b"--=_b1\r\nContent-Type: text/html\r\n\r\n<p>spam</p>\r\n")
+    assert w.found

@@ -284,7 +284,13 @@ class BodyHasher:
         self._content = False   # some content was hashed already
         self._done: Optional[bytes] = None
 
+    @property
+    def relaxed(self) -> bool:
+        """Relaxed body canonicalisation (else simple)."""
+        return self._relaxed
+
     def update(self, chunk: Union[bytes, bytearray, memoryview]) -> None:
+        """The next piece of the body, raw as it came."""
         if self._done is not None:
             raise ValueError("body hash already finished")
         data = bytes(chunk)
@@ -464,7 +470,7 @@ class Signer:
         cheaders = canonicalize_headers(self.canon, [
             (n, _crlf(_b(v)).rstrip(b"\r\n") + b"\r\n") for n, v in named if n.lower() in wanted])
         if isinstance(body, BodyHasher):          # hashed as it streamed in
-            if body._relaxed is not (self.canon.body_algorithm is Relaxed):
+            if body.relaxed is not (self.canon.body_algorithm is Relaxed):
                 raise DkimSignError("body hash made with another body canonicalisation")
             bodyhash = body.bh()
         else:

@@ -433,15 +433,21 @@ class TextAfterWindow:
         # The window's last lines again, for a boundary line at its very end
         # whose part header lies beyond it (parts that begin and end their
         # header inside the window were scanned and do not count).
-        self._seeding = True
+        self._seeding, self._stopped = True, False
         tail = window[-4096:]
-        cut = tail.find(b"\n") if len(window) > 4096 else -1
-        self.feed(tail[cut + 1:])
+        if len(window) > 4096:
+            cut = tail.find(b"\n")
+            tail = tail[cut + 1:] if cut >= 0 else b""
+            self._mid = cut < 0
+        self.feed(tail)
+        if self._stopped:            # bounds hit in the window's end: start afresh after it
+            self._stopped, self._carry, self._part, self._mid = False, b"", None, False
         self._seeding = False
+        self._lines = self._parts = 0
 
     @property
     def active(self) -> bool:
-        return bool(self._markers) and not self.found
+        return bool(self._markers) and not self.found and not self._stopped
 
     def _add_boundaries(self, data: bytes) -> None:
         for m in _BOUNDARY_RE.finditer(data):
@@ -518,9 +524,9 @@ class TextAfterWindow:
 
     def _give_up(self) -> None:
         """Past a bound: what follows cannot be told, so it counts as text
-        (while re-reading the window's end, the watch just stops there)."""
+        (while re-reading the window's end, that re-reading just stops)."""
         if self._seeding:
-            self._markers = set()
+            self._stopped = True
         else:
             self.found = True
 
