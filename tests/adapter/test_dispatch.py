@@ -28,20 +28,21 @@ def test_negotiation_agrees_with_milter_base(milter, offered):
     assert (ours._protocol, ours._actions) == (base._protocol, base._actions)
 
 
-def test_no_reply_only_for_connect_header_and_body(milter):
+def test_no_reply_only_for_connect_header_eoh_and_body(milter):
     m = milter()
     opts = [0, ALL_STEPS, 0, 0]
     m.negotiate(opts)
-    for kept in (Milter.P_NR_CONN, Milter.P_NR_HDR, Milter.P_NR_BODY, Milter.P_HDR_LEADSPC):
+    for kept in (Milter.P_NR_CONN, Milter.P_NR_HDR, Milter.P_NR_EOH, Milter.P_NR_BODY,
+                 Milter.P_HDR_LEADSPC):
         assert opts[1] & kept, hex(kept)
-    for dropped in (Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NR_EOH, Milter.P_NOMAIL,
+    for dropped in (Milter.P_NR_MAIL, Milter.P_NR_RCPT, Milter.P_NOMAIL, Milter.P_NOEOH,
                     Milter.P_NORCPT, Milter.P_NOHDRS, Milter.P_NOBODY):
         assert not opts[1] & dropped, hex(dropped)
-    assert opts[1] & Milter.P_NOHELO and opts[1] & Milter.P_NOEOH     # stages Outpost has no use for
+    assert opts[1] & Milter.P_NOHELO                      # a stage Outpost has no use for
 
 
 @pytest.mark.parametrize("protocol, answer", [
-    (Milter.P_NR_CONN | Milter.P_NR_HDR | Milter.P_NR_BODY, Milter.NOREPLY),
+    (Milter.P_NR_CONN | Milter.P_NR_HDR | Milter.P_NR_EOH | Milter.P_NR_BODY, Milter.NOREPLY),
     (0, Milter.CONTINUE),                 # an MTA without no-reply stages waits for CONTINUE
 ])
 def test_no_reply_stages_answer_as_negotiated(milter, protocol, answer):
@@ -51,6 +52,7 @@ def test_no_reply_stages_answer_as_negotiated(milter, protocol, answer):
     assert m.connect("client.example", 2, ("192.0.2.5", 4000)) == answer
     assert m.envfrom_bytes(b"<bob@example.com>") == Milter.CONTINUE
     assert m.header_bytes("Subject", b"hello") == answer
+    assert m.eoh() == answer
     assert m.body(b"text\r\n") == answer
     msg = m.session.message
     assert msg.headers == [("Subject", "hello")] and msg.body_size == 6

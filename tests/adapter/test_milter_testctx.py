@@ -212,3 +212,31 @@ def test_one_log_line_per_message(runtime, caplog):
     for part in ("qid=QLOG1", "ip=192.0.2.5", "login=-", "user=webfarm", "identity=1001",
                  "from=<bob@example.com>", "rcpts=1", "action=accept", "reason=ok", "ms="):
         assert part in line, part
+
+
+@pytest.mark.parametrize("no_reply_eoh", [True, False])
+def test_header_flood_refused_at_end_of_headers_or_of_message(runtime, no_reply_eoh):
+    """Over max_headers: 552 5.3.4 at end of headers when the MTA waits for
+    that answer, else at end of message (a no-reply stage must not answer)."""
+    ctx = MilterTestCtx()
+    assert ctx._connect(ip="192.0.2.5") == Milter.CONTINUE
+    milter = ctx.getpriv()
+    if no_reply_eoh:
+        milter._protocol |= Milter.P_NR_EOH
+    else:
+        milter._protocol &= ~Milter.P_NR_EOH
+    assert ctx._envfrom("<bob@example.com>") == Milter.CONTINUE
+    assert ctx._envrcpt("<x@dest.example>") == Milter.CONTINUE
+    ctx._header("From", "bob@example.com")
+    for i in range(1000):
+        assert ctx._header(f"X-H{i}", "v") == Milter.CONTINUE
+    assert len(milter.session.message.headers) == 0            # refused: none kept
+    ctx._reply = None
+    rc = ctx._eoh()
+    if no_reply_eoh:
+        assert rc == Milter.CONTINUE and ctx._reply is None
+        assert ctx.getpriv().body(b"text\r\n") == Milter.CONTINUE
+        rc = ctx._eom()
+    assert rc == Milter.REJECT
+    assert ctx._reply[:2] == ("552", "5.3.4") and not ctx._headerschanged
+    ctx._close()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import time
 import zipfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, html_to_text,
-                                  make_url, normalise_host, parse_message)
+from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, TextAfterWindow,
+                                  html_to_text, make_url, normalise_host, parse_message)
 from tests.spam.helpers import build
 
 
@@ -189,3 +191,85 @@ def test_fuzz_structured_mime_never_raises(pieces):
         assert u.host == u.host.lower() and u.host.isascii()
     for a in v.attachments:
         assert len(a.sha256) == 64
+
+
+# -- text parts beyond the scan window ----------------------------------------------------------
+_TOP = b'Content-Type: multipart/mixed; boundary="=_b1"\r\n'
+_BLOB = base64.encodebytes(bytes(range(256)) * 600).replace(b"\n", b"\r\n")     # ~200 KB
+
+
+def _attachment(name=b"a.pdf") -> bytes:
+    return (b"--=_b1\r\nContent-Type: application/pdf; name=\"" + name + b"\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + _BLOB)
+
+
+_TEXT = b"--=_b1\r\nContent-Type: text/plain\r\n\r\nBuy now\r\n"
+_END = b"--=_b1--\r\n"
+
+
+def _watch(body: bytes, window: int, cuts=()) -> bool:
+    w = TextAfterWindow(_TOP, body[:window])
+    rest = body[window:]
+    last = 0
+    for c in sorted({min(c, len(rest)) for c in cuts}) + [len(rest)]:
+        w.feed(rest[last:c])
+        last = c
+    return w.found
+
+
+@pytest.mark.parametrize("body, found", [
+    (b"preamble\r\n" + _attachment() + _TEXT + _END, True),                  # text after a big file
+    (b"preamble\r\n" + _TEXT + _attachment() + _END, False),                 # text first: scanned
+    (_attachment() + b"--=_b1\r\n\r\nno header: text/plain by default\r\n" + _END, True),
+    (_attachment() + b"--=_b1\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n"
+     b"--inner\r\nContent-Type: text/html\r\n\r\n<p>spam</p>\r\n--inner--\r\n" + _END, True),
+    (_attachment() + b"--=_b1\r\nContent-Type: text/plain\r\nContent-Disposition: attachment;"
+     b" filename=log.txt\r\n\r\nlog\r\n" + _END, False),                     # a text file attached
+    (_attachment() + _attachment(b"b.pdf") + _END, False),
+    (_attachment() + b"--=_b1x\r\n\r\nnot a boundary\r\n--=_b1--\r\n", False),
+    (_attachment() + b"--=_b1\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n" + _END, True),    # unreadable
+])
+def test_text_part_after_the_window(body, found):
+    for window in (1000, 100_000):
+        assert _watch(body, window) is found, window
+        assert _watch(body, window, cuts=range(0, len(body), 997)) is found, window
+
+
+def test_boundary_line_at_the_window_edge():
+    body = _attachment() + _TEXT + _END
+    at = body.index(_TEXT)
+    for window in range(at - 3, at + len(b"--=_b1\r\nContent-Ty") + 1):     # cut in the line, in the header
+        assert _watch(body, window) is True, window
+    assert _watch(body, len(body) - len(_END)) is False      # the whole text part was in the window
+
+
+@settings(max_examples=200, deadline=None)
+@given(window=st.integers(min_value=0, max_value=1200),
+        cuts=st.lists(st.integers(min_value=0, max_value=300_000), max_size=20),
+        text_last=st.booleans())
+def test_any_chunking_gives_the_same_answer(window, cuts, text_last):
+    if text_last:
+        assert _watch(_attachment() + _TEXT + _END, window, cuts) is True
+    else:                                    # the chunking never changes the answer
+        body = _TEXT + _attachment() + _END
+        assert _watch(body, window, cuts) is _watch(body, window)
+
+
+@pytest.mark.parametrize("junk", [b"\n" * 20_000_000, b"--x\r\n" * 4_000_000, b"x--=_b1\r\n" * 3_000_000,
+                                  b"--=_b1--\r\n" * 2_000_000,
+                                  b"--=_b1\r\nContent-Type: image/png\r\n\r\n" * 500_000])
+def test_bounded_time_on_hostile_bodies(junk):
+    w = TextAfterWindow(_TOP, b"")
+    started = time.process_time()
+    for i in range(0, len(junk), 65536):
+        w.feed(junk[i:i + 65536])
+    assert time.process_time() - started < 2.0
+    # past its bounds a body it cannot tell counts as text
+    assert w.found is (junk.startswith((b"x--", b"--=_b1")))
+
+
+def test_a_window_ending_in_many_parts_does_not_switch_the_watch_off():
+    window = _attachment() + b"--=_b1\r\n\r\n" * 500          # > MAX_PARTS in the last 4 KB
+    w = TextAfterWindow(_TOP, window)
+    w.feed(b"--=_b1\r\nContent-Type: text/html\r\n\r\n<p>spam</p>\r\n")
+    assert w.found

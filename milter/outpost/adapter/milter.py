@@ -239,6 +239,18 @@ class OutpostMilter(Milter.Base):
         return self._answer(Milter.CONTINUE, Milter.P_NR_HDR)
 
     @_no_reply
+    def eoh(self):
+        # End of headers: the core refuses a header block over its limits
+        # (answered here when the MTA waits for this stage, else at end of
+        # message) and decides the DKIM signing domain before the body.
+        def run() -> int:
+            d = self.policy.end_of_headers(self.session)
+            if d.blocks and not self._protocol & Milter.P_NR_EOH:
+                return self._stage_result(d)
+            return Milter.CONTINUE
+        return self._answer(self._guarded("eoh", run), Milter.P_NR_EOH)
+
+    @_no_reply
     def body(self, chunk):
         def run() -> int:
             self.policy.body(self.session, chunk)

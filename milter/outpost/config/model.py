@@ -88,6 +88,14 @@ class SpamPolicy:
     spam: float = 5.0
     on_unsure: str = "accept"
     on_spam: str = "reject"
+    on_unscannable: Optional[str] = None    # None: tempfail when on_spam is reject, else on_spam
+
+    @property
+    def unscannable_action(self) -> str:
+        """What to do with a message whose content could not be scanned."""
+        if self.on_unscannable is not None:
+            return self.on_unscannable
+        return "tempfail" if self.on_spam == "reject" else self.on_spam
 
     def classify(self, score: float) -> str:
         if score >= self.spam:
@@ -136,7 +144,8 @@ class SpamConfig:
     """The scoring engine (top-level ``spam:``)."""
 
     enabled: bool = True
-    max_scan: int = 1_000_000
+    max_scan: int = 1_000_000          # bytes of the body scanned (spam.max_scan_body)
+    max_scan_headers: int = 65_536     # bytes of the header block scanned
     max_evidence_len: int = 200
     weights: tuple[tuple[str, float], ...] = ()
     disabled: frozenset[str] = frozenset()
@@ -183,6 +192,8 @@ class Config:
     spf: Optional["SpfSettings"] = None          # None: no relay.egress_ips, no SPF check
     on_store_error: str = "local"
     workers: Optional[int] = None
+    max_headers: int = 1000                    # header fields in one message (more: 552 5.3.4)
+    max_header_bytes: int = 262_144            # bytes of the header block (more: 552 5.3.4)
     milter_timeout: int = 600
     log_level: str = "info"
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network

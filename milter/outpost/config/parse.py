@@ -32,11 +32,11 @@ TOP_KEYS = {
     "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
-    "dns", "dkim", "relay", "spf", "connection_prefix_v6",
+    "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
-SPAM_KEYS = {"enabled", "max_scan", "max_evidence_len", "weights", "disabled", "bayes", "rules",
+SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights", "disabled", "bayes", "rules",
              "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
 
@@ -114,6 +114,9 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         defaults=defaults,
         workers=opt("workers").int(minimum=1, maximum=256) if "workers" in top else None,
         milter_timeout=opt("milter_timeout").int(minimum=5) if "milter_timeout" in top else 600,
+        max_headers=opt("max_headers").int(minimum=50) if "max_headers" in top else 1000,
+        max_header_bytes=(opt("max_header_bytes").int(minimum=16384) if "max_header_bytes" in top
+                          else 262_144),
         log_level=opt("log_level").str(("debug", "info", "warning", "error")) if "log_level" in top else "info",
         source=file,
     )
@@ -278,12 +281,12 @@ def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
 
 
 def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
-    fields = node.mapping({"unsure", "spam", "on_unsure", "on_spam"})
+    fields = node.mapping({"unsure", "spam", "on_unsure", "on_spam", "on_unscannable"})
     out = base
     for key in ("unsure", "spam"):
         if key in fields:
             out = replace(out, **{key: fields[key].float()})
-    for key in ("on_unsure", "on_spam"):
+    for key in ("on_unsure", "on_spam", "on_unscannable"):
         if key in fields:
             out = replace(out, **{key: fields[key].str(SPAM_ACTIONS)})
     if out.unsure > out.spam:
@@ -315,8 +318,13 @@ def _spam_config(node: Node) -> SpamConfig:
     out = SpamConfig(bayes=BayesCheckSettings(), rules=RulesSettings(), bulk=BulkSettings())
     if "enabled" in fields:
         out = replace(out, enabled=fields["enabled"].bool())
-    if "max_scan" in fields:
-        out = replace(out, max_scan=fields["max_scan"].int(minimum=1024))
+    if "max_scan" in fields and "max_scan_body" in fields:
+        raise fields["max_scan"].error("max_scan is the old name of max_scan_body; give only max_scan_body")
+    for key in ("max_scan", "max_scan_body"):
+        if key in fields:
+            out = replace(out, max_scan=fields[key].int(minimum=1024))
+    if "max_scan_headers" in fields:
+        out = replace(out, max_scan_headers=fields["max_scan_headers"].int(minimum=1024))
     if "max_evidence_len" in fields:
         out = replace(out, max_evidence_len=fields["max_evidence_len"].int(minimum=16, maximum=900))
     if "weights" in fields:

@@ -12,7 +12,6 @@ import functools
 import itertools
 import re
 import logging
-import tempfile
 import os
 import socket
 import time
@@ -131,6 +130,8 @@ class Policy:
         self.signer = signer
         self.spf = spf
         self.max_scan = engine.settings.max_scan if engine is not None else 0
+        self.max_scan_headers = (engine.settings.max_scan_headers if engine is not None
+                                 else config.spam.max_scan_headers)
         self.index = UserIndex(config.users)
         self.host = socket.gethostname()
         self._slots = itertools.count(1)
@@ -286,28 +287,69 @@ class Policy:
 
     # -- headers -----------------------------------------------------------------------
     def header(self, session: Session, name: str, value: str) -> None:
-        msg = session.message
-        if msg is not None:
-            msg.headers.append((name, value))
-            msg.header_bytes += len(name) + len(value) + 4
-
-    def body(self, session: Session, chunk: bytes) -> None:
+        """Keep a header field, within ``max_headers`` fields and
+        ``max_header_bytes`` bytes; past either the message is refused
+        (552 5.3.4, answered at end of headers or of message) and no more
+        are kept.  A resource limit: it holds in monitor mode too."""
         msg = session.message
         if msg is None:
             return
+        msg.header_fields += 1
+        msg.header_bytes += len(name) + len(value) + 4
+        if msg.refusal is not None:
+            return
+        if msg.header_fields > self.config.max_headers or msg.header_bytes > self.config.max_header_bytes:
+            msg.refusal = reject(
+                "552", "5.3.4", f"Message header too large (at most {self.config.max_headers} fields "
+                                f"and {self.config.max_header_bytes} bytes)", "header_limit")
+            msg.headers = []                       # not needed any more: the message is refused
+            return
+        msg.headers.append((name, value))
+
+    def end_of_headers(self, session: Session) -> Decision:
+        """The header block is complete: refuse it when over the limits, or
+        decide the signing domain, so that the DKIM body hash can be made as
+        the body streams in (nothing of the body is kept for it)."""
+        msg = session.message
+        if msg is None:
+            return CONTINUE
+        if not msg.headers_done:
+            msg.headers_done = True
+            if msg.refusal is None and self.signer is not None and msg.user_name is not None:
+                user = self.user_of(msg)
+                if user is not None:
+                    msg.sign_domain = self._signing_domain(msg, user)
+                    if msg.sign_domain is not None:
+                        msg.body_hash = self.signer.body_hasher()
+        return msg.refusal if msg.refusal is not None else CONTINUE
+
+    def body(self, session: Session, chunk: bytes) -> None:
+        """A piece of the body: counted, its start kept for the scan (up to
+        ``max_scan``), fed to the DKIM body hash; never kept whole."""
+        msg = session.message
+        if msg is None or msg.refusal is not None:
+            return
+        if not msg.headers_done:
+            self.end_of_headers(session)
         msg.body_size += len(chunk)
         room = self.max_scan - len(msg.body_head)
         if room > 0:
             msg.body_head += chunk[:room]
-        if msg.full_body is None and self.signer is not None and self._signing_domain(msg):
-            msg.full_body = tempfile.SpooledTemporaryFile(max_size=4 << 20)
-            msg.full_body.write(bytes(msg.body_head[:msg.body_size - len(chunk)]))
-        if msg.full_body is not None:
-            msg.full_body.write(chunk)
+        if room < len(chunk) and self.engine is not None:      # beyond the scan window
+            if msg.text_watch is None:
+                msg.text_watch = self.engine.watch_beyond_window(self.header_block(msg), bytes(msg.body_head))
+            msg.text_watch.feed(chunk[max(room, 0):])
+        if msg.body_hash is not None:
+            msg.body_hash.update(chunk)
 
     # -- end of message -------------------------------------------------------------------
     def end_of_message(self, session: Session, queue_id: str = "") -> Decision:
         msg = session.message
+        if msg is not None:
+            if not msg.headers_done:
+                self.end_of_headers(session)
+            if msg.refusal is not None:
+                return msg.refusal
         if msg is None or msg.user_name is None:
             # Unmapped sender let through by monitor mode: stamp only the verdict.
             return Decision(Action.ACCEPT, reason="monitor",
@@ -368,17 +410,22 @@ class Policy:
             msg.from_domain = split_address(addr or "")[1]
         return msg.from_domain
 
-    def _signing_domain(self, msg: Message) -> Optional[str]:
-        """The domain whose key signs this message: the header From domain
-        when it has a key; else, with ``dkim.sign_user_domain``, the envelope
-        sender's domain when the From domain is not registered."""
+    def _signing_domain(self, msg: Message, user: User) -> Optional[str]:
+        """The domain whose key signs this message.  A signature says the
+        domain's owner sent the mail: it is only ever made for a domain the
+        mapped user may use (its ``domains``; a domain user's own), whatever
+        the From policy (enforce, warn, off) and the mode (monitor too).
+        The header From domain when it is the user's and has a key; else,
+        with ``dkim.sign_user_domain``, the envelope sender's domain when it
+        is the user's and has a key and the From domain is not registered."""
         assert self.signer is not None
         domain = self._from_domain(msg)
-        if domain and self.signer.has_key(domain):
+        if domain and domain in user.domains and self.signer.has_key(domain):
             return domain
+        sender = msg.sender_domain
         if (self.config.dkim.sign_user_domain and domain not in self.config.domain_names
-                and msg.sender_domain and self.signer.has_key(msg.sender_domain)):
-            return msg.sender_domain
+                and sender and sender in user.domains and self.signer.has_key(sender)):
+            return sender
         return None
 
     def _sign(self, msg: Message, user: User, removals, added) -> tuple[tuple[str, str], ...]:
@@ -386,7 +433,7 @@ class Policy:
         send it: the headers received, minus the ones removed, plus ours."""
         if self.signer is None:
             return ()
-        domain = self._signing_domain(msg)
+        domain = msg.sign_domain                     # decided at end of headers
         if domain is None:
             return ()
         gone: dict[str, set[int]] = {}
@@ -402,11 +449,7 @@ class Policy:
         if self.signer.already_signed(final, domain):
             return ()
         final.extend((name, " " + value) for name, value in added)
-        if msg.full_body is not None:
-            msg.full_body.seek(0)
-            body = msg.full_body.read()
-        else:
-            body = b""                               # a message without a body
+        body = msg.body_hash if msg.body_hash is not None else self.signer.body_hasher()
         # the adapter supplies the blank after the colon: strip the signer's
         return tuple((n, v[1:] if v.startswith(" ") else v) for n, v in self.signer.sign(final, body, domain))
 
@@ -623,26 +666,57 @@ class Policy:
         )
 
     # -- spam verdicts ----------------------------------------------------------------------
-    def raw_head(self, msg: Message) -> bytes:
-        """The message as the checks see it: headers as received, then the
-        first bytes of the body (up to ``max_scan`` in all)."""
+    #: Header fields kept first in the scanned header block when it is over
+    #: ``max_scan_headers`` (what the checks and the MIME parser read).
+    SCAN_FIRST = frozenset({
+        "from", "sender", "reply-to", "to", "cc", "subject", "date", "message-id", "mime-version",
+        "content-type", "content-transfer-encoding", "content-disposition", "list-unsubscribe",
+        "x-mailer", "user-agent"})
+
+    def header_block(self, msg: Message) -> bytes:
+        """The header block as received (CRLF line ends, no blank line after
+        it), cut to ``max_scan_headers`` bytes of whole fields.  When it is
+        larger, the fields the checks and the MIME parser need (From,
+        Subject, Content-Type…) are kept first, then the others in order
+        while room is left; the kept ones stay in message order.  So no
+        padding pushes Content-Type or Subject out of the scanner's view."""
         parts = [f"{n}:{v if v[:1] in (' ', chr(9)) else ' ' + v}".encode("utf-8", "surrogateescape")
-                 for n, v in msg.headers]
-        head = b"\r\n".join(p.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for p in parts)
-        return head + b"\r\n\r\n" + bytes(msg.body_head)
+                 .replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for n, v in msg.headers]
+        limit = self.max_scan_headers
+        if sum(len(p) + 2 for p in parts) <= limit:
+            return b"\r\n".join(parts)
+        keep = [False] * len(parts)
+        room = limit
+        for first in (True, False):
+            for i, (name, _) in enumerate(msg.headers):
+                if not keep[i] and (name.lower() in self.SCAN_FIRST) == first and len(parts[i]) + 2 <= room:
+                    keep[i] = True
+                    room -= len(parts[i]) + 2
+        return b"\r\n".join(p for p, k in zip(parts, keep) if k)
+
+    def raw_head(self, msg: Message) -> bytes:
+        """The message as the checks see it: the header block (at most
+        ``max_scan_headers``, :meth:`header_block`), then the first bytes of
+        the body (at most ``max_scan``): each part within its own limit."""
+        return self.header_block(msg) + b"\r\n\r\n" + bytes(msg.body_head)
 
     def scan(self, session: Session, msg: Message, user: User, queue_id: str = ""):
-        """The engine's verdict on the message (score, evidence)."""
+        """The engine's verdict on the message (score, evidence).  A header
+        block over ``max_scan_headers`` is evidence (``header_padding``); a
+        message whose content the scan could not see (:meth:`_unscannable`)
+        is classed ``unscannable``, never ham (:meth:`_unscannable_decision`)."""
         assert self.engine is not None
         from ..spam.base import ScanContext
-        raw = self.raw_head(msg)
-        view = self.engine.parse(raw, total_size=msg.header_bytes + msg.body_size + 2)
+        view = self.engine.parse_parts(self.header_block(msg), bytes(msg.body_head), msg.body_size)
         ctx = ScanContext(user=user.name, identity=msg.identity, sender=msg.sender,
                           recipients=tuple(msg.recipients), client_ip=session.client_ip,
                           login=msg.login, queue_id=queue_id or None)
-        verdict = self.engine.scan(view, ctx)
+        verdict = self.engine.scan(view, ctx, self.engine.header_padding(msg.header_bytes))
         msg.verdict = verdict
         msg.spam_class = user.policy.spam.classify(verdict.score)
+        msg.unscannable = self._unscannable(msg, view)
+        if msg.spam_class != "spam" and msg.unscannable:
+            msg.spam_class = "unscannable"
         for failure in verdict.errors:
             log.warning("check %s failed (%s): %s", failure.check, failure.policy, failure.error)
         return verdict
@@ -655,6 +729,8 @@ class Policy:
                 "451", "4.3.0", "Message could not be scanned; please try again later",
                 f"scan_error:{failed}")), None
         cls = msg.spam_class
+        if cls == "unscannable":
+            return self._unscannable_decision(msg, user, verdict, token)
         action = user.policy.spam.action(cls)
         if action == "accept":
             return CONTINUE, None
@@ -677,6 +753,41 @@ class Policy:
                          remedy=f"outpost lock {self.identity_key(msg)}   (to suspend this sender)")
             self._abuse_event("spam", msg, user)
         return d, None
+
+    def _unscannable(self, msg: Message, view) -> str:
+        """Why the scan could not see the message's content ('' when it
+        could): a text part begins beyond the body window (after a large
+        attachment), or the window held nothing to classify (no text, no
+        attachment: blank or comment padding, a long preamble) while the
+        body went on."""
+        watch = msg.text_watch
+        if watch is not None and watch.found:
+            return f"a text part begins after the first {self.max_scan} bytes of the body"
+        if view.partial and not view.text.strip() and not view.attachments:
+            return f"nothing to classify in the first {self.max_scan} of {msg.body_size} body bytes"
+        return ""
+
+    def _unscannable_decision(self, msg: Message, user: User, verdict, token: str
+                              ) -> tuple[Decision, Optional[str]]:
+        """``spam.on_unscannable`` for a message the scan could not see into
+        (not counted as a spam verdict towards a lock: it proves nothing)."""
+        action = user.policy.spam.unscannable_action
+        what = msg.unscannable
+        log.warning("unscannable message from %s (%s): %s", self.identity_key(msg), what, action)
+        if action == "accept":
+            return CONTINUE, None
+        if action == "quarantine":
+            if self._mode(user) == "monitor":
+                msg.would.append(f"quarantine (unscannable: {what})")
+                return CONTINUE, None
+            return CONTINUE, f"Outpost: unscannable ({what}) from {self.identity_key(msg)}"
+        if action == "reject":
+            d = reject("550", "5.7.1", f"Message content could not be scanned; reference {token}",
+                       "unscannable")
+        else:
+            d = reject("451", "4.7.1", f"Message content could not be scanned; reference {token}",
+                       "unscannable")
+        return self._block(msg, user, d), None
 
     # -- abuse reports ----------------------------------------------------------------------
     def _report(self, kind: str, action: str, msg: Message, user: User, *, remedy: str = "",
@@ -717,5 +828,5 @@ class Policy:
             out.append(("X-Outpost-Evidence", hdr.safe_value(evidence)))
         if verdict.partial:
             out.append(("X-Outpost-Scan", f"partial (first {self.max_scan} of "
-                                          f"{msg.header_bytes + msg.body_size} bytes scanned)"))
+                                          f"{msg.body_size} body bytes scanned)"))
         return tuple(out)

@@ -67,11 +67,17 @@ class Message:
     mapped_by: str = ""                  # login | domain | ip
     identity: str = ""                   # end user inside the user
     recipients: list[str] = field(default_factory=list)
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    header_bytes: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)   # at most max_headers kept
+    header_fields: int = 0               # header fields received (kept or not)
+    header_bytes: int = 0                # bytes of the header block received
     body_size: int = 0
     body_head: bytearray = field(default_factory=bytearray)   # first bytes of the body, for scanning
-    full_body: Optional[object] = None                        # whole body (a spooled file) when signing
+    headers_done: bool = False           # end of headers seen (signing domain decided)
+    sign_domain: Optional[str] = None    # the domain that signs it, decided at end of headers
+    body_hash: Optional[object] = None   # the DKIM body hash, fed as the body streams (effects.dkim.BodyHasher)
+    refusal: Optional[Decision] = None   # an answer decided before end of message (header limits)
+    text_watch: Optional[object] = None  # beyond the scan window: spam.message.TextAfterWindow
+    unscannable: str = ""                # why the scan could not see the content ('' if it could)
     from_domain: Optional[str] = None                         # header From domain, once parsed
     verdict: Optional[object] = None                          # the spam engine's Verdict
     spam_class: Optional[str] = None

@@ -257,6 +257,118 @@ def canonicalize_body(canon: CanonicalizationPolicy, body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(body))
 
 
+_WS_LEAD = re.compile(rb"(?:[ \t]|\r\n)*")        # blanks and line ends (not a bare CR)
+_WS_TAIL_REVERSED = re.compile(rb"(?:[ \t]|\n\r)*")
+_CRLF_LEAD = re.compile(rb"(?:\r\n)*")
+_CRLF_TAIL_REVERSED = re.compile(rb"(?:\n\r)*")
+_CRLF_BLOCK = b"\r\n" * 32768
+
+
+class BodyHasher:
+    """The DKIM body hash (``bh=``) computed as the body streams in: the
+    SHA-256 of ``canonicalize_body(canon, _crlf(body))`` without keeping the
+    body.  Canonicalisation is defined on the whole body, but its only
+    effects that reach across a chunk are a CR that may start a CRLF,
+    blanks (relaxed) and line ends at the end of what came so far: those
+    are held back as a count and a flag, never as bytes, so memory stays
+    constant whatever the body (50 MB of blank lines included)."""
+
+    __slots__ = ("_hash", "_relaxed", "_cr", "_nl", "_wsp", "_content", "_done")
+
+    def __init__(self, relaxed: bool) -> None:
+        self._hash = hashlib.sha256()
+        self._relaxed = relaxed
+        self._cr = False        # the last byte fed was a CR (it may start a CRLF)
+        self._nl = 0            # line ends held back since the last content byte
+        self._wsp = False       # relaxed: blanks held back after the last line end or content
+        self._content = False   # some content was hashed already
+        self._done: Optional[bytes] = None
+
+    @property
+    def relaxed(self) -> bool:
+        """Relaxed body canonicalisation (else simple)."""
+        return self._relaxed
+
+    def update(self, chunk: Union[bytes, bytearray, memoryview]) -> None:
+        """The next piece of the body, raw as it came."""
+        if self._done is not None:
+            raise ValueError("body hash already finished")
+        data = bytes(chunk)
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._cr = True
+        if data:
+            self._feed(_crlf(data))
+
+    def _feed(self, data: bytes) -> None:
+        lead_re, tail_re = (_WS_LEAD, _WS_TAIL_REVERSED) if self._relaxed else (_CRLF_LEAD, _CRLF_TAIL_REVERSED)
+        start = lead_re.match(data).end()
+        if start == len(data):                       # only blanks / line ends: hold them
+            self._hold(data)
+            return
+        self._hold(data[:start])
+        strip = b" \t\r\n" if self._relaxed else b"\r\n"
+        core_end = len(data.rstrip(strip))
+        tail = data[core_end:]
+        cut = len(data) - tail_re.match(tail[::-1]).end()   # a bare CR in the tail is content
+        self._flush()
+        middle = data[start:cut]
+        if self._relaxed:
+            if b" \r\n" in middle or b"\t\r\n" in middle:
+                middle = strip_trailing_whitespace(middle)
+            if b"\t" in middle or b"  " in middle:
+                middle = compress_whitespace(middle)
+        self._hash.update(middle)
+        self._content = True
+        self._hold(data[cut:])
+
+    def _hold(self, ws: bytes) -> None:
+        if not ws:
+            return
+        n = ws.count(b"\r\n")
+        if n:
+            self._nl += n
+            self._wsp = self._relaxed and len(ws) > ws.rfind(b"\r\n") + 2
+        elif self._relaxed:
+            self._wsp = True
+
+    def _flush(self) -> None:
+        """Hash the held-back line ends and blanks: content follows them."""
+        n = self._nl
+        while n > 0:
+            k = min(n, len(_CRLF_BLOCK) // 2)
+            self._hash.update(_CRLF_BLOCK[:2 * k])
+            n -= k
+        if self._wsp:
+            self._hash.update(b" ")
+        self._nl, self._wsp = 0, False
+
+    def digest(self) -> bytes:
+        """The raw SHA-256 of the canonical body (dkimpy's rules at the end:
+        trailing empty lines dropped, one CRLF after the last line; an
+        empty relaxed body is empty)."""
+        if self._done is None:
+            if self._cr:                             # a bare CR at the very end is content
+                self._cr = False
+                self._flush()
+                self._hash.update(b"\r")
+                self._content = True
+            if self._relaxed and self._wsp:          # "x  " at the end: kept as "x \r\n"
+                self._flush()
+                self._hash.update(b"\r\n")
+            elif self._content or not self._relaxed:
+                self._hash.update(b"\r\n")
+            self._done = self._hash.digest()
+        return self._done
+
+    def bh(self) -> bytes:
+        """The ``bh=`` value (base64)."""
+        return base64.b64encode(self.digest())
+
+
 def canonicalize_headers(canon: CanonicalizationPolicy,
                          headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``canon.canonicalize_headers(headers)``, from dkimpy's own steps, with
@@ -331,12 +443,18 @@ class Signer:
             raise DkimSignError("message has no From header")
         return out + [b"from"]
 
-    def sign(self, headers: Headers, body: Union[bytes, bytearray, memoryview], domain: str,
+    def body_hasher(self) -> BodyHasher:
+        """A streaming body hash in this signer's body canonicalisation
+        (feed it the raw body chunks, then pass it to :meth:`sign`)."""
+        return BodyHasher(self.canon.body_algorithm is Relaxed)
+
+    def sign(self, headers: Headers, body: Union[bytes, bytearray, memoryview, BodyHasher], domain: str,
              *, leading_space: bool = True) -> list[tuple[str, str]]:
         """DKIM-Signature header(s) for ``domain``: ``[(name, value), …]``,
         RSA first.  ``headers``: (name, value) exactly as received (value
         with its leading whitespace and folding, as pymilter's
-        ``header_leading_space`` delivers); ``body``: raw body bytes.  The
+        ``header_leading_space`` delivers); ``body``: raw body bytes, or a
+        :class:`BodyHasher` that was fed them (:meth:`body_hasher`).  The
         value is folded with LF + space (libmilter style) and starts with a
         space when ``leading_space`` (for an adapter that negotiated
         ``header_leading_space``, so the field is ``DKIM-Signature: v=1…``).
@@ -351,8 +469,13 @@ class Signer:
         wanted = frozenset(include)
         cheaders = canonicalize_headers(self.canon, [
             (n, _crlf(_b(v)).rstrip(b"\r\n") + b"\r\n") for n, v in named if n.lower() in wanted])
-        cbody = canonicalize_body(self.canon, _crlf(bytes(body)))
-        bodyhash = base64.b64encode(hashlib.sha256(cbody).digest())
+        if isinstance(body, BodyHasher):          # hashed as it streamed in
+            if body.relaxed is not (self.canon.body_algorithm is Relaxed):
+                raise DkimSignError("body hash made with another body canonicalisation")
+            bodyhash = body.bh()
+        else:
+            cbody = canonicalize_body(self.canon, _crlf(bytes(body)))
+            bodyhash = base64.b64encode(hashlib.sha256(cbody).digest())
         t = str(int(self.clock())).encode()
         out = []
         for key in keys:

@@ -63,5 +63,6 @@ def build_engine(config: Config, store: Optional[Store], resolver=None) -> Optio
     settings = ScoringSettings(
         unsure=d.unsure, spam=d.spam, weights=dict(sc.weights), disabled=sc.disabled,
         failure_policy={c.name: getattr(c, "on_error", "ignore") for c in checks},
-        max_evidence_len=sc.max_evidence_len, max_scan=sc.max_scan)
+        max_evidence_len=sc.max_evidence_len, max_scan=sc.max_scan,
+        max_scan_headers=sc.max_scan_headers)
     return Engine(checks, settings)

@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
-from .message import parse_message
+from .message import TextAfterWindow, parse_message
 
 if TYPE_CHECKING:
     from .bayes import BayesCheckSettings, Model
@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 
 FAILURE_POLICIES = ("ignore", "tempfail")
 CLASSES = ("ham", "unsure", "spam")
+#: Evidence of a header block larger than ``max_scan_headers``: padding that
+#: would push the rest of the message out of a scanner's view is suspect in
+#: itself (its weight can be changed under ``spam.weights``).
+HEADER_PADDING = "header_padding"
+HEADER_PADDING_POINTS = 3.0
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class ScoringSettings:
     disabled: frozenset[str] = frozenset()
     failure_policy: Mapping[str, str] = field(default_factory=dict)
     max_evidence_len: int = 200
-    max_scan: int = 1_000_000
+    max_scan: int = 1_000_000          # bytes of the body scanned
+    max_scan_headers: int = 65_536     # bytes of the header block scanned
 
     def __post_init__(self) -> None:
         for name in ("unsure", "spam"):
@@ -56,6 +62,8 @@ class ScoringSettings:
             raise ValueError("max_evidence_len must be >= 16")
         if self.max_scan < 1024:
             raise ValueError("max_scan must be >= 1024 bytes")
+        if self.max_scan_headers < 1024:
+            raise ValueError("max_scan_headers must be >= 1024 bytes")
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
         object.__setattr__(self, "failure_policy", MappingProxyType(dict(self.failure_policy)))
         object.__setattr__(self, "disabled", frozenset(self.disabled))
@@ -97,6 +105,32 @@ class Engine:
         """Parse a message within the configured scan limit."""
         return parse_message(raw, total_size, self.settings.max_scan)
 
+    def parse_parts(self, head: bytes, body: bytes, body_size: int) -> MessageView:
+        """Parse a message given as its header block (``head``, without the
+        blank line, already cut to ``max_scan_headers``) and the first bytes
+        of its body (``body``, at most ``max_scan``, of ``body_size`` in
+        all): each part is bounded by its own limit, so no size of one
+        pushes the other out of the view.  ``partial`` tells that the body
+        was longer than what was scanned."""
+        head = head[:self.settings.max_scan_headers]
+        body = body[:self.settings.max_scan]
+        raw = head + b"\r\n\r\n" + body
+        return parse_message(raw, len(head) + 4 + max(body_size, len(body)), max_scan=len(raw))
+
+    def watch_beyond_window(self, head: bytes, window: bytes) -> TextAfterWindow:
+        """A watch, fed the body beyond the scanned window, that tells when
+        a text part begins there (see :class:`TextAfterWindow`)."""
+        return TextAfterWindow(head, window)
+
+    def header_padding(self, header_bytes: int) -> tuple[Evidence, ...]:
+        """The evidence of a header block over ``max_scan_headers`` (else ())."""
+        over = header_bytes - self.settings.max_scan_headers
+        if over <= 0:
+            return ()
+        return (Evidence(HEADER_PADDING, HEADER_PADDING_POINTS,
+                         f"header block {header_bytes} bytes, {over} over the scanned "
+                         f"{self.settings.max_scan_headers}"),)
+
     def _weight(self, check: str, evidence: str) -> float:
         w = self.settings.weights
         if evidence in w:
@@ -110,12 +144,18 @@ class Engine:
             return "unsure"
         return "ham"
 
-    def scan(self, view: MessageView, ctx: ScanContext) -> Verdict:
+    def scan(self, view: MessageView, ctx: ScanContext, extra: Sequence[Evidence] = ()) -> Verdict:
         """Run every enabled check.  A check raising :class:`CheckError`
         is recorded in ``errors`` and handled by its failure policy; any
-        other exception is a bug and propagates."""
+        other exception is a bug and propagates.  ``extra``: evidence found
+        outside the view (e.g. :meth:`header_padding`), weighted like the
+        checks' own."""
         evidence: list[Evidence] = []
         errors: list[CheckFailure] = []
+        for ev in extra:
+            pts = round(ev.points * self._weight(ev.name, ev.name), 1)
+            if pts:
+                evidence.append(Evidence(ev.name, pts, ev.detail))
         for check in self.checks:
             try:
                 found = check.check(view, ctx)

@@ -385,3 +385,173 @@ def _dedupe(urls: list[Url]) -> list[Url]:
             seen.add(key)
             out.append(u)
     return out
+
+
+_BOUNDARY_RE = re.compile(rb"""(?i)\bboundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))""")
+
+
+def _is_inline_text(part: Message) -> bool:
+    """What :func:`parse_message` scans as text: a text/plain or text/html
+    part that is not an attachment (no file name, not ``attachment``)."""
+    ctype = part.get_content_type().lower()
+    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    return ctype in ("text/plain", "text/html") and not _filename(part) and disposition != "attachment"
+
+
+class TextAfterWindow:
+    """Watches the body beyond the scan window for the start of a MIME part
+    that a reader sees as text (inline text/plain or text/html, what
+    :func:`parse_message` scans), so that a large leading attachment cannot
+    hide the message's text from the scanner: ``found`` is then true.
+
+    It knows the boundaries declared in the scanned part (the header block
+    and the body window) and in the part headers it reads beyond (nested
+    multiparts).  Boundary lines are found with ``bytes.find`` of each
+    known boundary (at most ``MAX_BOUNDARIES``), so other lines cost no
+    Python.  It keeps at most one partial line (``MAX_LINE``) and one part
+    header (``MAX_PART_HEADER``).  What it cannot tell within its bounds
+    counts as text: a longer part header, more than ``MAX_PARTS`` parts or
+    ``MAX_BOUNDARY_LINES`` lines starting with a boundary.  Linear in the
+    body, constant memory."""
+
+    MAX_LINE = 1024
+    MAX_PART_HEADER = 16384
+    MAX_BOUNDARIES = 16
+    MAX_PARTS = 200
+    MAX_BOUNDARY_LINES = 10_000
+
+    def __init__(self, header_block: bytes, window: bytes) -> None:
+        self.found = False
+        self._markers: set[bytes] = set()
+        self._parts = 0             # part headers read
+        self._lines = 0             # lines starting with a boundary met
+        self._add_boundaries(header_block)
+        self._add_boundaries(window)
+        self._carry = b""           # the current line so far, when it started at a line start
+        self._mid = False           # inside a line that cannot be a boundary line
+        self._part: Optional[bytearray] = None    # a part header being read
+        # The window's last lines again, for a boundary line at its very end
+        # whose part header lies beyond it (parts that begin and end their
+        # header inside the window were scanned and do not count).
+        self._seeding, self._stopped = True, False
+        tail = window[-4096:]
+        if len(window) > 4096:
+            cut = tail.find(b"\n")
+            tail = tail[cut + 1:] if cut >= 0 else b""
+            self._mid = cut < 0
+        self.feed(tail)
+        if self._stopped:            # bounds hit in the window's end: start afresh after it
+            self._stopped, self._carry, self._part, self._mid = False, b"", None, False
+        self._seeding = False
+        self._lines = self._parts = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._markers) and not self.found and not self._stopped
+
+    def _add_boundaries(self, data: bytes) -> None:
+        for m in _BOUNDARY_RE.finditer(data):
+            if len(self._markers) >= self.MAX_BOUNDARIES:
+                break
+            b = (m.group(1) or m.group(2)).rstrip()
+            if b:
+                self._markers.add(b"--" + b)
+
+    def feed(self, chunk: bytes) -> None:
+        """The next piece of the body."""
+        if not self.active or not chunk:
+            return
+        if self._part is not None:
+            pos = self._read_part_header(chunk, 0)
+            if pos >= 0:
+                self._scan(chunk, pos)
+        elif self._mid:
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                self._mid = False
+                self._scan(chunk, nl + 1)
+        else:
+            data, self._carry = self._carry + chunk, b""
+            self._scan(data, 0)
+
+    def _scan(self, data: bytes, pos: int) -> None:
+        """Look for boundary lines in ``data`` from ``pos`` (a line start)."""
+        nexts: dict[bytes, int] = {}             # next line start with that boundary (-1: none)
+        while self.active:
+            best = -1
+            for marker in self._markers:
+                hit = nexts.get(marker, -2)
+                if hit != -1 and hit < pos:          # not searched yet, or behind us
+                    hit = data.find(marker, pos)
+                    while hit > pos and data[hit - 1] != 10:     # not at a line start
+                        self._lines += 1
+                        if self._lines > self.MAX_BOUNDARY_LINES:
+                            self._give_up()
+                            return
+                        hit = data.find(marker, hit + 1)
+                    nexts[marker] = hit
+                if hit >= 0 and (best < 0 or hit < best):
+                    best = hit
+            if best < 0:
+                break
+            end = data.find(b"\n", best)
+            if end < 0:                              # the line goes on in the next piece
+                pos = best
+                break
+            pos = end + 1
+            self._lines += 1
+            if self._lines > self.MAX_BOUNDARY_LINES:
+                self._give_up()
+                return
+            if data[best:end].rstrip(b" \t\r") in self._markers:   # a part starts ("--b--" ends)
+                self._parts += 1
+                if self._parts > self.MAX_PARTS:
+                    self._give_up()
+                    return
+                self._part = bytearray()
+                pos = self._read_part_header(data, pos)
+                if pos < 0:
+                    return
+                nexts = {}                           # the part may have declared a boundary
+        if self.found:
+            return
+        last = data.rfind(b"\n", pos)
+        rest = data[last + 1:] if last >= 0 else data[pos:]
+        if len(rest) <= self.MAX_LINE:
+            self._carry = rest
+        else:
+            self._mid = True
+
+    def _give_up(self) -> None:
+        """Past a bound: what follows cannot be told, so it counts as text
+        (while re-reading the window's end, that re-reading just stops)."""
+        if self._seeding:
+            self._stopped = True
+        else:
+            self.found = True
+
+    def _read_part_header(self, data: bytes, pos: int) -> int:
+        """Read part-header lines from ``pos`` up to the blank line; return
+        where the part's body starts, or -1 when it goes on in the next piece."""
+        part = self._part
+        assert part is not None
+        while True:
+            end = data.find(b"\n", pos)
+            piece = data[pos:] if end < 0 else data[pos:end + 1]
+            part += piece
+            if len(part) > self.MAX_PART_HEADER:
+                self._part = None
+                self._give_up()
+                return -1
+            if end < 0:
+                return -1
+            pos = end + 1
+            if part in (b"\n", b"\r\n") or part.endswith((b"\n\n", b"\n\r\n")):
+                self._part = None
+                header = bytes(part)
+                msg = email.message_from_bytes(header, policy=policy.compat32)
+                if msg.get_content_maintype().lower() == "multipart":
+                    self._add_boundaries(header)
+                elif _is_inline_text(msg) and not self._seeding:
+                    self.found = True
+                return pos
