@@ -162,16 +162,25 @@ class Policy:
         return self.index.by_name.get(msg.user_name) if msg.user_name else None
 
     # -- connection -----------------------------------------------------------------
-    def connect(self, session: Session, client_addr: Optional[str], hostname: str = "") -> Decision:
+    def connect(self, session: Session, client_addr: Optional[str], hostname: str = "",
+                client_port: Optional[str] = None) -> Decision:
         """Take the connection's slot.  Never refuses here: the MTA is not
         kept waiting for this stage (no reply), and a refusal (too many
         connections, store down) is kept in ``session.refusal`` and answered
-        at the first MAIL FROM, where the client sees our text."""
+        at the first MAIL FROM, where the client sees our text.
+
+        Port 0 on loopback is Postfix's stand-in client for mail that came
+        with no SMTP client at all (``non_smtpd_milters``: sendmail(1),
+        ``sendmail -bs``, ``postsuper -r``): no TCP connection has port 0.
+        Such a session is *local*: it maps to the ``local`` user only."""
         addr = parse_client_ip(client_addr)
         session.client_ip = str(addr) if addr is not None else None
         session.hostname = hostname or ""
         if addr is None:
-            return CONTINUE                    # local submission (unix socket): no per-IP limit
+            return CONTINUE                    # unix-socket client: no per-IP limit
+        if str(client_port).strip() == "0" and addr.is_loopback:
+            session.local = True
+            return CONTINUE                    # no client: no per-IP limit
         ip_user = self.index.by_ip(addr)
         session.ip_user = ip_user.name if ip_user else None
         limit = (ip_user.policy.connection_limit if ip_user else None) or self.config.connection_limit
@@ -219,9 +228,10 @@ class Policy:
         if session.refusal is not None:
             return session.refusal
         ip = parse_client_ip(session.client_ip)
-        user, how = self.index.resolve(login, ip)
+        user, how = self.index.resolve(login, ip, local=session.local)
         if user is None:
-            who = f"Login {login}" if login else (session.client_ip or "unknown client")
+            who = (f"Login {login}" if login else "Local submission (sendmail)" if session.local
+                   else (session.client_ip or "unknown client"))
             return self._block(msg, None, reject(
                 "550", "5.7.1", f"{who} is not an authorized outgoing sender", "unknown_sender"))
         msg.user_name, msg.mapped_by = user.name, how
