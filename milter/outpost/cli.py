@@ -76,6 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if config.reports is not None:
+        problem = config.reports.listener_problem()
+        if problem is not None:
+            raise ConfigError(f"{args.config}: {problem}")
+        warning = config.reports.listener_warning()
+        if warning is not None:
+            print(f"outpost: warning: {args.config}: {warning}", file=sys.stderr)
     nets = sum(len(u.ips) for u in config.users)
     print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
           f"{len(config.domains)} domains)")
