@@ -123,3 +123,27 @@ def test_a_login_still_maps_first():
     policy, _ = make_policy(LOCAL)
     _, d = run(policy, 0, sender="<alice@example.com>", login="alice@example.com")
     assert dict(d.add_headers)["X-Outpost-User"] == "alice"
+
+
+def test_local_recipients_are_never_refused_at_rcpt_but_the_message_is():
+    """Postfix: a non_smtpd milter must not refuse a recipient.  A locked
+    identity and too many recipients are refused at end of message."""
+    text = LOCAL.replace('    limits: {messages: ["2/1h"]}\n', '    limits: {max_recipients: 2}\n')
+    policy, _ = make_policy(text)
+    session = Session()
+    policy.connect(session, "127.0.0.1", "localhost", 0)
+    assert not policy.mail_from(session, "<www@example.com>", None).blocks
+    for n in range(3):
+        assert policy.rcpt(session, f"<v{n}@dest.example>").action is Action.CONTINUE
+    policy.header(session, "From", " www@example.com")
+    d = policy.end_of_message(session, "Q1")
+    assert d.action is Action.REJECT and d.reply.code == "550" and d.reason == "max_recipients"
+
+    policy.store.set_lock("scripts/www@example.com", "test", 3600)
+    session = Session()
+    policy.connect(session, "127.0.0.1", "localhost", 0)
+    policy.mail_from(session, "<www@example.com>", None)
+    assert policy.rcpt(session, "<v@dest.example>").action is Action.CONTINUE
+    policy.header(session, "From", " www@example.com")
+    d = policy.end_of_message(session, "Q2")
+    assert d.action is Action.TEMPFAIL and d.reason == "locked"

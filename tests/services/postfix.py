@@ -384,7 +384,7 @@ class PostfixInstance(MtaInstance):
         shutil.chown(self.data_dir, "postfix", "postfix")
         self._write_config()
         # Lookup tables the shipped main.cf names under $config_directory.
-        for table in self.contrib_dir.glob("*.pcre"):
+        for table in self.contrib_dir.glob("*.regexp"):
             shutil.copyfile(table, self.config_dir / table.name)
         (self.config_dir / "sasl" / "smtpd.conf").write_text(
             "pwcheck_method: auxprop\nauxprop_plugin: sasldb\n"

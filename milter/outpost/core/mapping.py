@@ -120,7 +120,7 @@ class UserIndex:
         then the longest-prefix network of the client address.  A login that
         maps to nothing still passes from a mapped network (that network is
         authorised whoever logs in); elsewhere it is refused.  Mail submitted
-        on the relay itself (``local``: Postfix's pickup, no client) maps to
+        on the relay itself (``local``: sendmail(1), no SMTP client) maps to
         the ``local`` user, never through a network: the loopback address the
         MTA reports for it is not a client."""
         if login:

@@ -171,8 +171,9 @@ class Policy:
 
         Port 0 on loopback is Postfix's stand-in client for mail that came
         with no SMTP client at all (``non_smtpd_milters``: sendmail(1),
-        ``sendmail -bs``, ``postsuper -r``): no TCP connection has port 0.
-        Such a session is *local*: it maps to the ``local`` user only."""
+        ``sendmail -bs``): no TCP connection has port 0.  Such a session is
+        *local*: it maps to the ``local`` user only, and is never refused
+        at RCPT TO (see :meth:`rcpt`)."""
         addr = parse_client_ip(client_addr)
         session.client_ip = str(addr) if addr is not None else None
         session.hostname = hostname or ""
@@ -275,6 +276,12 @@ class Policy:
             return CONTINUE
         user = self.user_of(msg)
         addr, _ = split_address(recipient)
+        if session.local:
+            # Postfix: a non_smtpd milter must not refuse a recipient (the
+            # message would stick in the queue as a configuration error).
+            # Locks and limits are decided at the end of the message.
+            msg.recipients.append(addr)
+            return CONTINUE
         if msg.identity and user is not None and addr.lower() not in self._contacts:
             d = self._lock_decision(msg, user)
             if d is not None:
@@ -322,8 +329,18 @@ class Policy:
                             add_headers=self._would_header(msg))
         user = self.user_of(msg)
         assert user is not None
-        if not msg.identity:
-            msg.identity = self._identity(msg, user)
+        if session.local:                     # what RCPT TO could not refuse (see rcpt)
+            limit = user.policy.limits.max_recipients
+            if limit is not None and len(msg.recipients) > limit:
+                # Permanent: a tempfailed local message stays in the maildrop
+                # queue and comes back every minute.
+                d = self._block(msg, user, reject(
+                    "550", "5.5.3", f"Too many recipients ({len(msg.recipients)}, at most {limit} "
+                    "per message)", "max_recipients"))
+                if d.blocks:
+                    return d
+        if not msg.identity or session.local:
+            msg.identity = msg.identity or self._identity(msg, user)
             if not all(r.lower() in self._contacts for r in msg.recipients):
                 d = self._lock_decision(msg, user)
                 if d is not None:
