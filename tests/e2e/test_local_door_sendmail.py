@@ -1,12 +1,13 @@
 """The local door with Sendmail (issue #22, README "Local submission and
 reports with Sendmail"): ``sendmail(1)`` for an ordinary user is the MSP
 (``submit.cf``), which relays over SMTP to the MTA on 127.0.0.1 -- so it goes
-through Outpost, mapped by address (an ``ip`` user for 127.0.0.1).
+through Outpost, mapped by address (an ``ip`` user for 127.0.0.1); the
+report daemon of ``contrib/sendmail/outpost.mc`` has no filter and admits
+only the ``outpost-reports`` login.
 
-These tests check what the README claims Sendmail does; they pin existing
-behaviour (the contrib .mc already put every SMTP daemon through Outpost),
-unlike the Postfix ones in test_local_door.py, which fail on the old
-configuration.
+The MSP tests pin behaviour the contrib .mc already had (every SMTP daemon
+runs the filter); the report-daemon tests fail on the old .mc, which had no
+such daemon.
 """
 
 from __future__ import annotations
@@ -22,20 +23,19 @@ from tests.corpus import SPAM, corpus_message
 from tests.services.local_submit import msp_sendmail
 from tests.services.sendmail import SendmailInstance
 from tests.services.sink import SmtpSink
-from tests.services.smtp import build_message
+from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
 
 
-def config(report_port: int, spool: Path) -> str:
+def config(reports_smtp: str, spool: Path) -> str:
     return textwrap.dedent(f"""\
         hostname: relay.example.net
         report_abuse_to: abuse@example.net
         domains: [example.com]
         reports:
           spool_dir: {spool}
-          smtp: {{host: 127.0.0.1, port: {report_port}}}
-          listener_auth: none          # a sink: Sendmail ships no AUTH-only report listener
+          smtp: {reports_smtp}
           poll_interval: 0.3
         defaults:
           lock: {{after_spam: 1000}}
@@ -51,22 +51,21 @@ def config(report_port: int, spool: Path) -> str:
 
 @pytest.fixture(scope="module")
 def relay():
-    """(Sendmail, Outpost, destination sink, report sink)."""
+    """(Sendmail, Outpost, sink) -- reports too reach the sink, through
+    Sendmail's report daemon."""
     sink = SmtpSink().start()
-    reports = SmtpSink().start()
     sm = SendmailInstance(sink_port=sink.port)
     sm.build()
     spool = Path("/tmp") / f"outpost-spool-sm-local-{time.time_ns()}"
-    outpost = Outpost(sm.milter_socket, config(reports.port, spool)).start()
+    outpost = Outpost(sm.milter_socket, config(sm.reports_yaml(), spool)).start()
     outpost.codec = TokenCodec(read_secret(str(outpost.secret_file)))
     sm.start()
     try:
-        yield sm, outpost, sink, reports
+        yield sm, outpost, sink
     finally:
         outpost.stop(graceful=False)
         sm.cleanup()
         sink.stop()
-        reports.stop()
 
 
 def to(sink, rcpt):
@@ -85,7 +84,7 @@ def wait_until(predicate, timeout=30.0, what="condition"):
 
 
 def test_sendmail_msp_mail_goes_through_outpost(relay):
-    sm, outpost, sink, _ = relay
+    sm, outpost, sink = relay
     msg = build_message("www@example.com", "friend@dest.example",
                         headers={"X-PHP-Originating-Script": "1001:contact.php"})
     out = msp_sendmail(sm, msg, "-f", "www@example.com", "friend@dest.example")
@@ -100,7 +99,7 @@ def test_sendmail_msp_mail_goes_through_outpost(relay):
 
 
 def test_spam_through_the_msp_is_refused_and_reported(relay):
-    sm, outpost, sink, reports = relay
+    sm, outpost, sink = relay
     out = msp_sendmail(sm, corpus_message("spam", SPAM, "www@example.com"),
                        "-f", "www@example.com", "victim@dest.example")
     # The MSP delivers interactively: the refusal reaches the submitting
@@ -110,6 +109,27 @@ def test_spam_through_the_msp_is_refused_and_reported(relay):
     # The MSP also bounces to the envelope sender -- through the MTA, so
     # through Outpost again (from 127.0.0.1, quoting the spam): refused too.
     sm.wait_for_log(r"DSN: Service unavailable")
-    [report] = wait_until(lambda: to(reports, "abuse@example.net"), what="abuse report")
+    [report] = wait_until(lambda: to(sink, "abuse@example.net"), what="abuse report")
     assert b"scripts/www@example.com" in report.data
+    assert report.headers("X-Outpost-User") == []          # the report daemon has no filter
+    sm.wait_for_log(r"daemon=OutpostReports")
     assert to(sink, "victim@dest.example") == [] and to(sink, "www@example.com") == []
+
+
+def test_report_daemon_admits_only_the_report_login(relay):
+    """No filter on the report daemon, so no other local process may use it:
+    without AUTH it refuses MAIL, a customer's valid login is refused at
+    RCPT; Outpost's login relays, unfiltered."""
+    sm, outpost, sink = relay
+    sm.add_sasl_user("alice@example.com", "alicepw")
+    r = send(sm.reports_port, mail_from="www@example.com", rcpt_tos=["spam@dest.example"])
+    assert (r.stage, r.code) == ("mail", 530), r
+    r = send(sm.reports_port, mail_from="alice@example.com", rcpt_tos=["spam@dest.example"],
+             login="alice@example.com", password="alicepw")
+    assert (r.stage, r.code) == ("rcpt", 550) and "Access denied" in r.text, r
+    r = send(sm.reports_port, mail_from="outpost@relay.example.net", rcpt_tos=["desk@dest.example"],
+             login=sm.report_login, password=sm.report_password)
+    assert r.accepted, r
+    [msg] = wait_until(lambda: to(sink, "desk@dest.example"), what="delivery")
+    assert msg.headers("X-Outpost-User") == []
+    assert to(sink, "spam@dest.example") == []

@@ -43,8 +43,6 @@ DEFAULT_MYNETWORKS = ("127.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24", "203.0.1
 #: Socket the shipped fragments name; the harness replaces it.
 SHIPPED_MILTER = "unix:/run/outpost/outpost.sock"
 
-#: The SASL login the shipped report listener admits (contrib master.cf).
-REPORT_LOGIN = "outpost-reports"
 
 #: Shipped service name -> attribute of PostfixInstance holding its port.
 SERVICE_PORTS = {
@@ -266,10 +264,6 @@ class PostfixInstance(MtaInstance):
         self.smtps_port = free_port()
         self.relay_port = free_port()
         self.reports_port = free_port()
-        #: Outpost's credential for the report listener (created by build()):
-        #: ``reports.smtp.username`` / ``password_file``.
-        self.report_login = REPORT_LOGIN
-        self.report_password_file = self.base_dir / "report-password"
         self._built = False
         self._daemon_dir: str | None = None
 
@@ -396,22 +390,7 @@ class PostfixInstance(MtaInstance):
                   "-keyout", str(self.tls_dir / "key.pem"),
                   "-out", str(self.tls_dir / "cert.pem")])
         self._built = True
-        if not self.report_password_file.exists():
-            password = os.urandom(12).hex()
-            fd = os.open(self.report_password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(password + "\n")
-            self.add_sasl_user(self.report_login, password)
-
-    @property
-    def report_password(self) -> str:
-        """The report listener's password (first line of report_password_file)."""
-        return self.report_password_file.read_text().splitlines()[0]
-
-    def reports_yaml(self) -> str:
-        """Outpost's ``reports.smtp`` mapping for this instance's report listener."""
-        return (f"{{host: 127.0.0.1, port: {self.reports_port}, username: {self.report_login}, "
-                f"password_file: {self.report_password_file}}}")
+        self._make_report_credential()          # reports_yaml(): Outpost's side of it
 
     # ------------------------------------------------------------ control
 
