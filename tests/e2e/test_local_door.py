@@ -90,6 +90,12 @@ def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
         time.sleep(0.1)
 
 
+def kick_pickup(postfix) -> None:
+    """Make pickup scan the maildrop queue now (it does every 60 s anyway)."""
+    subprocess.run(["postkick", "-c", str(postfix.config_dir), "public", "pickup", "W"],
+                   check=True, timeout=10)
+
+
 def to(sink, rcpt: str):
     return [m for m in sink.messages if rcpt in m.rcpt_tos]
 
@@ -169,6 +175,25 @@ def test_local_rate_limit_holds_the_excess_in_the_maildrop_queue(postfix, outpos
     postfix.postsuper("-d", "ALL", "maildrop")
 
 
+def cli(outpost, *args):
+    return subprocess.run([*outpost.proc.argv[:3], *args, "-c", str(outpost.config_path)],
+                          capture_output=True, text=True, env=outpost.proc.env, timeout=30, check=True)
+
+
+def test_a_locked_local_identity_waits_in_maildrop_until_unlocked(postfix, outpost, sink):
+    cli(outpost, "lock", "scripts/3003")
+    out = sendmail(postfix, php_mail("www@example.com", "locked@dest.example", uid="3003"),
+                   "-f", "www@example.com", "locked@dest.example", user=USER)
+    assert out.returncode == 0, out.stderr
+    postfix.wait_for_log(r"milter-reject: END-OF-MESSAGE from localhost\[127\.0\.0\.1\]: 4\.7\.1 "
+                         r"Sending from 3003 is suspended")
+    assert [e.queue_name for e in postfix.queue()] == ["maildrop"]
+    cli(outpost, "unlock", "scripts/3003")
+    kick_pickup(postfix)
+    [msg] = wait_until(lambda: to(sink, "locked@dest.example"), what="delivery after unlock")
+    assert msg.headers("X-Outpost-User") == ["scripts"]
+
+
 def test_spam_from_sendmail_is_refused_bounced_and_reported(postfix, outpost, sink):
     spam = corpus_message("spam", SPAM, "www@example.com")
     out = sendmail(postfix, spam, "-f", "www@example.com", "victim@dest.example", user=USER)
@@ -232,7 +257,6 @@ def test_outpost_down_local_mail_waits_then_leaves_filtered(postfix, outpost, si
         assert to(sink, "later@dest.example") == []
     finally:
         outpost.start()
-    subprocess.run(["postkick", "-c", str(postfix.config_dir), "public", "pickup", "W"],
-                   check=True, timeout=10)
+    kick_pickup(postfix)
     [msg] = wait_until(lambda: to(sink, "later@dest.example"), timeout=30, what="delivery")
     assert msg.headers("X-Outpost-User") == ["scripts"]
