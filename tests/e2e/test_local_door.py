@@ -59,7 +59,7 @@ def config(reports_smtp: str, spool: Path) -> str:
           - name: scripts
             type: local
             domains: [example.com]
-            limits: {{messages: ["{LIMIT}/1h"]}}
+            limits: {{messages: ["{LIMIT}/1h"], max_recipients: 3}}
             identity_headers:
               - {{header: X-PHP-Originating-Script, regex: '^(\\d+):', remove: true}}
         """)
@@ -154,6 +154,21 @@ def test_a_sender_domain_outside_the_local_user_bounces_to_the_submitter(postfix
     assert bounce.mail_from in ("", "<>")
     assert b"Sender domain example.org is not allowed for scripts" in bounce.data
     assert to(sink, "o@dest.example") == []
+
+
+def test_too_many_recipients_bounce_instead_of_sticking(postfix, outpost, sink):
+    """No RCPT-stage refusal for local mail: the whole message is refused
+    at its end, permanently (550), so it bounces instead of waiting in
+    maildrop -- and no recipient gets it."""
+    rcpts = [f"many{n}@dest.example" for n in range(4)]
+    out = sendmail(postfix, php_mail("www@example.com", rcpts[0], uid="4004"),
+                   "-f", "www@example.com", *rcpts, user=USER)
+    assert out.returncode == 0, out.stderr
+    [bounce] = wait_until(lambda: [m for m in to(sink, "www@example.com")
+                                   if b"Too many recipients (4, at most 3" in m.data], what="bounce")
+    assert bounce.mail_from in ("", "<>")
+    assert not any(to(sink, r) for r in rcpts)
+    assert not [e for e in postfix.queue() if e.queue_name == "maildrop"]
 
 
 def test_local_rate_limit_holds_the_excess_in_the_maildrop_queue(postfix, outpost, sink):
