@@ -105,7 +105,8 @@ def main() -> int:
     abuse_desk = SmtpSink().start()
     config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n"
                       f"reports: {{spool_dir: {work}/reports, poll_interval: 0.5, "
-                      f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}}}\n" + CONFIG)
+                      f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}, listener_auth: none}}\n"
+                      + CONFIG)
 
     mta_class = PostfixInstance if args.mta == "postfix" else SendmailInstance
     postfix = mta_class(work / args.mta, sink_port=sink.port)

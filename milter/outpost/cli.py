@@ -94,6 +94,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except DkimKeyError as exc:
             print(f"outpost: configuration error: {args.config}: dkim: {exc}", file=sys.stderr)
             return 2
+    if config.reports is not None:
+        problem = config.reports.listener_problem()
+        if problem is not None:
+            raise ConfigError(f"{args.config}: {problem}")
+        warning = config.reports.listener_warning()
+        if warning is not None:
+            print(f"outpost: warning: {args.config}: {warning}", file=sys.stderr)
     nets = sum(len(u.ips) for u in config.users)
     print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
           f"{len(config.domains)} domains)")

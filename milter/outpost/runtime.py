@@ -78,6 +78,10 @@ class Runtime:
             raise StartupError(str(exc)) from None
         reporter = None
         if config.reports is not None:
+            problem = config.reports.listener_problem()
+            if problem is not None:
+                store.close()
+                raise StartupError(problem)
             from .effects.reports import Spool, SpoolError
             try:
                 reporter = Spool.from_settings(config.reports).put

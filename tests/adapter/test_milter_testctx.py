@@ -119,7 +119,7 @@ def test_internal_error_at_connect_answers_451_at_mail_from(runtime, monkeypatch
     at MAIL FROM (never accepts it unfiltered), and the next session is fine."""
     real = runtime.policy.connect
 
-    def broken(session, addr, hostname=""):
+    def broken(session, addr, hostname="", client_port=None):
         raise KeyError("boom")
 
     monkeypatch.setattr(runtime.policy, "connect", broken)

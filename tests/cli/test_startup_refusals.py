@@ -35,7 +35,7 @@ def setup(tmp_path):
             secret_file: {secret_path}
             store: sqlite:///{tmp_path}/state.db
             report_abuse_to: abuse@example.net
-            reports: {{spool_dir: {tmp_path}/reports}}
+            reports: {{spool_dir: {tmp_path}/reports, listener_auth: none}}
             domains:
               - {{name: example.com, dkim: {{selector: s1, key: {key_path}}}}}
             users:

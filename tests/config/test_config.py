@@ -35,7 +35,7 @@ def error_of(text: str) -> str:
 def test_shipped_example_is_valid():
     config = load_config(EXAMPLE)
     names = [u.name for u in config.users]
-    assert names == ["webfarm", "example.org", "alice"]
+    assert names == ["webfarm", "example.org", "alice", "scripts"]
     webfarm = config.users[0]
     assert [str(n) for n in webfarm.ips] == ["192.0.2.0/28", "2001:db8::/64"]
     assert webfarm.identity_headers[1].regex.pattern == r"^(\d+):"
@@ -48,6 +48,8 @@ def test_shipped_example_is_valid():
     assert [(k.selector, k.algorithm) for k in config.domains[0].dkim] == [("s2026", "rsa"), ("ed2026", "ed25519")]
     assert config.spf.egress_ips == ("198.51.100.7", "2001:db8::25") and config.spf.fail_action == "tag"
     assert config.reports.to == "abuse@example.net" and config.reports.smtp.port == 10587
+    assert config.reports.listener_auth == "sasl" and config.reports.smtp.username == "outpost-reports"
+    assert config.users[3].type == "local" and config.users[3].domains == {"example.com"}
 
 
 def test_error_names_path_and_line():
@@ -129,7 +131,7 @@ def test_parse_rate(text, limit, window):
 def test_check_config_cli_exit_codes(tmp_path, capsys):
     from outpost.cli import main
     good = tmp_path / "good.yaml"
-    good.write_text(BASE)
+    good.write_text(BASE + "reports: {enabled: false}\n")
     assert main(["check-config", "-c", str(good)]) == 0
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE.replace("192.0.2.0/28", "192.0.2.300"))

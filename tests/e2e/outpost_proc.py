@@ -72,7 +72,8 @@ class Outpost:
     def write_config(self, text: str) -> None:
         head = f"secret_file: {self.secret_file}\nstore: {self.store}\n"
         if "\nreports:" not in "\n" + text:          # keep test reports out of /var/spool
-            head += f"reports: {{spool_dir: {self.dir}/reports, smtp: {{port: 9}}}}\n"
+            head += (f"reports: {{spool_dir: {self.dir}/reports, smtp: {{port: 9}}, "
+                     f"listener_auth: none}}\n")
         self.config_path.write_text(head + text)
 
     def start(self) -> "Outpost":

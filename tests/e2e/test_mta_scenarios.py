@@ -37,6 +37,7 @@ CONFIG = textwrap.dedent("""\
     reports:
       spool_dir: {spool}
       smtp: {{host: 127.0.0.1, port: {report_port}}}
+      listener_auth: none
       poll_interval: 0.3
     users:
       - name: webfarm

@@ -22,7 +22,7 @@ from tests.services.smtp import send
 from .outpost_proc import Outpost
 
 
-def config(reports_port: int, spool: Path, max_per_hour: int = 10) -> str:
+def config(smtp: str, spool: Path, max_per_hour: int = 10) -> str:
     return textwrap.dedent(f"""\
         hostname: relay.example.net
         report_abuse_to: abuse@example.net
@@ -30,7 +30,7 @@ def config(reports_port: int, spool: Path, max_per_hour: int = 10) -> str:
         reports:
           spool_dir: {spool}
           from_addr: outpost@relay.example.net
-          smtp: {{host: 127.0.0.1, port: {reports_port}, timeout: 10s}}
+          smtp: {smtp}
           max_per_hour: {max_per_hour}
           poll_interval: 0.3
           retry_initial: 0.5
@@ -48,7 +48,7 @@ def config(reports_port: int, spool: Path, max_per_hour: int = 10) -> str:
 @pytest.fixture
 def outpost(postfix, tmp_path_factory):  # noqa: F811
     spool = Path("/tmp") / f"outpost-spool-{time.time_ns()}"
-    proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool)).start()
+    proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool)).start()
     proc.spool = spool
     yield proc
     proc.stop(graceful=False)
@@ -121,7 +121,9 @@ def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):  # n
     port = relay.port
     relay.stop()
     spool = Path("/tmp") / f"outpost-spool-down-{time.time_ns()}"
-    proc = Outpost(postfix.milter_socket, config(port, spool)).start()
+    plain = config(f"{{host: 127.0.0.1, port: {port}, timeout: 10s}}", spool).replace(
+        "reports:\n", "reports:\n  listener_auth: none\n")        # a sink, not the MTA's listener
+    proc = Outpost(postfix.milter_socket, plain).start()
     try:
         for _ in range(3):
             assert spam_from(postfix, "alice@example.com").code == 550
@@ -154,7 +156,7 @@ def delivered_incidents(sink) -> int:
 
 def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
     spool = Path("/tmp") / f"outpost-spool-storm-{time.time_ns()}"
-    proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool, max_per_hour=3)).start()
+    proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool, max_per_hour=3)).start()
     try:
         for _ in range(100):                          # 100 blocks within a minute
             assert spam_from(postfix, "storm@example.com").code == 550

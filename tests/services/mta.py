@@ -39,6 +39,39 @@ class MtaInstance:
         self.require_tls = require_tls
         self.milter = f"unix:{self.milter_dir / 'outpost.sock'}" if milter is None else milter
 
+    #: The SASL login the shipped report listener admits (contrib master.cf
+    #: and outpost.mc).
+    report_login = "outpost-reports"
+
+    @property
+    def report_password_file(self) -> Path:
+        """Outpost's ``reports.smtp.password_file`` for this instance."""
+        return self.base_dir / "report-password"
+
+    def _make_report_credential(self) -> None:
+        """Create the report listener's SASL login and its password file
+        (mode 0600, as Outpost requires), once per instance."""
+        if self.report_password_file.exists():
+            return
+        password = os.urandom(12).hex()
+        fd = os.open(self.report_password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        self.add_sasl_user(self.report_login, password)
+
+    @property
+    def report_password(self) -> str:
+        """The report listener's password (first line of report_password_file)."""
+        return self.report_password_file.read_text().splitlines()[0]
+
+    def reports_yaml(self) -> str:
+        """Outpost's ``reports.smtp`` mapping for this instance's report listener."""
+        return (f"{{host: 127.0.0.1, port: {self.reports_port}, username: {self.report_login}, "
+                f"password_file: {self.report_password_file}}}")
+
+    def add_sasl_user(self, login: str, password: str) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
     @property
     def milter_socket(self) -> Path | None:
         """Filesystem path of a ``unix:`` milter socket, else None."""

@@ -43,6 +43,7 @@ DEFAULT_MYNETWORKS = ("127.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24", "203.0.1
 #: Socket the shipped fragments name; the harness replaces it.
 SHIPPED_MILTER = "unix:/run/outpost/outpost.sock"
 
+
 #: Shipped service name -> attribute of PostfixInstance holding its port.
 SERVICE_PORTS = {
     ("master.cf", "submission"): "submission_port",
@@ -376,6 +377,9 @@ class PostfixInstance(MtaInstance):
         self.milter_dir.chmod(0o755)
         shutil.chown(self.data_dir, "postfix", "postfix")
         self._write_config()
+        # Lookup tables the shipped main.cf names under $config_directory.
+        for table in self.contrib_dir.glob("*.regexp"):
+            shutil.copyfile(table, self.config_dir / table.name)
         (self.config_dir / "sasl" / "smtpd.conf").write_text(
             "pwcheck_method: auxprop\nauxprop_plugin: sasldb\n"
             f"mech_list: PLAIN LOGIN\nsasldb_path: {self.sasldb_path}\n")
@@ -386,6 +390,7 @@ class PostfixInstance(MtaInstance):
                   "-keyout", str(self.tls_dir / "key.pem"),
                   "-out", str(self.tls_dir / "cert.pem")])
         self._built = True
+        self._make_report_credential()          # reports_yaml(): Outpost's side of it
 
     # ------------------------------------------------------------ control
 

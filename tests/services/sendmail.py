@@ -212,8 +212,9 @@ def access_prefixes(networks: Iterable[str]) -> list[str]:
 
 
 def render_fragment(text: str, *, milter: str, submission_port: int,
-                    addr: str = "127.0.0.1") -> str:
-    """The shipped fragment with the milter socket and the MSA port swapped.
+                    addr: str = "127.0.0.1", reports_port: int | None = None) -> str:
+    """The shipped fragment with the milter socket and the MSA port (and,
+    given ``reports_port``, the report daemon's port 10587) swapped.
 
     ``milter=""`` drops the ``INPUT_MAIL_FILTER`` line (no filter).
     """
@@ -226,6 +227,10 @@ def render_fragment(text: str, *, milter: str, submission_port: int,
         text = text.replace(f"S={SHIPPED_MILTER}", f"S={milter}")
     else:
         text = re.sub(r"(?m)^INPUT_MAIL_FILTER\(.*\n", "", text)
+    if reports_port is not None:
+        if "Port=10587, Addr=127.0.0.1, Name=OutpostReports" not in text:
+            raise SendmailError("contrib outpost.mc has no report daemon on 10587; update the harness")
+        text = text.replace("Port=10587, Addr=127.0.0.1", f"Port={reports_port}, Addr=127.0.0.1")
     return text.replace("Port=submission", f"Port={submission_port}, Addr={addr}")
 
 
@@ -336,6 +341,7 @@ class SendmailInstance(MtaInstance):
         self.dist = dist or SendmailDist()
         self.submission_port = free_port()
         self.relay_port = free_port()
+        self.reports_port = free_port()        # the report daemon (no filter, AUTH only)
         self._syslog = _SyslogReceiver(self.base_dir / "log.sock", self.maillog_path)
         self._built = False
 
@@ -344,14 +350,16 @@ class SendmailInstance(MtaInstance):
     @property
     def ports(self) -> dict[str, int]:
         """``{attribute name: port}`` of every listener."""
-        return {"submission_port": self.submission_port, "relay_port": self.relay_port}
+        return {"submission_port": self.submission_port, "relay_port": self.relay_port,
+                "reports_port": self.reports_port}
 
     # ------------------------------------------------------------- config
 
     def rendered_fragment(self) -> str:
         """The shipped fragment as this instance uses it."""
         return render_fragment(self.fragment.read_text(), milter=self.milter,
-                               submission_port=self.submission_port)
+                               submission_port=self.submission_port,
+                               reports_port=self.reports_port)
 
     def mc(self) -> str:
         """The instance's ``sendmail.mc`` (it includes ``etc/outpost.mc``)."""
@@ -449,6 +457,7 @@ class SendmailInstance(MtaInstance):
             (self.tls_dir / "key.pem").chmod(0o600)
         self._write_config()
         self._built = True
+        self._make_report_credential()          # reports_yaml(): Outpost's side of it
 
     # ------------------------------------------------------------ control
 

@@ -126,7 +126,8 @@ def test_ip_relay_listener_by_client_address(postfix: PostfixInstance, sink: Smt
 
 
 def test_reports_listener_bypasses_the_milter(postfix: PostfixInstance, sink: SmtpSink) -> None:
-    result = smtp.send(postfix.reports_port, mail_from="abuse@outpost.example")
+    result = smtp.send(postfix.reports_port, mail_from="abuse@outpost.example",
+                       login=postfix.report_login, password=postfix.report_password)
     assert result.accepted, result
     (msg,) = sink.wait_for(1)
     assert msg.mail_from == "abuse@outpost.example"

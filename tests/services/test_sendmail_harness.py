@@ -210,10 +210,14 @@ def test_config_includes_the_shipped_fragment(sendmail: SendmailInstance) -> Non
         (sendmail.fragment).read_text(), milter="", submission_port=1)
 
 
+REPORTS_DAEMON = "Port=10587, Addr=127.0.0.1, Name=OutpostReports, M=Ea, InputMailFilters="
+
+
 @pytest.mark.parametrize("before, daemons", [
-    ("", ["Name=MTA", "Port=submission, Name=MSA, M=Ea"]),
+    ("", ["Name=MTA", "Port=submission, Name=MSA, M=Ea", REPORTS_DAEMON]),
     ("DAEMON_OPTIONS(`Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1')dnl",
-     ["Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1", "Port=submission, Name=MSA, M=Ea"]),
+     ["Family=inet, Name=MTA-v4, Port=smtp, Addr=127.0.0.1", "Port=submission, Name=MSA, M=Ea",
+      REPORTS_DAEMON]),
 ])
 def test_shipped_fragment_in_a_plain_mc(sendmail: SendmailInstance, tmp_path, before: str,
                                         daemons: list[str]) -> None:

@@ -185,7 +185,11 @@ class OutpostMilter(Milter.Base):
             addr = self._macro("{client_addr}")
             if addr is None and family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
                 addr = hostaddr[0] if isinstance(hostaddr, tuple) else str(hostaddr)
-            d = self.policy.connect(self.session, addr, hostname or "")
+            # The port comes with the connect command itself (Postfix says 0
+            # for mail without an SMTP client, see Policy.connect).
+            port = (hostaddr[1] if isinstance(hostaddr, tuple) and len(hostaddr) > 1
+                    and family in (socket.AF_INET, socket.AF_INET6) else self._macro("{client_port}"))
+            d = self.policy.connect(self.session, addr, hostname or "", port)
         except Exception:  # noqa: BLE001 - refuse the session's mail, never accept it unfiltered
             log.exception("internal error at connect (client=%s); MAIL FROM will get 451 4.3.0",
                           self.session.client_ip or "-")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-USER_TYPES = ("ip", "domain", "login")
+USER_TYPES = ("ip", "domain", "login", "local")
 HEADER_FROM_MODES = ("enforce", "warn", "off")
 MODES = ("enforce", "monitor")
 STORE_ERROR_POLICIES = ("tempfail", "accept", "local")
@@ -125,7 +125,7 @@ class UserPolicy:
 @dataclass(frozen=True)
 class User:
     name: str
-    type: str                                  # ip | domain | login
+    type: str                                  # ip | domain | login | local
     ips: tuple[IPNetwork, ...] = ()
     logins: tuple[str, ...] = ()
     domains: frozenset[str] = frozenset()      # sender domains this user may use

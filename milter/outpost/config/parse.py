@@ -405,6 +405,7 @@ def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User
     names: dict[str, Node] = {}
     networks: dict[IPNetwork, str] = {}
     logins: dict[str, str] = {}
+    local: Optional[str] = None
     for item in node.items():
         fields = item.mapping(USER_KEYS, required=("name", "type"))
         name = fields["name"].str().strip()
@@ -418,6 +419,14 @@ def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User
 
         ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
         user_logins = _claimed(item, fields, "logins", "login", utype, name, logins, _login_item)
+        if utype == "local":
+            # Mail from sendmail(1) carries no key to tell two local users apart.
+            if local is not None:
+                raise fields["type"].error(f"only one user of type local ('{local}' is one)")
+            local = name
+            if "connection_limit" in fields:
+                raise fields["connection_limit"].error(
+                    "connection_limit is for SMTP clients; local submissions have none")
 
         if utype == "domain":
             dom = _domain_name(fields["name"])

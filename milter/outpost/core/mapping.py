@@ -1,4 +1,5 @@
-"""Who is sending: SMTP AUTH login → domain → longest-prefix client network.
+"""Who is sending: SMTP AUTH login → domain → longest-prefix client network;
+mail submitted on the relay itself (sendmail(1), no client) → the ``local`` user.
 
 :class:`UserIndex` is built once per configuration.  Network lookup is a hash
 probe per distinct prefix length (longest first): at most 33 probes for IPv4
@@ -95,6 +96,7 @@ class UserIndex:
         self._logins: dict[str, User] = {}
         self._domains: dict[str, User] = {}
         self._networks: PrefixTable[User] = PrefixTable()
+        self.local: Optional[User] = None      # the one user of type local
         nets = []
         for user in users:
             self.by_name[user.name] = user
@@ -102,6 +104,8 @@ class UserIndex:
                 self._logins[login.lower()] = user
             if user.type == "domain":
                 self._domains[user.name] = user
+            elif user.type == "local":
+                self.local = user
             nets.extend((net, user) for net in user.ips)
         self._networks.add_many(nets)
 
@@ -118,16 +122,23 @@ class UserIndex:
     def by_ip(self, addr: Optional[IPAddress]) -> Optional[User]:
         return self._networks.lookup(addr) if addr is not None else None
 
-    def resolve(self, login: Optional[str], addr: Optional[IPAddress]) -> tuple[Optional[User], str]:
-        """(user, how) where how is 'login', 'domain', 'ip' or '' (unmapped).
+    def resolve(self, login: Optional[str], addr: Optional[IPAddress],
+                local: bool = False) -> tuple[Optional[User], str]:
+        """(user, how) where how is 'login', 'domain', 'ip', 'local' or ''
+        (unmapped).
 
         The order is: exact login, the ``domain`` user of the login's domain,
         then the longest-prefix network of the client address.  A login that
         maps to nothing still passes from a mapped network (that network is
-        authorised whoever logs in); elsewhere it is refused."""
+        authorised whoever logs in); elsewhere it is refused.  Mail submitted
+        on the relay itself (``local``: sendmail(1), no SMTP client) maps to
+        the ``local`` user, never through a network: the loopback address the
+        MTA reports for it is not a client."""
         if login:
             user = self.by_login(login)
             if user is not None:
                 return user, ("domain" if user.type == "domain" else "login")
+        if local:
+            return (self.local, "local") if self.local is not None else (None, "")
         user = self.by_ip(addr)
         return (user, "ip") if user is not None else (None, "")

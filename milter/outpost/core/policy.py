@@ -164,16 +164,26 @@ class Policy:
         return self.index.by_name.get(msg.user_name) if msg.user_name else None
 
     # -- connection -----------------------------------------------------------------
-    def connect(self, session: Session, client_addr: Optional[str], hostname: str = "") -> Decision:
+    def connect(self, session: Session, client_addr: Optional[str], hostname: str = "",
+                client_port: Optional[str] = None) -> Decision:
         """Take the connection's slot.  Never refuses here: the MTA is not
         kept waiting for this stage (no reply), and a refusal (too many
         connections, store down) is kept in ``session.refusal`` and answered
-        at the first MAIL FROM, where the client sees our text."""
+        at the first MAIL FROM, where the client sees our text.
+
+        Port 0 on loopback is Postfix's stand-in client for mail that came
+        with no SMTP client at all (``non_smtpd_milters``: sendmail(1),
+        ``sendmail -bs``): no TCP connection has port 0.  Such a session is
+        *local*: it maps to the ``local`` user only, and is never refused
+        at RCPT TO (see :meth:`rcpt`)."""
         addr = parse_client_ip(client_addr)
         session.client_ip = str(addr) if addr is not None else None
         session.hostname = hostname or ""
         if addr is None:
-            return CONTINUE                    # local submission (unix socket): no per-IP limit
+            return CONTINUE                    # unix-socket client: no per-IP limit
+        if str(client_port).strip() == "0" and addr.is_loopback:
+            session.local = True
+            return CONTINUE                    # no client: no per-IP limit
         ip_user = self.index.by_ip(addr)
         session.ip_user = ip_user.name if ip_user else None
         limit = (ip_user.policy.connection_limit if ip_user else None) or self.config.connection_limit
@@ -222,9 +232,10 @@ class Policy:
         if session.refusal is not None:
             return session.refusal
         ip = parse_client_ip(session.client_ip)
-        user, how = self.index.resolve(login, ip)
+        user, how = self.index.resolve(login, ip, local=session.local)
         if user is None:
-            who = f"Login {login}" if login else (session.client_ip or "unknown client")
+            who = (f"Login {login}" if login else "Local submission (sendmail)" if session.local
+                   else (session.client_ip or "unknown client"))
             return self._block(msg, None, reject(
                 "550", "5.7.1", f"{who} is not an authorized outgoing sender", "unknown_sender"))
         msg.user_name, msg.mapped_by = user.name, how
@@ -268,6 +279,12 @@ class Policy:
             return CONTINUE
         user = self.user_of(msg)
         addr, _ = split_address(recipient)
+        if session.local:
+            # Postfix: a non_smtpd milter must not refuse a recipient (the
+            # message would stick in the queue as a configuration error).
+            # Locks and limits are decided at the end of the message.
+            msg.recipients.append(addr)
+            return CONTINUE
         if user is not None and addr.lower() not in self._contacts:
             d = self._lock_decision(msg, user)   # the user's lock; the identity's once known
             if d is not None:
@@ -357,8 +374,18 @@ class Policy:
                             add_headers=self._would_header(msg))
         user = self.user_of(msg)
         assert user is not None
-        if not msg.identity:
-            msg.identity = self._identity(msg, user)
+        if session.local:                     # what RCPT TO could not refuse (see rcpt)
+            limit = user.policy.limits.max_recipients
+            if limit is not None and len(msg.recipients) > limit:
+                # Permanent: a tempfailed local message stays in the maildrop
+                # queue and comes back every minute.
+                d = self._block(msg, user, reject(
+                    "550", "5.5.3", f"Too many recipients ({len(msg.recipients)}, at most {limit} "
+                    "per message)", "max_recipients"))
+                if d.blocks:
+                    return d
+        if not msg.identity or session.local:
+            msg.identity = msg.identity or self._identity(msg, user)
             if not all(r.lower() in self._contacts for r in msg.recipients):
                 d = self._lock_decision(msg, user)
                 if d is not None:

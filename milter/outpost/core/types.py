@@ -64,7 +64,7 @@ class Message:
     sender_domain: str = ""
     login: Optional[str] = None
     user_name: Optional[str] = None
-    mapped_by: str = ""                  # login | domain | ip
+    mapped_by: str = ""                  # login | domain | ip | local
     identity: str = ""                   # end user inside the user
     recipients: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)   # at most max_headers kept
@@ -94,6 +94,7 @@ class Session:
     """One SMTP connection."""
 
     client_ip: Optional[str] = None      # normalised text (IPv4-mapped → IPv4), None if unknown
+    local: bool = False                  # Postfix's non-SMTP mail (sendmail(1), pickup): no client
     hostname: str = ""
     helo: str = ""
     slot: Optional[str] = None           # connection slot held in the store

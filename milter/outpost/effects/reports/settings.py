@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -62,13 +63,32 @@ class SmtpSettings:
             raise ValueError("reports.smtp: AUTH to a remote relay needs starttls: true")
 
     def password(self) -> Optional[str]:
-        """Read the AUTH password (first line of ``password_file``)."""
+        """Read the AUTH password (first line of ``password_file``).  The
+        file must be a regular file that neither group nor others can read
+        (the rule for DKIM keys): it is what keeps other local processes off
+        the unfiltered report listener."""
         if self.password_file is None:
             return None
         with open(self.password_file, encoding="utf-8") as fh:
-            if os.fstat(fh.fileno()).st_mode & 0o004:
-                raise PermissionError(f"{self.password_file} is readable by others")
-            return fh.readline().rstrip("\r\n")
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise PermissionError(f"{self.password_file} is not a regular file")
+            if st.st_mode & 0o077:
+                raise PermissionError(f"{self.password_file}: mode {stat.S_IMODE(st.st_mode):04o} "
+                                      "gives access to group/others; chmod 600")
+            password = fh.readline().rstrip("\r\n")
+        if not password:
+            raise PermissionError(f"{self.password_file}: the first line (the password) is empty")
+        return password
+
+
+LISTENER_AUTH = ("sasl", "none")
+
+#: check-config's warning for ``listener_auth: none``.
+PLAIN_LISTENER_WARNING = (
+    "reports.listener_auth is none: reports go to {host}:{port} without SMTP AUTH, so any "
+    "process on that host that can reach the listener relays mail past Outpost (the report "
+    "listener has no milter); use SMTP AUTH (see contrib/postfix/master.cf)")
 
 
 @dataclass(frozen=True)
@@ -113,8 +133,15 @@ class ReportSettings:
     max_list: int = 100              # recipients / queue ids / evidence shown
     poll_interval: float = 5.0       # run_forever: pause between passes
     hostname: str = ""               # '' -> socket.getfqdn()
+    #: How the report listener keeps other local processes out: ``sasl``
+    #: (smtp.username + password_file, the contrib default) or ``none``
+    #: (plain loopback: any local process can relay through the listener).
+    listener_auth: str = "sasl"
 
     def __post_init__(self) -> None:
+        if self.listener_auth not in LISTENER_AUTH:
+            raise ValueError(f"reports.listener_auth: {self.listener_auth!r} is not one of "
+                             f"{', '.join(LISTENER_AUTH)}")
         check_address(self.to, "reports.to")
         host = self.hostname or _default_hostname()
         if not _HOST_RE.match(host):
@@ -144,3 +171,26 @@ class ReportSettings:
             raise ValueError("reports.max_list must be >= 1")
         if not self.poll_interval > 0:
             raise ValueError("reports.poll_interval must be > 0")
+
+    def listener_problem(self) -> Optional[str]:
+        """Why reports cannot go to an authenticated listener as configured
+        (None when they can, or when ``listener_auth: none`` says plain)."""
+        if self.listener_auth == "none":
+            return None
+        smtp = self.smtp
+        if smtp.username is None:
+            return ("reports: the report listener needs SMTP AUTH (listener_auth: sasl): set "
+                    "reports.smtp.username and reports.smtp.password_file (see "
+                    "contrib/postfix/master.cf), or reports.listener_auth: none for plain "
+                    "loopback (any local process can then relay through that listener)")
+        try:
+            smtp.password()
+        except OSError as exc:
+            return f"reports.smtp.password_file: {exc}"
+        return None
+
+    def listener_warning(self) -> Optional[str]:
+        """check-config's warning for a plain (unauthenticated) listener."""
+        if self.listener_auth != "none":
+            return None
+        return PLAIN_LISTENER_WARNING.format(host=self.smtp.host, port=self.smtp.port)
