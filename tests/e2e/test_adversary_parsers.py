@@ -29,13 +29,19 @@ CONFIG = textwrap.dedent("""\
         domains: [example.com]
       - name: strasse
         type: ip
-        ips: [198.51.100.0/24]
+        ips: [198.51.100.0/25]
         domains: [strasse.de]
       - name: watcher
         type: ip
         ips: [192.0.2.0/24]
         domains: [watch.example]
         mode: monitor
+        limits: {messages: ["1/1h"]}
+      - name: limited
+        type: ip
+        ips: [198.51.100.128/25]
+        domains: [example.com]
+        limits: {messages: ["1/1h"]}
     """)
 
 #: Bytes that must never reach a reply, a stamped header or a log line.
@@ -221,10 +227,23 @@ def test_strasse_customer_cannot_send_as_strasse_with_sharp_s(relay):
 
 def test_controls_in_mail_from_never_reach_the_reply(relay):
     pf, op, sink = relay
-    s = raw_session(pf, b"ADDR=203.0.113.9")
+    sender = "y\x85\u2028\x1bz@example.com".encode()      # Postfix lets these through in the local part
+    sink.clear()
+    s = raw_session(pf, b"ADDR=198.51.100.200")
     try:
-        # a domain that does not encode (soft hyphen, then a C1 control and U+2028)
-        code, lines = s.cmd("MAIL FROM:<x@ev\u00adil\u200b.example> SMTPUTF8".encode())
+        assert s.cmd(b"MAIL FROM:<" + sender + b"> SMTPUTF8")[0] == 250
+        assert s.cmd(b"RCPT TO:<x@dest.example>")[0] == 250
+        assert s.cmd(b"DATA")[0] == 354
+        assert s.cmd(head(b"z@example.com") + b".")[0] == 250
+        sink.wait_for(1, timeout=30)
+        # the second message of this identity hits its limit: the reply names the identity
+        assert s.cmd(b"MAIL FROM:<" + sender + b"> SMTPUTF8")[0] == 250
+        code, lines = s.cmd(b"RCPT TO:<x@dest.example>")
+        assert code == 451 and lines[-1].startswith(b"451 4.7.1 Too many messages from y"), lines
+        assert_clean_reply(lines)
+        assert s.cmd(b"RSET")[0] == 250
+        # a domain that does not encode as IDNA 2008 (soft hyphen, word joiner)
+        code, lines = s.cmd("MAIL FROM:<x@ev\u00adil\u2060.example> SMTPUTF8".encode())
         assert code == 550 and lines[-1].startswith(b"550 5.7.1 Sender domain"), lines
         assert_clean_reply(lines)
         # Postfix itself refuses C0/C1 controls and U+2028 in the domain (501 5.1.7)
@@ -261,26 +280,36 @@ def monitored(pf, mail_from: bytes, message: bytes) -> None:
         s.close()
 
 
+def stamped_lines(m) -> list[bytes]:
+    header_block = m.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    return [line for line in header_block.split(b"\r\n")
+            if line.lower().startswith((b"x-outpost-", b"x-originating-ip", b"x-report-abuse-to"))]
+
+
 def test_c1_and_line_separators_never_reach_stamped_headers_or_logs(relay):
     pf, op, sink = relay
     sink.clear()
     # monitor mode: refusals are stamped as X-Outpost-Would; for the null
     # sender X-Outpost-Domain is the header From's domain
-    monitored(pf, b"", head("x@other\x85\u2028\u2029.example".encode()))
+    monitored(pf, b"", head("x@oth\x9ber\u2028.example".encode()))
     [m] = sink.wait_for(1, timeout=30)
-    header_block = m.data.split(b"\r\n\r\n", 1)[0]
-    stamped = [line for line in header_block.split(b"\r\n")
-               if line.lower().startswith((b"x-outpost-", b"x-originating-ip", b"x-report-abuse-to"))]
-    assert any(line.startswith(b"X-Outpost-Would:") for line in stamped), header_block
-    assert any(line.startswith(b"X-Outpost-Domain:") for line in stamped), header_block
+    stamped = stamped_lines(m)
+    assert any(line.startswith(b"X-Outpost-Would: reject (header_from") for line in stamped), stamped
+    assert any(line.startswith(b"X-Outpost-Domain:") for line in stamped), stamped
     for line in stamped:
         assert not any(bad in line for bad in UNCLEAN), line
-    # Postfix lets controls through in the local part of MAIL FROM: not into the log
-    sink.clear()
-    monitored(pf, "x\x85\u2028\x1bmark@watch.example".encode(), head(b"x@watch.example"))
-    sink.wait_for(1, timeout=30)
+    # Postfix lets controls through in the local part of MAIL FROM: not into
+    # the log, nor into the would-be limit refusal naming the identity
+    sender = "x\x85\u2028\x1bmark@watch.example".encode()
+    for _ in range(2):
+        sink.clear()
+        monitored(pf, sender, head(b"x@watch.example"))
+        [m] = sink.wait_for(1, timeout=30)
+    stamped = stamped_lines(m)
+    assert any(b"Too many messages from x" in line for line in stamped), stamped
+    for line in stamped:
+        assert not any(bad in line for bad in UNCLEAN), line
     log = op.log().encode("utf-8", "surrogateescape")
-    assert b"mark@watch.example" in log
     lines = [line for line in log.splitlines() if b"user=watcher" in line]
-    assert len(lines) >= 2, lines
+    assert len(lines) >= 3 and any(b"mark@watch.example" in line for line in lines), lines
     assert not any(bad in line for line in lines for bad in UNCLEAN), lines
