@@ -35,6 +35,23 @@ _ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 OLD_SIMPLE_FROM = re.compile(rf"^\s*(?:[^\"<>@,;:\\()\[\]]*?\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*$")
 REGISTRY = HeaderRegistry()
 
+# The spam engine's regexes over message text before they were bounded
+# (spam/bayes.py, rules.py, bulk.py), with the current ones, on long runs.
+_OLD_ADDR = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
+_OLD_QUOTE = re.compile(r"^\s*>.*$", re.MULTILINE)
+_OLD_YAHOO = re.compile(rb"-{3,} Yahoo! Groups Sponsor -{3,}.{0,3000}?-{20,}~->", re.DOTALL)
+
+
+def spam_regexes():
+    from outpost.spam import bayes, bulk, rules
+    return [
+        ("bayes/bulk/rules address", _OLD_ADDR, bayes._ADDR_RE, "a", "findall"),
+        ("bulk address", _OLD_ADDR, bulk._EMAIL_RE, "a", "findall"),
+        ("rules address in name", _OLD_ADDR, rules._EMAIL_IN_NAME_RE, "-", "findall"),
+        ("bulk quoted lines", _OLD_QUOTE, bulk._QUOTE_RE, "\n", "findall"),
+        ("bayes list footer", _OLD_YAHOO, bayes._LIST_FOOTER_RES[2], "-", "sub"),
+    ]
+
 
 def hostile(n: int) -> dict[str, str]:
     """From values of about ``n`` characters."""
@@ -128,6 +145,16 @@ def main() -> None:
         sp = cpu(spam_parser, small[name])
         _, reply = addresses.header_from_address([value])
         print(f"{name:28s} {new:9.5f} {reg:9.4f} {rx:9.4f} {sp:9.4f}  {reply or 'accepted'}")
+
+    print(f"\nSpam engine regexes on a run of {args.old_size} characters (old pattern; current "
+          f"pattern on {args.size})")
+    for name, old, new, unit, how in spam_regexes():
+        def run(rx, n):
+            text = unit * n
+            if isinstance(rx.pattern, bytes):
+                text = text.encode()
+            return cpu(rx.findall if how == "findall" else (lambda t: rx.sub(b"", t)), text)
+        print(f"{name:28s} old {run(old, args.old_size):8.4f} s   now {run(new, args.size):8.4f} s")
 
     print("\nCostliest shapes the email parsers still see (just under MAX_FROM and "
           "MAX_PIECES), 998-octet lines and just over the limits, through the new parser (uncached)")

@@ -164,6 +164,24 @@ def test_huge_from_refused_at_once_and_next_message_served(relay, name, from_val
     still_serving(pf, sink)
 
 
+@pytest.mark.parametrize("name,body", [
+    ("a 100 KB word", b"a" * 100_000 + b"\r\n"),
+    ("100 KB of dashes", b"-" * 100_000 + b"\r\n"),
+])
+def test_spam_engine_linear_on_long_runs(relay, name, body):
+    # the spam engine's address and quote regexes were quadratic on long runs
+    # (about 30 s of CPU for a 100 KB word)
+    pf, op, sink = relay
+    sink.clear()
+    before = workers_cpu(op)
+    r = as_client(pf, "203.0.113.9", head(b"alice@example.com", b"List-Id: <l.example.com>\r\n")
+                  .replace(b"\r\nHello.\r\n", b"\r\n" + body))
+    spent = workers_cpu(op) - before
+    assert r.accepted, (name, r)
+    assert spent < 2.0, f"{name}: the workers spent {spent:.1f} s of CPU"
+    sink.wait_for(1, timeout=30)
+
+
 # -- item 4: From headers that receivers read differently ----------------------------------
 
 @pytest.mark.parametrize("from_value", [
