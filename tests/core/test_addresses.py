@@ -133,6 +133,14 @@ def test_deeply_nested_comments_refused_not_crashing(value):
     assert header_from_address([value]) == (None, BAD_FROM)
 
 
+def test_read_addresses_survives_nested_comments():
+    deep = "(" * 3000 + ")" * 3000 + "x@dest.example"
+    assert addresses.read_addresses([deep]) == []
+    assert addresses.read_address(deep) == ("", "")
+    assert addresses.read_addresses(["a@example.com, B <b@example.com>"]) == [("", "a@example.com"),
+                                                                             ("B", "b@example.com")]
+
+
 def test_nested_comments_within_the_limit_accepted():
     assert header_from_address(["(((( x )))) alice@example.com"]) == ("alice@example.com", None)
 

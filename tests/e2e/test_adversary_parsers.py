@@ -204,6 +204,18 @@ def test_ambiguous_from_refused(relay, from_value):
     assert sink.messages == []
 
 
+@pytest.mark.parametrize("header", [b"To", b"Cc", b"Reply-To"])
+def test_deeply_nested_comments_in_other_address_headers_do_not_tempfail(relay, header):
+    # the spam engine's address checks raised RecursionError: 451 for ever
+    pf, op, sink = relay
+    sink.clear()
+    deep = b"(" * 1500 + b")" * 1500 + b"x@dest.example"
+    r = as_client(pf, "203.0.113.9", head(b"alice@example.com", header + b": " + deep + b"\r\n"))
+    assert r.accepted, (header, r)
+    [m] = sink.wait_for(1, timeout=30)
+    assert m.headers("X-Outpost-User") == ["alice"]
+
+
 def test_plain_and_quoted_from_still_accepted(relay):
     pf, op, sink = relay
     for from_value in (b'"Smith, Alice" (work) <alice@example.com>', b"J. Smith <alice@example.com>",

@@ -108,6 +108,25 @@ def split_address(addr: str) -> tuple[str, str]:
         return addr, domain
 
 
+def read_addresses(values: list[str]) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses`` (compat32) for checks that only weigh
+    addresses (the spam engine): [] when the parser cannot read the values
+    (comments nested deeper than Python's recursion limit raised
+    RecursionError, which answered the message 451)."""
+    try:
+        return email.utils.getaddresses(values)
+    except (RecursionError, ValueError, IndexError):
+        return []
+
+
+def read_address(value: str) -> tuple[str, str]:
+    """``email.utils.parseaddr``, ('', '') when it cannot read the value."""
+    try:
+        return email.utils.parseaddr(value)
+    except (RecursionError, ValueError, IndexError):
+        return "", ""
+
+
 # -- the header From ----------------------------------------------------------------
 
 NO_FROM = Reply("550", "5.6.0", "Message has no From header")

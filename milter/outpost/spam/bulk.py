@@ -46,10 +46,10 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
+from ..core.addresses import read_addresses as getaddresses   # survives nested comments
 from ..store.base import FingerprintStats, Store, StoreError
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
 

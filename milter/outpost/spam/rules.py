@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses, parseaddr
 from typing import Optional
 
+from ..core.addresses import read_address as parseaddr, read_addresses as getaddresses   # survive nested comments
 from .base import Check, Evidence, MessageView, ScanContext
 from .message import normalise_host
 
