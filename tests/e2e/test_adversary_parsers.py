@@ -7,6 +7,7 @@ message is served."""
 
 from __future__ import annotations
 
+import os
 import socket
 import textwrap
 
@@ -93,7 +94,7 @@ def workers_cpu(op) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])          # utime, stime
-    return total / __import__("os").sysconf("SC_CLK_TCK")
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class RawSmtp:
