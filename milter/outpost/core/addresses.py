@@ -299,7 +299,7 @@ def parse_from(value: str) -> tuple[Optional[str], str]:
     """(the address of one From header value, '') or (None, why it is
     refused).  Linear: the length is checked first, then one strict pass;
     the email parsers only see bounded, well-formed values.  Cached (1 024
-    values of at most ``MAX_FROM`` characters: about 2 MB at most)."""
+    values of at most ``MAX_FROM`` characters: a few MB at most)."""
     if len(value) > MAX_FROM:
         return None, "too long"
     return _parse_from(hdr.unfold(value))
