@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .config import ConfigError, load_config
+from .core.headers import CONTROL
 from .ops import OpsError
 from .store.base import StoreError
 
@@ -58,8 +59,15 @@ class LogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)
+        message = record.getMessage()
+        if not message.isprintable():       # one line, whatever a client sent
+            message = CONTROL.sub(" ", message)
         return (f"{self.formatTime(record)} outpost[{record.process}] {record.levelname} "
-                f"{record.name}: {record.getMessage()}")
+                f"{record.name}: {message}")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # the line before a traceback: cleaned the same way
+        return CONTROL.sub(" ", super().formatMessage(record))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -336,7 +336,7 @@ def test_lock_reply_names_the_users_own_abuse_contact(codec):
     (' "Smith, Alice" <alice@example.com>', "alice@example.com"),
     (" =?utf-8?q?Caf=C3=A9?= <cafe@example.com>", "cafe@example.com"),
     (" Alice (work) <alice@example.com>", "alice@example.com"),
-    (' "x <y@evil.example>" <alice@example.com>', "alice@example.com"),
+    (' "x <y@evil.example>" <alice@example.com>', None),  # another address in the name
     (" alice@example.com <ceo@bank.example>", None),      # parsers disagree: refused
     (" <a@example.com> <b@example.com>", None),
     (" a@example.com, b@example.com", None),

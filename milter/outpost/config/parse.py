@@ -13,6 +13,7 @@ import socket
 from dataclasses import replace
 from typing import Callable, Optional
 
+from ..core.addresses import idna_domain
 from .model import (
     HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
@@ -125,11 +126,10 @@ def parse_config(text: str, file: str = "<config>") -> Config:
 # -- pieces ----------------------------------------------------------------------
 
 def _domain_name(node: Node) -> str:
-    name = node.str().strip().lower().rstrip(".")
     try:
-        name = name.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise node.error(f"'{node.value}' is not a domain name") from None
+        name = idna_domain(node.str())
+    except ValueError:
+        raise node.error(f"'{node.value}' is not a domain name (IDNA 2008)") from None
     if not _DOMAIN.match(name):
         raise node.error(f"'{node.value}' is not a domain name")
     return name

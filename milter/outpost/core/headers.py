@@ -15,7 +15,11 @@ _PREFIX_LOWER = PREFIX.lower()
 #: libmilter refuses header lines of 2048 bytes or more; keep well under.
 MAX_VALUE = 1900
 _LINE = 78
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Never in a header, log line or reply: C0 controls but TAB (CR, LF and NUL
+#: among them), DEL, C1 controls (U+0080-U+009F, NEL among them), the line and
+#: paragraph separators U+2028/2029 and the bidi embeddings, overrides and
+#: isolates (they reorder what a reader sees).
+CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _BLANKS = re.compile(r"[ \t]{2,}")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])")
 
@@ -35,13 +39,13 @@ def unfold(value: str) -> str:
 
 
 def clean(value: str, limit: int = MAX_VALUE) -> str:
-    """One-line value: CR, LF, NUL and other controls become spaces, runs of
+    """One-line value: CR, LF, NUL and other controls (``CONTROL``) become spaces, runs of
     blanks collapse, the result is cut to ``limit`` characters (ending in
     ``...``, ASCII like the rest of a header)."""
     if (len(value) <= limit and value.isprintable() and "  " not in value
             and value[:1] != " " and value[-1:] != " "):
         return value                    # nothing to clean (the common case)
-    value = _CONTROL.sub(" ", value)
+    value = CONTROL.sub(" ", value)
     value = _BLANKS.sub(" ", value).strip()
     if len(value) > limit:
         value = value[: limit - 3].rstrip() + "..."

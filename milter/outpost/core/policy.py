@@ -8,20 +8,18 @@ slots, rate-limit buckets, locks) lives in the store.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import re
 import logging
 import os
 import socket
 import time
-from email.headerregistry import HeaderRegistry
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config.model import Config, RateLimit, User
 from ..store.base import Bucket, Store, StoreError
 from . import headers as hdr
 from . import keys
+from .addresses import header_from_address, split_address
 from .idtoken import Origin, TokenCodec
 from .mapping import UserIndex, connection_key, parse_client_ip
 from .types import (
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("outpost.policy")
 msglog = logging.getLogger("outpost.message")
-
-_HEADERS = HeaderRegistry()
 
 
 def _q(value: Optional[str]) -> str:
@@ -55,63 +51,6 @@ class StoreUnavailable(Exception):
 TOO_MANY_CONNECTIONS = Reply(
     "421", "4.7.0", "Too many concurrent SMTP connections from this IP address; please try again later")
 STORE_DOWN = Reply("451", "4.3.0", "Temporary local problem; please try again later")
-
-
-@functools.lru_cache(maxsize=1024)
-def split_address(addr: str) -> tuple[str, str]:
-    """(address without <>, lower-case IDNA domain or '').  Cached: the same
-    senders and recipients come back message after message (1 024 entries:
-    at most about 2 MB, as the MTA bounds an address's length)."""
-    addr = addr.strip()
-    if addr.startswith("<") and addr.endswith(">"):
-        addr = addr[1:-1].strip()
-    if "@" not in addr:
-        return addr, ""
-    domain = addr.rsplit("@", 1)[1].strip().rstrip(".").lower()
-    if domain.startswith("[") or not domain:
-        return addr, domain
-    if domain.isascii():                # IDNA leaves ASCII labels as they are
-        return addr, domain
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
-    return addr, domain
-
-
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-#: The everyday forms only: ``a@b.example`` or ``Plain Name <a@b.example>``
-#: (no quotes, comments, groups or specials in the name).  Anything else goes
-#: through the full RFC 5322 parser of the email package.
-_SIMPLE_FROM = re.compile(rf"^\s*(?:[^\"<>@,;:\\()\[\]]*?\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*$")
-
-
-def header_from_address(values: list[str]) -> tuple[Optional[str], Optional[Reply]]:
-    """The single From address of a message, or a 5.x reply saying why not."""
-    if not values:
-        return None, Reply("550", "5.6.0", "Message has no From header")
-    if len(values) > 1:
-        return None, Reply("550", "5.6.0", "Message has more than one From header")
-    value = hdr.unfold(values[0])
-    simple = _SIMPLE_FROM.match(value)
-    if simple:
-        return simple.group(1) or simple.group(2), None
-    bad = Reply("550", "5.6.0", "The From header must hold exactly one valid address")
-    try:
-        addresses = _HEADERS("From", value).addresses
-    except (ValueError, TypeError, IndexError):
-        addresses = ()
-    if len(addresses) != 1 or not addresses[0].domain or not addresses[0].username:
-        return None, bad
-    addr = addresses[0].addr_spec
-    # Parsers disagree on malformed names ("a@x.example <b@y.example>": the
-    # email package says a@x, mail readers and DMARC say b@y): when the
-    # header has an angle address, it must be the one we found.
-    angled = re.findall(r"<\s*([^<>\s]+)\s*>", re.sub(r'"(?:[^"\\]|\\.)*"', "", value))
-    if angled and [a.lower() for a in angled] != [addr.lower()]:
-        return None, bad
-    return addr, None
 
 
 class Policy:

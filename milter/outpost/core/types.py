@@ -6,6 +6,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .headers import clean
+
+#: Longest reply text (RFC 5321 allows 512 octets a reply line).
+MAX_REPLY_TEXT = 400
+
 
 class Action(enum.Enum):
     CONTINUE = "continue"     # go on to the next stage
@@ -20,6 +25,15 @@ class Reply:
     code: str       # "550"
     xcode: str      # "5.7.1"
     text: str
+
+    def __post_init__(self) -> None:
+        # Reply text often quotes the client (MAIL FROM, a login, a domain):
+        # one line of printable ASCII, bounded, whatever was quoted.
+        text = clean(self.text, MAX_REPLY_TEXT)
+        if not text.isascii():
+            text = text.encode("ascii", "backslashreplace").decode("ascii")
+        if text != self.text:
+            object.__setattr__(self, "text", text)
 
     def __str__(self) -> str:
         return f"{self.code} {self.xcode} {self.text}"

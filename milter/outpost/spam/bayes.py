@@ -68,7 +68,7 @@ _LIST_FOOTER_RES = (
     re.compile(rb"\r?\n-{20,}\r?\nThis sf\.net e-?mail is sponsored by.{0,800}?(?=\r?\n_{20,}|\Z)",
                re.IGNORECASE | re.DOTALL),
     # Yahoo! Groups sponsor block and boilerplate
-    re.compile(rb"-{3,} Yahoo! Groups Sponsor -{3,}.{0,3000}?-{20,}~->", re.DOTALL),
+    re.compile(rb"(?<!-)-{3,} Yahoo! Groups Sponsor -{3,}.{0,3000}?-{20,}~->", re.DOTALL),  # linear: starts a dash run
     re.compile(rb"To unsubscribe from this group, send an email to:.{0,400}?"
                rb"Your use of Yahoo! Groups is subject to\s+\S+", re.DOTALL),
 )
@@ -83,7 +83,10 @@ CORPUS_OWNER_RE = re.compile(
 
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _WORD_RE = re.compile(r"[^\W_][\w'$€£%.-]*[^\W_]|[^\W_$]", re.UNICODE)
-_ADDR_RE = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
+# Local parts bounded (RFC 5321: 64): unbounded, every start in a long word
+# rescans it to its end (quadratic); only the domain is captured, so the
+# bound changes no result.
+_ADDR_RE = re.compile(r"[\w.+-]{1,64}@([\w-]+(?:\.[\w-]+)+)")
 
 
 def is_transport_header(name: str) -> bool:

@@ -38,9 +38,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from email.utils import getaddresses
 from typing import Callable, Iterable, Optional, Union
 
+from ..core.addresses import read_addresses as getaddresses   # survives nested comments
 from .base import Check, Evidence, MessageView, ScanContext
 
 log = logging.getLogger(__name__)

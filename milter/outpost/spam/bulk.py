@@ -46,10 +46,10 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
+from ..core.addresses import read_addresses as getaddresses   # survives nested comments
 from ..store.base import FingerprintStats, Store, StoreError
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
 
@@ -64,11 +64,11 @@ _MASK64 = (1 << 64) - 1
 _M1, _M2, _M3, _M4 = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                       0xBF58476D1CE4E5B9)
 
-_QUOTE_RE = re.compile(r"^\s*>.*$", re.MULTILINE)
+_QUOTE_RE = re.compile(r"^[^\S\n]*>.*$", re.MULTILINE)      # blanks of one line only: linear
 _SIG_RE = re.compile(r"^-- ?$", re.MULTILINE)
 _ON_WROTE_RE = re.compile(r"^[^\n]{0,200}\bwrote:\s*$", re.MULTILINE | re.IGNORECASE)
 _URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
-_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL_RE = re.compile(r"[\w.+-]{1,64}@[\w-]+(?:\.[\w-]+)+")   # bounded local part: linear
 _GREETING_RE = re.compile(
     r"\b(dear|hi|hello|hey|hallo|hola|bonjour|good\s+(?:morning|afternoon|evening))"
     r"[ \t]+[^\n,!:;.]{1,40}?(?=[,!:;.\n]|$)")           # applied to lower-case text

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from email.utils import getaddresses, parseaddr
 from typing import Optional
 
+from ..core.addresses import read_address as parseaddr, read_addresses as getaddresses   # survive nested comments
 from .base import Check, Evidence, MessageView, ScanContext
 from .message import normalise_host
 
@@ -73,7 +73,7 @@ MACRO_EXTS = frozenset("docm dotm xlsm xltm xlam pptm potm ppsm ppam sldm".split
 
 _HOSTLIKE_RE = re.compile(r"^(?:(?:https?|ftp)://(?:www\.)?|www\.)([a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24})"
                           r"(?:[:/?#]\S*)?$", re.IGNORECASE)
-_EMAIL_IN_NAME_RE = re.compile(r"[\w.+-]+@([\w-]+(?:\.[\w-]+)+)")
+_EMAIL_IN_NAME_RE = re.compile(r"[\w.+-]{1,64}@([\w-]+(?:\.[\w-]+)+)")   # bounded: linear
 _FORM_RE = re.compile(r"<form\b", re.IGNORECASE)
 _PASSWORD_INPUT_RE = re.compile(r"<input\b[^>]*\btype\s*=\s*[\"']?password", re.IGNORECASE)
 
