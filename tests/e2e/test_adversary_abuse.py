@@ -26,7 +26,7 @@ from .outpost_proc import Outpost
 ABUSE = "abuse@example.net"
 
 
-def config(reports_port: int, spool: Path) -> str:
+def config(smtp: str, spool: Path) -> str:
     return textwrap.dedent(f"""\
         hostname: relay.example.net
         report_abuse_to: {ABUSE}
@@ -34,7 +34,7 @@ def config(reports_port: int, spool: Path) -> str:
         reports:
           spool_dir: {spool}
           from_addr: outpost@relay.example.net
-          smtp: {{host: 127.0.0.1, port: {reports_port}, timeout: 10s}}
+          smtp: {smtp}
           max_per_hour: 10
           max_per_user: 3
           poll_interval: 0.2
@@ -68,7 +68,7 @@ def config(reports_port: int, spool: Path) -> str:
 @pytest.fixture(scope="module")
 def outpost(postfix):  # noqa: F811
     spool = Path("/tmp") / f"outpost-spool-abuse-{time.time_ns()}"
-    proc = Outpost(postfix.milter_socket, config(postfix.reports_port, spool)).start()
+    proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool)).start()
     proc.spool = spool
     yield proc
     proc.stop(graceful=False)

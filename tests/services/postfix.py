@@ -453,9 +453,22 @@ class PostfixInstance(MtaInstance):
         the queue directory: no Postfix command, works while stopped)."""
         ids = []
         for name in self.IN_FLIGHT_QUEUES:
-            for _dirpath, _dirs, files in os.walk(self.queue_dir / name):
-                ids += files
+            for dirpath, _dirs, files in os.walk(self.queue_dir / name):
+                for qid in files:
+                    # pickup takes a maildrop file only once postdrop has
+                    # finished it (owner-execute bit); one a refused
+                    # submission left behind is never picked up
+                    if name == "maildrop" and not self._finished(Path(dirpath) / qid):
+                        continue
+                    ids.append(qid)
         return ids
+
+    @staticmethod
+    def _finished(path: Path) -> bool:
+        try:
+            return bool(path.stat().st_mode & 0o100)
+        except FileNotFoundError:
+            return False
 
     def drain(self, timeout: float = 30.0) -> None:
         """Wait until no message is in flight: each one queued so far has been
