@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from outpost.core.headers import STAMPED, is_owned
+
 SENDER = "alice@example.com"
 MARK = b"forged"
 
@@ -164,3 +166,29 @@ def header_block(data: bytes) -> bytes:
     """The header section of a delivered message (up to the first blank line)."""
     data = data.replace(b"\r\n", b"\n")
     return data.split(b"\n\n", 1)[0]
+
+
+def fields(data: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, unfolded value) of each header field of a message."""
+    out: list[tuple[str, bytes]] = []
+    for line in header_block(data).split(b"\n"):
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + b" " + line.strip())
+        else:
+            name, _, value = line.partition(b":")
+            out.append((name.strip().decode("latin-1").lower(), value.strip()))
+    return out
+
+
+def stamp_problems(data: bytes) -> list[str]:
+    """What is wrong with the Outpost headers of a delivered message: a
+    stamped header missing or twice, another Outpost header twice, a forged
+    value left anywhere in the header section (but in Received:, where
+    Postfix records the client's HELO name).  Empty when all is well."""
+    got = fields(data)
+    names = [n for n, _ in got if is_owned(n)]
+    problems = [f"{n} {names.count(n)} times" for n in sorted(set(names)) if names.count(n) > 1]
+    problems += [f"{n} missing" for n in STAMPED if n.lower() not in names]
+    problems += [f"forged value survived in {n}: {v[:60]!r}" for n, v in got
+                 if n != "received" and MARK in (n.encode() + b":" + v).lower()]
+    return problems
