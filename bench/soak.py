@@ -509,9 +509,13 @@ def run(args: argparse.Namespace) -> Report:
         report.stuck = drain(pf, args.drain_timeout)     # the sink records before its 250
         return report
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)      # a second Ctrl-C must not skip this
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop.set()
-        for t in threads:
-            t.join(5)
+        until = time.monotonic() + 10                       # sessions end on their own, or with
+        for t in threads:                                   # the daemons below (daemon threads)
+            t.join(max(0.0, until - time.monotonic()))
         if op is not None:
             op.stop(graceful=False)
             shutil.rmtree(op.dir, ignore_errors=True)
@@ -559,8 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("soak: run as root (a private Postfix instance)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, signal.default_int_handler)    # stop like Ctrl-C
-    report = run(args)
+    for sig in (signal.SIGINT, signal.SIGTERM):                  # stop cleanly on Ctrl-C or kill
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        report = run(args)
+    except KeyboardInterrupt:
+        print("soak: interrupted; Postfix, Outpost and the sinks are stopped", file=sys.stderr)
+        return 130
     report.print()
     problems = report.problems()
     for problem in problems:

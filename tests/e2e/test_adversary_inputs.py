@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import socket
 import textwrap
 
@@ -70,6 +71,7 @@ def relay():
         yield pf, op, sink
     finally:
         op.stop(graceful=False)
+        shutil.rmtree(op.dir, ignore_errors=True)
         pf.cleanup()
         sink.stop()
 
