@@ -5,7 +5,8 @@ through a real Postfix and a real Outpost (master + workers), with a
     sessions (threads) -> throw-away Postfix (IP-relay and submission
     listeners of contrib/postfix, milter = Outpost) -> SMTP sink
 
-Traffic, each message a fresh SMTP session:
+Traffic, each message a fresh SMTP session (half the messages of every kind
+also carry forged Outpost headers, tests/e2e/hostile.py ``forge``):
 
 * good     ham of the SpamAssassin corpus (``/work/shared/corpus``, see
            tests/spam/helpers.py; generated text without it) from customer
@@ -159,10 +160,10 @@ class Traffic:
         kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
         if kind == "good":
             data = rng.choice(self.ham) if self.ham else self._generated(False)
-            return Send("good", "ham", data, ip=f"203.0.113.{rng.randint(1, 254)}",
+            return Send("good", "ham", self.forged(data), ip=f"203.0.113.{rng.randint(1, 254)}",
                         rcpts=tuple(f"r{i}@dest.example" for i in range(rng.randint(1, 3))))
         if kind == "spam":
-            data = rng.choice(self.spam) if self.spam else self._generated(True)
+            data = self.forged(rng.choice(self.spam) if self.spam else self._generated(True))
             # many spammers: each is locked after lock.after_spam blocks
             return Send("spam", "spam", data, ip=f"198.51.100.{rng.randint(1, 254)}",
                         mail_from=f"s{rng.randint(1, 300)}@example.com")
@@ -176,8 +177,12 @@ class Traffic:
                         login=rng.choice(["carol+0D+0Ax", "carol@example.com+0Aforged", "x+00y"]),
                         expect="refused")
         case = rng.choice(hostile.ALL)
-        return Send("hostile", case.name, case.data, ip=ip,
+        return Send("hostile", case.name, self.forged(case.data), ip=ip,
                     expect="accepted" if case.accepted else "refused")
+
+    def forged(self, data: bytes) -> bytes:
+        """Half the messages carry forged Outpost headers too."""
+        return hostile.forge(data) if self.rng.random() < 0.5 else data
 
 
 # --------------------------------------------------------------------------

@@ -162,6 +162,17 @@ FORGED = [
 ALL = EIGHT_BIT + MULTI_FROM + BROKEN_MIME + FORGED
 
 
+def forge(data: bytes) -> bytes:
+    """``data`` with forged Outpost headers added at the top of its header
+    section and at the bottom (odd case, folded)."""
+    top = b"X-Outpost-User: forged\r\nX-Outpost-ID: forged\r\n"
+    bottom = b"x-originating-ip:\r\n [forged]\r\nX-REPORT-ABUSE-TO: forged@evil.example\r\n"
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return top + data + b"\r\n" + bottom
+    return top + data[:end + 2] + bottom + data[end + 2:]
+
+
 def header_block(data: bytes) -> bytes:
     """The header section of a delivered message (up to the first blank line)."""
     data = data.replace(b"\r\n", b"\n")

@@ -337,10 +337,13 @@ def _cases(group):
         for c in group])
 
 
-def check_message(env, case: hostile.Hostile) -> None:
+def check_message(env, case: hostile.Hostile, forged: bool = False) -> None:
+    """Send ``case`` (with forged Outpost headers added: ``forged``) and
+    check its outcome."""
     pf, sink = env.pf, env.sink
+    data = hostile.forge(case.data) if forged else case.data
     r = send(pf.relay_port, xclient={"ADDR": ALICE_IP}, mail_from=hostile.SENDER,
-             rcpt_tos=["x@dest.example"], message=case.data, timeout=60)
+             rcpt_tos=["x@dest.example"], message=data, timeout=60)
     assert_one_line(r.text)
     if case.accepted:
         assert r.accepted, r
@@ -352,19 +355,25 @@ def check_message(env, case: hostile.Hostile) -> None:
     env.intact()
 
 
+FORGED_TOO = pytest.mark.parametrize("forged", [False, True], ids=["", "forged"])
+
+
 @_cases(hostile.EIGHT_BIT)
-def test_eight_bit_and_invalid_utf8(env, case):
-    check_message(env, case)
+@FORGED_TOO
+def test_eight_bit_and_invalid_utf8(env, case, forged):
+    check_message(env, case, forged)
 
 
 @_cases(hostile.MULTI_FROM)
-def test_several_from_addresses(env, case):
-    check_message(env, case)
+@FORGED_TOO
+def test_several_from_addresses(env, case, forged):
+    check_message(env, case, forged)
 
 
 @_cases(hostile.BROKEN_MIME)
-def test_broken_mime(env, case):
-    check_message(env, case)
+@FORGED_TOO
+def test_broken_mime(env, case, forged):
+    check_message(env, case, forged)
 
 
 @_cases(hostile.FORGED)
