@@ -125,13 +125,13 @@ class Traffic:
 
     def __init__(self, corpus: Path | None, rng: random.Random) -> None:
         self.rng = rng
-        self.ham = self._load(corpus / "ham", 400) if corpus else []
-        self.spam = self._load(corpus / "spam", 400) if corpus else []
+        # all of it: ham sent again and again would look like bulk mail
+        self.ham = self._load(corpus / "ham") if corpus else []
+        self.spam = self._load(corpus / "spam") if corpus else []
         self.source = str(corpus) if corpus else "generated"
 
-    def _load(self, folder: Path, n: int) -> list[bytes]:
-        names = sorted(os.listdir(folder))
-        return [self._as_sender((folder / name).read_bytes()) for name in names[:n]]
+    def _load(self, folder: Path) -> list[bytes]:
+        return [self._as_sender((folder / name).read_bytes()) for name in sorted(os.listdir(folder))]
 
     @staticmethod
     def _as_sender(raw: bytes) -> bytes:
@@ -160,8 +160,10 @@ class Traffic:
         kind = rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
         if kind == "good":
             data = rng.choice(self.ham) if self.ham else self._generated(False)
+            # many senders: a false positive now and then locks one of them, not all good mail
             return Send("good", "ham", self.forged(data), ip=f"203.0.113.{rng.randint(1, 254)}",
-                        rcpts=tuple(f"r{i}@dest.example" for i in range(rng.randint(1, 3))))
+                        rcpts=tuple(f"r{i}@dest.example" for i in range(rng.randint(1, 3))),
+                        mail_from=f"u{rng.randint(1, 500)}@example.com")
         if kind == "spam":
             data = self.forged(rng.choice(self.spam) if self.spam else self._generated(True))
             # many spammers: each is locked after lock.after_spam blocks
@@ -346,6 +348,7 @@ class Report:
     kills: list = field(default_factory=list)          # (pid, seconds until a new worker)
     respawn_failures: int = 0
     rss: dict = field(default_factory=dict)            # label -> (start kB, end kB)
+    rss_trace: list = field(default_factory=list)      # spared worker's kB at each kill
     elapsed: float = 0.0
     stuck: int = 0                                     # still queued after the drain deadline
     client_errors: list = field(default_factory=list)
@@ -423,10 +426,13 @@ class Report:
             c = per_kind[kind]
             print(f"    {kind:<22} {c['accepted']:>8} {c['refused']:>8} {c['tempfailed']:>11} "
                   f"{c['unanswered']:>10}")
-        temp = Counter(re.sub(r"queued as \w+|\d+\.\d+\.\d+\.\d+|<[^>]*>", "", o.detail)[:90]
+        temp = Counter(f"{o.send.kind}: " + re.sub(r"\S+@\S+", "<addr>", o.detail)[:80]
                        for o in outcomes if o.result == "tempfailed")
-        for text, n in temp.most_common(4):
-            print(f"      tempfail x{n}: {text}")
+        for text, n in temp.most_common(6):
+            print(f"      tempfail x{n} {text}")
+        internal = Counter(o.send.name for o in outcomes if "4.3.0" in o.detail)
+        if internal:
+            print(f"      451 4.3.0 by case: {dict(internal.most_common(4))}")
         odd = Counter(f"{o.send.kind} {o.send.name} {o.result}: {o.detail[:70]}" for o in outcomes
                       if (o.send.kind == "good" and o.result == "refused")
                       or (o.send.expect and o.result in ("accepted", "refused") and o.result != o.send.expect))
@@ -439,6 +445,9 @@ class Report:
         for label, (start, end) in self.rss.items():
             print(f"  RSS {label:<20} {start / 1024:>7.1f} MB -> {end / 1024:.1f} MB "
                   f"({(end - start) / 1024:+.1f} MB)")
+        if self.rss_trace:
+            print("  RSS spared worker, MB at each kill: "
+                  + " ".join(f"{kb / 1024:.1f}" for kb in self.rss_trace))
         if f["lost_seqs"]:
             print(f"  lost (first): {f['lost_seqs']}")
 
@@ -501,6 +510,7 @@ def run(args: argparse.Namespace) -> Report:
             if args.kill_every > 0 and now >= next_kill:
                 next_kill += args.kill_every
                 report.kills.append(kill_youngest(op, spared, args.workers, report))
+                report.rss_trace.append(rss_kb(spared) or 0)
             stop.wait(max(0.0, min(next_kill, started + duration) - time.monotonic()))
         stop.set()
         for t in threads:
