@@ -63,6 +63,7 @@ from outpost.spam.bayes import strip_transport_headers  # noqa: E402
 from tests.e2e import hostile  # noqa: E402
 from tests.e2e.outpost_proc import Outpost  # noqa: E402
 from tests.services.postfix import PostfixInstance  # noqa: E402
+from tests.services.redis import RedisServer  # noqa: E402
 from tests.services.sink import SinkMessage, SmtpSink  # noqa: E402
 from tests.services.smtp import build_message, send  # noqa: E402
 from tests.spam.helpers import find_corpus  # noqa: E402
@@ -206,11 +207,15 @@ class CountingSink(SmtpSink):
         super().__init__()
         self.arrivals: dict[int, Arrival] = defaultdict(Arrival)
         self.unknown = 0                      # arrived without an X-Soak-Seq
+        self.samples: list[tuple] = []        # the first bad arrivals: (seq, problems, head)
 
     def _record(self, msg: SinkMessage) -> None:
         m = SEQ_RE.search(hostile.header_block(msg.data))
         problems = hostile.stamp_problems(msg.data)
         with self._cond:
+            if (m is None or problems) and len(self.samples) < 5:
+                self.samples.append((m and int(m.group(1)), problems or ["no X-Soak-Seq"],
+                                     hostile.header_block(msg.data)[:2000]))
             if m is None:
                 self.unknown += 1
                 return
@@ -289,11 +294,12 @@ def session_loop(pf, traffic, ledger, stop: threading.Event, errors: list) -> No
 # Processes
 # --------------------------------------------------------------------------
 
-def rss_kb(pid: int) -> int | None:
+def rss_kb(pid: int, field: str = "VmRSS") -> int | None:
+    """``VmRSS`` (or ``RssAnon``, ``RssFile``...) of a process in kB."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         return None
@@ -348,7 +354,8 @@ class Report:
     kills: list = field(default_factory=list)          # (pid, seconds until a new worker)
     respawn_failures: int = 0
     rss: dict = field(default_factory=dict)            # label -> (start kB, end kB)
-    rss_trace: list = field(default_factory=list)      # spared worker's kB at each kill
+    rss_trace: list = field(default_factory=list)      # spared worker's (RSS, anon) kB at each kill
+    store_bytes: int = 0
     elapsed: float = 0.0
     stuck: int = 0                                     # still queued after the drain deadline
     client_errors: list = field(default_factory=list)
@@ -405,6 +412,7 @@ class Report:
         a = self.args
         outcomes = self.ledger.outcomes.values()
         print(f"\nsoak: {a.sessions} sessions for {self.elapsed / 60:.1f} min, {a.workers} workers, "
+              f"{a.store} store, "
               f"kill -9 of a worker every {a.kill_every:g} s; traffic: {self.traffic.source}")
         rows = [
             ("messages in", f["in"], f"{f['in'] / max(self.elapsed, 1):.1f}/s"),
@@ -447,9 +455,17 @@ class Report:
                   f"({(end - start) / 1024:+.1f} MB)")
         if self.rss_trace:
             print("  RSS spared worker, MB at each kill: "
-                  + " ".join(f"{kb / 1024:.1f}" for kb in self.rss_trace))
+                  + " ".join(f"{kb / 1024:.1f}" for kb, _ in self.rss_trace))
+            print("    of which anonymous:               "
+                  + " ".join(f"{kb / 1024:.1f}" for _, kb in self.rss_trace))
+        if self.store_bytes:
+            print(f"  store file at the end    {self.store_bytes / 1e6:>8.1f} MB")
         if f["lost_seqs"]:
             print(f"  lost (first): {f['lost_seqs']}")
+        for seq, problems, head in self.sink.samples:
+            o = self.ledger.outcomes.get(seq)
+            print(f"  delivered with problems: seq {seq} ({o and o.send.kind} {o and o.send.name!r}, "
+                  f"{o and o.result}): {problems}\n" + textwrap.indent(head.decode("latin-1"), "      | "))
 
 
 def drain(pf: PostfixInstance, timeout: float) -> int:
@@ -467,7 +483,7 @@ def run(args: argparse.Namespace) -> Report:
     rng = random.Random(args.seed)
     traffic = Traffic(find_corpus() if not args.generated else None, rng)
     work = Path(tempfile.mkdtemp(prefix="outpost-soak-"))
-    sink, reports, pf, op = CountingSink(), SmtpSink(), None, None
+    sink, reports, pf, op, redis = CountingSink(), SmtpSink(), None, None, None
     ledger = Ledger()
     report = Report(args, ledger, sink, reports, traffic)
     stop = threading.Event()
@@ -480,9 +496,13 @@ def run(args: argparse.Namespace) -> Report:
             "smtpd_client_connection_count_limit": "0"})
         pf.start()
         key, _ = keygen("example.com", "soak", "rsa", 2048, str(work))
+        store = None                                  # Outpost's default: sqlite in its directory
+        if args.store == "redis":
+            redis = RedisServer().start()
+            store = redis.url
         op = Outpost(pf.milter_socket, CONFIG.format(dkim_key=key, spool=work / "spool",
                                                      report_port=reports.port),
-                     workers=args.workers).start()
+                     workers=args.workers, store=store).start()
         deadline = time.monotonic() + 15
         while len(workers(op)) < args.workers:
             if time.monotonic() > deadline:
@@ -510,7 +530,7 @@ def run(args: argparse.Namespace) -> Report:
             if args.kill_every > 0 and now >= next_kill:
                 next_kill += args.kill_every
                 report.kills.append(kill_youngest(op, spared, args.workers, report))
-                report.rss_trace.append(rss_kb(spared) or 0)
+                report.rss_trace.append((rss_kb(spared) or 0, rss_kb(spared, "RssAnon") or 0))
             stop.wait(max(0.0, min(next_kill, started + duration) - time.monotonic()))
         stop.set()
         for t in threads:
@@ -522,6 +542,7 @@ def run(args: argparse.Namespace) -> Report:
             raise RuntimeError("the spared worker died")
         report.rss = {k: (rss_start[k] or 0, rss_end[k] or 0) for k in rss_start}
         report.stuck = drain(pf, args.drain_timeout)     # the sink records before its 250
+        report.store_bytes = sum(f.stat().st_size for f in op.dir.glob("state.db*"))
         return report
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -536,6 +557,8 @@ def run(args: argparse.Namespace) -> Report:
             shutil.rmtree(op.dir, ignore_errors=True)
         if pf is not None:
             pf.cleanup()
+        if redis is not None:
+            redis.close()
         sink.stop()
         reports.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -572,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest RSS growth of the spared worker after warm-up (default 16 MB)")
     p.add_argument("--drain-timeout", type=float, default=180.0,
                    help="seconds to wait for Postfix's queue to empty at the end (default 180)")
+    p.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
+                   help="Outpost's store (default sqlite; redis: a private redis-server)")
     p.add_argument("--generated", action="store_true", help="generated text, not the corpus")
     p.add_argument("--seed", type=int, default=14)
     args = p.parse_args(argv)

@@ -153,6 +153,8 @@ FORGED = [
     Hostile("8-bit and invalid UTF-8 values",
             message(_every(b"%s: forged \xff\xfe caf\xc3\xa9\r\n")), True),
     Hostile("1 000 forged copies", message(_every(b"%s: forged\r\n") * 84), True),
+    Hostile("the last line of a message without body or final CRLF",
+            b"From: alice@example.com\r\nTo: x@dest.example\r\nSubject: t\r\nX-Outpost-User: forged", True),
     Hostile("with a DKIM signature over them",
             message(b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=x; h=x-outpost-user:from;"
                     b" bh=AAAA; b=AAAA\r\nX-Outpost-User: forged\r\n"), True),
@@ -193,13 +195,12 @@ def fields(data: bytes) -> list[tuple[str, bytes]]:
 
 def stamp_problems(data: bytes) -> list[str]:
     """What is wrong with the Outpost headers of a delivered message: a
-    stamped header missing or twice, another Outpost header twice, a forged
-    value left anywhere in the header section (but in Received:, where
-    Postfix records the client's HELO name).  Empty when all is well."""
+    stamped header missing or twice, another Outpost header twice, an Outpost
+    header holding a forged value.  Empty when all is well."""
     got = fields(data)
     names = [n for n, _ in got if is_owned(n)]
     problems = [f"{n} {names.count(n)} times" for n in sorted(set(names)) if names.count(n) > 1]
     problems += [f"{n} missing" for n in STAMPED if n.lower() not in names]
     problems += [f"forged value survived in {n}: {v[:60]!r}" for n, v in got
-                 if n != "received" and MARK in (n.encode() + b":" + v).lower()]
+                 if is_owned(n) and MARK in v.lower()]
     return problems

@@ -379,3 +379,23 @@ def test_broken_mime(env, case, forged):
 @_cases(hostile.FORGED)
 def test_forged_outpost_headers(env, case):
     check_message(env, case)
+
+
+def test_replayed_outpost_id_is_replaced(env):
+    """A genuine X-Outpost-ID copied from an earlier message (which ``outpost
+    whois`` would trust) is removed like any forged value: the new message
+    carries its own token, once."""
+    pf, sink = env.pf, env.sink
+    r = send(pf.relay_port, xclient={"ADDR": ALICE_IP}, mail_from=hostile.SENDER,
+             rcpt_tos=["x@dest.example"], message=hostile.message())
+    assert r.accepted, r
+    token = dict(hostile.fields(delivered_once(pf, sink)))["x-outpost-id"]
+    sink.clear()
+    replay = hostile.message(b"X-Outpost-ID: " + token + b"\r\n", top=b"x-outpost-id: " + token + b"\r\n")
+    r = send(pf.relay_port, xclient={"ADDR": ALICE_IP}, mail_from=hostile.SENDER,
+             rcpt_tos=["x@dest.example"], message=replay)
+    assert r.accepted, r
+    data = delivered_once(pf, sink)
+    assert_stamped_once(data, "alice", ALICE_IP)
+    assert token not in hostile.header_block(data)
+    env.intact()
