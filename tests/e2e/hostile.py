@@ -43,18 +43,18 @@ EIGHT_BIT = [
             message(subject=b"Subject: \x80\xbf ok \xe2\x82\r\n"), True),
     Hostile("invalid UTF-8 display name in From",
             message(from_=b"From: \xff\xfe\xc3 x\xe2\x82 <alice@example.com>\r\n"), True),
+    # refused: a non-ASCII local part is outside what the From check reads
+    # alike in every parser (#14 item 4)
     Hostile("raw UTF-8 local part in From",
-            message(from_=b"From: \xc3\xa9lodie@example.com\r\n"), True),
+            message(from_=b"From: \xc3\xa9lodie@example.com\r\n"), False),
     Hostile("encoded words holding invalid UTF-8",
             message(from_=b"From: =?utf-8?q?=FF=FE?= <alice@example.com>\r\n",
                     subject=b"Subject: =?utf-8?b?/w==?= =?x-unknown?q?a?= =?utf-8?q?broken\r\n"), True),
     Hostile("encoded display name looking like another address",
-            message(from_=b"From: =?utf-8?q?ceo=40bank=2Eexample?= <alice@example.com>\r\n"), True),
+            message(from_=b"From: =?utf-8?q?ceo=40bank=2Eexample?= <alice@example.com>\r\n"), False),
     Hostile("raw 8-bit From domain (not ours)",
             message(from_=b"From: alice@ex\xc3\xa4mple.com\r\n"), False),
-    Hostile("invalid UTF-8 From domain", message(from_=b"From: alice@ex\xffmple.com\r\n"), False,
-            hole="#14 item 5: a reply text holding invalid UTF-8 (surrogates) makes pymilter's "
-                 "setreply raise UnicodeEncodeError: 451 4.3.0 and a traceback instead of 550"),
+    Hostile("invalid UTF-8 From domain", message(from_=b"From: alice@ex\xffmple.com\r\n"), False),
     Hostile("display name quoting our address, another domain",
             message(from_=b"From: \"alice@example.com\" <ceo@bank.example>\r\n"), False),
 ]
@@ -76,7 +76,7 @@ MULTI_FROM = [
     Hostile("From address only in a comment",
             message(from_=b"From: (alice@example.com) mallory@evil.example\r\n"), False),
     Hostile("From with a comment naming another address",
-            message(from_=b"From: (mallory@evil.example) alice@example.com\r\n"), True),
+            message(from_=b"From: (mallory@evil.example) alice@example.com\r\n"), False),
 ]
 
 # -- broken MIME ----------------------------------------------------------------------------
@@ -152,7 +152,8 @@ FORGED = [
                     subject=b"X-Originating-IP: [forged]\r\nSubject: test\r\nX-Report-Abuse-To: forged\r\n"), True),
     Hostile("8-bit and invalid UTF-8 values",
             message(_every(b"%s: forged \xff\xfe caf\xc3\xa9\r\n")), True),
-    Hostile("1 000 forged copies", message(_every(b"%s: forged\r\n") * 84), True),
+    # 984 forged fields: just under max_headers (1 000 fields in all)
+    Hostile("984 forged copies", message(_every(b"%s: forged\r\n") * 82), True),
     Hostile("the last line of a message without body or final CRLF",
             b"From: alice@example.com\r\nTo: x@dest.example\r\nSubject: t\r\nX-Outpost-User: forged", True),
     Hostile("with a DKIM signature over them",
