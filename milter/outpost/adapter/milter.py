@@ -167,6 +167,8 @@ class OutpostMilter(Milter.Base):
             msg, decision, queue_id = self._unlogged
             self._unlogged = None
             self.policy.log_message(self.session, decision, queue_id, msg)
+            if self.runtime.stats is not None:
+                self.runtime.stats.record(msg, decision)
 
     def _stage_result(self, decision: Decision) -> int:
         if decision.blocks:
