@@ -136,7 +136,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     spf = grab(lambda: _spf(opt("relay"), opt("spf")), None)
     abuse_to = grab(lambda: _address(top["report_abuse_to"]) if "report_abuse_to" in top else "", "")
     hostname = grab(lambda: opt("hostname").str() if "hostname" in top else None, None)
-    reports = grab(lambda: _reports(opt("reports"), abuse_to, hostname), None)
+    reports = grab(lambda: _reports(opt("reports"), abuse_to, hostname), None) if abuse_to else None
 
     def scalar(key: str, fn: Callable[[Node], T], default: T) -> T:
         return grab(lambda: fn(opt(key)) if key in top else default, default)
