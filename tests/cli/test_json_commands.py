@@ -216,3 +216,39 @@ def test_usage_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["stats", "--no-such-option"])
     assert exc.value.code == 2
+
+
+def test_domains_check_json(tmp_path, capsys):
+    """Against a real DNS server (NSD): exit 0 and ok for a good domain, 1
+    for a bad one, with the documented fields."""
+    from outpost.effects.dkim import keygen, zone_txt
+    from tests.services.dns import DnsServer
+    good_key, good_txt = keygen("good.test", "s1", "rsa", 1024, str(tmp_path))
+    bad_key, _ = keygen("bad.test", "s1", "rsa", 1024, str(tmp_path))
+    zones = {"relay.test": 'spf TXT "v=spf1 ip4:198.51.100.7 -all"',
+             "good.test": "\n".join(['@ TXT "v=spf1 include:spf.relay.test -all"',
+                                     f"s1._domainkey TXT ( {zone_txt(good_txt)} )",
+                                     '_dmarc TXT "v=DMARC1; p=reject"']),
+             "bad.test": '@ TXT "v=spf1 ip4:192.0.2.1 -all"'}
+    with DnsServer(zones) as dns:
+        cfg = tmp_path / "outpost.yaml"
+        cfg.write_text(textwrap.dedent(f"""\
+            report_abuse_to: abuse@example.net
+            dns: {{nameservers: [127.0.0.1], port: {dns.port}}}
+            relay: {{egress_ips: [198.51.100.7], spf_domain: spf.relay.test}}
+            domains:
+              - {{name: good.test, dkim: {{selector: s1, key: {good_key}}}}}
+              - {{name: bad.test, dkim: {{selector: s1, key: {bad_key}}}}}
+            users:
+              - {{name: web, type: ip, ips: [192.0.2.0/28], domains: [good.test, bad.test]}}
+            """))
+        good = run_json(capsys, ["domains", "check", "--json", "-c", str(cfg), "good.test"])
+        bad = run_json(capsys, ["domains", "check", "--json", "-c", str(cfg), "bad.test"], code=1)
+    assert set(good) == {"domain", "ok", "spf", "dkim", "dmarc"}
+    assert good["domain"] == "good.test" and good["ok"] is True
+    assert good["spf"]["results"] == [["198.51.100.7", "pass"]] and good["spf"]["suggestion"] == ""
+    assert [(d["selector"], d["ok"], d["problem"]) for d in good["dkim"]] == [("s1", True, "")]
+    assert good["dmarc"]["policy"] == "reject"
+    assert bad["ok"] is False and bad["spf"]["results"] == [["198.51.100.7", "fail"]]
+    assert bad["spf"]["suggestion"] and bad["dkim"][0]["problem"].startswith("missing")
+    assert bad["dmarc"]["record"] is None and bad["dmarc"]["warning"]
