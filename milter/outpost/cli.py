@@ -531,7 +531,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"outpost: configuration error: {exc}", file=sys.stderr)
+        more = len(exc.errors) - 1
+        print(f"outpost: configuration error: {exc}"
+              + (f"\noutpost: ({more} more error{'s' if more > 1 else ''}: "
+                 f"outpost check-config --strict lists every one)" if more > 0 else ""),
+              file=sys.stderr)
         return 2
     except OpsError as exc:
         print(f"outpost: {exc}", file=sys.stderr)

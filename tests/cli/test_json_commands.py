@@ -82,6 +82,7 @@ def test_check_config_strict_lists_every_error(cfg, capsys, tmp_path):
     assert main(["check-config", "-c", str(cfg)]) == 2           # not strict: the first only
     err = capsys.readouterr().err
     assert err.count("configuration error") == 1 and "192.0.2.300" in err
+    assert "(1 more error: outpost check-config --strict lists every one)" in err
     assert main(["check-config", "--strict", "-c", str(cfg)]) == 2
     out, err = capsys.readouterr()
     lines = err.splitlines()

@@ -275,7 +275,9 @@ class Master:
             config = load_config(self.config_path)
             Runtime.build(config).close()          # secret, store: fail here, not in workers
         except (ConfigError, StartupError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            more = len(exc.errors) - 1 if isinstance(exc, ConfigError) else 0
+            log.error("reload refused, keeping the running configuration: %s%s", exc,
+                      f" (and {more} more: outpost check-config --strict lists them)" if more else "")
             return
         old = [p for p, g in self.workers.items() if g == self.generation]
         self.config = config
