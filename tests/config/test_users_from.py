@@ -129,3 +129,10 @@ def test_a_file_that_is_not_a_list(tmp_path):
     cfg = layout(tmp_path, {"users.d/a.yaml": "name: a\ntype: ip\n"})
     [error] = errors_of(cfg)
     assert error == f"{tmp_path}/users.d/a.yaml:1: users: expected a list, got a mapping"
+
+
+def test_a_file_named_explicitly_is_read_whatever_its_name(tmp_path):
+    cfg = layout(tmp_path, {"customers.yml": "- {name: a, type: ip, ips: [10.0.0.1], "
+                                             "domains: [example.com]}\n"},
+                 main=MAIN.replace("[users.d/*.yaml]", "[customers.yml, users.d/*.yaml]"))
+    assert [u.name for u in load_config(str(cfg)).users] == ["webfarm", "a"]

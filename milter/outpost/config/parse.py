@@ -199,22 +199,25 @@ def _included(node: Node, what: str, base_dir: str) -> list[tuple[str, list[Node
     seen: set[str] = set()
     for pnode in node.items():
         pattern = os.path.join(base_dir, os.path.expanduser(pnode.str().strip()))
-        if glob.has_magic(pattern):
+        wildcard = glob.has_magic(pattern)
+        if wildcard:
             paths = sorted(glob.glob(pattern))
-        elif os.path.exists(pattern):
-            paths = [pattern]
+        elif os.path.isfile(pattern):
+            paths = [pattern]                    # named explicitly: read whatever its name
         else:
             errors.append(str(pnode.error(f"{pattern}: no such file")))
             continue
         for path in paths:
             name = os.path.basename(path)
-            if not name.endswith(".yaml") or name.startswith(".") or path in seen \
-                    or os.path.isdir(path):
+            if path in seen or (wildcard and (not name.endswith(".yaml") or name.startswith(".")
+                                              or os.path.isdir(path))):
                 continue
             seen.add(path)
             try:
                 with open(path, encoding="utf-8") as fh:
                     text = fh.read()
+            except FileNotFoundError:
+                continue                         # removed since the folder was listed
             except OSError as exc:
                 errors.append(f"{path}: cannot read: {exc.strerror}")
                 continue
