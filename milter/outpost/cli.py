@@ -114,7 +114,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                     load_key(key, config.dkim.settings.min_rsa_bits)
                 except DkimKeyError as exc:
                     errors.append(f"{args.config}: dkim: {exc}")
-        if args.strict:
+        db = config.store[len("sqlite://"):] if config.store.startswith("sqlite:///") else None
+        if args.strict and db is not None and not os.path.exists(db):
+            # Not created here: check-config may run as another user (root, in
+            # ExecStartPre) than the service, which must own the database.
+            where = os.path.dirname(db)
+            while where and not os.path.isdir(where):
+                where = os.path.dirname(where)
+            if not os.access(where or "/", os.W_OK):
+                store_errors.append(f"store {config.store}: {where} is not writable")
+            else:
+                warnings.append(f"store {config.store}: the database does not exist yet "
+                                f"('outpost run' creates it)")
+        elif args.strict:
             from .runtime import open_shared_store
             try:
                 store = open_shared_store(config)

@@ -97,8 +97,20 @@ def test_check_config_strict_lists_every_error(cfg, capsys, tmp_path):
 
 
 def test_check_config_strict_opens_the_store(cfg, capsys, tmp_path):
+    # a database that does not exist yet is not created (check-config may run
+    # as root, the service as its own user), only its folder is checked
+    doc = run_json(capsys, ["check-config", "--strict", "--json", "-c", str(cfg)])
+    assert doc["ok"] and not (tmp_path / "state.db").exists()
+    assert doc["warnings"] == [f"store sqlite:///{tmp_path}/state.db: the database does not "
+                               f"exist yet ('outpost run' creates it)"]
+    busy(cfg, 1)                                 # now it exists, and is opened and read
     assert main(["check-config", "--strict", "-c", str(cfg)]) == 0
-    assert capsys.readouterr().out.startswith(f"{cfg}: OK (2 users")
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{cfg}: OK (2 users") and err == ""
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    assert main(["check-config", "--strict", "-c", str(cfg)]) == 3
+    assert "store error: store sqlite:///" in capsys.readouterr().err
+    (tmp_path / "state.db").unlink()
     srv = RedisServer()                      # a free port, nothing listening
     try:
         cfg.write_text(cfg.read_text().replace(f"store: sqlite:///{tmp_path}/state.db",
