@@ -288,8 +288,9 @@ for p = periods, #ARGV, 3 do
   if ARGV[p] == 'm' and nr > 0 then
     local r = ARGV[1] .. 'r:' .. string.format('%.0f', cur)
     local held = redis.call('HLEN', r)
+    local roomy = held + nr <= most
     for i = first_recent, periods - 1, 2 do
-      if redis.call('HEXISTS', r, ARGV[i]) == 1 then
+      if roomy or redis.call('HEXISTS', r, ARGV[i]) == 1 then
         redis.call('HINCRBY', r, ARGV[i], ARGV[i + 1])
       elseif held < most then
         redis.call('HINCRBY', r, ARGV[i], ARGV[i + 1])

@@ -395,14 +395,13 @@ class SqliteStore(Store):
                 db.executemany(upsert, [(period, cur, name, n, expires) for name, n in counts])
                 if period != "m" or not recent:
                     continue
-                held = db.execute("SELECT count(*) FROM stat WHERE period = 'r' AND idx = ?",
-                                  (cur,)).fetchone()[0]
-                for name, n in recent:
-                    if db.execute("UPDATE stat SET n = n + ? WHERE period = 'r' AND idx = ? "
-                                  "AND name = ?", (n, cur, name)).rowcount == 0 \
-                            and held < self.settings.max_stat_names:
-                        db.execute(upsert, ("r", cur, name, n, expires))
-                        held += 1
+                known = {name for (name,) in db.execute(
+                    "SELECT name FROM stat WHERE period = 'r' AND idx = ?", (cur,))}
+                room = self.settings.max_stat_names - len(known)
+                new = [(name, n) for name, n in recent if name not in known][:max(room, 0)]
+                db.executemany(upsert, [("r", cur, name, n, expires) for name, n in recent
+                                        if name in known] +
+                               [("r", cur, name, n, expires) for name, n in new])
 
     def stat_read(self, period: str, count: int) -> dict[str, int]:
         now = time.time()
