@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Optional
 
 from .core.types import Action, Decision, Message
 from .store.base import Store, StoreError
