@@ -120,6 +120,7 @@ def outpost_factory(work: str) -> tuple[Callable, Runtime]:
     secret = os.path.join(work, "secret")
     with open(secret, "wb") as f:
         f.write(new_secret())
+    os.chmod(secret, 0o600)                  # a group/world-readable secret is refused
     config = parse_config(f"""
 secret_file: {secret}
 store: sqlite:///{work}/bench.db

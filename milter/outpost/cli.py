@@ -82,37 +82,96 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _print_json(obj) -> None:
+    """One JSON document on standard output (the schemas: README.rst,
+    "Command line output")."""
+    import json
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate; with ``--strict`` a missing secret is an error, the store is
+    opened, and every error is listed (exit 2: configuration, 3: only the
+    store failed)."""
     from .core.idtoken import read_secret
-    config = load_config(args.config)
+    errors: list[str] = []
+    warnings: list[str] = []
+    store_errors: list[str] = []
+    config = None
     try:
-        read_secret(config.secret_file)
-    except FileNotFoundError:
-        print(f"outpost: warning: secret_file {config.secret_file} does not exist yet (create "
-              f"one with: outpost secret {config.secret_file})", file=sys.stderr)
-    except (OSError, ValueError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) else str(exc)
-        print(f"outpost: configuration error: {args.config}: secret_file: {detail}",
-              file=sys.stderr)
-        return 2
-    if config.dkim.settings is not None:
-        from .effects.dkim import DkimKeyError, load_keys
+        config = load_config(args.config)
+    except ConfigError as exc:
+        if not (args.strict or args.json):
+            raise
+        errors.extend(exc.errors)
+    if config is not None:
         try:
-            load_keys(config.dkim.settings)          # unsafe, missing or bad key files
-        except DkimKeyError as exc:
-            print(f"outpost: configuration error: {args.config}: dkim: {exc}", file=sys.stderr)
-            return 2
-    if config.reports is not None:
-        problem = config.reports.listener_problem()
-        if problem is not None:
-            raise ConfigError(f"{args.config}: {problem}")
-        warning = config.reports.listener_warning()
-        if warning is not None:
-            print(f"outpost: warning: {args.config}: {warning}", file=sys.stderr)
-    nets = sum(len(u.ips) for u in config.users)
-    print(f"{args.config}: OK ({len(config.users)} users, {nets} networks, "
-          f"{len(config.domains)} domains)")
-    return 0
+            read_secret(config.secret_file)
+        except FileNotFoundError:
+            text = (f"secret_file {config.secret_file} does not exist yet (create one with: "
+                    f"outpost secret {config.secret_file})")
+            (errors if args.strict else warnings).append(
+                f"{args.config}: {text}" if args.strict else text)
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            errors.append(f"{args.config}: secret_file: {detail}")
+        if config.dkim.settings is not None:
+            from .effects.dkim import DkimKeyError, load_key
+            for key in config.dkim.settings.keys:       # each key: every bad one is listed
+                try:
+                    load_key(key, config.dkim.settings.min_rsa_bits)
+                except DkimKeyError as exc:
+                    errors.append(f"{args.config}: dkim: {exc}")
+        if config.reports is not None:
+            problem = config.reports.listener_problem()
+            if problem is not None:
+                errors.append(f"{args.config}: {problem}")
+            warning = config.reports.listener_warning()
+            if warning is not None:
+                warnings.append(f"{args.config}: {warning}")
+        db = config.store[len("sqlite://"):] if config.store.startswith("sqlite:///") else None
+        if args.strict and db is not None and not os.path.exists(db):
+            # Not created here: check-config may run as another user (root, in
+            # ExecStartPre) than the service, which must own the database.
+            where = os.path.dirname(db)
+            while where and not os.path.isdir(where):
+                where = os.path.dirname(where)
+            if not os.access(where or "/", os.W_OK):
+                store_errors.append(f"store {config.store}: {where} is not writable")
+            else:
+                warnings.append(f"store {config.store}: the database does not exist yet "
+                                f"('outpost run' creates it)")
+        elif args.strict:
+            from .runtime import open_shared_store
+            try:
+                store = open_shared_store(config)
+                try:
+                    store.stat_read("m", 1)           # one read: the store answers
+                finally:
+                    store.close()
+            except (StoreError, ValueError, OSError) as exc:
+                store_errors.append(f"store {config.store}: {exc}")
+    summary = None
+    if config is not None:
+        summary = {"users": len(config.users), "networks": sum(len(u.ips) for u in config.users),
+                   "domains": len(config.domains)}
+    if args.json:
+        _print_json({"file": args.config, "ok": not (errors or store_errors), "strict": args.strict,
+                     **(summary or {"users": None, "networks": None, "domains": None}),
+                     "included": list(config.included) if config is not None else [],
+                     "errors": errors, "store_errors": store_errors, "warnings": warnings})
+    else:
+        for w in warnings:
+            print(f"outpost: warning: {w}", file=sys.stderr)
+        for e in errors:
+            print(f"outpost: configuration error: {e}", file=sys.stderr)
+        for e in store_errors:
+            print(f"outpost: store error: {e}", file=sys.stderr)
+        if not (errors or store_errors) and summary is not None:
+            files = f", {len(config.included)} included files" if config.included else ""
+            print(f"{args.config}: OK ({summary['users']} users, {summary['networks']} networks, "
+                  f"{summary['domains']} domains{files})")
+    return 2 if errors else 3 if store_errors else 0
 
 
 def cmd_whois(args: argparse.Namespace) -> int:
@@ -128,6 +187,11 @@ def cmd_whois(args: argparse.Namespace) -> int:
     except TokenError as exc:
         print(f"outpost: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        _print_json({"user": origin.user, "identity": origin.identity,
+                     "client_ip": origin.client_ip or None, "queue_id": origin.queue_id or None,
+                     "time": origin.time})
+        return 0
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(origin.time))
     print(f"user:      {origin.user}\nidentity:  {origin.identity}\nclient ip: {origin.client_ip or '-'}\n"
           f"queue id:  {origin.queue_id or '-'}\ntime:      {when}")
@@ -168,9 +232,12 @@ def _state(args: argparse.Namespace, shared: bool = True):
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    from .ops import list_locks
+    from .ops import list_locks, locks_data
     _, store = _state(args)
-    print(list_locks(store))
+    if args.json:
+        _print_json({"locks": locks_data(store)})
+    else:
+        print(list_locks(store))
     return 0
 
 
@@ -202,7 +269,38 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from .ops import usage
     config, store = _state(args)
     policy = Policy(config, store, TokenCodec(b"\0" * 32))   # no token is made here
-    print(usage(config, store, policy, args.target))
+    if args.json:
+        from .ops import usage_data
+        _print_json({"usage": usage_data(config, store, policy, args.target)})
+    else:
+        print(usage(config, store, policy, args.target))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import format_summary, summary
+    _, store = _state(args)
+    out = {"last_hour": summary(store.stat_read("m", 60), args.top),
+           "last_day": summary(store.stat_read("h", 24), args.top)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(format_summary("last hour", out["last_hour"]))
+        print(format_summary("last day", out["last_day"]))
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from .core.idtoken import TokenCodec
+    from .core.policy import Policy
+    from .ops import top, top_data
+    config, store = _state(args)
+    policy = Policy(config, store, TokenCodec(b"\0" * 32))
+    rows = top_data(config, store, policy, args.limit)
+    if args.json:
+        _print_json({"top": rows})
+    else:
+        print(top(rows))
     return 0
 
 
@@ -212,6 +310,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             held = q.list()
+            if args.json:
+                _print_json({"held": [{"queue_id": h.queue_id, "arrival": h.arrival, "size": h.size,
+                                       "sender": h.sender, "recipients": list(h.recipients),
+                                       "outpost_headers": [[n, v] for n, v in h.outpost]}
+                                      for h in held]})
+                return 0
             if not held:
                 print("the hold queue is empty")
             for h in held:
@@ -280,6 +384,15 @@ def cmd_reports(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             items = list_items(spool)
+            if args.json:
+                _print_json({"reports": [{"id": it.id, "state": it.state, "kind": it.kind,
+                                          "identity": it.identity or None, "attempts": it.attempts,
+                                          "next_attempt": it.next_attempt, "created": it.created,
+                                          "incidents": it.incidents, "last_error": it.last_error or None,
+                                          "message_id": it.message_id or None} for it in items],
+                             "overflow": [{"user": user, "incidents": count}
+                                          for user, count in overflow_counts(spool)]})
+                return 0
             if not items:
                 print(f"no reports in {spool.path}")
             for it in items:
@@ -323,7 +436,11 @@ def cmd_domains_check(args: argparse.Namespace) -> int:
     keys = load_keys(config.dkim.settings) if config.dkim.settings is not None else {}
     report = check_domain(args.domain, resolver, config.spf or SpfSettings(),
                           keys.get(args.domain.rstrip(".").lower(), ()))
-    print(report.format())
+    if args.json:
+        import dataclasses
+        _print_json(dataclasses.asdict(report))
+    else:
+        print(report.format())
     return 0 if report.ok else 1
 
 
@@ -355,12 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes (default: config, else number of cores)")
     sp.add_argument("--socket-group", help="group owning a unix socket (default: postfix if it exists)")
 
-    with_config(cmd("check-config", cmd_check_config, "validate the configuration"))
+    def with_json(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--json", action="store_true",
+                        help="machine-readable output (one JSON document, see README.rst)")
+        return sp
 
-    sp = with_config(cmd("whois", cmd_whois, "reveal who sent a message from its X-Outpost-ID"))
+    sp = with_json(with_config(cmd("check-config", cmd_check_config, "validate the configuration")))
+    sp.add_argument("--strict", action="store_true",
+                    help="also require the secret, open the store, and list every error")
+
+    sp = with_json(with_config(cmd("whois", cmd_whois, "reveal who sent a message from its X-Outpost-ID")))
     sp.add_argument("token")
 
-    with_config(cmd("locks", cmd_locks, "list locked identities and users (user:NAME) with reason and expiry"))
+    with_json(with_config(cmd("locks", cmd_locks,
+                              "list locked identities and users (user:NAME) with reason and expiry")))
     sp = with_config(cmd("lock", cmd_lock, "lock an identity (USER/IDENTITY) or a whole user (USER)"))
     sp.add_argument("identity", metavar="USER/IDENTITY|USER")
     sp.add_argument("--for", dest="duration", type=_duration, default=None,
@@ -368,8 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reason", default="locked by an operator")
     sp = with_config(cmd("unlock", cmd_unlock, "unlock an identity or a whole user and clear its hit history"))
     sp.add_argument("identity", metavar="USER/IDENTITY|USER")
-    sp = with_config(cmd("usage", cmd_usage, "show each limit window as used/limit"))
+    sp = with_json(with_config(cmd("usage", cmd_usage, "show each limit window as used/limit")))
     sp.add_argument("target", nargs="?", metavar="USER|USER/IDENTITY")
+    sp = with_json(with_config(cmd("stats", cmd_stats, "messages, refusals and top users of the "
+                                                       "last hour and day (all relays)")))
+    sp.add_argument("--top", type=int, default=10, metavar="N", help="users in each top list (default 10)")
+    sp = with_json(with_config(cmd("top", cmd_top, "identities and users nearest their limits")))
+    sp.add_argument("-n", "--limit", type=int, default=20, metavar="N", help="rows (default 20)")
     sp = with_config(cmd("reset", cmd_reset, "forget the counters of an identity or a user"))
     sp.add_argument("target", metavar="USER|USER/IDENTITY")
 
@@ -379,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--client-ip", help="client address")
     sp.add_argument("--from", dest="sender", help="envelope sender (default: the From address)")
     sp.add_argument("--rcpt", action="append", help="recipient (repeatable; default: the To address)")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    with_json(sp)
 
     sp = with_config(cmd("train", cmd_train, "train the Bayes classifier on your own mail"))
     sp.add_argument("--spam", action="append", required=True, metavar="DIR",
@@ -387,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ham", action="append", required=True, metavar="DIR",
                     help="directory of legitimate messages (repeatable)")
 
-    sp = with_config(cmd("reports", cmd_reports, "list, retry or purge spooled abuse reports"))
+    sp = with_json(with_config(cmd("reports", cmd_reports, "list, retry or purge spooled abuse reports")))
     sp.add_argument("action", choices=["list", "retry", "purge"])
     sp.add_argument("id", nargs="?", help="one report (default: all; purge: all failed ones)")
     sp.add_argument("--state", help="purge: only items in this state (default failed)")
@@ -406,11 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(exit 0: all good)"))
     sp.set_defaults(func=cmd_domains_check)
     sp.add_argument("domain")
+    with_json(sp)
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")
     sp.add_argument("action", choices=["list", "release", "delete"])
     sp.add_argument("queue_id", nargs="?")
+    with_json(sp)
     sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
                     help="the Postfix instance's configuration directory (default /etc/postfix)")
 
@@ -426,7 +558,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"outpost: configuration error: {exc}", file=sys.stderr)
+        more = len(exc.errors) - 1
+        print(f"outpost: configuration error: {exc}"
+              + (f"\noutpost: ({more} more error{'s' if more > 1 else ''}: "
+                 f"outpost check-config --strict lists every one)" if more > 0 else ""),
+              file=sys.stderr)
         return 2
     except OpsError as exc:
         print(f"outpost: {exc}", file=sys.stderr)

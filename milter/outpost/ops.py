@@ -55,18 +55,31 @@ def split_target(config: Config, text: str) -> tuple[str, str]:
     return text, ""
 
 
+def locks_data(store: Store) -> list[dict]:
+    """The locks in force, JSON-ready (``outpost locks --json``)."""
+    now = store.now()
+    out = []
+    for lk in sorted(store.list_locks(), key=lambda l: l.since):
+        user = keys.lock_user(lk.key)
+        out.append({"key": lk.key, "user": user or lk.key.partition("/")[0],
+                    "identity": None if user else lk.key.partition("/")[2],
+                    "by": lk.by, "reason": lk.reason, "since": lk.since, "until": lk.until,
+                    "expires_in": None if lk.until is None else max(0.0, lk.until - now),
+                    "auto_unlocks": lk.auto_unlocks})
+    return out
+
+
 def list_locks(store: Store) -> str:
     """Locked identities (``USER/IDENTITY``) and users locked as a whole
     (``user:USER``)."""
-    locks = store.list_locks()
+    locks = locks_data(store)
     if not locks:
         return "no identity is locked"
-    now = store.now()
     lines = [f"{'identity (user:NAME = every identity)':40} {'by':9} {'since':24} {'until':30} reason"]
-    for lock in sorted(locks, key=lambda l: l.since):
-        until = _when(lock.until) + (f" (in {_span(lock.until - now)})" if lock.until else "")
-        lines.append(f"{lock.key:40} {lock.by:9} {_when(lock.since):24} {until:30} {lock.reason}"
-                     + (f"  [auto-unlocks so far: {lock.auto_unlocks}]" if lock.auto_unlocks else ""))
+    for lock in locks:
+        until = _when(lock["until"]) + (f" (in {_span(lock['expires_in'])})" if lock["until"] else "")
+        lines.append(f"{lock['key']:40} {lock['by']:9} {_when(lock['since']):24} {until:30} {lock['reason']}"
+                     + (f"  [auto-unlocks so far: {lock['auto_unlocks']}]" if lock["auto_unlocks"] else ""))
     return "\n".join(lines)
 
 
@@ -111,15 +124,14 @@ def reset(config: Config, store: Store, target: str) -> str:
     return f"reset {n} counters of user {target}"
 
 
-def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -> str:
-    """Each window as ``used/limit, resets in …``."""
+def usage_data(config: Config, store: Store, policy: Policy, target: Optional[str]) -> list[dict]:
+    """Each limit window of a user or identity, JSON-ready (``outpost usage --json``)."""
     if target and "/" in target:
         user_name, ident = split_identity(config, target)
         user = policy.index.by_name[user_name]
         msg = Message(user_name=user_name, identity=ident)
         buckets = [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:id:")]
-        title = f"identity {user_name}/{ident}"
-        blocks = [(title, buckets)]
+        blocks = [("identity", user_name, ident, buckets)]
     else:
         users = config.users
         if target:
@@ -129,16 +141,79 @@ def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -
         blocks = []
         for user in users:
             msg = Message(user_name=user.name, identity="-")
-            blocks.append((f"user {user.name}",
+            blocks.append(("user", user.name, None,
                            [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:user:")]))
+    return [{"kind": kind, "user": user, "identity": ident,
+             "windows": windows(store.peek(buckets)) if buckets else []}
+            for kind, user, ident, buckets in blocks]
+
+
+def windows(states) -> list[dict]:
+    return [{"what": "recipients" if ":rcpt:" in st.key else "messages", "label": st.label,
+             "window": st.window, "used": st.used, "limit": st.limit,
+             "resets_in": st.resets_in if st.used else 0.0} for st in states]
+
+
+def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -> str:
+    """Each window as ``used/limit, resets in …``."""
     out = []
-    for title, buckets in blocks:
-        out.append(title)
-        if not buckets:
+    for block in usage_data(config, store, policy, target):
+        out.append(f"identity {block['user']}/{block['identity']}" if block["kind"] == "identity"
+                   else f"user {block['user']}")
+        if not block["windows"]:
             out.append("  no limits")
             continue
-        for state in store.peek(buckets):
-            kind = "recipients" if ":rcpt:" in state.key else "messages"
-            resets = f"resets in {_span(state.resets_in)}" if state.used else "idle"
-            out.append(f"  {kind:10} {state.label:>9}  {state.used}/{state.limit}, {resets}")
+        for w in block["windows"]:
+            resets = f"resets in {_span(w['resets_in'])}" if w["used"] else "idle"
+            out.append(f"  {w['what']:10} {w['label']:>9}  {w['used']}/{w['limit']}, {resets}")
     return "\n".join(out)
+
+
+def top_data(config: Config, store: Store, policy: Policy, limit: int = 20) -> list[dict]:
+    """Identities (active in the last hour, from the message statistics) and
+    users nearest their limits: each one's fullest window as ``used/limit``,
+    highest first (``outpost top``)."""
+    from .stats import recent_identities
+    recent = recent_identities(store.stat_read("m", 60))
+    rows = []
+    by_name = policy.index.by_name
+    targets: list[tuple[str, str, Optional[str], list]] = []
+    for key, messages in recent.items():
+        user_name, _, ident = key.partition("/")
+        user = by_name.get(user_name)
+        if user is None or not ident:
+            continue                      # a user no longer configured
+        msg = Message(user_name=user_name, identity=ident)
+        targets.append(("identity", user_name, ident,
+                        [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:id:")]))
+    for user in config.users:
+        msg = Message(user_name=user.name, identity="-")
+        targets.append(("user", user.name, None,
+                        [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:user:")]))
+    flat = [b for *_, buckets in targets for b in buckets]
+    states = iter([st for i in range(0, len(flat), 500) for st in store.peek(flat[i:i + 500])])
+    for kind, user_name, ident, buckets in targets:
+        ws = windows([next(states) for _ in buckets])
+        if not ws:
+            continue
+        nearest = max(ws, key=lambda w: w["used"] / w["limit"])
+        if not nearest["used"]:
+            continue
+        rows.append({"kind": kind, "user": user_name, "identity": ident,
+                     "messages_last_hour": recent.get(f"{user_name}/{ident}", 0) if ident else None,
+                     "fill": round(nearest["used"] / nearest["limit"], 4), "nearest": nearest,
+                     "windows": ws})
+    rows.sort(key=lambda r: (-r["fill"], r["user"], r["identity"] or ""))
+    return rows[:limit]
+
+
+def top(rows: list[dict]) -> str:
+    if not rows:
+        return "no identity or user has used any of its limits"
+    lines = [f"{'identity or user':44} {'fill':>6}  nearest limit"]
+    for r in rows:
+        n = r["nearest"]
+        name = f"{r['user']}/{r['identity']}" if r["kind"] == "identity" else f"user {r['user']}"
+        lines.append(f"{name:44} {r['fill'] * 100:5.0f}%  {n['what']} {n['label']} "
+                     f"{n['used']}/{n['limit']}, resets in {_span(n['resets_in'])}")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ from .config import Config
 from .core.idtoken import TokenCodec, read_secret
 from .core.policy import Policy
 from .store import open_store
+from .stats import StatsRecorder
 from .store.base import Store
 
 log = logging.getLogger("outpost")
@@ -44,6 +45,8 @@ class Runtime:
     store: Store
     codec: TokenCodec
     policy: Policy
+    #: this process' message counts for ``outpost stats`` (flushed to the store)
+    stats: Optional[StatsRecorder] = None
 
     @classmethod
     def build(cls, config: Config) -> "Runtime":
@@ -89,6 +92,7 @@ class Runtime:
                 store.close()
                 raise StartupError(f"reports.spool_dir {config.reports.spool_dir}: {exc}") from None
         return cls(config=config, store=store, codec=codec,
+                   stats=StatsRecorder(store, config.store_settings.max_stat_names),
                    policy=Policy(config, store, codec, engine=engine, reporter=reporter,
                                  signer=signer, spf=spf))
 

@@ -73,6 +73,12 @@ class ReadOnlyStore(Store):
     def fingerprint_add_many(self, items, window):
         return self.scratch.fingerprint_add_many(items, window)
 
+    def stat_add(self, counts, recent=()) -> None:
+        pass
+
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        return self.real.stat_read(period, count)
+
     def put_blob(self, name: str, data: bytes) -> None:
         pass
 

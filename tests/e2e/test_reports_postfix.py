@@ -5,6 +5,7 @@ ARF report → Outpost's report sender → Postfix's reports listener (no milter
 from __future__ import annotations
 
 import email
+import json
 import email.policy
 import subprocess
 import textwrap
@@ -135,6 +136,12 @@ def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):  # n
         assert listing.returncode == 0
         assert len([ln for ln in listing.stdout.splitlines() if "alice/alice@example.com" in ln]) == 3, \
             listing.stdout
+        listing = subprocess.run([*proc.proc.argv[:3], "reports", "list", "--json", "-c",
+                                  str(proc.config_path)],
+                                 capture_output=True, text=True, env=proc.proc.env, timeout=30)
+        doc = json.loads(listing.stdout)
+        assert [(r["identity"], r["state"]) for r in doc["reports"]] == \
+            [("alice/alice@example.com", "queued")] * 3 and doc["overflow"] == []
         relay.start()
         # the spool empties only after each report is accepted: nothing more may come
         wait_spool(spool, lambda items: not items)

@@ -3,6 +3,7 @@ spamd as an extra engine) → sink; quarantine in Postfix's hold queue."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 
@@ -97,6 +98,10 @@ def test_quarantined_message_is_held_and_release_delivers_it(postfix, outpost, s
     assert qid in postfix.hold_queue()
     listing = cli(outpost, "quarantine", "list", "--postfix-config", str(postfix.config_dir))
     assert listing.returncode == 0 and qid in listing.stdout and "X-Outpost-Class: spam" in listing.stdout
+    listing = cli(outpost, "quarantine", "list", "--json", "--postfix-config", str(postfix.config_dir))
+    [held] = [h for h in json.loads(listing.stdout)["held"] if h["queue_id"] == qid]
+    assert held["sender"] == "holder@example.com" and held["recipients"] == ["bob@dest.example"]
+    assert ["X-Outpost-Class", "spam"] in held["outpost_headers"] and held["size"] > 0
     assert sink.messages == []
     out = cli(outpost, "quarantine", "release", qid, "--postfix-config", str(postfix.config_dir))
     assert out.returncode == 0, out.stderr

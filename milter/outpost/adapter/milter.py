@@ -167,6 +167,11 @@ class OutpostMilter(Milter.Base):
             msg, decision, queue_id = self._unlogged
             self._unlogged = None
             self.policy.log_message(self.session, decision, queue_id, msg)
+            if self.runtime.stats is not None:
+                try:
+                    self.runtime.stats.record(msg, decision)
+                except Exception:  # noqa: BLE001 - statistics never decide a message's fate
+                    log.warning("message statistics not counted", exc_info=True)
 
     def _stage_result(self, decision: Decision) -> int:
         if decision.blocks:

@@ -181,6 +181,11 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
         log.warning("worker %d: the store does not answer (%s); serving, and registering "
                     "with it when it is back", pid, exc)
     threading.Thread(target=beat, name="outpost-heartbeat", daemon=True).start()
+    flusher = None
+    if runtime.stats is not None:
+        flusher = threading.Thread(target=runtime.stats.run, args=(stop,), name="outpost-stats",
+                                   daemon=True)
+        flusher.start()
     live = Live()
     Milter.factory = functools.partial(OutpostMilter, runtime, live=live)
     Milter.set_flags(FLAGS)
@@ -197,6 +202,8 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
     if live.count:
         log.warning("worker %d: %d connections still open after %ds; exiting", pid, live.count, GRACE)
     stop.set()
+    if flusher is not None:
+        flusher.join(timeout=5)            # its last flush: this worker's final counts
     try:
         store.process_gone(host, pid)
     finally:
@@ -268,7 +275,9 @@ class Master:
             config = load_config(self.config_path)
             Runtime.build(config).close()          # secret, store: fail here, not in workers
         except (ConfigError, StartupError) as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+            more = len(exc.errors) - 1 if isinstance(exc, ConfigError) else 0
+            log.error("reload refused, keeping the running configuration: %s%s", exc,
+                      f" (and {more} more: outpost check-config --strict lists them)" if more else "")
             return
         old = [p for p, g in self.workers.items() if g == self.generation]
         self.config = config

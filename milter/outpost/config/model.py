@@ -198,6 +198,7 @@ class Config:
     log_level: str = "info"
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
     source: str = ""                           # file it was read from
+    included: tuple[str, ...] = ()             # files read through users_from / domains_from
 
     @functools.cached_property
     def domain_names(self) -> frozenset[str]:

@@ -7,11 +7,13 @@ Unknown keys are errors.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from ..core.addresses import idna_domain
 from .model import (
@@ -19,7 +21,9 @@ from .model import (
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
     User, UserPolicy,
 )
-from .source import ConfigError, Node, parse_text
+from .source import ConfigError, Node, _closest, parse_text
+
+T = TypeVar("T")
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
 _RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -34,6 +38,7 @@ TOP_KEYS = {
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
     "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
+    "users_from", "domains_from",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -55,44 +60,98 @@ def load_config(path: str) -> Config:
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:
+    """Validate the document; every error found is collected (per top-level
+    key and per entry of ``users`` and ``domains``, going on past a bad one)
+    and raised in one :class:`ConfigError` (its message is the first)."""
     root = parse_text(text, file)
-    top = root.mapping(TOP_KEYS, required=("report_abuse_to", "domains", "users"))
+    errors: list[str] = []
+
+    def grab(fn: Callable[[], T], default: T) -> T:
+        try:
+            return fn()
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            return default
+
+    top = root.mapping()
+    for key, node in top.items():
+        if key not in TOP_KEYS:
+            hint = _closest(key, TOP_KEYS)
+            errors.append(str(Node(None, node.path, file, line=_key_line(root, key)).error(
+                "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))))
+    top = {k: v for k, v in top.items() if k in TOP_KEYS}
+    required = ["report_abuse_to"] + [k for k in ("domains", "users") if f"{k}_from" not in top]
+    for key in required:
+        if key not in top:
+            errors.append(str(root.error(f"required key '{key}' is missing")))
 
     def opt(key: str) -> Node:
         return top.get(key) or Node(None, key, file, line=root.line)
 
-    domains = _domains(top["domains"])
+    base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else os.getcwd()
+    domain_files = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
+    user_files = grab(lambda: _included(opt("users_from"), "users", base_dir), [])
+    domain_items = grab(lambda: opt("domains").items(), []) + [i for f in domain_files for i in f[1]]
+    domains = _domains(domain_items, opt("domains"), errors)
     names = {d.name for d in domains}
 
-    base = UserPolicy()
-    if "mode" in top:
-        base = replace(base, mode=top["mode"].str(MODES))
-    if "header_from" in top:
-        base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES,
-                                                                booleans=HEADER_FROM_BOOLEANS))
-    defaults = _policy(opt("defaults").mapping(POLICY_KEYS), base)
+    def base_policy() -> UserPolicy:
+        base = UserPolicy()
+        if "mode" in top:
+            base = replace(base, mode=top["mode"].str(MODES))
+        if "header_from" in top:
+            base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES,
+                                                                    booleans=HEADER_FROM_BOOLEANS))
+        return base
+    base = grab(base_policy, UserPolicy())
+    defaults = grab(lambda: _policy(opt("defaults").mapping(POLICY_KEYS), base), base)
 
-    users = _users(top["users"], defaults, names)
+    user_items = grab(lambda: opt("users").items(), []) + [i for f in user_files for i in f[1]]
+    users = _users(user_items, opt("users"), defaults, names, errors)
 
-    listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
-    _check_socket_spec(listen, opt("listen"))
-    store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
-    if store == "memory":                    # `store: memory:` is not valid YAML unquoted
-        store = "memory:"
-    if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
-        raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
+    def listen_spec() -> str:
+        listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
+        _check_socket_spec(listen, opt("listen"))
+        return listen
+    listen = grab(listen_spec, "")
+
+    def store_url() -> str:
+        store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
+        if store == "memory":                    # `store: memory:` is not valid YAML unquoted
+            store = "memory:"
+        if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
+            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
+        return store
+    store = grab(store_url, "memory:")
 
     from ..store.settings import StoreSettings
-    on_error = opt("on_store_error").str(STORE_ERROR_POLICIES) if "on_store_error" in top else "local"
-    store_settings = settings_from(opt("store_options"), StoreSettings, on_store_error=on_error)
+    on_error = grab(lambda: opt("on_store_error").str(STORE_ERROR_POLICIES)
+                    if "on_store_error" in top else "local", "local")
+    store_settings = grab(lambda: settings_from(opt("store_options"), StoreSettings,
+                                                on_store_error=on_error), StoreSettings())
 
-    spam = _spam_config(opt("spam"))
+    spam = grab(lambda: _spam_config(opt("spam")), None)
     from ..effects.resolver import ResolverSettings
-    dns = settings_from(opt("dns"), ResolverSettings)
-    dkim = _dkim(opt("dkim"), domains)
-    spf = _spf(opt("relay"), opt("spf"))
-    reports = _reports(opt("reports"), _address(top["report_abuse_to"]),
-                       opt("hostname").str() if "hostname" in top else None)
+    dns = grab(lambda: settings_from(opt("dns"), ResolverSettings), None)
+    dkim = grab(lambda: _dkim(opt("dkim"), domains), None)
+    spf = grab(lambda: _spf(opt("relay"), opt("spf")), None)
+    abuse_to = grab(lambda: _address(top["report_abuse_to"]) if "report_abuse_to" in top else "", "")
+    hostname = grab(lambda: opt("hostname").str() if "hostname" in top else None, None)
+    reports = grab(lambda: _reports(opt("reports"), abuse_to, hostname), None) if abuse_to else None
+
+    def scalar(key: str, fn: Callable[[Node], T], default: T) -> T:
+        return grab(lambda: fn(opt(key)) if key in top else default, default)
+
+    secret_file = scalar("secret_file", lambda n: n.str(), "/etc/outpost/secret")
+    connection_limit = scalar("connection_limit", lambda n: n.int(minimum=1), 10)
+    prefix_v6 = scalar("connection_prefix_v6", lambda n: n.int(minimum=16, maximum=128), 64)
+    workers = scalar("workers", lambda n: n.int(minimum=1, maximum=256), None)
+    milter_timeout = scalar("milter_timeout", lambda n: n.int(minimum=5), 600)
+    max_headers = scalar("max_headers", lambda n: n.int(minimum=50), 1000)
+    max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
+    log_level = scalar("log_level", lambda n: n.str(("debug", "info", "warning", "error")), "info")
+    if errors:
+        raise ConfigError(errors[0], errors)
 
     return Config(
         listen=listen,
@@ -104,23 +163,75 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         spf=spf,
         store=store,
         on_store_error=on_error,
-        hostname=opt("hostname").str() if "hostname" in top else socket.getfqdn(),
-        secret_file=opt("secret_file").str() if "secret_file" in top else "/etc/outpost/secret",
-        report_abuse_to=_address(top["report_abuse_to"]),
-        connection_limit=opt("connection_limit").int(minimum=1) if "connection_limit" in top else 10,
-        connection_prefix_v6=(opt("connection_prefix_v6").int(minimum=16, maximum=128)
-                              if "connection_prefix_v6" in top else 64),
+        hostname=hostname if hostname is not None else socket.getfqdn(),
+        secret_file=secret_file,
+        report_abuse_to=abuse_to,
+        connection_limit=connection_limit,
+        connection_prefix_v6=prefix_v6,
         domains=domains,
         users=users,
         defaults=defaults,
-        workers=opt("workers").int(minimum=1, maximum=256) if "workers" in top else None,
-        milter_timeout=opt("milter_timeout").int(minimum=5) if "milter_timeout" in top else 600,
-        max_headers=opt("max_headers").int(minimum=50) if "max_headers" in top else 1000,
-        max_header_bytes=(opt("max_header_bytes").int(minimum=16384) if "max_header_bytes" in top
-                          else 262_144),
-        log_level=opt("log_level").str(("debug", "info", "warning", "error")) if "log_level" in top else "info",
+        workers=workers,
+        milter_timeout=milter_timeout,
+        max_headers=max_headers,
+        max_header_bytes=max_header_bytes,
+        log_level=log_level,
         source=file,
+        included=tuple(path for path, _ in domain_files + user_files),
     )
+
+
+def _key_line(root: Node, key: str) -> int:
+    """Line of a top-level key (for an unknown key's error)."""
+    for knode, _ in root._node.value:
+        if getattr(knode, "value", None) == key:
+            return knode.start_mark.line + 1
+    return root.line
+
+
+def _included(node: Node, what: str, base_dir: str) -> list[tuple[str, list[Node]]]:
+    """``users_from`` / ``domains_from``: glob patterns (relative to the main
+    file's folder); each matching file (sorted; names not ending in ``.yaml``
+    and hidden names, such as an editor's or a provisioning system's
+    temporary files, are skipped) holds a YAML list of ``what``.  Returns
+    (file, entries) per file; errors name the file and line."""
+    out: list[tuple[str, list[Node]]] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for pnode in node.items():
+        pattern = os.path.join(base_dir, os.path.expanduser(pnode.str().strip()))
+        wildcard = glob.has_magic(pattern)
+        if wildcard:
+            paths = sorted(glob.glob(pattern))
+        elif os.path.isfile(pattern):
+            paths = [pattern]                    # named explicitly: read whatever its name
+        else:
+            errors.append(str(pnode.error(f"{pattern}: no such file")))
+            continue
+        for path in paths:
+            name = os.path.basename(path)
+            if path in seen or (wildcard and (not name.endswith(".yaml") or name.startswith(".")
+                                              or os.path.isdir(path))):
+                continue
+            seen.add(path)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+            except FileNotFoundError:
+                continue                         # removed since the folder was listed
+            except OSError as exc:
+                errors.append(f"{path}: cannot read: {exc.strerror}")
+                continue
+            except UnicodeDecodeError as exc:
+                errors.append(f"{path}: not UTF-8 text ({exc.reason})")
+                continue
+            try:
+                out.append((path, parse_text(text, path, what, allow_empty=True).items()))
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(errors[0], errors)
+    return out
 
 
 # -- pieces ----------------------------------------------------------------------
@@ -135,25 +246,37 @@ def _domain_name(node: Node) -> str:
     return name
 
 
-def _domains(node: Node) -> tuple[Domain, ...]:
+def _domains(items: list[Node], node: Node, errors: list[str]) -> tuple[Domain, ...]:
+    """The registered domains: ``domains`` entries and those of
+    ``domains_from`` files; a bad entry is reported in ``errors`` and the
+    others are still read."""
     out: list[Domain] = []
-    seen: set[str] = set()
-    for item in node.items():
-        keys: tuple = ()
-        if item.is_mapping():
-            fields = item.mapping({"name", "dkim"}, required=("name",))
-            name = _domain_name(fields["name"])
-            if "dkim" in fields:
-                keys = _dkim_keys(fields["dkim"], name)
-        else:
-            name = _domain_name(item)
-        if name in seen:
-            raise item.error(f"domain '{name}' is listed twice")
-        seen.add(name)
+    seen: dict[str, Node] = {}
+    for item in items:
+        try:
+            keys: tuple = ()
+            if item.is_mapping():
+                fields = item.mapping({"name", "dkim"}, required=("name",))
+                name = _domain_name(fields["name"])
+                if "dkim" in fields:
+                    keys = _dkim_keys(fields["dkim"], name)
+            else:
+                name = _domain_name(item)
+            if name in seen:
+                raise item.error(f"domain '{name}' is listed twice (first at {_at(seen[name])})")
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            continue
+        seen[name] = item
         out.append(Domain(name=name, dkim=keys))
-    if not out:
-        raise node.error("at least one registered sender domain is needed")
+    if not out and not errors:
+        errors.append(str(node.error("at least one registered sender domain is needed")))
     return tuple(out)
+
+
+def _at(node: Node) -> str:
+    """``file:line`` of a node, for "first defined at" messages."""
+    return f"{node.file}:{node.line}"
 
 
 def _dkim_keys(node: Node, domain: str) -> tuple:
@@ -390,8 +513,9 @@ def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name
     for n in (fields.get(key) or Node(None, "", item.file)).items():
         value, index, what = read(n)
         if index in owners:
-            raise n.error(f"{what} is already listed for user '{owners[index]}'")
-        owners[index] = name
+            owner, where = owners[index]
+            raise n.error(f"{what} is already listed for user '{owner}' (at {_at(where)})")
+        owners[index] = (name, n)
         out.append(value)
     if utype == for_type and not out:
         raise item.error(f"user '{name}' of type {for_type} needs '{key}'")
@@ -400,61 +524,74 @@ def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name
     return out
 
 
-def _users(node: Node, defaults: UserPolicy, registered: set[str]) -> tuple[User, ...]:
+def _users(items: list[Node], node: Node, defaults: UserPolicy, registered: set[str],
+           errors: list[str]) -> tuple[User, ...]:
+    """The users: ``users`` entries and those of ``users_from`` files; a bad
+    entry is reported in ``errors`` and the others are still read."""
     users: list[User] = []
     names: dict[str, Node] = {}
-    networks: dict[IPNetwork, str] = {}
-    logins: dict[str, str] = {}
-    local: Optional[str] = None
-    for item in node.items():
-        fields = item.mapping(USER_KEYS, required=("name", "type"))
-        name = fields["name"].str().strip()
-        if "/" in name:      # USER/IDENTITY keys and commands split at the first '/'
-            raise fields["name"].error(f"user name '{name}' must not contain '/'")
-        if name in names:
-            raise fields["name"].error(f"duplicate user name '{name}' (first defined on line {names[name].line})")
-        names[name] = fields["name"]
-        utype = fields["type"].str(USER_TYPES)
-        policy = _policy(fields, defaults)
-
-        ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
-        user_logins = _claimed(item, fields, "logins", "login", utype, name, logins, _login_item)
-        if utype == "local":
-            # Mail from sendmail(1) carries no key to tell two local users apart.
-            if local is not None:
-                raise fields["type"].error(f"only one user of type local ('{local}' is one)")
-            local = name
-            if "connection_limit" in fields:
-                raise fields["connection_limit"].error(
-                    "connection_limit is for SMTP clients; local submissions have none")
-
-        if utype == "domain":
-            dom = _domain_name(fields["name"])
-            if dom not in registered:
-                raise fields["name"].error(f"domain '{dom}' is not registered in 'domains'")
-            if "domains" in fields:
-                raise fields["domains"].error("a domain user sends as its own domain; 'domains' is not allowed")
-            doms = frozenset({dom})
-            name = dom
-        else:
-            dnodes = (fields.get("domains") or Node(None, "", item.file)).items()
-            if not dnodes:
-                raise item.error(f"user '{name}' needs 'domains' (the sender domains it may use)")
-            doms_l = []
-            for dn in dnodes:
-                d = _domain_name(dn)
-                if d not in registered:
-                    raise dn.error(f"domain '{d}' is not registered in 'domains'")
-                doms_l.append(d)
-            doms = frozenset(doms_l)
-
-        headers = tuple(_identity_header(n) for n in
-                        (fields.get("identity_headers") or Node(None, "", item.file)).items())
-        users.append(User(name=name, type=utype, ips=tuple(ips), logins=tuple(user_logins),
-                          domains=doms, identity_headers=headers, policy=policy, line=item.line))
-    if not users:
-        raise node.error("no users: Outpost would refuse every sender")
+    networks: dict = {}
+    logins: dict = {}
+    failed = False
+    local: list[str] = []     # the one user of type local, once seen
+    for item in items:
+        try:
+            users.append(_user(item, defaults, registered, names, networks, logins, local))
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            failed = True
+    if not users and not failed:
+        errors.append(str(node.error("no users: Outpost would refuse every sender")))
     return tuple(users)
+
+
+def _user(item: Node, defaults: UserPolicy, registered: set[str], names: dict[str, Node],
+          networks: dict, logins: dict, local: list[str]) -> User:
+    fields = item.mapping(USER_KEYS, required=("name", "type"))
+    name = fields["name"].str().strip()
+    if "/" in name:      # USER/IDENTITY keys and commands split at the first '/'
+        raise fields["name"].error(f"user name '{name}' must not contain '/'")
+    if name in names:
+        raise fields["name"].error(f"duplicate user name '{name}' (first defined at {_at(names[name])})")
+    names[name] = fields["name"]
+    utype = fields["type"].str(USER_TYPES)
+    policy = _policy(fields, defaults)
+
+    ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
+    user_logins = _claimed(item, fields, "logins", "login", utype, name, logins, _login_item)
+    if utype == "local":
+        # Mail from sendmail(1) carries no key to tell two local users apart.
+        if local:
+            raise fields["type"].error(f"only one user of type local ('{local[0]}' is one)")
+        local.append(name)
+        if "connection_limit" in fields:
+            raise fields["connection_limit"].error(
+                "connection_limit is for SMTP clients; local submissions have none")
+
+    if utype == "domain":
+        dom = _domain_name(fields["name"])
+        if dom not in registered:
+            raise fields["name"].error(f"domain '{dom}' is not registered in 'domains'")
+        if "domains" in fields:
+            raise fields["domains"].error("a domain user sends as its own domain; 'domains' is not allowed")
+        doms = frozenset({dom})
+        name = dom
+    else:
+        dnodes = (fields.get("domains") or Node(None, "", item.file)).items()
+        if not dnodes:
+            raise item.error(f"user '{name}' needs 'domains' (the sender domains it may use)")
+        doms_l = []
+        for dn in dnodes:
+            d = _domain_name(dn)
+            if d not in registered:
+                raise dn.error(f"domain '{d}' is not registered in 'domains'")
+            doms_l.append(d)
+        doms = frozenset(doms_l)
+
+    headers = tuple(_identity_header(n) for n in
+                    (fields.get("identity_headers") or Node(None, "", item.file)).items())
+    return User(name=name, type=utype, ips=tuple(ips), logins=tuple(user_logins),
+                domains=doms, identity_headers=headers, policy=policy, line=item.line)
 
 
 def _check_socket_spec(spec: str, node: Node) -> None:

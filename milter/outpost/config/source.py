@@ -34,7 +34,14 @@ def parse_duration(value: Any) -> float:
 
 
 class ConfigError(ValueError):
-    """An invalid configuration; the message names file, line and key path."""
+    """An invalid configuration; the message names file, line and key path.
+
+    ``errors`` lists every error found (the loader goes on past a bad
+    top-level key or list entry); the message is the first of them."""
+
+    def __init__(self, message: str, errors: Optional[list[str]] = None) -> None:
+        super().__init__(message)
+        self.errors: list[str] = list(errors) if errors else [message]
 
 
 class Node:
@@ -202,8 +209,10 @@ def _closest(key: str, allowed: set[str]) -> Optional[str]:
     return found[0] if found else None
 
 
-def parse_text(text: str, file: str = "<config>") -> Node:
-    """Root Node of a YAML document (safe loader); syntax errors are located."""
+def parse_text(text: str, file: str = "<config>", path: str = "",
+               allow_empty: bool = False) -> Node:
+    """Root Node of a YAML document (safe loader); syntax errors are located.
+    With ``allow_empty`` an empty document is a missing value (an empty list)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -212,5 +221,7 @@ def parse_text(text: str, file: str = "<config>") -> Node:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{file}{line}: YAML syntax error: {problem}") from None
     if root is None:
+        if allow_empty:
+            return Node(None, path, file, line=1)
         raise ConfigError(f"{file}: the configuration is empty")
-    return Node(root, "", file)
+    return Node(root, path, file)

@@ -79,6 +79,22 @@ class FingerprintStats:
     members: int      # distinct identities that sent it
 
 
+#: Periods of the message statistics (``stat_add`` / ``stat_read``): name ->
+#: (bucket width in seconds, buckets kept).  ``m``: per minute for an hour,
+#: ``h``: per hour for a day.
+STAT_PERIODS: dict[str, tuple[float, int]] = {"m": (60.0, 60), "h": (3600.0, 24)}
+
+
+def stat_buckets(period: str, now: float, count: int) -> list[int]:
+    """Indexes of the ``count`` newest buckets of ``period`` at ``now``
+    (the current one first)."""
+    width, kept = STAT_PERIODS[period]
+    if not 1 <= count <= kept:
+        raise ValueError(f"stat_read: count must be 1..{kept} for period {period!r}")
+    cur = int(now // width)
+    return [cur - i for i in range(count)]
+
+
 class Store(abc.ABC):
     """Abstract store; see module docstring."""
 
@@ -175,6 +191,22 @@ class Store(abc.ABC):
         """:meth:`fingerprint_add` for several ``(fp, member, recipients)`` at
         once (a backend may do them in one transaction)."""
         return [self.fingerprint_add(fp, member, recipients, window) for fp, member, recipients in items]
+
+    # -- message statistics (outpost stats / top) ------------------------------
+    @abc.abstractmethod
+    def stat_add(self, counts: Sequence[tuple[str, int]],
+                 recent: Sequence[tuple[str, int]] = ()) -> None:
+        """Add each ``(name, n)`` of ``counts`` to the counters of the
+        current minute and hour bucket (see :data:`STAT_PERIODS`; buckets
+        expire when they leave their period), and each of ``recent`` to the
+        current minute's only, where at most ``settings.max_stat_names``
+        names are kept per bucket (more new names are dropped): one call
+        per flush of a process' counts."""
+
+    @abc.abstractmethod
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        """The counters summed over the ``count`` newest buckets of
+        ``period`` (``m`` or ``h``), the current one included."""
 
     # -- small named blobs (operator-trained spam model, …) ------------------
     @abc.abstractmethod

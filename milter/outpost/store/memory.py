@@ -12,7 +12,8 @@ import time
 from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
-from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
+from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+                   stat_buckets)
 from .logic import (LockRecord, bucket_id, bucket_key_of, bucket_state, check_recipients,
                     check_window, key_in_prefix, SlotCounts, slot_expiry, slot_owner,
                     validate_buckets, window_decide)
@@ -60,6 +61,7 @@ class MemoryStore(Store):
         self._lock_touched: dict[str, float] = {}
         self._fingerprints: dict[str, tuple[_FingerprintLog, float]] = {}
         self._blobs: dict[str, bytes] = {}
+        self._stats: dict[tuple[str, int], Counter[str]] = {}
         self._conns: dict[str, set[str]] = {}
         self._next_sweep = 0.0
 
@@ -226,6 +228,35 @@ class MemoryStore(Store):
             self._fingerprints[fp] = (log, window)
             return FingerprintStats(messages=len(log.entries), recipients=log.recipients,
                                     members=len(log.members))
+
+    # -- message statistics --------------------------------------------------------------
+    def stat_add(self, counts: Sequence[tuple[str, int]],
+                 recent: Sequence[tuple[str, int]] = ()) -> None:
+        with self._mutex:
+            now = self._clock()
+            for period, (width, kept) in STAT_PERIODS.items():
+                cur = int(now // width)
+                for old in [k for k in self._stats if k[0] == period and k[1] <= cur - kept]:
+                    del self._stats[old]
+                    if period == "m":
+                        self._stats.pop(("r", old[1]), None)
+                bucket = self._stats.setdefault((period, cur), Counter())
+                for name, n in counts:
+                    bucket[name] += n
+                if period == "m" and recent:
+                    names = self._stats.setdefault(("r", cur), Counter())
+                    for name, n in recent:
+                        if name in names or len(names) < self.settings.max_stat_names:
+                            names[name] += n
+
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        with self._mutex:
+            total: Counter[str] = Counter()
+            for index in stat_buckets(period, self._clock(), count):
+                total.update(self._stats.get((period, index), {}))
+                if period == "m":
+                    total.update(self._stats.get(("r", index), {}))
+            return dict(total)
 
     # -- blobs -------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:

@@ -19,6 +19,10 @@ Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 ``P locks``                    set: keys that hold a lock (for ``list_locks``)
 ``P fp:<fp>``                  sorted set of ``seq|recipients|member`` by time
 ``P fpa:<fp>``                 hash: running totals of ``P fp:<fp>``
+``P st:m:<minute>``            hash: message statistics of one minute (kept 1 h)
+``P st:h:<hour>``              hash: the same of one hour (kept 1 day)
+``P st:r:<minute>``            hash: recent identities of one minute (at most
+                               ``max_stat_names`` fields, kept 1 h)
 ``P blob:<name>``              string: blob
 ``P conn:<ip>``                set: connection slots ``host:pid:n``
 ``P alive:<host>:<pid>``       heartbeat of a process (TTL ``heartbeat_ttl``)
@@ -38,7 +42,8 @@ import redis as redis_lib
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
+from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+                   StoreError, stat_buckets)
 from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_key_of, bucket_state,
                     check_recipients, check_window, key_in_prefix, slot_owner, validate_buckets)
 from .settings import StoreSettings
@@ -263,6 +268,58 @@ redis.call('PEXPIRE', agg, ms)
 return redis.call('HMGET', agg, '#m', '#r', '#u')
 """
 
+# ARGV: key prefix ("P st:"), max recent names, number of counts, number of
+# recent names, then name, n for each count, then name, n for each recent name, then for each
+# period: name, width, buckets kept.
+_STAT_ADD = _PRELUDE + """
+local now, most = clock(), tonumber(ARGV[2])
+local nc, nr = tonumber(ARGV[3]), tonumber(ARGV[4])
+local first_recent = 5 + 2 * nc
+local periods = first_recent + 2 * nr
+for p = periods, #ARGV, 3 do
+  local width, kept = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
+  local cur = math.floor(now / width)
+  local ttl = math.ceil(((cur + kept) * width - now) * 1000) + 1
+  local k = ARGV[1] .. ARGV[p] .. ':' .. string.format('%.0f', cur)
+  for i = 5, first_recent - 1, 2 do
+    redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
+  end
+  if nc > 0 then redis.call('PEXPIRE', k, ttl) end
+  if ARGV[p] == 'm' and nr > 0 then
+    local r = ARGV[1] .. 'r:' .. string.format('%.0f', cur)
+    local held = redis.call('HLEN', r)
+    local roomy = held + nr <= most
+    for i = first_recent, periods - 1, 2 do
+      if roomy or redis.call('HEXISTS', r, ARGV[i]) == 1 then
+        redis.call('HINCRBY', r, ARGV[i], ARGV[i + 1])
+      elseif held < most then
+        redis.call('HINCRBY', r, ARGV[i], ARGV[i + 1])
+        held = held + 1
+      end
+    end
+    redis.call('PEXPIRE', r, ttl)
+  end
+end
+return 1
+"""
+
+# ARGV: key prefix ("P st:"), period, width, count.  Returns flat name, n pairs
+# (a name may repeat: summed by the caller).
+_STAT_READ = _PRELUDE + """
+local now, width, count = clock(), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur = math.floor(now / width)
+local out = {}
+local kinds = {ARGV[2]}
+if ARGV[2] == 'm' then kinds[2] = 'r' end
+for i = 0, count - 1 do
+  for _, kind in ipairs(kinds) do
+    local flat = redis.call('HGETALL', ARGV[1] .. kind .. ':' .. string.format('%.0f', cur - i))
+    for j = 1, #flat do out[#out + 1] = flat[j] end
+  end
+end
+return out
+"""
+
 _CONN_PRELUDE = _PRELUDE + """
 local function reclaim(set, alive_prefix)
   local alive = {}
@@ -359,6 +416,7 @@ class RedisStore(Store):
         self._fingerprint = reg(_FINGERPRINT)
         self._acquire, self._count = reg(_CONN_ACQUIRE), reg(_CONN_COUNT)
         self._alive, self._gone = reg(_ALIVE), reg(_GONE)
+        self._stat_add, self._stat_read = reg(_STAT_ADD), reg(_STAT_READ)
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -515,6 +573,30 @@ class RedisStore(Store):
                 args=[member, int(recipients), repr(float(window)),
                       self.settings.max_fingerprint_entries])
         return FingerprintStats(messages=int(m), recipients=int(r), members=int(u))
+
+    # -- message statistics ---------------------------------------------------------------------
+    def stat_add(self, counts: Sequence[tuple[str, int]],
+                 recent: Sequence[tuple[str, int]] = ()) -> None:
+        args: list[Any] = [f"{self._p}st:", self.settings.max_stat_names, len(counts), len(recent)]
+        for name, n in counts:
+            args += [name, int(n)]
+        for name, n in recent:
+            args += [name, int(n)]
+        for period, (width, kept) in STAT_PERIODS.items():
+            args += [period, repr(float(width)), kept]
+        with self._guard("stat_add"):
+            self._stat_add(keys=[], args=args)
+
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        width, _ = STAT_PERIODS[period]
+        stat_buckets(period, 0.0, count)                 # validates the arguments
+        with self._guard("stat_read"):
+            flat = self._stat_read(keys=[], args=[f"{self._p}st:", period, repr(float(width)), count])
+        out: dict[str, int] = {}
+        for i in range(0, len(flat), 2):
+            name = _text(flat[i])
+            out[name] = out.get(name, 0) + int(flat[i + 1])
+        return out
 
     # -- blobs --------------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:

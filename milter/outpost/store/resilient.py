@@ -245,6 +245,13 @@ class ResilientStore(Store):
                              window: float) -> list[FingerprintStats]:
         return self._call("fingerprint_add_many", items, window)
 
+    def stat_add(self, counts: Sequence[tuple[str, int]],
+                 recent: Sequence[tuple[str, int]] = ()) -> None:
+        self._call("stat_add", counts, recent)
+
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        return self._call("stat_read", period, count)
+
     def put_blob(self, name: str, data: bytes) -> None:
         self._call("put_blob", name, data)
 

@@ -41,6 +41,9 @@ class StoreSettings:
     max_events: int = 10000
     #: Most messages kept per fingerprint within its window.
     max_fingerprint_entries: int = 10000
+    #: Most per-identity names a minute bucket of the message statistics
+    #: keeps (``outpost top``'s list of recently active identities).
+    max_stat_names: int = 5000
     #: How long the auto-unlock count of a key without a lock is kept, seconds.
     lock_history_ttl: float = 30 * 86400.0
     #: ``tempfail``, ``accept`` or ``local`` (see README.rst, "State store").
@@ -54,7 +57,7 @@ class StoreSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"store setting {name} must be a number > 0, got {value!r}")
-        for name in ("max_events", "max_fingerprint_entries"):
+        for name in ("max_events", "max_fingerprint_entries", "max_stat_names"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"store setting {name} must be an integer >= 1, got {value!r}")

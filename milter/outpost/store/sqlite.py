@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Iterator, Optional, Sequence
 
-from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
+from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+                   StoreError, stat_buckets)
 from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_key_of, bucket_state,
                     key_in_prefix,
                     check_recipients, check_window, slot_expiry, slot_owner,
@@ -45,6 +46,10 @@ CREATE TABLE IF NOT EXISTS fingerprint (
     recipients INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS fingerprint_fp_t ON fingerprint (fp, t);
 CREATE INDEX IF NOT EXISTS fingerprint_expires ON fingerprint (expires);
+CREATE TABLE IF NOT EXISTS stat (
+    period TEXT NOT NULL, idx INTEGER NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+    expires REAL NOT NULL, PRIMARY KEY (period, idx, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stat_expires ON stat (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 DROP TABLE IF EXISTS conn;
 DROP TABLE IF EXISTS conn_slot;
@@ -376,6 +381,39 @@ class SqliteStore(Store):
         return FingerprintStats(messages=messages, recipients=rcpts, members=members)
 
     # -- blobs ----------------------------------------------------------------------------------
+    # -- message statistics (period "r": the recent names of a minute) ----------------------------
+    def stat_add(self, counts: Sequence[tuple[str, int]],
+                 recent: Sequence[tuple[str, int]] = ()) -> None:
+        upsert = ("INSERT INTO stat (period, idx, name, n, expires) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT (period, idx, name) DO UPDATE SET n = n + excluded.n")
+        with self._tx() as db:
+            now = time.time()
+            db.execute("DELETE FROM stat WHERE expires <= ?", (now,))
+            for period, (width, kept) in STAT_PERIODS.items():
+                cur = int(now // width)
+                expires = (cur + kept) * width
+                db.executemany(upsert, [(period, cur, name, n, expires) for name, n in counts])
+                if period != "m" or not recent:
+                    continue
+                known = {name for (name,) in db.execute(
+                    "SELECT name FROM stat WHERE period = 'r' AND idx = ?", (cur,))}
+                room = self.settings.max_stat_names - len(known)
+                new = [(name, n) for name, n in recent if name not in known][:max(room, 0)]
+                db.executemany(upsert, [("r", cur, name, n, expires) for name, n in recent
+                                        if name in known] +
+                               [("r", cur, name, n, expires) for name, n in new])
+
+    def stat_read(self, period: str, count: int) -> dict[str, int]:
+        now = time.time()
+        index = stat_buckets(period, now, count)
+        periods = (period, "r") if period == "m" else (period,)
+        marks = ",".join("?" * len(periods))
+        with self._conn() as db:
+            rows = db.execute(
+                f"SELECT name, sum(n) FROM stat WHERE period IN ({marks}) AND idx BETWEEN ? AND ? "
+                f"AND expires > ? GROUP BY name", (*periods, index[-1], index[0], now)).fetchall()
+        return {name: int(n) for name, n in rows}
+
     def put_blob(self, name: str, data: bytes) -> None:
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO blob (name, data) VALUES (?, ?)",

@@ -1,0 +1,161 @@
+"""Message statistics for ``outpost stats`` and ``outpost top``.
+
+Each worker counts its messages in memory (a few dictionary updates per
+message, after the reply has gone to the MTA) and a thread adds them to the
+store every :data:`FLUSH_INTERVAL` seconds in one ``stat_add`` call, so the
+counts of every worker and relay sharing the store add up.  The store keeps
+them per minute for an hour and per hour for a day
+(:data:`~outpost.store.base.STAT_PERIODS`).
+
+Counter names (one schema, read by :func:`summary`):
+
+==================  ==========================================================
+``m``               messages with a final answer (accepted, refused, held)
+``rc``              their recipients
+``b``               messages refused (reject, tempfail, discard)
+``q``               messages quarantined
+``a:ACTION``        messages by action (``accept``, ``reject``, ``tempfail``,
+                    ``discard``)
+``r:REASON``        refusals by reason (``rate_limit``, ``spam``, ``locked`` …)
+``u:USER``          messages of a user; ``ur:USER`` its recipients,
+                    ``ub:USER`` its refusals
+``i:USER/IDENTITY`` messages of an identity (recent names: the last hour's
+                    minute buckets only, at most ``max_stat_names`` a minute)
+==================  ==========================================================
+
+These counts live in the store and are meant for the command line; the
+Prometheus counters of the adapter are separate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+from .core.types import Action, Decision, Message
+from .store.base import Store, StoreError
+
+log = logging.getLogger("outpost.stats")
+
+#: Seconds between two flushes of a worker's counts to the store.
+FLUSH_INTERVAL = 2.0
+
+_BLOCKS = (Action.REJECT, Action.TEMPFAIL, Action.DISCARD)
+
+
+class StatsRecorder:
+    """A process' counts not yet in the store (thread-safe)."""
+
+    def __init__(self, store: Store, max_names: int = 5000) -> None:
+        self.store = store
+        self.max_names = max_names
+        self._mutex = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._recent: Counter[str] = Counter()
+        self._failing = False
+
+    def record(self, msg: Message, decision: Decision) -> None:
+        """Count one message that got its final answer (``decision``)."""
+        action = decision.action
+        if action is Action.CONTINUE:          # reset, aborted, closed: no answer
+            return
+        rcpts = len(msg.recipients)
+        blocked = action in _BLOCKS
+        user = msg.user_name
+        with self._mutex:
+            c = self._counts
+            c["m"] += 1
+            c["rc"] += rcpts
+            c["a:" + action.value] += 1
+            if blocked:
+                c["b"] += 1
+                c["r:" + (decision.reason or "-")] += 1
+            if decision.quarantine:
+                c["q"] += 1
+            if user:
+                c["u:" + user] += 1
+                c["ur:" + user] += rcpts
+                if blocked:
+                    c["ub:" + user] += 1
+                if msg.identity:
+                    name = f"i:{user}/{msg.identity}"
+                    if name in self._recent or len(self._recent) < self.max_names:
+                        self._recent[name] += 1
+
+    def flush(self) -> bool:
+        """Add the counts to the store (one call); on a store error they are
+        kept for the next flush.  Returns False when the store failed."""
+        with self._mutex:
+            counts, recent = self._counts, self._recent
+            if not counts:
+                return True
+            self._counts, self._recent = Counter(), Counter()
+        try:
+            self.store.stat_add(sorted(counts.items()), sorted(recent.items()))
+        except StoreError as exc:
+            with self._mutex:
+                counts.update(self._counts)
+                self._counts = counts
+                for name, n in self._recent.items():
+                    if name in recent or len(recent) < self.max_names:
+                        recent[name] += n
+                self._recent = recent
+                first, self._failing = not self._failing, True
+            if first:
+                log.warning("message statistics not stored (kept for the next try): %s", exc)
+            return False
+        self._failing = False
+        return True
+
+    def run(self, stop: threading.Event, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush every ``interval`` seconds until ``stop`` is set, then once more."""
+        while not stop.wait(interval):
+            self.flush()
+        self.flush()
+
+
+# -- reading (outpost stats) ---------------------------------------------------------------
+
+def summary(counts: dict[str, int], top: int = 10) -> dict:
+    """The JSON-ready view of :meth:`Store.stat_read`'s sums."""
+    def named(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: v for k, v in counts.items() if k.startswith(prefix)}
+
+    def ranked(values: dict[str, int]) -> list[dict]:
+        return [{"user": u, "count": n}
+                for u, n in sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:top] if n]
+
+    users, rcpts, blocks = named("u:"), named("ur:"), named("ub:")
+    return {
+        "messages": counts.get("m", 0),
+        "recipients": counts.get("rc", 0),
+        "blocked": counts.get("b", 0),
+        "quarantined": counts.get("q", 0),
+        "actions": dict(sorted(named("a:").items())),
+        "block_reasons": dict(sorted(named("r:").items(), key=lambda kv: (-kv[1], kv[0]))),
+        "top_users_by_messages": ranked(users),
+        "top_users_by_recipients": ranked(rcpts),
+        "top_users_by_blocks": ranked(blocks),
+    }
+
+
+def recent_identities(counts: dict[str, int]) -> dict[str, int]:
+    """``user/identity`` → messages, from the minute buckets' recent names."""
+    return {k[2:]: v for k, v in counts.items() if k.startswith("i:")}
+
+
+def format_summary(title: str, s: dict) -> str:
+    lines = [f"{title}: {s['messages']} messages, {s['recipients']} recipients, "
+             f"{s['blocked']} refused, {s['quarantined']} quarantined"]
+    if s["actions"]:
+        lines.append("  by action:  " + ", ".join(f"{a} {n}" for a, n in s["actions"].items()))
+    if s["block_reasons"]:
+        lines.append("  refused by: " + ", ".join(f"{r} {n}" for r, n in s["block_reasons"].items()))
+    for key, what in (("top_users_by_messages", "messages"), ("top_users_by_recipients", "recipients"),
+                      ("top_users_by_blocks", "refusals")):
+        if s[key]:
+            lines.append(f"  top users by {what}: "
+                         + ", ".join(f"{e['user']} {e['count']}" for e in s[key]))
+    return "\n".join(lines)
+
