@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from .model import (
-    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
-    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
+    HEADER_FROM_MODES, LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
+    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, LogSettings, RateLimit, SpamConfig, SpamPolicy,
     User, UserPolicy,
 )
 from .source import ConfigError, Node, parse_text
@@ -33,6 +33,7 @@ TOP_KEYS = {
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
     "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
+    "log",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -117,7 +118,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_headers=opt("max_headers").int(minimum=50) if "max_headers" in top else 1000,
         max_header_bytes=(opt("max_header_bytes").int(minimum=16384) if "max_header_bytes" in top
                           else 262_144),
-        log_level=opt("log_level").str(("debug", "info", "warning", "error")) if "log_level" in top else "info",
+        log=_log(opt("log"), top.get("log_level")),
         source=file,
     )
 
@@ -199,6 +200,23 @@ def _spf(relay: Node, spf: Node):
     if "action" in sf:
         fixed["fail_action"] = sf["action"].str(("tag", "tempfail", "reject"))
     return settings_from(spf, SpfSettings, ignore={"action"}, **fixed)
+
+
+def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
+    """``log: {target, facility, format, level, syslog_address}``; the
+    top-level ``log_level`` is the older spelling of ``log.level``."""
+    fields = node.mapping({"target", "facility", "format", "level", "syslog_address"})
+    if old_level is not None and "level" in fields:
+        raise old_level.error("log_level is the old spelling of log.level: give only log.level")
+    choices = {"target": LOG_TARGETS, "format": LOG_FORMATS, "level": LOG_LEVELS,
+               "facility": tuple(LOG_FACILITIES)}
+    values = {k: fields[k].str(choices.get(k)) for k in fields}
+    if old_level is not None:
+        values["level"] = old_level.str(LOG_LEVELS)
+    try:
+        return LogSettings(**values)
+    except ValueError as exc:
+        raise (fields.get("syslog_address") or node).error(str(exc)) from None
 
 
 def _address(node: Node) -> str:
