@@ -122,9 +122,17 @@ class JournaldStderrFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, pid,
     qid, then the message's fields (:class:`Fields`) or ``msg``, and ``exc``
-    for a traceback."""
+    for a traceback.  ``tag``: the syslog tag ``outpost[PID]: `` before it."""
+
+    def __init__(self, tag: bool = False) -> None:
+        super().__init__()
+        self.tag = tag
 
     def format(self, record: logging.LogRecord) -> str:
+        text = self._json(record)
+        return f"{IDENT}[{record.process}]: {text}" if self.tag else text
+
+    def _json(self, record: logging.LogRecord) -> str:
         created = record.created
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
@@ -151,7 +159,7 @@ class JsonFormatter(logging.Formatter):
 
 def _formatter(settings: LogSettings, text_format: str) -> logging.Formatter:
     if settings.format == "json":
-        return JsonFormatter()
+        return JsonFormatter(tag=text_format == SYSLOG_FORMAT)
     if text_format == JOURNALD_STDERR_FORMAT:
         return JournaldStderrFormatter(text_format)
     return logging.Formatter(text_format)
@@ -268,12 +276,19 @@ def make_handler(settings: LogSettings, stream: Optional[TextIO] = None,
             handler = logging.handlers.SysLogHandler(
                 address=udp if udp is not None else settings.syslog_address,
                 facility=settings.facility_code)
-            # One datagram is one line: no NUL after it (a stream socket
-            # needs it as the separator).
-            handler.append_nul = handler.socktype != socket.SOCK_DGRAM
-        except OSError as exc:
+        except OSError as exc:                  # udp: the host does not resolve
             warning = (f"log.target syslog: cannot use {settings.syslog_address} "
                        f"({exc.strerror or exc}); logging to standard error")
+        else:
+            if handler.unixsocket and handler.socktype is None:     # nobody listens there
+                handler.close()
+                handler = None
+                warning = (f"log.target syslog: no syslog daemon at {settings.syslog_address}; "
+                           f"logging to standard error")
+            else:
+                # One datagram is one line: no NUL after it (a stream
+                # socket needs it as the separator).
+                handler.append_nul = handler.socktype != socket.SOCK_DGRAM
     elif settings.target == "journal":
         if journal_available(journal_path):
             handler = JournalHandler(settings.facility_code, journal_path)

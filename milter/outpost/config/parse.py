@@ -215,8 +215,8 @@ def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
         values["level"] = old_level.str(LOG_LEVELS)
     try:
         return LogSettings(**values)
-    except ValueError as exc:
-        raise (fields.get("syslog_address") or node).error(str(exc)) from None
+    except ValueError as exc:                   # "log.syslog_address: …": the node names the key
+        raise (fields.get("syslog_address") or node).error(str(exc).partition(": ")[2]) from None
 
 
 def _address(node: Node) -> str:
