@@ -271,9 +271,9 @@ class Master:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         old = [p for p, g in self.workers.items() if g == self.generation]
-        if config.log != self.config.log:
-            from ..logs import setup_logging
-            setup_logging(config.log)              # the new workers inherit it
+        from ..logs import setup_logging
+        setup_logging(config.log)                  # the new workers inherit it (a syslog or
+                                                   # journal socket missing at start is retried)
         self.config = config
         self.generation += 1
         self._respawn_delay = self._respawn_at = 0.0     # a new configuration starts at once
