@@ -14,10 +14,11 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from .model import (
-    HEADER_FROM_MODES, LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
-    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, LogSettings, RateLimit, SpamConfig, SpamPolicy,
+    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
+    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
     User, UserPolicy,
 )
+from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
 from .source import ConfigError, Node, parse_text
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
