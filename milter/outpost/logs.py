@@ -79,23 +79,28 @@ class Fields:
 
     def __str__(self) -> str:
         if self._text is None:
-            self._text = " ".join(f"{k}={_text_value(k, v)}" for k, v in self.data.items()
-                                  if v is not None)
+            parts = []
+            for key, value in self.data.items():
+                if value is None:
+                    continue
+                if type(value) is str:                  # most values: one test each
+                    if key == "from":
+                        value = f"<{value}>"
+                    elif not value:
+                        value = "-"
+                    elif " " in value or '"' in value or "=" in value:
+                        value = _quoted(value)
+                elif isinstance(value, (list, tuple)):
+                    value = _quoted(",".join(map(str, value)), only_if_needed=True)
+                parts.append(f"{key}={value}")
+            self._text = " ".join(parts)
         return self._text
 
 
-def _text_value(key: str, value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        value = ",".join(str(v) for v in value)
-    elif not isinstance(value, str):
-        return str(value)
-    if key == "from":
-        return f"<{value}>"
-    if not value:
-        return "-"
-    if any(c in value for c in ' "='):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
+def _quoted(value: str, only_if_needed: bool = False) -> str:
+    if only_if_needed and not (" " in value or '"' in value or "=" in value):
+        return value or "-"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class ContextFilter(logging.Filter):
@@ -122,15 +127,20 @@ class JournaldStderrFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, pid,
     qid, then the message's fields (:class:`Fields`) or ``msg``, and ``exc``
-    for a traceback.  ``tag``: the syslog tag ``outpost[PID]: `` before it."""
+    for a traceback.  ``tag``: the syslog tag ``outpost[PID]: `` before it;
+    ``sd_priority``: the sd-daemon ``<N>`` prefix (standard error to the
+    journal)."""
 
-    def __init__(self, tag: bool = False) -> None:
+    def __init__(self, tag: bool = False, sd_priority: bool = False) -> None:
         super().__init__()
         self.tag = tag
+        self.sd_priority = sd_priority
 
     def format(self, record: logging.LogRecord) -> str:
         text = self._json(record)
-        return f"{IDENT}[{record.process}]: {text}" if self.tag else text
+        if self.tag:
+            return f"{IDENT}[{record.process}]: {text}"
+        return f"<{record.priority}>{text}" if self.sd_priority else text
 
     def _json(self, record: logging.LogRecord) -> str:
         created = record.created
@@ -159,7 +169,8 @@ class JsonFormatter(logging.Formatter):
 
 def _formatter(settings: LogSettings, text_format: str) -> logging.Formatter:
     if settings.format == "json":
-        return JsonFormatter(tag=text_format == SYSLOG_FORMAT)
+        return JsonFormatter(tag=text_format == SYSLOG_FORMAT,
+                             sd_priority=text_format == JOURNALD_STDERR_FORMAT)
     if text_format == JOURNALD_STDERR_FORMAT:
         return JournaldStderrFormatter(text_format)
     return logging.Formatter(text_format)

@@ -199,6 +199,17 @@ def test_stderr_under_journald_has_sd_daemon_prefixes_and_no_timestamp(logger, t
     assert all(line.startswith("<3>") for line in lines[2:]) and lines[-1] == "<3>KeyError: 'boom'"
 
 
+def test_json_on_a_journal_stderr_has_the_priority_prefix(logger, tmp_path, monkeypatch):
+    with open(tmp_path / "stream", "w+", encoding="utf-8") as fh:
+        st = os.fstat(fh.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        use(logger, LogSettings(format="json"), stream=fh)
+        logger.error("store error")
+        fh.seek(0)
+        line = fh.read().rstrip("\n")
+    assert line.startswith("<3>{") and json.loads(line[3:])["msg"] == "store error"
+
+
 def test_stderr_elsewhere_is_timestamped(logger, tmp_path, monkeypatch):
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")              # not this stream
     with open(tmp_path / "stream", "w+", encoding="utf-8") as fh:
