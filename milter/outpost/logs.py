@@ -156,6 +156,8 @@ class JsonFormatter(logging.Formatter):
             out["qid"] = qid
         if isinstance(record.msg, Fields):
             out.update((k, v) for k, v in record.msg.data.items() if v is not None)
+            if not out.get("qid"):
+                out.pop("qid", None)            # no queue id (yet): no key, as for other lines
         else:
             out["msg"] = record.getMessage()
         if record.exc_info and not record.exc_text:

@@ -81,4 +81,4 @@ def test_message_line_fields_and_no_stale_queue_id(runtime, syslog):  # noqa: F8
         "qid": "QLOG7", "ip": "192.0.2.5", "user": "webfarm", "identity": "1001",
         "from": "bob@example.com", "rcpts": 1, "action": "accept", "reason": "ok", "login": ""}
     assert isinstance(first["ms"], float) and first["size"] > 0 and first["level"] == "info"
-    assert not second.get("qid") and second["reason"] == "unknown_sender"     # not QLOG7
+    assert "qid" not in second and second["reason"] == "unknown_sender"     # not QLOG7
