@@ -118,7 +118,7 @@ def measure(factory: Callable, messages: int, body: bytes) -> dict[str, float]:
 
 def outpost_factory(work: str) -> tuple[Callable, Runtime]:
     secret = os.path.join(work, "secret")
-    with open(secret, "wb") as f:
+    with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(new_secret())
     os.chmod(secret, 0o600)                  # a group/world-readable secret is refused
     config = parse_config(f"""

@@ -7,74 +7,34 @@ import logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import __version__
 from .config import ConfigError, load_config
-from .core.headers import CONTROL
 from .ops import OpsError
 from .store.base import StoreError
+
+if TYPE_CHECKING:
+    from .config.model import LogSettings
 
 DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
 
 
-LOG_FORMAT = "%(asctime)s outpost[%(process)d] %(levelname)s %(name)s: %(message)s"
-
-
-def _setup_logging(level: str = "info", stream=None) -> None:
-    """The daemon's logging: ``LOG_FORMAT`` to ``stream`` (standard error)."""
-    # libmilter calls us from threads Python did not create: a log record's
-    # threadName would make threading register a _DummyThread for each new
-    # connection thread (slow, and never freed).  We log no thread names.
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    # No caller lookup (file, line, function) for each record: the format
-    # does not show it (the logging HOWTO's "Optimization" section).
-    logging._srcfile = None
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(LogFormatter())
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler],
-                        force=True)
-
-
-class LogFormatter(logging.Formatter):
-    """:data:`LOG_FORMAT`, written for the line each message logs: the date
-    and time are formatted once a second, not for every record, and a record
-    without a traceback is one f-string, not the generic %-style machinery
-    (about 4 → 1.5 µs).  The output is the stock formatter's."""
-
-    def __init__(self) -> None:
-        super().__init__(LOG_FORMAT)
-        self._second = -1
-        self._stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
-        # Called under the handler's lock: one thread at a time.
-        second = int(record.created)
-        if second != self._second:
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
-        message = record.getMessage()
-        if not message.isprintable():       # one line, whatever a client sent
-            message = CONTROL.sub(" ", message)
-        return (f"{self.formatTime(record)} outpost[{record.process}] {record.levelname} "
-                f"{record.name}: {message}")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        # the line before a traceback: cleaned the same way
-        return CONTROL.sub(" ", super().formatMessage(record))
+def _setup_logging(settings: "LogSettings | str" = "info", stream=None) -> None:
+    """The daemon's logging (:mod:`outpost.logs`): ``settings`` is the
+    ``log:`` block, or just a level for standard error."""
+    from .config.model import LogSettings
+    from .logs import setup_logging
+    if isinstance(settings, str):
+        settings = LogSettings(level=settings)
+    setup_logging(settings, stream)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .adapter.server import ServeError, serve
     from .runtime import StartupError
     config = load_config(args.config)
-    _setup_logging(config.log_level)
+    _setup_logging(config.log)
     try:
         return serve(args.config, args.socket, args.workers, args.socket_group)
     except (StartupError, ServeError) as exc:

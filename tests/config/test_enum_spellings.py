@@ -42,6 +42,10 @@ ENUMS = [
     ("spamassassin", "on_error", ("ignore", "tempfail"), lambda c: c.spam.spamassassin.on_error),
     ("spamassassin", "oversize", ("skip", "truncate"), lambda c: c.spam.spamassassin.oversize),
     ("bulk", "on_error", ("ignore", "tempfail"), lambda c: c.spam.bulk.on_error),
+    ("log", "target", ("stderr", "syslog", "journal"), lambda c: c.log.target),
+    ("log", "format", ("text", "json"), lambda c: c.log.format),
+    ("log", "level", ("debug", "info", "warning", "error"), lambda c: c.log.level),
+    ("log", "facility", ("mail", "daemon", "user", "local0", "local7"), lambda c: c.log.facility),
 ]
 
 
@@ -57,6 +61,8 @@ def config_with(where: str, key: str, spelling: str) -> str:
         return f"defaults:\n  spam: {{{item}}}\n{BASE}"
     if where == "spf":
         return f"relay: {{egress_ips: [198.51.100.7]}}\nspf: {{{item}}}\n{BASE}"
+    if where == "log":
+        return f"log: {{{item}}}\n{BASE}"
     if where in ("spamassassin", "bulk"):
         return f"spam:\n  {where}: {{{item}}}\n{BASE}"
     raise AssertionError(where)

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import Milter
 
 from ..core.types import INTERNAL_ERROR, Action, Decision, Session
+from ..logs import QUEUE_ID
 
 log = logging.getLogger("outpost.milter")
 
@@ -88,6 +89,17 @@ class OutpostMilter(Milter.Base):
             live.up()
 
     # -- plumbing ----------------------------------------------------------------
+    @property
+    def queue_id(self) -> str:
+        return self._queue_id
+
+    @queue_id.setter
+    def queue_id(self, value: str) -> None:
+        # Every log line written while serving this message carries it
+        # (outpost.logs): the callback's thread knows it from now on.
+        self._queue_id = value
+        QUEUE_ID.set(value)
+
     def negotiate(self, opts):
         # Milter.Base.negotiate, minus what Outpost does not use (macro lists
         # of @symlist methods); the protocol mask is worked out once per class.
@@ -122,6 +134,7 @@ class OutpostMilter(Milter.Base):
 
     def _guarded(self, stage: str, fn: Callable[[], int]) -> int:
         started = self._stage_started = time.monotonic()
+        QUEUE_ID.set(self._queue_id)        # the thread may have served another connection
         try:
             return fn()
         except Exception:  # noqa: BLE001 - any failure must tempfail, never accept
@@ -304,6 +317,7 @@ class OutpostMilter(Milter.Base):
         except Exception:  # noqa: BLE001 - close must never raise into libmilter
             log.exception("error while closing a connection")
         finally:
+            QUEUE_ID.set("")
             if self._live is not None:
                 self._live.down()
                 self._live = None

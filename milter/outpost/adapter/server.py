@@ -280,6 +280,9 @@ class Master:
                       f" (and {more} more: outpost check-config --strict lists them)" if more else "")
             return
         old = [p for p, g in self.workers.items() if g == self.generation]
+        from ..logs import setup_logging
+        setup_logging(config.log)                  # the new workers inherit it (a syslog or
+                                                   # journal socket missing at start is retried)
         self.config = config
         self.generation += 1
         self._respawn_delay = self._respawn_at = 0.0     # a new configuration starts at once

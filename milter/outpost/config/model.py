@@ -27,6 +27,11 @@ USER_TYPES = ("ip", "domain", "login", "local")
 HEADER_FROM_MODES = ("enforce", "warn", "off")
 MODES = ("enforce", "monitor")
 STORE_ERROR_POLICIES = ("tempfail", "accept", "local")
+LOG_TARGETS = ("stderr", "syslog", "journal")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: syslog facilities a ``log.facility`` may name (RFC 5424 codes).
+LOG_FACILITIES = {"mail": 2, "daemon": 3, "user": 1, **{f"local{i}": 16 + i for i in range(8)}}
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,44 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """``log:`` — where Outpost's log lines go and how they look."""
+
+    target: str = "stderr"              # stderr | syslog | journal
+    facility: str = "mail"              # syslog facility (syslog and journal targets)
+    format: str = "text"                # text | json
+    level: str = "info"                 # debug | info | warning | error
+    syslog_address: str = "/dev/log"    # a Unix datagram socket path, or udp:HOST:PORT
+
+    def __post_init__(self) -> None:
+        for key, value, choices in (("target", self.target, LOG_TARGETS),
+                                    ("format", self.format, LOG_FORMATS),
+                                    ("level", self.level, LOG_LEVELS),
+                                    ("facility", self.facility, tuple(LOG_FACILITIES))):
+            if value not in choices:
+                raise ValueError(f"log.{key}: '{value}' is not one of: {', '.join(choices)}")
+        self.syslog_udp            # checks the address
+
+    @property
+    def facility_code(self) -> int:
+        return LOG_FACILITIES[self.facility]
+
+    @property
+    def syslog_udp(self) -> Optional[tuple[str, int]]:
+        """(host, port) for ``udp:HOST:PORT``; None for a socket path."""
+        addr = self.syslog_address
+        if addr.startswith("/"):
+            return None
+        kind, _, rest = addr.partition(":")
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if kind != "udp" or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"log.syslog_address: '{addr}' is neither a socket path (/dev/log) "
+                             f"nor udp:HOST:PORT")
+        return host, int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str
     store: str
@@ -195,10 +238,15 @@ class Config:
     max_headers: int = 1000                    # header fields in one message (more: 552 5.3.4)
     max_header_bytes: int = 262_144            # bytes of the header block (more: 552 5.3.4)
     milter_timeout: int = 600
-    log_level: str = "info"
+    log: LogSettings = LogSettings()
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
+
+    @property
+    def log_level(self) -> str:
+        """The log level (``log.level``; ``log_level`` is its older spelling)."""
+        return self.log.level
 
     @functools.cached_property
     def domain_names(self) -> frozenset[str]:

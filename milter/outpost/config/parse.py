@@ -21,6 +21,7 @@ from .model import (
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
     User, UserPolicy,
 )
+from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
 from .source import ConfigError, Node, _closest, parse_text
 
 T = TypeVar("T")
@@ -38,7 +39,7 @@ TOP_KEYS = {
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
     "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
-    "users_from", "domains_from",
+    "users_from", "domains_from", "log",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -149,7 +150,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     milter_timeout = scalar("milter_timeout", lambda n: n.int(minimum=5), 600)
     max_headers = scalar("max_headers", lambda n: n.int(minimum=50), 1000)
     max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
-    log_level = scalar("log_level", lambda n: n.str(("debug", "info", "warning", "error")), "info")
+    log = grab(lambda: _log(opt("log"), top.get("log_level")), LogSettings())
     if errors:
         raise ConfigError(errors[0], errors)
 
@@ -175,7 +176,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         milter_timeout=milter_timeout,
         max_headers=max_headers,
         max_header_bytes=max_header_bytes,
-        log_level=log_level,
+        log=log,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
@@ -322,6 +323,23 @@ def _spf(relay: Node, spf: Node):
     if "action" in sf:
         fixed["fail_action"] = sf["action"].str(("tag", "tempfail", "reject"))
     return settings_from(spf, SpfSettings, ignore={"action"}, **fixed)
+
+
+def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
+    """``log: {target, facility, format, level, syslog_address}``; the
+    top-level ``log_level`` is the older spelling of ``log.level``."""
+    fields = node.mapping({"target", "facility", "format", "level", "syslog_address"})
+    if old_level is not None and "level" in fields:
+        raise old_level.error("log_level is the old spelling of log.level: give only log.level")
+    choices = {"target": LOG_TARGETS, "format": LOG_FORMATS, "level": LOG_LEVELS,
+               "facility": tuple(LOG_FACILITIES)}
+    values = {k: fields[k].str(choices.get(k)) for k in fields}
+    if old_level is not None:
+        values["level"] = old_level.str(LOG_LEVELS)
+    try:
+        return LogSettings(**values)
+    except ValueError as exc:                   # "log.syslog_address: …": the node names the key
+        raise (fields.get("syslog_address") or node).error(str(exc).partition(": ")[2]) from None
 
 
 def _address(node: Node) -> str:

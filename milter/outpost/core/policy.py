@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config.model import Config, RateLimit, User
+from ..logs import Fields
 from ..store.base import Bucket, Store, StoreError
 from . import headers as hdr
 from . import keys
@@ -34,14 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("outpost.policy")
 msglog = logging.getLogger("outpost.message")
-
-
-def _q(value: Optional[str]) -> str:
-    """A log field: '-' when empty, control characters and blanks made safe."""
-    if not value:
-        return "-"
-    value = hdr.clean(value, 200)
-    return f'"{value}"' if " " in value or '"' in value else value
 
 
 class StoreUnavailable(Exception):
@@ -416,8 +409,11 @@ class Policy:
             return ()
         final.extend((name, " " + value) for name, value in added)
         body = msg.body_hash if msg.body_hash is not None else self.signer.body_hasher()
+        signatures = self.signer.sign(final, body, domain)
+        if signatures:                               # for the message's log line
+            msg.dkim_d, msg.dkim_s = domain, ",".join(self.signer.selectors(domain))
         # the adapter supplies the blank after the colon: strip the signer's
-        return tuple((n, v[1:] if v.startswith(" ") else v) for n, v in self.signer.sign(final, body, domain))
+        return tuple((n, v[1:] if v.startswith(" ") else v) for n, v in signatures)
 
     def _check_spf(self, msg: Message, user: User) -> tuple[Decision, tuple[tuple[str, str], ...]]:
         assert self.spf is not None
@@ -425,6 +421,7 @@ class Policy:
         if not domain:
             return CONTINUE, ()
         result = self.spf.check(domain, msg.sender)
+        msg.spf = result.result
         decision = self.spf.decide(result)
         header = ((decision.header[0], hdr.safe_value(decision.header[1])),)
         if decision.smtp is None:
@@ -434,18 +431,34 @@ class Policy:
 
     def log_message(self, session: Session, decision: Decision, queue_id: str = "",
                     msg: Optional[Message] = None) -> None:
-        """The one log line per message (``msg``, or the session's current one)."""
+        """The one log line per message (``msg``, or the session's current
+        one): its fields as one dict (:class:`~outpost.logs.Fields`), written
+        as ``key=value`` text or as JSON keys by the configured format."""
         msg = msg if msg is not None else session.message
         if msg is None or not msglog.isEnabledFor(logging.INFO):
             return
-        # One f-string, not %-arguments: this runs for every message.
-        would = f' would="{hdr.clean("; ".join(msg.would), 300)}"' if msg.would else ""
-        msglog.info(
-            f"qid={queue_id or '-'} ip={session.client_ip or '-'} login={_q(msg.login)} "
-            f"user={_q(msg.user_name)} identity={_q(msg.identity)} from=<{hdr.clean(msg.sender, 320)}> "
-            f"rcpts={len(msg.recipients)} size={msg.header_bytes + msg.body_size} "
-            f"action={decision.action.value} reason={decision.reason or '-'}{would} "
-            f"ms={msg.spent * 1000.0:.1f}")
+        verdict = msg.verdict
+        evidence = getattr(verdict, "evidence", ())
+        msglog.info(Fields({
+            "qid": queue_id,
+            "ip": session.client_ip or "",
+            "login": hdr.clean(msg.login, 200) if msg.login else "",
+            "user": hdr.clean(msg.user_name, 200) if msg.user_name else "",
+            "identity": hdr.clean(msg.identity, 200) if msg.identity else "",
+            "from": hdr.clean(msg.sender, 320),
+            "rcpts": len(msg.recipients),
+            "size": msg.header_bytes + msg.body_size,
+            "action": decision.action.value,
+            "reason": decision.reason,
+            "would": hdr.clean("; ".join(msg.would), 300) if msg.would else None,
+            "class": msg.spam_class,
+            "score": round(verdict.score, 2) if verdict is not None else None,
+            "evidence": [f"{e.name}({e.points:.1f})" for e in evidence[:3]] or None,
+            "dkim_d": msg.dkim_d or None,
+            "dkim_s": msg.dkim_s or None,
+            "spf": msg.spf or None,
+            "ms": round(msg.spent * 1000.0, 1),
+        }), extra={"qid": queue_id})
 
     # -- pieces -------------------------------------------------------------------------
     def _identity(self, msg: Message, user: User) -> str:

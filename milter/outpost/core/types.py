@@ -95,6 +95,9 @@ class Message:
     from_domain: Optional[str] = None                         # header From domain, once parsed
     verdict: Optional[object] = None                          # the spam engine's Verdict
     spam_class: Optional[str] = None
+    dkim_d: str = ""                     # the DKIM signature made: d= and s= (selectors, comma-separated)
+    dkim_s: str = ""
+    spf: str = ""                        # the SPF result of the sender's domain for our egress IPs
     would: list[str] = field(default_factory=list)          # monitor mode: what would have happened
     lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
     user_lock_decision: Optional[Decision] = None   # the same for the user as a whole

@@ -424,6 +424,10 @@ class Signer:
     def has_key(self, domain: str) -> bool:
         return domain.rstrip(".").lower() in self.keys
 
+    def selectors(self, domain: str) -> list[str]:
+        """The selectors of ``domain``'s keys, in signing order (RSA first)."""
+        return [k.spec.selector for k in self.keys.get(domain.rstrip(".").lower(), ())]
+
     def already_signed(self, headers: Headers, domain: str) -> bool:
         """True if any of our selectors already signed for ``domain``."""
         return any(already_signed(headers, domain, k.spec.selector)
