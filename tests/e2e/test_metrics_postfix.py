@@ -134,9 +134,16 @@ def test_counters_do_not_go_backwards_when_a_worker_is_killed(postfix, outpost, 
     assert len(workers) == 2, workers
     for pid in workers:                  # every worker that counted anything dies
         os.kill(pid, signal.SIGKILL)
-    after = wait_scrape(url, lambda s: value(s, "outpost_workers") == 2
-                        and not set(workers) & set(outpost.children()), timeout=30)
-    assert value(after, "outpost_workers") == 2
+    deadline = time.monotonic() + 30     # two new workers, past their metrics set-up
+    while True:
+        new = [p for p in outpost.children() if p not in workers and _cmd_is_worker(p, outpost)]
+        log = outpost.log()
+        if len(new) == 2 and all(f"worker {p} serving" in log for p in new):
+            break
+        assert time.monotonic() < deadline, (new, log[-2000:])
+        time.sleep(0.1)
+    after = scrape(url)
+    assert value(after, "outpost_workers") == 2          # the dead ones are not alive
     for key, v in before.items():
         if key[0].endswith(("_total", "_count", "_sum", "_bucket")) and key[0] != "outpost_user_messages_total":
             assert after.get(key, 0.0) >= v, (key, v, after.get(key))
