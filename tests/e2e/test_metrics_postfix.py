@@ -155,6 +155,33 @@ def test_counters_do_not_go_backwards_when_a_worker_is_killed(postfix, outpost, 
     assert later[ok] == before[ok] + 1
 
 
+def test_reload_moves_the_listener_and_keeps_the_counts(postfix, outpost, sink):
+    """SIGHUP with a new metrics.listen: the new address answers, the old
+    one no longer does, and the counts of the old generation are kept."""
+    old_url = outpost.metrics_url
+    before = scrape(old_url)
+    port = free_port()
+    outpost.write_config(config(port))
+    outpost.proc.proc.send_signal(signal.SIGHUP)
+    new_url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            after = scrape(new_url)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, outpost.log()[-2000:]
+            time.sleep(0.1)
+    outpost.metrics_url = new_url
+    with pytest.raises(OSError):
+        scrape(old_url)
+    ok = ("outpost_messages_total", (("action", "accept"), ("reason", "ok")))
+    assert after[ok] >= before[ok] > 0
+    assert submit(postfix, "alice@example.com", corpus_message("ham", HAM, "alice@example.com")).accepted
+    later = wait_scrape(new_url, lambda s: s.get(ok, 0) > before[ok])
+    assert later[ok] == before[ok] + 1
+
+
 def _cmd_is_worker(pid: int, outpost) -> bool:
     """Workers are the children that hold the milter socket's listener
     (not the metrics process, not the report sender)."""
