@@ -134,7 +134,13 @@ class WorkerMetrics:
         for check, policy in checks:
             self.check_failures.labels(label(check), label(policy))
         self._seen = (0, 0)                     # store fallbacks, outages already counted
+        self._degraded = 0
         self._lock = threading.Lock()
+        # Labelled children by label values (labels() costs more than the
+        # increment); bounded: reasons come from the code, users from the
+        # configuration.
+        self._by_decision: dict[tuple[str, str], tuple] = {}
+        self._by_user: dict[tuple[str, str], object] = {}
         self.workers.set(1)
 
     @classmethod
@@ -153,20 +159,31 @@ class WorkerMetrics:
 
     def message(self, decision: "Decision", msg: "Message") -> None:
         """Record one message's final decision and account."""
-        action, reason = decision.action.value, label(decision.reason)
-        self.messages.labels(action, reason).inc()
+        action = decision.action.value
+        key = (action, decision.reason)
+        children = self._by_decision.get(key)
+        if children is None:
+            reason = label(decision.reason)
+            children = (self.messages.labels(action, reason),
+                        self.limit_hits.labels(reason) if reason in LIMIT_REASONS
+                        else self.dkim_failures if reason == "dkim_error" else None)
+            if len(self._by_decision) < 1000:
+                self._by_decision[key] = children
+        children[0].inc()
+        if children[1] is not None:
+            children[1].inc()
         self.message_seconds.observe(msg.spent)
-        if reason in LIMIT_REASONS:
-            self.limit_hits.labels(reason).inc()
-        elif reason == "dkim_error":
-            self.dkim_failures.inc()
         verdict = msg.verdict
         if verdict is not None:
             self.spam_score.observe(float(verdict.score))
             for failure in getattr(verdict, "errors", ()):
                 self.check_failures.labels(label(failure.check), label(failure.policy)).inc()
         if msg.user_name:
-            self.user_messages.labels(msg.user_name, action).inc()
+            ukey = (msg.user_name, action)
+            child = self._by_user.get(ukey)
+            if child is None:
+                child = self._by_user[ukey] = self.user_messages.labels(msg.user_name, action)
+            child.inc()
 
     def recipient_refused(self, decision: "Decision") -> None:
         reason = label(decision.reason)
@@ -178,14 +195,18 @@ class WorkerMetrics:
         """Export the store wrapper's fallback and outage counts and state
         (:class:`~outpost.store.resilient.ResilientStore`; other stores have none)."""
         fallbacks, outages = getattr(store, "fallbacks", 0), getattr(store, "outages", 0)
-        with self._lock:
-            seen_f, seen_o = self._seen
-            self._seen = (max(fallbacks, seen_f), max(outages, seen_o))
-        if fallbacks > seen_f:
-            self.store_fallbacks.inc(fallbacks - seen_f)
-        if outages > seen_o:
-            self.store_outages.inc(outages - seen_o)
-        self.store_degraded.set(1 if getattr(store, "degraded", False) else 0)
+        if (fallbacks, outages) != self._seen:
+            with self._lock:
+                seen_f, seen_o = self._seen
+                self._seen = (max(fallbacks, seen_f), max(outages, seen_o))
+            if fallbacks > seen_f:
+                self.store_fallbacks.inc(fallbacks - seen_f)
+            if outages > seen_o:
+                self.store_outages.inc(outages - seen_o)
+        degraded = 1 if getattr(store, "degraded", False) else 0
+        if degraded != self._degraded:
+            self._degraded = degraded
+            self.store_degraded.set(degraded)
 
 
 # -- the endpoint side ---------------------------------------------------------------------
