@@ -46,6 +46,9 @@ LIMIT_REASONS = frozenset({"rate_limit", "max_recipients", "connection_limit", "
 #: than the work; their time is in outpost_message_seconds).
 #: Reasons a recipient is refused for (series created at 0).
 REFUSED_RECIPIENT_REASONS = ("rate_limit", "max_recipients", "locked", "user_locked", "store_error")
+#: Decisions whose series exist from the start (at 0).
+INITIAL_DECISIONS = (("accept", "ok"), ("reject", "unknown_sender"), ("reject", "spam"),
+                     ("tempfail", "internal_error"), ("tempfail", "store_error"))
 STAGES = ("envfrom", "envrcpt", "eoh", "eom")
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0, 10.0, 30.0)
@@ -127,6 +130,8 @@ class WorkerMetrics:
                                      "with the most messages are exported).", ["user", "action"], **kw)
         self._stages = {s: self.stage_seconds.labels(s) for s in STAGES}
         # Series that exist from the start (at 0): rate() and alerts see the first one.
+        for action, reason in INITIAL_DECISIONS:
+            self.messages.labels(action, reason)
         for reason in sorted(LIMIT_REASONS):
             self.limit_hits.labels(reason)
         for reason in REFUSED_RECIPIENT_REASONS:
