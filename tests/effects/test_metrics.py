@@ -261,3 +261,30 @@ def test_endpoint_serves_the_text_format(tmp_path):
     assert fams["outpost_stage_seconds"].type == "histogram"
     assert fams["outpost_store_up"].samples[0].value == 1
     assert [s.value for s in fams["outpost_user_messages"].samples if s.name.endswith("_total")] == [2]
+
+
+def test_a_stalled_client_does_not_block_scrapes(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "CLIENT_TIMEOUT", 1.0)
+    path = tmp_path / "mp"
+    path.mkdir()
+    config = replace(make_config(tmp_path), metrics=MetricsSettings(port=0))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+    t = threading.Thread(target=metrics.serve, args=(config, sock, str(path), stop))
+    t.start()
+    stalled = socket.create_connection(("127.0.0.1", port))
+    try:
+        stalled.sendall(b"GET /metrics HTTP/1.1\r\n")          # and nothing more
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
+            assert b"outpost_store_up" in resp.read()
+        stalled.settimeout(10)
+        started = time.monotonic()
+        assert stalled.recv(100) == b""                         # dropped after CLIENT_TIMEOUT
+        assert time.monotonic() - started < 5
+    finally:
+        stalled.close()
+        stop.set()
+        t.join(10)

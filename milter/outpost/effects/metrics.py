@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("outpost.metrics")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+CLIENT_TIMEOUT = 10.0      # seconds a scrape connection may stay idle
 STATE_TTL = 5.0            # seconds the shared-state gauges are reused between scrapes
 #: Refusal reasons that are limits (counted in outpost_limit_hits_total).
 LIMIT_REASONS = frozenset({"rate_limit", "max_recipients", "connection_limit", "header_limit"})
@@ -349,7 +350,9 @@ def build_registry(config: "Config", path: str):
 
 def serve(config: "Config", sock, path: str, stop: threading.Event) -> None:
     """Body of the metrics process: answer ``GET /metrics`` (any path) on
-    the listening socket ``sock`` (bound by the master) until ``stop``."""
+    the listening socket ``sock`` (bound by the master) until ``stop``.
+    A process of its own, so that a flood of scrapes or a stalled client
+    costs no worker anything."""
     from http.server import ThreadingHTTPServer
 
     from prometheus_client.exposition import MetricsHandler
@@ -358,7 +361,9 @@ def serve(config: "Config", sock, path: str, stop: threading.Event) -> None:
     class Server(ThreadingHTTPServer):
         daemon_threads = True
 
-    server = Server(sock.getsockname()[:2], MetricsHandler.factory(registry), bind_and_activate=False)
+    handler = MetricsHandler.factory(registry)
+    handler.timeout = CLIENT_TIMEOUT           # a client that stalls loses its thread, not ours
+    server = Server(sock.getsockname()[:2], handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
     threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
