@@ -155,6 +155,37 @@ def test_counters_do_not_go_backwards_when_a_worker_is_killed(postfix, outpost, 
     assert later[ok] == before[ok] + 1
 
 
+def _holds_listener(pid: int, port: int) -> bool:
+    """True if ``pid`` holds the TCP listener on loopback ``port``."""
+    with open("/proc/net/tcp") as fh:
+        inodes = {f"socket:[{f[9]}]" for f in (line.split() for line in fh.read().splitlines()[1:])
+                  if f[1] == f"0100007F:{port:04X}" and f[3] == "0A"}
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def test_a_killed_metrics_process_is_replaced(postfix, outpost, sink):
+    url = outpost.metrics_url
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    before = scrape(url)
+    [pid] = [p for p in outpost.children() if _holds_listener(p, port)]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        new = [p for p in outpost.children() if p != pid and _holds_listener(p, port)]
+        if new:
+            break
+        assert time.monotonic() < deadline, outpost.log()[-2000:]
+        time.sleep(0.1)
+    after = wait_scrape(url, lambda s: True)
+    assert "metrics process %d died" % pid in outpost.log()
+    for key, v in before.items():
+        if key[0].endswith("_total"):
+            assert after.get(key, 0.0) >= v, key
+
+
 def test_reload_moves_the_listener_and_keeps_the_counts(postfix, outpost, sink):
     """SIGHUP with a new metrics.listen: the new address answers, the old
     one no longer does, and the counts of the old generation are kept."""

@@ -50,6 +50,7 @@ HEARTBEAT = 10.0          # seconds between a worker's store heartbeats
 RESPAWN_MIN = 0.2         # delay before replacing a worker that died young, doubling …
 RESPAWN_MAX = 30.0        # … up to this
 STABLE = 10.0             # a worker that lived this long resets the delay
+METRICS_RESPAWN = 5.0     # delay before replacing a metrics process that failed
 
 
 class ServeError(Exception):
@@ -159,7 +160,10 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
     metrics = None
     if config.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from ..effects.metrics import WorkerMetrics
-        metrics = WorkerMetrics.for_runtime(runtime)
+        try:
+            metrics = WorkerMetrics.for_runtime(runtime)
+        except OSError as exc:           # the directory is not writable: serve mail without metrics
+            log.error("worker %d: no metrics: %s", os.getpid(), exc)
     host, pid = runtime.policy.host, os.getpid()
     store = runtime.store
     stop = threading.Event()
@@ -269,6 +273,7 @@ class Master:
     metrics_sock: Optional[socket.socket] = None              # the metrics listener
     metrics_dir: Optional[str] = None                         # the workers' metric files
     metrics_pid: Optional[int] = None                         # pid of the metrics process
+    _metrics_at: float = 0.0                                  # no new metrics process before this
     _flags: set = field(default_factory=set)
     _born: dict = field(default_factory=dict)                 # worker pid → start (monotonic)
     _respawn_delay: float = 0.0                               # current back-off, seconds
@@ -313,7 +318,8 @@ class Master:
                 self.spawn()
         if self.sender is None and self.config.reports is not None:
             self.sender = self.spawn("sender")
-        if self.metrics_pid is None and self.metrics_sock is not None:
+        if (self.metrics_pid is None and self.metrics_sock is not None
+                and time.monotonic() >= self._metrics_at):
             self.metrics_pid = self.spawn("metrics")
 
     def _metrics_reload(self, config: Config) -> None:
@@ -368,7 +374,9 @@ class Master:
             if pid == self.metrics_pid:
                 self.metrics_pid = None
                 if "stop" not in self._flags and status != 0:
-                    log.error("metrics process %d died (status %d); starting a new one", pid, status)
+                    log.error("metrics process %d died (status %d); starting a new one in %.0f s",
+                              pid, status, METRICS_RESPAWN)
+                    self._metrics_at = time.monotonic() + METRICS_RESPAWN
                 continue
             if self.metrics_dir is not None:
                 from ..effects.metrics import process_dead
