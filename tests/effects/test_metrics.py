@@ -16,7 +16,6 @@ import time
 import urllib.request
 from dataclasses import replace
 
-import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 

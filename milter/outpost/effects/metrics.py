@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..config.model import MetricsSettings
     from ..core.types import Decision, Message
 
 log = logging.getLogger("outpost.metrics")
