@@ -42,13 +42,13 @@ CLIENT_TIMEOUT = 10.0      # seconds a scrape connection may stay idle
 STATE_TTL = 5.0            # seconds the shared-state gauges are reused between scrapes
 #: Refusal reasons that are limits (counted in outpost_limit_hits_total).
 LIMIT_REASONS = frozenset({"rate_limit", "max_recipients", "connection_limit", "header_limit"})
-#: Stages timed (body chunks and headers are not: the clock would cost more
-#: than the work; their time is in outpost_message_seconds).
 #: Reasons a recipient is refused for (series created at 0).
 REFUSED_RECIPIENT_REASONS = ("rate_limit", "max_recipients", "locked", "user_locked", "store_error")
 #: Decisions whose series exist from the start (at 0).
 INITIAL_DECISIONS = (("accept", "ok"), ("reject", "unknown_sender"), ("reject", "spam"),
                      ("tempfail", "internal_error"), ("tempfail", "store_error"))
+#: Stages timed (body chunks and headers are not: the clock would cost more
+#: than the work; their time is in outpost_message_seconds).
 STAGES = ("envfrom", "envrcpt", "eoh", "eom")
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                 2.5, 5.0, 10.0, 30.0)
