@@ -19,6 +19,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
 
 from outpost.core.idtoken import new_secret  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
-from tests.services.postfix import PostfixInstance  # noqa: E402
+from tests.services.postfix import PostfixInstance, free_port  # noqa: E402
 from tests.services.sendmail import SendmailInstance  # noqa: E402
 from tests.services.sink import SmtpSink  # noqa: E402
 from tests.services.smtp import build_message, send  # noqa: E402
@@ -87,6 +88,26 @@ def arrived(sink: SmtpSink, count: int) -> None:
             print(f"     {name}: {value}")
 
 
+#: Lines of the metrics page shown by the demo (sample name prefixes).
+METRICS_SHOWN = ("outpost_messages_total", "outpost_user_messages_total", "outpost_message_seconds_count",
+                 "outpost_spam_score_count", "outpost_locks_active", "outpost_report_spool_items",
+                 "outpost_store_up", "outpost_workers")
+
+
+def metrics_page(url: str, messages: int, timeout: float = 15.0) -> str:
+    """The metrics page once ``messages`` messages are counted (each is
+    counted when its connection closes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("outpost_message_seconds_count"))
+        if counted >= messages or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mta", default="postfix", choices=["postfix", "sendmail"])
@@ -102,9 +123,11 @@ def main() -> int:
     secret.write_bytes(new_secret())
     secret.chmod(0o600)
     config = work / "outpost.yaml"
+    metrics_port = free_port()
     sink = SmtpSink().start()
     abuse_desk = SmtpSink().start()
     config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n"
+                      f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n"
                       f"reports: {{spool_dir: {work}/reports, poll_interval: 0.5, "
                       f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}, listener_auth: none}}\n"
                       + CONFIG)
@@ -195,6 +218,18 @@ def main() -> int:
         stats = subprocess.run([sys.executable, "-m", "outpost", "stats", "-c", str(config)],
                                env=env, capture_output=True, text=True, timeout=30)
         print(textwrap.indent((stats.stdout or stats.stderr).rstrip(), "     "))
+
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        title(6, f"the metrics page for Prometheus ({DIM}metrics: {{listen: 127.0.0.1:{metrics_port}}}{RESET}{BOLD})")
+        print(f"   {DIM}$ curl -s {url} | grep -v '^#'{RESET}   (excerpt, summed over both workers)")
+        try:
+            page = metrics_page(url, 4)
+        except OSError as exc:
+            print(f"   {RED}no metrics page: {exc}{RESET}")
+        else:
+            for line in page.splitlines():
+                if line.startswith(METRICS_SHOWN):
+                    print(f"     {line}")
 
         print(f"\n{BOLD}Outpost's log (one line per message):{RESET}")
         for line in outpost.log().splitlines():

@@ -75,7 +75,7 @@ class Live:
 class OutpostMilter(Milter.Base):
     """One instance per MTA connection (``Milter.factory``)."""
 
-    def __init__(self, runtime, live: Optional[Live] = None) -> None:
+    def __init__(self, runtime, live: Optional[Live] = None, metrics=None) -> None:
         super().__init__()
         self.runtime = runtime
         self.policy = runtime.policy
@@ -85,6 +85,7 @@ class OutpostMilter(Milter.Base):
         self._unlogged: Optional[tuple] = None    # (message, decision, queue id) to log
         self._failed_at: Optional[str] = None     # stage of an internal error in this transaction
         self._live = live
+        self._metrics = metrics                   # effects.metrics.WorkerMetrics, or None
         if live is not None:
             live.up()
 
@@ -140,9 +141,12 @@ class OutpostMilter(Milter.Base):
         except Exception:  # noqa: BLE001 - any failure must tempfail, never accept
             return self._internal_error(stage)
         finally:
+            spent = time.monotonic() - started
             msg = self.session.message
             if msg is not None:
-                msg.spent += time.monotonic() - started
+                msg.spent += spent
+            if self._metrics is not None:
+                self._record(self._metrics.stage, stage, spent)
 
     def _internal_error(self, stage: str) -> int:
         """Log the exception being handled and answer 451 4.3.0.  The
@@ -185,6 +189,18 @@ class OutpostMilter(Milter.Base):
                     self.runtime.stats.record(msg, decision)
                 except Exception:  # noqa: BLE001 - statistics never decide a message's fate
                     log.warning("message statistics not counted", exc_info=True)
+            if self._metrics is not None:
+                self._record(self._metrics.message, decision, msg)
+                self._record(self._metrics.sync_store, self.runtime.store)
+
+    @staticmethod
+    def _record(fn: Callable, *args) -> None:
+        """A metrics update; its failure (disk full under the metrics
+        directory...) is logged and never changes an answer."""
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - metrics are best effort
+            log.warning("metrics update failed", exc_info=True)
 
     def _stage_result(self, decision: Decision) -> int:
         if decision.blocks:
@@ -245,6 +261,8 @@ class OutpostMilter(Milter.Base):
             self.queue_id = self._macro("i") or self.queue_id
             d = self.policy.rcpt(self.session, to)
             if d.blocks:                                    # one recipient refused, not the message
+                if self._metrics is not None:
+                    self._record(self._metrics.recipient_refused, d)
                 return self._reply(d)
             return Milter.CONTINUE
         return self._guarded("envrcpt", run)

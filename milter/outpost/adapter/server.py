@@ -12,6 +12,10 @@ Signals to the master:
 - SIGHUP: the configuration is read again; if it is valid, new workers start
   with it and the old ones are stopped gracefully; if not, the error is logged
   and the old configuration keeps serving.
+With ``metrics:`` the master binds the metrics listener and forks a metrics
+process that serves it (:mod:`outpost.effects.metrics`); the workers record
+into a private directory of prometheus-client multiprocess files that the
+master creates empty at start and removes at exit.
 A worker that dies is replaced, and the connection slots it held are freed;
 workers that die soon after they started are replaced after a growing delay
 (``RESPAWN_MIN`` doubling up to ``RESPAWN_MAX``), not in a tight loop.  A
@@ -46,6 +50,7 @@ HEARTBEAT = 10.0          # seconds between a worker's store heartbeats
 RESPAWN_MIN = 0.2         # delay before replacing a worker that died young, doubling …
 RESPAWN_MAX = 30.0        # … up to this
 STABLE = 10.0             # a worker that lived this long resets the delay
+METRICS_RESPAWN = 5.0     # delay before replacing a metrics process that failed
 
 
 class ServeError(Exception):
@@ -152,6 +157,13 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # reloads are the master's business
     _die_with_parent(parent)
     runtime = Runtime.build(config)
+    metrics = None
+    if config.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from ..effects.metrics import WorkerMetrics
+        try:
+            metrics = WorkerMetrics.for_runtime(runtime)
+        except OSError as exc:           # the directory is not writable: serve mail without metrics
+            log.error("worker %d: no metrics: %s", os.getpid(), exc)
     host, pid = runtime.policy.host, os.getpid()
     store = runtime.store
     stop = threading.Event()
@@ -174,6 +186,8 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
                 register()
             except Exception:  # noqa: BLE001 - a failed heartbeat is retried next beat
                 log.warning("store heartbeat failed", exc_info=True)
+            if metrics is not None:
+                metrics.sync_store(store)
 
     try:
         register()
@@ -187,7 +201,7 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
                                    daemon=True)
         flusher.start()
     live = Live()
-    Milter.factory = functools.partial(OutpostMilter, runtime, live=live)
+    Milter.factory = functools.partial(OutpostMilter, runtime, live=live, metrics=metrics)
     Milter.set_flags(FLAGS)
     Milter.set_exception_policy(Milter.TEMPFAIL)
     log.info("worker %d serving", pid)
@@ -225,6 +239,35 @@ def _sender_main(config: Config, parent: int) -> int:
     return 0
 
 
+def _metrics_main(config: Config, sock: socket.socket, path: str, parent: int) -> int:
+    """Body of the metrics process: the Prometheus endpoint."""
+    from ..effects import metrics
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent(parent)
+    metrics.serve(config, sock, path, stop)
+    return 0
+
+
+def open_metrics_listener(config: Config) -> Optional[socket.socket]:
+    """Bind ``metrics.listen`` (None without ``metrics:``); ServeError if it cannot."""
+    m = config.metrics
+    if m is None:
+        return None
+    fam = socket.AF_INET6 if ":" in m.host else socket.AF_INET
+    sock = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((m.host, m.port))
+        sock.listen(16)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"metrics.listen {m.listen}: {exc.strerror or exc}") from None
+    return sock
+
+
 @dataclass
 class Master:
     config_path: str
@@ -234,6 +277,10 @@ class Master:
     workers: dict[int, int] = field(default_factory=dict)     # pid → generation
     generation: int = 0
     sender: Optional[int] = None                              # pid of the report sender
+    metrics_sock: Optional[socket.socket] = None              # the metrics listener
+    metrics_dir: Optional[str] = None                         # the workers' metric files
+    metrics_pid: Optional[int] = None                         # pid of the metrics process
+    _metrics_at: float = 0.0                                  # no new metrics process before this
     _flags: set = field(default_factory=set)
     _born: dict = field(default_factory=dict)                 # worker pid → start (monotonic)
     _respawn_delay: float = 0.0                               # current back-off, seconds
@@ -245,10 +292,19 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                if role == "sender":
+                msock, self.metrics_sock = self.metrics_sock, None
+                if role == "metrics":
                     self.sock.close()
+                    assert msock is not None and self.metrics_dir is not None
+                    code = _metrics_main(self.config, msock, self.metrics_dir, master)
+                elif role == "sender":
+                    self.sock.close()
+                    if msock is not None:
+                        msock.close()
                     code = _sender_main(self.config, master)
                 else:
+                    if msock is not None:
+                        msock.close()
                     code = _worker_main(self.config, self.sock.fileno(), master)
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
@@ -269,12 +325,33 @@ class Master:
                 self.spawn()
         if self.sender is None and self.config.reports is not None:
             self.sender = self.spawn("sender")
+        if (self.metrics_pid is None and self.metrics_sock is not None
+                and time.monotonic() >= self._metrics_at):
+            self.metrics_pid = self.spawn("metrics")
+
+    def _metrics_reload(self, config: Config) -> None:
+        """Follow a changed ``metrics:`` block (raises ServeError if the new
+        listener cannot be bound; nothing is changed then)."""
+        old, new = self.config.metrics, config.metrics
+        sock = None
+        if new is not None and (old is None or (old.host, old.port) != (new.host, new.port)):
+            sock = open_metrics_listener(config)
+        if self.metrics_pid is not None:   # reaped; a new one starts with the new config (store, spool)
+            _kill(self.metrics_pid, signal.SIGTERM)
+        if new is None or sock is not None:
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()
+            self.metrics_sock = sock
+        if new is not None and self.metrics_dir is None:
+            from ..effects.metrics import prepare_dir
+            self.metrics_dir = prepare_dir()
 
     def reload(self) -> None:
         try:
             config = load_config(self.config_path)
             Runtime.build(config).close()          # secret, store: fail here, not in workers
-        except (ConfigError, StartupError) as exc:
+            self._metrics_reload(config)
+        except (ConfigError, StartupError, ServeError) as exc:
             more = len(exc.errors) - 1 if isinstance(exc, ConfigError) else 0
             log.error("reload refused, keeping the running configuration: %s%s", exc,
                       f" (and {more} more: outpost check-config --strict lists them)" if more else "")
@@ -306,6 +383,16 @@ class Master:
                 if "stop" not in self._flags and status != 0:
                     log.error("report sender %d died (status %d); starting a new one", pid, status)
                 continue
+            if pid == self.metrics_pid:
+                self.metrics_pid = None
+                if "stop" not in self._flags and status != 0:
+                    log.error("metrics process %d died (status %d); starting a new one in %.0f s",
+                              pid, status, METRICS_RESPAWN)
+                    self._metrics_at = time.monotonic() + METRICS_RESPAWN
+                continue
+            if self.metrics_dir is not None:
+                from ..effects.metrics import process_dead
+                process_dead(pid, self.metrics_dir)     # its live gauges go; its counters stay
             gen = self.workers.pop(pid, None)
             born = self._born.pop(pid, None)
             if gen == self.generation and not self._flags & {"stop"}:
@@ -345,13 +432,14 @@ class Master:
             self.reap()
             self.fill()
             time.sleep(0.2)
-        for pid in list(self.workers) + ([self.sender] if self.sender else []):
+        others = [p for p in (self.sender, self.metrics_pid) if p]
+        for pid in list(self.workers) + others:
             _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE + 5
-        while (self.workers or self.sender) and time.monotonic() < deadline:
+        while (self.workers or self.sender or self.metrics_pid) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.1)
-        for pid in list(self.workers) + ([self.sender] if self.sender else []):
+        for pid in list(self.workers) + [p for p in (self.sender, self.metrics_pid) if p]:
             _kill(pid, signal.SIGKILL)
         return 0
 
@@ -373,14 +461,24 @@ def serve(config_path: str, socket_spec: Optional[str] = None, workers: Optional
     listen = config.listen
     if os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid()):
         listen = "fd:3"                              # systemd socket activation
+    msock = open_metrics_listener(config)
     sock, path = open_listener(listen, socket_group)
     os.set_inheritable(sock.fileno(), True)
     log.info("outpost listening on %s with %d workers", listen, n)
-    master = Master(config_path=config_path, config=config, sock=sock, nworkers=n)
+    master = Master(config_path=config_path, config=config, sock=sock, nworkers=n, metrics_sock=msock)
+    if msock is not None:
+        from ..effects.metrics import prepare_dir
+        master.metrics_dir = prepare_dir()
+        log.info("metrics on http://%s/metrics", config.metrics.listen)   # type: ignore[union-attr]
     try:
         return master.run()
     finally:
         sock.close()
+        if master.metrics_sock is not None:
+            master.metrics_sock.close()
+        if master.metrics_dir is not None:
+            from ..effects.metrics import remove_dir
+            remove_dir(master.metrics_dir)
         if path:
             try:
                 os.unlink(path)

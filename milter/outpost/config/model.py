@@ -217,6 +217,19 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``metrics:`` — the Prometheus endpoint served by the master."""
+
+    host: str = "127.0.0.1"                    # address the HTTP listener binds
+    port: int = 9467
+    top_users: int = 20                        # per-user series: the N users with most messages
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str
     store: str
@@ -240,6 +253,7 @@ class Config:
     milter_timeout: int = 600
     log: LogSettings = LogSettings()
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
+    metrics: Optional[MetricsSettings] = None  # None: no metrics endpoint
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
 

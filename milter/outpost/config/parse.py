@@ -18,8 +18,8 @@ from typing import Callable, Optional, TypeVar
 from ..core.addresses import idna_domain
 from .model import (
     HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
-    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, RateLimit, SpamConfig, SpamPolicy,
-    User, UserPolicy,
+    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, MetricsSettings, RateLimit,
+    SpamConfig, SpamPolicy, User, UserPolicy,
 )
 from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
 from .source import ConfigError, Node, _closest, parse_text
@@ -39,7 +39,7 @@ TOP_KEYS = {
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
     "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
-    "users_from", "domains_from", "log",
+    "users_from", "domains_from", "log", "metrics",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -151,6 +151,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     max_headers = scalar("max_headers", lambda n: n.int(minimum=50), 1000)
     max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
     log = grab(lambda: _log(opt("log"), top.get("log_level")), LogSettings())
+    metrics = grab(lambda: _metrics(top["metrics"]) if "metrics" in top else None, None)
     if errors:
         raise ConfigError(errors[0], errors)
 
@@ -177,6 +178,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_headers=max_headers,
         max_header_bytes=max_header_bytes,
         log=log,
+        metrics=metrics,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
@@ -447,6 +449,32 @@ def _reports(node: Node, abuse_to: str, hostname: Optional[str]):
     if "hostname" not in given and hostname:
         fixed["hostname"] = hostname
     return settings_from(node, ReportSettings, ignore={"enabled"}, **fixed)
+
+
+_HOST_PORT = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$")
+
+
+def _metrics(node: Node) -> Optional[MetricsSettings]:
+    """``metrics: {listen: HOST:PORT, top_users: N}`` (``enabled: false``: off)."""
+    fields = node.mapping({"enabled", "listen", "top_users"}) if node.value is not None else {}
+    if "enabled" in fields and not fields["enabled"].bool():
+        return None
+    out = MetricsSettings()
+    if "listen" in fields:
+        text = fields["listen"].str()
+        m = _HOST_PORT.match(text.strip())
+        port = int(m.group(3)) if m else 0
+        if not m or not 0 < port < 65536:
+            raise fields["listen"].error(f"'{text}' is not HOST:PORT (127.0.0.1:9467, [::1]:9467)")
+        host = m.group(1) or m.group(2)
+        try:
+            ipaddress.ip_address(host if host != "localhost" else "127.0.0.1")
+        except ValueError:
+            raise fields["listen"].error(f"'{host}' is not an IP address") from None
+        out = replace(out, host=host, port=port)
+    if "top_users" in fields:
+        out = replace(out, top_users=fields["top_users"].int(minimum=0, maximum=1000))
+    return out
 
 
 def _spam_config(node: Node) -> SpamConfig:
