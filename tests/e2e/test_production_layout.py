@@ -386,21 +386,38 @@ def make_layout(root: Path, user: pwd.struct_passwd, *, runtime_mode: int,
             "forbidden": forbidden, "state": state}
 
 
-def start_as_the_unit(layout: dict[str, Path], notify: Notifications,
-                      log: Path) -> subprocess.Popen:
+#: MemoryDenyWriteExecute=yes without systemd: the kernel's own switch
+#: (Linux >= 6.3), inherited by every child, then exec Outpost.
+MDWE = ("import ctypes, os, sys\n"
+        "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0):  # PR_SET_MDWE\n"
+        "    sys.exit('PR_SET_MDWE: ' + os.strerror(ctypes.get_errno()))\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+def kernel_has_mdwe() -> bool:
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 3)
+
+
+def start_as_the_unit(layout: dict[str, Path], notify: Notifications, log: Path,
+                      tracer: tuple[str, ...] = ()) -> subprocess.Popen:
     """What systemd does with outpost.socket + outpost.service: bind the
     socket (systemd-socket-activate: fd 3, LISTEN_FDS, LISTEN_PID), give it
     the unit's owner, group and mode, start Outpost as User=/Group= with
-    UMask= and NOTIFY_SOCKET."""
+    UMask=, NOTIFY_SOCKET and (where the kernel can) no writable-executable
+    memory.  ``tracer``: a command put before the rest (strace -D: same pid)."""
     sock = layout["socket"]
     env = outpost_env()
+    python = service_python()[0]
     argv = ["systemd-socket-activate", "-l", str(sock)]
     for name in ("PYTHONPATH", "PATH"):
         argv += ["-E", f"{name}={env[name]}"]
-    argv += ["-E", f"NOTIFY_SOCKET={notify.path}", "--",
+    argv += ["-E", f"NOTIFY_SOCKET={notify.path}", "--", *tracer,
              "setpriv", f"--reuid={last(SERVICE_UNIT, 'Service', 'User')}",
-             f"--regid={last(SERVICE_UNIT, 'Service', 'Group')}", "--init-groups",
-             *outpost_argv(layout["config"])]
+             f"--regid={last(SERVICE_UNIT, 'Service', 'Group')}", "--init-groups"]
+    if last(SERVICE_UNIT, "Service", "MemoryDenyWriteExecute", "no") == "yes" and kernel_has_mdwe():
+        argv += [python, "-c", MDWE]
+    argv += outpost_argv(layout["config"])
     with open(log, "ab") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 umask=int(last(SERVICE_UNIT, "Service", "UMask"), 8),
@@ -565,3 +582,74 @@ def test_run_user_drops_root_chrooted_smtpd_delivers(relay, user, root_dir):
         assert not sock.exists()
     finally:
         stop(proc)
+
+
+def syscall_group(spec: str) -> set[str]:
+    """The system calls of a ``systemd-analyze syscall-filter`` group, nested
+    groups expanded."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", spec], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    names: set[str] = set()
+    for line in out[1:]:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        names |= syscall_group(line) if line.startswith("@") else {line}
+    return names
+
+
+def unit_syscall_filter() -> set[str]:
+    """What the service's SystemCallFilter= lines allow (allow lists
+    joined, then the ``~`` deny lists taken out)."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    for value in SERVICE_UNIT["Service"]["SystemCallFilter"]:
+        deny = value.startswith("~")
+        for item in value.lstrip("~").split():
+            names = syscall_group(item) if item.startswith("@") else {item}
+            (denied if deny else allowed).update(names)
+    return allowed - denied
+
+
+SYSCALL = re.compile(r"^\d+\s+(\w+)\(")
+
+
+@pytest.mark.skipif(not all(shutil.which(c) for c in ("strace", "systemd-analyze",
+                                                        "systemd-socket-activate", "setpriv")),
+                    reason="strace, systemd-analyze, systemd-socket-activate or setpriv missing")
+def test_every_system_call_is_in_the_units_filter(relay, user, root_dir):
+    """SystemCallFilter= (less @privileged and @resources) kills nothing
+    Outpost needs: every system call it makes from its exec through start,
+    a message, a reload and a stop (traced with strace, children and threads
+    too) is in the set the unit allows."""
+    pf, sink = relay
+    layout = make_layout(root_dir, user,
+                         runtime_mode=int(last(SOCKET_UNIT, "Socket", "DirectoryMode", "0755"), 8))
+    notify = Notifications(root_dir)
+    log, trace = root_dir / "outpost.log", root_dir / "strace.out"
+    pf.set_main(milter=f"unix:{layout['socket']}")
+    proc = start_as_the_unit(layout, notify, log,
+                             tracer=("strace", "-D", "-f", "-qq", "-o", str(trace)))
+    try:
+        notify.wait_for("READY=1", timeout=60)
+        sink.clear()
+        assert alice(pf.relay_port).accepted
+        delivered(sink)
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("READY=1", timeout=60)
+        assert stop(proc) == 0, log.read_text()
+    finally:
+        stop(proc)
+        notify.close()
+    used: set[str] = set()
+    started = False
+    for line in trace.read_text(errors="replace").splitlines():
+        m = SYSCALL.match(line)
+        if not m:
+            continue
+        if m.group(1) == "execve" and re.search(r'execve\("[^"]*/python[^"/]*"', line):
+            started = True                     # setpriv's own calls come before: not filtered
+        if started:
+            used.add(m.group(1))
+    assert started and {"clone3", "accept", "sendto"} & used, sorted(used)
+    assert used - unit_syscall_filter() == set()
