@@ -330,6 +330,9 @@ def test_unit_paths_agree_with_postfix_and_the_config_default(tmp_path):
     assert re.match(rf"{SHIPPED_EXEC} run -c \S+$", last(SERVICE_UNIT, "Service", "ExecStart"))
     assert svc["CapabilityBoundingSet"] == [""] and svc["UMask"] == ["0027"]
     assert "RuntimeDirectory" not in svc         # it would remove the socket unit's directory
+    # ProcSubset=pid would hide /proc/sys: the slot table could not tell a reboot
+    assert "ProcSubset" not in svc and "/proc/sys/kernel/random/boot_id" in \
+        (ROOT / "milter/outpost/store/slots.py").read_text()
     assert SERVICE_UNIT["Unit"]["Requires"] == ["outpost.socket"]
 
 
