@@ -12,6 +12,12 @@ Signals to the master:
 - SIGHUP: the configuration is read again; if it is valid, new workers start
   with it and the old ones are stopped gracefully; if not, the error is logged
   and the old configuration keeps serving.
+Under a service manager (``adapter/service.py``): the socket can come from
+socket activation (``LISTEN_FDS``), the master reports ``READY=1`` once every
+worker serves (each writes its pid to a pipe first), ``RELOADING=1`` and
+``STOPPING=1``; with ``--user`` it reads the secret and keys and binds the
+socket as root, then drops root before it opens the store or forks.
+
 A worker that dies is replaced, and the connection slots it held are freed;
 workers that die soon after they started are replaced after a growing delay
 (``RESPAWN_MIN`` doubling up to ``RESPAWN_MAX``), not in a tight loop.  A
