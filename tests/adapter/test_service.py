@@ -115,11 +115,14 @@ def test_resolve_account_errors():
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_drop_privileges_for_good(tmp_path):
     """In a forked child: after the drop, uid/gid (real, effective, saved)
-    are nobody's, root cannot be regained, a root-only file cannot be read."""
+    are nobody's, root cannot be regained, a root-only file cannot be read,
+    and the check of the code directories names one it cannot read."""
     secret = tmp_path / "root-only"
     secret.write_text("x")
     secret.chmod(0o600)
     tmp_path.chmod(0o755)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
     account = service.resolve_account("nobody", "nogroup")
     r, w = os.pipe()
     pid = os.fork()
@@ -134,7 +137,12 @@ def test_drop_privileges_for_good(tmp_path):
                 readable = "readable"
             except PermissionError:
                 readable = "denied"
-            os.write(w, json.dumps([*ids, readable]).encode())
+            try:
+                service.check_readable(account, [str(tmp_path), str(private)])
+                checked = "passed"
+            except service.ServiceError as exc:
+                checked = str(exc)
+            os.write(w, json.dumps([*ids, readable, checked]).encode())
             code = 0
         finally:
             os._exit(code)
@@ -143,7 +151,9 @@ def test_drop_privileges_for_good(tmp_path):
         out = fh.read()
     _, status = os.waitpid(pid, 0)
     assert status == 0, out
-    uids, gids, groups, readable = json.loads(out)
+    uids, gids, groups, readable, checked = json.loads(out)
+    assert checked == (f"user nobody cannot read {private}: install Python and Outpost where "
+                       f"the service user can read them (e.g. /usr, /opt)")
     assert uids == [account.uid] * 3 and gids == [account.gid] * 3
     assert 0 not in groups
     assert readable == "denied"

@@ -29,7 +29,6 @@ import socket
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import textwrap
 import time
@@ -40,6 +39,7 @@ import pytest
 from outpost.config import load_config
 from outpost.core.idtoken import new_secret
 from outpost.effects.dkim import keygen
+from tests.services import serviceuser
 from tests.services.postfix import PostfixInstance, free_port, parse_main_cf
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
@@ -80,16 +80,6 @@ def last(unit: dict, section: str, key: str, default: str | None = None) -> str:
 
 SOCKET_UNIT = read_unit(UNITS / "outpost.socket")
 SERVICE_UNIT = read_unit(UNITS / "outpost.service")
-
-
-def ensure_user(name: str = "outpost") -> pwd.struct_passwd:
-    """The system user the unit names (created once, left in place)."""
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--home-dir", "/var/lib/outpost",
-                        "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-        return pwd.getpwnam(name)
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -208,7 +198,7 @@ users:
 
 @pytest.fixture(scope="module")
 def user():
-    return ensure_user(last(SERVICE_UNIT, "Service", "User"))
+    return serviceuser.ensure_user(last(SERVICE_UNIT, "Service", "User"))
 
 
 @pytest.fixture(scope="module")
@@ -260,26 +250,11 @@ def wait_log(path: Path, pattern: str, timeout: float = 30.0) -> re.Match:
         time.sleep(0.05)
 
 
-def _world_readable(path: str) -> bool:
-    """Every directory up to ``path`` searchable, and ``path`` readable, by others."""
-    p = Path(path)
-    return all(q.stat().st_mode & 0o001 for q in p.parents) and bool(p.stat().st_mode & 0o004)
-
-
 def service_python() -> tuple[str, list[str]]:
-    """An interpreter whose standard library the service user can read, and
-    the extra ``sys.path`` entries (this virtualenv's packages) it needs.
-    Outpost imports modules after it dropped root; a test interpreter under
-    /root (pyenv) is unreadable then, Debian's /usr/bin/python3.X of the same
-    version is not (in production the interpreter lives in /usr or /opt)."""
-    paths = sysconfig.get_paths()
-    if _world_readable(paths["stdlib"]):
-        return sys.executable, []
-    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if not os.path.exists(system):
-        pytest.skip(f"the interpreter's {paths['stdlib']} is not readable by other users and "
-                    f"there is no {system}")
-    return system, sorted({paths["purelib"], paths["platlib"]})
+    found = serviceuser.service_python()
+    if found is None:
+        pytest.skip("no interpreter whose standard library the service user can read")
+    return found
 
 
 def outpost_argv(config: Path, *extra: str) -> list[str]:

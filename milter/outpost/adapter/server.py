@@ -495,7 +495,9 @@ def serve(config_path: str, socket_spec: Optional[str] = None, workers: Optional
         if account is not None:
             try:
                 service.prepare_dirs(account, _writable_dirs(config))
+                code = service.code_dirs()
                 service.drop_privileges(account)
+                service.check_readable(account, code)
             except service.ServiceError as exc:
                 raise ServeError(str(exc)) from None
             Runtime.build(config, secrets).close()   # the store etc., as the service user
@@ -519,7 +521,7 @@ def _writable_dirs(config: Config) -> list[str]:
     """Directories Outpost writes in: the sqlite store's, the report spool."""
     out = []
     if config.store.startswith("sqlite:///"):
-        out.append(os.path.dirname(config.store[len("sqlite://"):]))
+        out.append(os.path.dirname("/" + config.store[len("sqlite://"):].lstrip("/")))
     if config.reports is not None:
         out.append(config.reports.spool_dir)
     return out

@@ -159,6 +159,25 @@ def prepare_dirs(account: Account, paths: Iterable[str]) -> None:
         log.info("created %s (%s:%s, 0750)", path, account.name, account.group_name)
 
 
+def code_dirs() -> list[str]:
+    """Where this Python's standard library and Outpost's packages are
+    (modules are still imported after the drop: call this before it)."""
+    import sysconfig
+    import Milter
+    import outpost
+    return [sysconfig.get_paths()["stdlib"], os.path.dirname(os.path.dirname(outpost.__file__)),
+            os.path.dirname(os.path.abspath(Milter.__file__))]
+
+
+def check_readable(account: Account, paths: Iterable[str]) -> None:
+    """After the drop: each of ``paths`` (:func:`code_dirs`) must be
+    readable, or the next import fails in the middle of serving."""
+    for path in paths:
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ServiceError(f"user {account.name} cannot read {path}: install Python and "
+                               f"Outpost where the service user can read them (e.g. /usr, /opt)")
+
+
 def drop_privileges(account: Account) -> None:
     """Become ``account`` for good: supplementary groups of the user (as
     systemd's ``User=`` gives), then gid, then uid, each real, effective and
