@@ -310,6 +310,8 @@ def test_unit_paths_agree_with_postfix_and_the_config_default(tmp_path):
     assert "ProcSubset" not in svc and "/proc/sys/kernel/random/boot_id" in \
         (ROOT / "milter/outpost/store/slots.py").read_text()
     assert SERVICE_UNIT["Unit"]["Requires"] == ["outpost.socket"]
+    # a restart of the service keeps the socket (Postfix's connections wait)
+    assert "PartOf" not in SOCKET_UNIT.get("Unit", {})
 
 
 def test_units_verify_and_security_score(tmp_path):
