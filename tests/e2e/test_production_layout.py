@@ -219,8 +219,7 @@ def root_dir():
     d = Path(tempfile.mkdtemp(prefix="outpost-prod-"))
     d.chmod(0o755)
     yield d
-    if not os.environ.get("KEEP_PROD_DIR"):
-        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def alice(port: int):
