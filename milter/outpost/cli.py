@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     _setup_logging(config.log)
     try:
-        return serve(args.config, args.socket, args.workers, args.socket_group)
+        return serve(args.config, args.socket, args.workers, args.socket_group, args.user,
+                     args.group)
     except (StartupError, ServeError) as exc:
         logging.getLogger("outpost").error("cannot start: %s", exc)
         return 1
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--socket", help="override 'listen' (unix:/path, inet:PORT@HOST, fd:N)")
     sp.add_argument("--workers", type=int, help="worker processes (default: config, else number of cores)")
     sp.add_argument("--socket-group", help="group owning a unix socket (default: postfix if it exists)")
+    sp.add_argument("--user", help="run as this user after reading the keys and binding the socket "
+                                   "as root (hosts without systemd; the unit uses User=)")
+    sp.add_argument("--group", help="with --user: run with this group (default: the user's)")
 
     def with_json(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true",

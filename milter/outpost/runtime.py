@@ -39,6 +39,36 @@ def open_shared_store(config: Config) -> Store:
     return open_store(config.store, replace(config.store_settings, on_store_error="tempfail"))
 
 
+@dataclass(frozen=True)
+class Secrets:
+    """What a configuration needs read from protected files: the token
+    secret and the DKIM keys (None: signing off).  ``outpost run --user``
+    reads them as root, before it drops privileges; the workers get them
+    from the master, not from the files."""
+    secret: bytes
+    dkim_keys: Optional[dict]
+
+
+def load_secrets(config: Config) -> Secrets:
+    """Read the secret file and the DKIM keys (:class:`StartupError` if one
+    cannot be read or is unsafe)."""
+    try:
+        secret = read_secret(config.secret_file)
+    except OSError as exc:
+        raise StartupError(f"secret_file {config.secret_file}: {exc.strerror} "
+                           f"(create one with: outpost secret {config.secret_file})") from None
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    keys = None
+    if config.dkim.settings is not None:
+        from .effects.dkim import DkimError, load_keys
+        try:
+            keys = load_keys(config.dkim.settings)
+        except (ValueError, OSError, DkimError) as exc:
+            raise StartupError(str(exc)) from None
+    return Secrets(secret, keys)
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -49,15 +79,11 @@ class Runtime:
     stats: Optional[StatsRecorder] = None
 
     @classmethod
-    def build(cls, config: Config) -> "Runtime":
-        try:
-            secret = read_secret(config.secret_file)
-        except OSError as exc:
-            raise StartupError(f"secret_file {config.secret_file}: {exc.strerror} "
-                               f"(create one with: outpost secret {config.secret_file})") from None
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-        codec = TokenCodec(secret)
+    def build(cls, config: Config, secrets: Optional[Secrets] = None) -> "Runtime":
+        """``secrets``: as read by :func:`load_secrets` (default: read now)."""
+        if secrets is None:
+            secrets = load_secrets(config)
+        codec = TokenCodec(secrets.secret)
         try:
             store = open_configured_store(config)
         except (ValueError, OSError) as exc:
@@ -71,7 +97,7 @@ class Runtime:
         try:
             if config.dkim.settings is not None:
                 from .effects.dkim import Signer
-                signer = Signer(config.dkim.settings)
+                signer = Signer(config.dkim.settings, keys=secrets.dkim_keys)
             if config.spf is not None:
                 from .effects.spf import SpfChecker
                 spf = SpfChecker(config.spf, resolver)

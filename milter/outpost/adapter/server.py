@@ -16,6 +16,12 @@ With ``metrics:`` the master binds the metrics listener and forks a metrics
 process that serves it (:mod:`outpost.effects.metrics`); the workers record
 into a private directory of prometheus-client multiprocess files that the
 master creates empty at start and removes at exit.
+Under a service manager (``adapter/service.py``): the socket can come from
+socket activation (``LISTEN_FDS``), the master reports ``READY=1`` once every
+worker serves (each writes its pid to a pipe first), ``RELOADING=1`` and
+``STOPPING=1``; with ``--user`` it reads the secret and keys and binds the
+socket as root, then drops root before it opens the store or forks.
+
 A worker that dies is replaced, and the connection slots it held are freed;
 workers that die soon after they started are replaced after a growing delay
 (``RESPAWN_MIN`` doubling up to ``RESPAWN_MAX``), not in a tight loop.  A
@@ -31,6 +37,7 @@ import functools
 import grp
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -40,8 +47,9 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..config import Config, ConfigError, load_config
-from ..runtime import Runtime, StartupError, open_configured_store
+from ..runtime import Runtime, Secrets, StartupError, load_secrets, open_configured_store
 from ..store.base import StoreError
+from . import service
 
 log = logging.getLogger("outpost.server")
 
@@ -59,16 +67,30 @@ class ServeError(Exception):
 
 # -- the listening socket ------------------------------------------------------------------
 
-def open_listener(spec: str, group: Optional[str] = None) -> tuple[socket.socket, Optional[str]]:
-    """Bind the milter socket; returns (socket, unix path to remove at exit)."""
+def open_listener(spec: str, group: Optional[str] = None,
+                  owner: Optional[service.Account] = None) -> tuple[socket.socket, Optional[str]]:
+    """Bind the milter socket; returns (socket, unix path to remove at exit).
+
+    A unix socket is mode 0660, owned by ``owner`` (the service user; else
+    the user Outpost runs as) and the MTA's ``group``.  Its directory, if
+    missing, is created 0755 and owned by ``owner`` (who then can remove the
+    socket when it stops); every directory above the socket must let the
+    group through, or the MTA cannot connect."""
     if spec.startswith("fd:"):
         fd = int(spec[3:])
         sock = socket.socket(fileno=fd)
+        if sock.type != socket.SOCK_STREAM:
+            raise ServeError(f"{spec} is not a stream socket")
         return sock, None
     if spec.startswith(("unix:", "local:")):
-        path = spec.split(":", 1)[1]
+        path = os.path.abspath(spec.split(":", 1)[1])
         _clear_stale_socket(path)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755)
+            os.chmod(directory, 0o755)                 # whatever the umask
+            if owner is not None:
+                os.chown(directory, owner.uid, owner.gid)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o117)
         try:
@@ -76,8 +98,10 @@ def open_listener(spec: str, group: Optional[str] = None) -> tuple[socket.socket
         finally:
             os.umask(old)
         gid = _group_id(group)
+        if gid is not None or owner is not None:
+            os.chown(path, owner.uid if owner else -1, gid if gid is not None else -1)
         if gid is not None:
-            os.chown(path, -1, gid)
+            _check_reachable(path, gid)
         else:
             log.warning("no 'postfix' group: %s is writable by its owner and group %d only "
                         "(use --socket-group for the MTA's group)", path, os.getgid())
@@ -103,6 +127,36 @@ def _group_id(group: Optional[str]) -> Optional[int]:
             if group:
                 raise ServeError(f"socket group {group!r} does not exist") from None
     return None
+
+
+def _check_reachable(path: str, gid: int) -> None:
+    """Log an error if a member of group ``gid`` (the MTA, e.g. Postfix's
+    daemons, which run with their one group) cannot traverse every directory
+    above ``path``: it would get EACCES, and with ``milter_default_action =
+    tempfail`` every message 451."""
+    directory = os.path.dirname(path)
+    while True:
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return
+        if not (st.st_mode & 0o001 or (st.st_gid == gid and st.st_mode & 0o010)):
+            log.error("the socket group %s cannot reach %s: %s is mode %04o, owner %d, group %d "
+                      "(make it traversable: chmod o+x, or chgrp %s and chmod g+x); the MTA "
+                      "will get 'Permission denied' and answer 451",
+                      _group_name(gid), path, directory, stat.S_IMODE(st.st_mode), st.st_uid,
+                      st.st_gid, _group_name(gid))
+            return
+        if directory == "/":
+            return
+        directory = os.path.dirname(directory)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -147,8 +201,11 @@ def _die_with_parent(parent: int) -> None:
 
 # -- workers (body) ----------------------------------------------------------------------------------
 
-def _worker_main(config: Config, fd: int, parent: int) -> int:
-    """Body of a worker process: libmilter on the inherited socket."""
+def _worker_main(config: Config, fd: int, parent: int, secrets: Optional[Secrets] = None,
+                 ready_fd: Optional[int] = None) -> int:
+    """Body of a worker process: libmilter on the inherited socket.  Just
+    before it serves, the worker writes its pid to ``ready_fd`` (the
+    master's readiness pipe)."""
     import Milter
     from .milter import FLAGS, Live, OutpostMilter
 
@@ -156,7 +213,7 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)    # reloads are the master's business
     _die_with_parent(parent)
-    runtime = Runtime.build(config)
+    runtime = Runtime.build(config, secrets)
     metrics = None
     if config.metrics is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from ..effects.metrics import WorkerMetrics
@@ -205,6 +262,12 @@ def _worker_main(config: Config, fd: int, parent: int) -> int:
     Milter.set_flags(FLAGS)
     Milter.set_exception_policy(Milter.TEMPFAIL)
     log.info("worker %d serving", pid)
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"%d\n" % pid)
+        except OSError as exc:
+            log.warning("worker %d: cannot tell the master it serves: %s", pid, exc)
+        os.close(ready_fd)
     try:
         Milter.runmilter("outpost", f"fd:{fd}", config.milter_timeout)
     except Milter.milter.error as exc:
@@ -274,6 +337,8 @@ class Master:
     config: Config
     sock: socket.socket
     nworkers: int
+    secrets: Optional[Secrets] = None                         # read before privileges were dropped
+    listen: str = ""                                          # for the service manager's status
     workers: dict[int, int] = field(default_factory=dict)     # pid → generation
     generation: int = 0
     sender: Optional[int] = None                              # pid of the report sender
@@ -285,6 +350,9 @@ class Master:
     _born: dict = field(default_factory=dict)                 # worker pid → start (monotonic)
     _respawn_delay: float = 0.0                               # current back-off, seconds
     _respawn_at: float = 0.0                                  # no new worker before this
+    _ready: set = field(default_factory=set)                  # worker pids that said they serve
+    _announced: int = -1                                      # generation READY=1 was sent for
+    _pipe: tuple = ()                                         # readiness pipe (read, write)
 
     def spawn(self, role: str = "worker") -> int:
         master = os.getpid()
@@ -293,6 +361,10 @@ class Master:
             code = 1
             try:
                 msock, self.metrics_sock = self.metrics_sock, None
+                if self._pipe:
+                    os.close(self._pipe[0])
+                if role in ("metrics", "sender") and self._pipe:
+                    os.close(self._pipe[1])             # only workers report that they serve
                 if role == "metrics":
                     self.sock.close()
                     assert msock is not None and self.metrics_dir is not None
@@ -305,7 +377,8 @@ class Master:
                 else:
                     if msock is not None:
                         msock.close()
-                    code = _worker_main(self.config, self.sock.fileno(), master)
+                    code = _worker_main(self.config, self.sock.fileno(), master, self.secrets,
+                                        self._pipe[1] if self._pipe else None)
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
             except Exception:  # noqa: BLE001 - report and exit the child, never return into the master loop
@@ -347,20 +420,25 @@ class Master:
             self.metrics_dir = prepare_dir()
 
     def reload(self) -> None:
+        service.notify("RELOADING=1", service.monotonic_usec(), "STATUS=reloading the configuration")
         try:
             config = load_config(self.config_path)
-            Runtime.build(config).close()          # secret, store: fail here, not in workers
+            secrets = load_secrets(config)         # as the service user, from now on
+            Runtime.build(config, secrets).close()  # store, engines: fail here, not in workers
             self._metrics_reload(config)
         except (ConfigError, StartupError, ServeError) as exc:
             more = len(exc.errors) - 1 if isinstance(exc, ConfigError) else 0
             log.error("reload refused, keeping the running configuration: %s%s", exc,
                       f" (and {more} more: outpost check-config --strict lists them)" if more else "")
+            service.notify("READY=1", f"STATUS=reload refused ({exc}); serving the previous "
+                                      f"configuration on {self.listen}")
             return
         old = [p for p, g in self.workers.items() if g == self.generation]
         from ..logs import setup_logging
         setup_logging(config.log)                  # the new workers inherit it (a syslog or
                                                    # journal socket missing at start is retried)
         self.config = config
+        self.secrets = secrets
         self.generation += 1
         self._respawn_delay = self._respawn_at = 0.0     # a new configuration starts at once
         self.fill()
@@ -395,6 +473,7 @@ class Master:
                 process_dead(pid, self.metrics_dir)     # its live gauges go; its counters stay
             gen = self.workers.pop(pid, None)
             born = self._born.pop(pid, None)
+            self._ready.discard(pid)
             if gen == self.generation and not self._flags & {"stop"}:
                 lived = time.monotonic() - born if born is not None else STABLE
                 if lived < STABLE:                  # died young: back off (no fork storm)
@@ -416,12 +495,42 @@ class Master:
         except Exception:  # noqa: BLE001 - slots are reclaimed lazily anyway
             log.warning("could not free the slots of worker %d", pid, exc_info=True)
 
+    def _collect_ready(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for workers saying they serve; once every
+        worker of the current generation does, tell the service manager
+        (``READY=1``, once per generation)."""
+        try:
+            ready, _, _ = select.select([self._pipe[0]], [], [], timeout)
+        except InterruptedError:               # a signal: the loop looks at the flags
+            return
+        if ready:
+            data = os.read(self._pipe[0], 4096)
+            self._ready.update(int(p) for p in data.split() if p.isdigit())
+        current = {p for p, g in self.workers.items() if g == self.generation}
+        if (self._announced != self.generation and len(current) >= self.nworkers
+                and current <= self._ready):
+            self._announced = self.generation
+            log.info("%d workers serving on %s (generation %d)", len(current), self.listen,
+                     self.generation)
+            service.notify("READY=1", f"STATUS=serving on {self.listen} with {len(current)} "
+                                      f"workers (configuration generation {self.generation})")
+
     def run(self) -> int:
         def flag(name: str):
             return lambda signum, frame: self._flags.add(name)
         signal.signal(signal.SIGTERM, flag("stop"))
         signal.signal(signal.SIGINT, flag("stop"))
         signal.signal(signal.SIGHUP, flag("reload"))
+        self._pipe = os.pipe()
+        os.set_blocking(self._pipe[0], False)
+        try:
+            return self._run()
+        finally:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = ()
+
+    def _run(self) -> int:
         self.fill()
         while True:
             if "stop" in self._flags:
@@ -431,7 +540,8 @@ class Master:
                 self.reload()
             self.reap()
             self.fill()
-            time.sleep(0.2)
+            self._collect_ready(0.2)
+        service.notify("STOPPING=1", "STATUS=stopping: finishing open connections")
         others = [p for p in (self.sender, self.metrics_pid) if p]
         for pid in list(self.workers) + others:
             _kill(pid, signal.SIGTERM)
@@ -452,21 +562,57 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def serve(config_path: str, socket_spec: Optional[str] = None, workers: Optional[int] = None,
-          socket_group: Optional[str] = None) -> int:
+          socket_group: Optional[str] = None, user: Optional[str] = None,
+          group: Optional[str] = None) -> int:
+    """Run the master.  Order matters: the secret and DKIM keys are read and
+    the socket bound (or taken from socket activation) with the privileges
+    Outpost started with; with ``user`` it then creates the directories it
+    writes in for that user and drops root, and only then opens the store
+    and forks workers, which never run as root."""
     config = load_config(config_path)
     if socket_spec:
         config = replace(config, listen=socket_spec)
-    Runtime.build(config).close()                    # fail fast, with a clear message
+    try:
+        account = service.resolve_account(user, group)
+        fds = service.listen_fds()
+    except service.ServiceError as exc:
+        raise ServeError(str(exc)) from None
+    secrets = load_secrets(config)
+    if account is None:
+        Runtime.build(config, secrets).close()       # fail fast, with a clear message
     n = workers or config.workers or os.cpu_count() or 1
     listen = config.listen
-    if os.environ.get("LISTEN_FDS") and os.environ.get("LISTEN_PID") == str(os.getpid()):
-        listen = "fd:3"                              # systemd socket activation
+    if fds:                                          # systemd socket activation
+        if len(fds) > 1:
+            log.warning("socket activation passed %d sockets; serving the first (fd %d)",
+                        len(fds), fds[0])
+        listen = f"fd:{fds[0]}"
+        if config.listen != listen:
+            log.info("socket activation: serving %s (listen %s is not used)", listen,
+                     config.listen)
     msock = open_metrics_listener(config)
-    sock, path = open_listener(listen, socket_group)
+    sock, path = open_listener(listen, socket_group, account)
+    try:
+        if account is not None:
+            try:
+                service.prepare_dirs(account, _writable_dirs(config))
+                code = service.code_dirs()
+                service.drop_privileges(account)
+                service.check_readable(account, code)
+            except service.ServiceError as exc:
+                raise ServeError(str(exc)) from None
+            Runtime.build(config, secrets).close()   # the store etc., as the service user
+    except BaseException:
+        sock.close()
+        if msock is not None:
+            msock.close()
+        _unlink(path)
+        raise
     os.set_inheritable(sock.fileno(), True)
     log.info("outpost listening on %s with %d workers", listen, n)
-    master = Master(config_path=config_path, config=config, sock=sock, nworkers=n, metrics_sock=msock)
-    if msock is not None:
+    master = Master(config_path=config_path, config=config, sock=sock, nworkers=n,
+                    secrets=secrets, listen=listen, metrics_sock=msock)
+    if msock is not None:                            # after the privilege drop: the service user's
         from ..effects.metrics import prepare_dir
         master.metrics_dir = prepare_dir()
         log.info("metrics on http://%s/metrics", config.metrics.listen)   # type: ignore[union-attr]
@@ -479,9 +625,26 @@ def serve(config_path: str, socket_spec: Optional[str] = None, workers: Optional
         if master.metrics_dir is not None:
             from ..effects.metrics import remove_dir
             remove_dir(master.metrics_dir)
-        if path:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _unlink(path)
         log.info("outpost stopped")
+
+
+def _writable_dirs(config: Config) -> list[str]:
+    """Directories Outpost writes in: the sqlite store's, the report spool."""
+    out = []
+    if config.store.startswith("sqlite:///"):
+        out.append(os.path.dirname("/" + config.store[len("sqlite://"):].lstrip("/")))
+    if config.reports is not None:
+        out.append(config.reports.spool_dir)
+    return out
+
+
+def _unlink(path: Optional[str]) -> None:
+    if not path:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:                           # e.g. a root-owned directory after --user
+        log.info("cannot remove %s (%s); the next start removes it", path, exc.strerror)
