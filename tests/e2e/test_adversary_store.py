@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import smtplib
 import textwrap
@@ -189,14 +190,19 @@ def test_store_down_at_start_workers_keep_serving(tmp_path):
 
 
 def test_workers_dying_at_start_are_respawned_with_back_off(tmp_path):
-    """A worker that cannot start (here: the secret file is removed after the
-    master started) is replaced after a doubling delay, not every 0.2 s; the
-    master still stops at once on SIGTERM."""
+    """A worker that cannot start (here: the sqlite store's folder is
+    replaced by a file after the master started, so no worker can open the
+    store; the master read the secret and keys once, at start) is replaced
+    after a doubling delay, not every 0.2 s; the master still stops at once on
+    SIGTERM."""
+    db = tmp_path / "db"
+    db.mkdir()
     proc = Outpost(tmp_path / "o.sock", START_CONFIG.replace("tempfail", "local"), workers=1,
-                   store="memory").start()
+                   store=f"sqlite:///{db}/state.db").start()
     try:
         wait_for(lambda: "serving" in proc.log(), what="a worker serving")
-        Path(proc.secret_file).unlink()
+        shutil.rmtree(db)
+        db.write_text("not a folder")
         for pid in proc.children():
             os.kill(pid, signal.SIGKILL)
         time.sleep(5.0)        # an observation window: without back-off ~20 restarts

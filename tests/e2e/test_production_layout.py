@@ -515,7 +515,7 @@ def test_run_user_drops_root_chrooted_smtpd_delivers(relay, user, root_dir):
     config.write_text(textwrap.dedent(f"""\
         secret_file: {secret}
         store: sqlite://{state}/state.db
-        reports: {{spool_dir: {spool}, smtp: {{port: 9}}}}
+        reports: {{spool_dir: {spool}, smtp: {{port: 9}}, listener_auth: none}}
         """) + CONFIG.replace("domains: [example.com]\nusers:", textwrap.dedent(f"""\
         domains:
           - name: example.com
