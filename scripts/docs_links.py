@@ -29,8 +29,13 @@ def documents() -> list[str]:
         os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.rst")))
 
 
+def plain(title: str) -> str:
+    """A title as docutils names it: inline literals lose their quotes."""
+    return title.replace("``", "")
+
+
 def norm(name: str) -> str:
-    return " ".join(name.split()).lower()
+    return " ".join(plain(name).split()).lower()
 
 
 def split_block(text: str) -> str:
@@ -85,10 +90,10 @@ def link_blocks() -> dict[str, str]:
             for _, (target_doc, title) in wanted:
                 rel = os.path.relpath(os.path.join(ROOT, target_doc),
                                       os.path.dirname(os.path.join(ROOT, doc)))
-                name = title.replace("`", "\\`")
+                name = plain(title).replace("`", "\\`")
                 if ":" in name:
                     name = f"`{name}`"
-                lines.append(f".. _{name}: {rel}#{make_id(title)}")
+                lines.append(f".. _{name}: {rel}#{make_id(plain(title))}")
             body += "\n".join(lines) + "\n"
         result[doc] = body
     return result
