@@ -31,6 +31,7 @@ def build(source: str) -> str:
     page = publish_string(
         rst, source_path=source, writer_name="manpage",
         settings_overrides={"report_level": 2, "halt_level": 2, "output_encoding": "unicode",
+                            "syntax_highlight": "none",            # no Pygments needed
                             "input_encoding": "utf-8"})
     page = groff_ascii(page)
     if "\n.TS" in page and not page.startswith("'\\\" t"):

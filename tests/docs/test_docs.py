@@ -25,7 +25,8 @@ def _problems(path: str) -> list[str]:
     with open(os.path.join(ROOT, path), encoding="utf-8") as fh:
         docutils_core.publish_doctree(
             fh.read(), source_path=os.path.join(ROOT, path),
-            settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": stream})
+            settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": stream,
+                                "syntax_highlight": "none"})
     return stream.getvalue().splitlines()
 
 
