@@ -11,6 +11,7 @@ broken reference, a bad table), so a page never silently loses text.
 import argparse
 import glob
 import os
+import re
 import sys
 
 from docutils.core import publish_string
@@ -34,6 +35,9 @@ def build(source: str) -> str:
                             "syntax_highlight": "none",            # no Pygments needed
                             "input_encoding": "utf-8"})
     page = groff_ascii(page)
+    # Ragged right: justifying narrow table cells only gives "cannot adjust
+    # line" warnings (lintian's groff-message), never a better page.
+    page = re.sub(r"^(\.TH .*)$", r"\1\n.ad l", page, count=1, flags=re.M)
     if "\n.TS" in page and not page.startswith("'\\\" t"):
         page = "'\\\" t\n" + page          # tell man(1) to run tbl
     return page
