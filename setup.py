@@ -1,4 +1,5 @@
-"""Outpost's metadata is in setup.cfg; this file only adds the manual pages.
+"""Outpost's metadata is in setup.cfg; this file only adds data files: the
+manual pages and the MTA fragments and units of contrib/.
 
 ``outpost(8)`` and ``outpost.yaml(5)`` are built from docs/ with docutils
 (``scripts/build_man.py``, a build requirement in pyproject.toml) into
@@ -33,4 +34,15 @@ def man_pages() -> list:
     return sorted(PAGES.items())
 
 
-setup(data_files=man_pages())
+def contrib() -> list:
+    """contrib/ under share/doc/outpost-milter/contrib (the sdist has it too)."""
+    out = []
+    for folder, _dirs, files in sorted(os.walk(os.path.join(ROOT, "contrib"))):
+        rel = os.path.relpath(folder, ROOT)
+        if files:
+            out.append((os.path.join("share/doc/outpost-milter", rel),
+                        sorted(os.path.join(rel, f) for f in files)))
+    return out
+
+
+setup(data_files=man_pages() + contrib())
