@@ -72,6 +72,8 @@ def test_package_contents(built):
                  "/usr/share/doc/outpost/copyright",
                  "/usr/lib/python3/dist-packages/outpost/data/default_model.bin"):
         assert path in files, path
+    # contrib/ and the man pages once, through dh_installexamples / dh_installman
+    assert not [p for p in files if p.startswith("/usr/share/doc/outpost-milter")]
     info = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], capture_output=True, text=True,
                           check=True).stdout
     for dep in ("python3-milter", "python3-dkim", "python3-spf", "adduser"):
