@@ -67,6 +67,7 @@ def test_package_contents(built):
     files = _contents(deb)
     for path in ("/usr/bin/outpost", "/usr/share/man/man8/outpost.8.gz",
                  "/usr/share/man/man5/outpost.yaml.5.gz", "/lib/systemd/system/outpost.service",
+                 "/lib/systemd/system/outpost.socket", "/usr/lib/sysusers.d/outpost.conf",
                  "/usr/share/doc/outpost/examples/outpost.yaml",
                  "/usr/share/doc/outpost/configuration.rst.gz",
                  "/usr/share/doc/outpost/copyright",
@@ -82,6 +83,7 @@ def test_package_contents(built):
     text = subprocess.run(["tar", "xO", "./lib/systemd/system/outpost.service"], input=unit,
                           capture_output=True, check=True).stdout.decode()
     assert "/usr/local/bin" not in text and "/usr/bin/outpost" in text
+    assert "check-config --strict" in text and "Type=notify" in text
 
 
 def test_lintian(built):
