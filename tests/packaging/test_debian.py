@@ -77,7 +77,8 @@ def test_package_contents(built):
     assert not [p for p in files if p.startswith("/usr/share/doc/outpost-milter")]
     info = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], capture_output=True, text=True,
                           check=True).stdout
-    for dep in ("python3-milter", "python3-dkim", "python3-spf", "adduser"):
+    for dep in ("python3-milter", "python3-dkim", "python3-spf", "python3-idna",
+                "python3-prometheus-client", "adduser"):
         assert dep in info
     unit = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
     text = subprocess.run(["tar", "xO", "./lib/systemd/system/outpost.service"], input=unit,
