@@ -69,6 +69,8 @@ def test_package_contents(built):
                  "/usr/share/man/man5/outpost.yaml.5.gz", "/lib/systemd/system/outpost.service",
                  "/lib/systemd/system/outpost.socket", "/usr/lib/sysusers.d/outpost.conf",
                  "/usr/share/doc/outpost/examples/outpost.yaml",
+                 "/usr/share/doc/outpost/examples/grafana/outpost.json",
+                 "/usr/share/doc/outpost/examples/prometheus/alerts.yml",
                  "/usr/share/doc/outpost/configuration.rst.gz",
                  "/usr/share/doc/outpost/copyright",
                  "/usr/lib/python3/dist-packages/outpost/data/default_model.bin"):
