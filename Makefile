@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 MTA    ?= postfix
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench check-config clean
+.PHONY: setup demo test bench check-config man docs-links deb clean
 
 setup:
 	bash scripts/setup.sh
@@ -26,6 +26,18 @@ bench: setup
 
 check-config: setup
 	$(VENV)/bin/outpost check-config -c contrib/outpost.yaml
+
+# build/man/outpost.8 and build/man/outpost.yaml.5 from docs/ (docutils)
+man: setup
+	$(PYTHON) scripts/build_man.py
+
+# refresh the links between README.rst and docs/*.rst after moving a section
+docs-links: setup
+	$(PYTHON) scripts/docs_links.py
+
+# the Debian package, in ../ (build dependencies: see debian/control)
+deb:
+	dpkg-buildpackage -us -uc -b
 
 clean:
 	rm -rf $(VENV) build *.egg-info milter/*.egg-info

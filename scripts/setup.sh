@@ -40,6 +40,17 @@ APT_PACKAGES=(
     libopendkim11      # OpenDKIM's verifier library: every signature is checked by it too
     systemd            # systemd-analyze (verify, security) and systemd-socket-activate: the units' tests
     strace             # ... every system call of Outpost inside the unit's SystemCallFilter
+    groff-base         # man pages: tests/docs renders outpost(8) and outpost.yaml(5)
+    python3-docutils   # ... built from docs/ (also a build dependency of the Debian package)
+    dpkg-dev           # the Debian package (debian/): tests/packaging builds it ...
+    debhelper
+    dh-python
+    pybuild-plugin-pyproject
+    python3-all
+    python3-setuptools
+    python3-wheel
+    fakeroot
+    lintian            # ... and checks it (about 7 MB of packages in all)
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${OUTPOST_APT_EXTRA:-})
@@ -123,6 +134,8 @@ setup_venv() {
     fi
     log "installing Outpost (editable) and test extras"
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    # The distribution was called "outpost" before 0.2 (now outpost-milter).
+    "$VENV/bin/python" -m pip uninstall -q -y outpost >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install -q -e "$REPO[test]"
     echo "$digest" > "$stamp"
 }

@@ -1,3 +1,3 @@
 """Outpost: an outbound mail filter (milter) for shared mail relays."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

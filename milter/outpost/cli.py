@@ -44,8 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_json(obj) -> None:
-    """One JSON document on standard output (the schemas: README.rst,
-    "Command line output")."""
+    """One JSON document on standard output (the schemas: docs/operations.rst,
+    "Machine-readable output (--json)")."""
     import json
     print(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_json(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true",
-                        help="machine-readable output (one JSON document, see README.rst)")
+                        help="machine-readable output (one JSON document, see docs/operations.rst)")
         return sp
 
     sp = with_json(with_config(cmd("check-config", cmd_check_config, "validate the configuration")))

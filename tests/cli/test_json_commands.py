@@ -1,5 +1,5 @@
 """Every read command's ``--json``: one JSON document with the documented
-fields (README.rst, "Command line output"), and the documented exit codes
+fields (docs/operations.rst, "Machine-readable output"), and the documented exit codes
 (0 ok, 1 not found / check failed, 2 usage or configuration error, 3 store
 error)."""
 

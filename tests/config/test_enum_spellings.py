@@ -1,9 +1,10 @@
 """Every documented spelling of every enumerated key is accepted, whatever
 YAML 1.1 makes of it (``off``, ``no``, ``on`` are booleans to PyYAML), and
-every YAML example in README.rst parses."""
+every YAML example in README.rst and docs/*.rst parses."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import textwrap
@@ -106,9 +107,19 @@ def test_lock_after_limit_hits_off(spelling):
     assert lock.after_limit_hits is None and lock.after_spam is None
 
 
+def _doc_text() -> str:
+    """README.rst and every document under docs/ (the reference moved there)."""
+    paths = [os.path.join(ROOT, "README.rst")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.rst")))
+    assert len(paths) > 1, "docs/*.rst not found"
+    parts = []
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            parts.append(fh.read())
+    return "\n".join(parts)
+
+
 def _readme_yaml_blocks() -> list[str]:
-    with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as fh:
-        text = fh.read()
+    text = _doc_text()
     blocks = []
     for m in re.finditer(r"^\.\. code-block:: yaml\n\n((?:   .*\n|\n)+)", text, re.M):
         blocks.append(textwrap.dedent(m.group(1)))
@@ -126,7 +137,7 @@ def test_readme_yaml_examples_parse(block):
 
 @pytest.mark.parametrize("literal", sorted(set(re.findall(
     r"``((?:mode|header_from|on_store_error|on_error|oversize|on_spam|on_unsure|action): [a-z]+)``",
-    open(os.path.join(ROOT, "README.rst"), encoding="utf-8").read()))))
+    _doc_text()))))
 def test_readme_inline_enum_examples_parse(literal):
     """``header_from: off``-style examples in the README's prose."""
     key, value = literal.split(": ")

@@ -1,4 +1,4 @@
-"""The local door with Sendmail (issue #22, README "Local submission and
+"""The local door with Sendmail (issue #22, docs/sendmail.rst "Local submission and
 reports with Sendmail"): ``sendmail(1)`` for an ordinary user is the MSP
 (``submit.cf``), which relays over SMTP to the MTA on 127.0.0.1 -- so it goes
 through Outpost, mapped by address (an ``ip`` user for 127.0.0.1); the

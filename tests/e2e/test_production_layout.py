@@ -13,7 +13,7 @@ unit's ``DirectoryMode``, the socket is bound by ``systemd-socket-activate``
 under its ``UMask=``, with ``NOTIFY_SOCKET`` a datagram socket of the test.
 
 The system user ``outpost`` is created if missing (``useradd --system``)
-and left in place: test machines are throw-away (see README.rst, Tests).
+and left in place: test machines are throw-away (see docs/testing.rst).
 """
 
 from __future__ import annotations

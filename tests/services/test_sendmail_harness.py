@@ -4,7 +4,7 @@ A tiny pymilter (a subprocess on the instance's unix socket) stamps the
 macros it saw at each stage into headers, and answers with replies chosen by
 the test (by client address, sender or subject), so that each test asserts
 what the SMTP client and the sink really got.  The facts these tests pin
-down are the ones README.rst ("Sendmail") states.
+down are the ones docs/sendmail.rst states.
 """
 
 from __future__ import annotations

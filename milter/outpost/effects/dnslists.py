@@ -31,16 +31,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import dns.exception
 import dns.name
 import dns.resolver
 import dns.reversename
-from publicsuffixlist import PublicSuffixList
 
 from outpost.effects.resolver import TtlCache, negative_ttl
 from outpost.spam.base import Check, Evidence, MessageView, ScanContext
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 log = logging.getLogger("outpost.dnslists")
 
@@ -113,6 +115,18 @@ class Listing:
     codes: tuple[str, ...]
 
 
+def _public_suffix_list() -> "PublicSuffixList":
+    """The bundled Public Suffix List.  Imported only when DNS lists are on:
+    Debian 12 does not package ``publicsuffixlist``, and everything else runs
+    without it."""
+    try:
+        from publicsuffixlist import PublicSuffixList
+    except ImportError:
+        raise ValueError("spam.dnslists needs the Python package publicsuffixlist "
+                         "(pip install publicsuffixlist)") from None
+    return PublicSuffixList()
+
+
 class DnsListChecker:
     """Looks items up in the configured lists (thread-safe)."""
 
@@ -122,7 +136,7 @@ class DnsListChecker:
         self.settings = settings
         self.resolver = resolver
         self.cache: TtlCache[str, tuple[str, ...]] = TtlCache(settings.cache_max_entries, clock)
-        self.psl = psl or PublicSuffixList()
+        self.psl = psl or _public_suffix_list()
         self._pool = cf.ThreadPoolExecutor(max_workers=settings.workers,
                                            thread_name_prefix="outpost-dnsl")
         self._lock = threading.Lock()

@@ -32,7 +32,7 @@ class ScoringSettings:
     run; ``failure_policy`` maps a check name to ``ignore`` (default: the
     check gives no evidence) or ``tempfail`` (the verdict asks for a
     temporary failure).  Thresholds were chosen by cross-validation on the
-    SpamAssassin 2002 corpus (see README.rst, "Spam verdicts")."""
+    SpamAssassin 2002 corpus (see docs/configuration.rst, "Spam verdicts")."""
 
     unsure: float = 3.0
     spam: float = 5.0

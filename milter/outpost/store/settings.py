@@ -46,7 +46,7 @@ class StoreSettings:
     max_stat_names: int = 5000
     #: How long the auto-unlock count of a key without a lock is kept, seconds.
     lock_history_ttl: float = 30 * 86400.0
-    #: ``tempfail``, ``accept`` or ``local`` (see README.rst, "State store").
+    #: ``tempfail``, ``accept`` or ``local`` (see docs/configuration.rst, "State store").
     on_store_error: str = "local"
     #: ``local`` mode: try the primary store again at most this often, seconds.
     retry_interval: float = 5.0

@@ -2,7 +2,7 @@
 
 Milter workers call :meth:`Spool.put` with a :class:`BlockEvent`; one
 :class:`ReportSender` per host renders, rate-limits, aggregates and delivers
-the reports over SMTP.  See README.rst, "Abuse reports".
+the reports over SMTP.  See docs/configuration.rst, "Abuse reports".
 """
 
 from .arf import RenderedReport, render_report
