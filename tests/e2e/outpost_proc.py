@@ -77,7 +77,14 @@ class Outpost:
         self.config_path.write_text(head + text)
 
     def start(self) -> "Outpost":
+        """Start, and return once the master says every worker serves (its
+        children, the report sender included, are all forked by then)."""
         self.proc.start()
+        deadline = time.monotonic() + 60
+        while " workers serving on " not in self.log():
+            if time.monotonic() > deadline or not self.proc.running:
+                raise MilterStartError(f"no 'workers serving' line:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
         return self
 
     def children(self) -> list[int]:
