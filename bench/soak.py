@@ -78,6 +78,7 @@ CONFIG = textwrap.dedent("""\
     reports:
       spool_dir: {spool}
       smtp: {{host: 127.0.0.1, port: {report_port}}}
+      listener_auth: none           # reports go straight to the bench's sink
     users:
       - name: good
         type: ip

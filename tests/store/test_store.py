@@ -471,6 +471,39 @@ def test_sqlite_side_files_follow_the_database(tmp_path) -> None:
         again.close()
 
 
+def test_sqlite_page_caches_stay_in_their_first_block(tmp_path) -> None:
+    """Every pooled connection keeps at most 20 pages of cache (SQLite's
+    SQLITE_DEFAULT_PCACHE_INITSZ, allocated once per connection): with the
+    default 2 MB cache, emptied at each commit of another worker, pages were
+    malloc'ed and freed per transaction (heap churn, #14 soak).
+    Several threads at once, so that the pool holds several connections."""
+    from outpost.store.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "state.db"))
+    other = SqliteStore(str(tmp_path / "state.db"))    # another worker, committing too
+    try:
+        start = threading.Barrier(6)
+
+        def work(i: int) -> None:
+            start.wait(timeout=10)
+            for n in range(12):
+                (store if n % 2 else other).fingerprint_add(f"fp{i}-{n}", "m", 1, 3600)
+                store.get_blob("x")
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        pool = list(store._pool) + list(other._pool)
+        assert len(pool) >= 2
+        for db in pool:
+            pages = db.execute("PRAGMA cache_size").fetchone()[0]
+            assert 0 < pages <= 20, pages
+    finally:
+        store.close()
+        other.close()
+
+
 # -- open_store --------------------------------------------------------------------------------
 
 def test_open_store_urls(tmp_path) -> None:

@@ -57,6 +57,19 @@ DROP TABLE IF EXISTS conn_slot;
 
 _POOL_SIZE = 16
 
+#: Page cache of each connection, in pages (``PRAGMA cache_size``).  A
+#: connection's cache is emptied whenever another connection (any worker)
+#: has committed, i.e. before nearly every transaction here, so a big cache
+#: holds nothing worth keeping; with SQLite's default (-2000: up to 2 MB)
+#: every page past the first 20 is malloc'ed for one transaction and freed
+#: at the next.  Up to 20 pages (SQLITE_DEFAULT_PCACHE_INITSZ) come from one
+#: block allocated when the connection opens and are recycled, never freed;
+#: 16 pages cover the deepest transaction here (three B-tree indexes and a
+#: table), and the file stays in the OS page cache.  Measured with 8 threads
+#: adding fingerprints to a growing 50 MB file: glibc heap 9 MB -> 5 MB (free
+#: chunks 5 MB -> 2 MB), and slightly more writes per second.
+_CACHE_PAGES = 16
+
 #: Locked identities a process keeps in memory to answer "not locked"
 #: without a query; with more, every message asks the database.
 _LOCKED_KEYS_MAX = 10000
@@ -99,6 +112,7 @@ class SqliteStore(Store):
         db.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout * 1000)}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA cache_size = {_CACHE_PAGES}")
         return db
 
     def _conn(self) -> "_Use":
