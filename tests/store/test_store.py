@@ -433,9 +433,14 @@ def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> N
     ip = "198.51.100.77"
     start = str(time.time() + 1.0)
     procs = [subprocess.Popen([sys.executable, WORKER, "grab", store.url, store.settings.key_prefix,
-                               ip, "30", "10", "5", start], stdout=subprocess.PIPE, text=True)
+                               ip, "30", "10", "5", start], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    outputs = [p.stdout.readline() for p in procs]        # both alive, holding their slots
+    for p in procs:
+        p.stdin.close()
+        p.wait(timeout=60)
+        p.stdout.close()
     assert [p.returncode for p in procs] == [0, 0]
     assert sum(int(out) for out in outputs) == 30
 

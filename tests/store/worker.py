@@ -9,7 +9,8 @@ IP for this pid, prints ``ready`` and sleeps until killed.
 
 ``python worker.py grab URL PREFIX IP LIMIT THREADS N START``: THREADS threads
 each try N new slots of IP (limit LIMIT) from wall-clock time START on, and
-keep what they get; prints the number taken, then how many the store counts.
+keep what they get; prints the number taken, then how many the store counts,
+and holds the slots until its stdin is closed.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def grab(url: str, prefix: str, ip: str, limit: str, threads: str, n: str, start
 
     _in_threads(run, int(threads))
     print(sum(taken), flush=True)
+    # Stay alive (holding the slots) until the test closes our stdin: a
+    # process that exited early would be dead, and its slots rightly freed
+    # for the other one when the IP reaches its limit.
+    sys.stdin.read()
 
 
 if __name__ == "__main__":
