@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 from outpost.core.idtoken import new_secret
-from tests.services.milter import MilterProcess
+from tests.services.milter import MilterProcess, MilterStartError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +80,9 @@ class Outpost:
         """Start, and return once the master says every worker serves (its
         children, the report sender included, are all forked by then)."""
         self.proc.start()
+        text = self.config_path.read_text()
+        if "target: syslog" in text or "target: journal" in text:
+            return self                         # its lines go elsewhere
         deadline = time.monotonic() + 60
         while " workers serving on " not in self.log():
             if time.monotonic() > deadline or not self.proc.running:
