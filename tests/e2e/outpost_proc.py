@@ -86,6 +86,7 @@ class Outpost:
         deadline = time.monotonic() + 60
         while " workers serving on " not in self.log():
             if time.monotonic() > deadline or not self.proc.running:
+                self.proc.stop()                # no caller holds it yet: never leave it running
                 raise MilterStartError(f"no 'workers serving' line:\n{self.log()[-3000:]}")
             time.sleep(0.05)
         return self
