@@ -15,7 +15,6 @@ import signal
 import smtplib
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -24,6 +23,7 @@ from tests.services.redis import RedisServer, free_port
 from tests.services.smtp import send
 
 from .outpost_proc import Outpost
+from tests.services.poll import wait_until
 
 PREFIX = "e2estore:"
 
@@ -70,17 +70,6 @@ def shared_count(server: RedisServer, key: str) -> int:
         r.close()
 
 
-def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def hold(port: int, addr: str) -> tuple[smtplib.SMTP, int]:
     """An open connection made to look like ``addr`` (XCLIENT), after MAIL
     FROM: (connection, MAIL FROM reply code)."""
@@ -125,7 +114,7 @@ def test_slots_closed_during_a_store_hiccup_are_freed_in_the_store(postfix, outp
         # Connections of a third client make the worker probe Redis again
         # after retry_interval; the releases owed to it are paid first.  Before
         # the fix the count stayed at 3 and the client got 421 until restart.
-        wait_for(lambda: send(postfix.relay_port, xclient={"ADDR": "203.0.113.7"},
+        wait_until(lambda: send(postfix.relay_port, xclient={"ADDR": "203.0.113.7"},
                               mail_from="web@example.com", rcpt_tos=["x@dest.example"]).accepted
                  and shared_count(redis_server, ip) == 0, what="the shared count back to 0")
         assert shared_count(redis_server, "203.0.113.6") == 0
@@ -155,7 +144,7 @@ def test_ipv6_clients_of_one_64_share_the_connection_limit(postfix, outpost, red
         assert code == 250
     finally:
         close([c for c, _ in held])
-    wait_for(lambda: shared_count(redis_server, "2001:db8:77::/64") == 0, what="slots freed")
+    wait_until(lambda: shared_count(redis_server, "2001:db8:77::/64") == 0, what="slots freed")
 
 
 # -- workers and a store that is down when they start (no MTA needed) ---------------
@@ -177,8 +166,8 @@ def test_store_down_at_start_workers_keep_serving(tmp_path):
     dead = RedisServer(port=free_port())                  # never started
     proc = Outpost(tmp_path / "o.sock", START_CONFIG, workers=1, store=dead.url).start()
     try:
-        wait_for(lambda: "serving" in proc.log(), what="a worker serving")
-        first = wait_for(proc.children, what="a worker")
+        wait_until(lambda: "serving" in proc.log(), what="a worker serving")
+        first = wait_until(proc.children, what="a worker")
         time.sleep(3.0)        # an observation window: a respawning worker dies within it
         assert proc.children() == first, proc.log()[-3000:]
         log = proc.log()
@@ -200,7 +189,7 @@ def test_workers_dying_at_start_are_respawned_with_back_off(tmp_path):
     proc = Outpost(tmp_path / "o.sock", START_CONFIG.replace("tempfail", "local"), workers=1,
                    store=f"sqlite:///{db}/state.db").start()
     try:
-        wait_for(lambda: "serving" in proc.log(), what="a worker serving")
+        wait_until(lambda: "serving" in proc.log(), what="a worker serving")
         shutil.rmtree(db)
         db.write_text("not a folder")
         for pid in proc.children():

@@ -33,6 +33,7 @@ from tests.services.local_submit import USER, sendmail
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
+from tests.services.poll import wait_until
 
 LIMIT = 3          # messages per identity per hour for the local user
 
@@ -77,17 +78,6 @@ def outpost(postfix):
     proc.codec = TokenCodec(read_secret(str(proc.secret_file)))
     yield proc
     proc.stop(graceful=False)
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.1)
 
 
 def kick_pickup(postfix) -> None:

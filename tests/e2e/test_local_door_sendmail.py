@@ -26,6 +26,7 @@ from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
+from tests.services.poll import wait_until
 
 
 def config(reports_smtp: str, spool: Path) -> str:
@@ -70,17 +71,6 @@ def relay():
 
 def to(sink, rcpt):
     return [m for m in sink.messages if rcpt in m.rcpt_tos]
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.1)
 
 
 def test_sendmail_msp_mail_goes_through_outpost(relay):
