@@ -11,6 +11,7 @@ import pytest
 from outpost import ops
 from outpost.config import ConfigError, parse_config
 from outpost.core.policy import Policy
+from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action, Session
 from outpost.effects.reports import Spool, list_items
 from outpost.spam.build import build_engine
@@ -81,23 +82,10 @@ def policy(config, codec):
 def run(policy, raw: bytes, *, ip="198.51.100.7", login=None, sender="www@example.com",
         rcpts=("bob@dest.example",)):
     """One message through the core; the decision that ended it."""
-    session = Session()
-    policy.connect(session, ip)
-    d = policy.mail_from(session, f"<{sender}>", login)
-    assert not d.blocks, d
-    for r in rcpts:
-        d = policy.rcpt(session, f"<{r}>")
-        if d.blocks:
-            policy.close(session)
-            return d
-    head, _, body = raw.partition(b"\r\n\r\n")
-    for line in re.split(rb"\r\n(?![ \t])", head):
-        name, _, value = line.decode("utf-8", "surrogateescape").partition(":")
-        policy.header(session, name, value)
-    policy.body(session, body)
-    d = policy.end_of_message(session, "Q42")
-    policy.close(session)
-    return d
+    out = drive(policy, Transaction.of_message(raw, f"<{sender}>", [f"<{r}>" for r in rcpts], login=login,
+                                               client_ip=ip, queue_id="Q42"), stop_at_refused_rcpt=True)
+    assert out.stage != "mail", out.decision
+    return out.decision
 
 
 def with_header(raw: bytes, line: str) -> bytes:
