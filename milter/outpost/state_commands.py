@@ -1,6 +1,9 @@
-"""Operator views and actions on the shared state (``outpost locks``,
-``lock``, ``unlock``, ``usage``, ``reset``).  Each function returns text (and
-an exit code) so the CLI stays a thin wrapper and tests can call them."""
+"""The state commands: operator views and actions on the locks and rate-limit
+windows in the shared store (``outpost locks``, ``lock``, ``unlock``,
+``reset``, ``usage``, ``top``).  Each function returns text (and an exit
+code) or JSON-ready data, so the CLI stays a thin wrapper and tests can call
+them.  Keys come from the typed scheme (:mod:`outpost.core.keys`), windows
+from the configuration (:mod:`outpost.core.limits`)."""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ import time
 from typing import Optional
 
 from .config import Config
-from .core import keys
-from .core.types import Message
-from .core.policy import Policy
-from .store.base import Store
+from .config.model import User
+from .core.keys import Target
+from .core.limits import LimitWindow, windows as limit_windows
+from .store.base import BucketState, Store
 
 
-class OpsError(ValueError):
+class TargetError(ValueError):
     """An operator mistake (unknown user, malformed identity)."""
 
 
@@ -34,25 +37,27 @@ def _when(epoch: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
 
 
-def split_identity(config: Config, text: str) -> tuple[str, str]:
-    """``user/identity`` → (user, identity); the user must exist."""
+def _user(config: Config, name: str) -> User:
+    for user in config.users:
+        if user.name == name:
+            return user
+    raise TargetError(f"no user '{name}' in the configuration")
+
+
+def identity_target(config: Config, text: str) -> Target:
+    """``USER/IDENTITY`` → its target; the user must exist."""
     user, sep, ident = text.partition("/")
-    names = {u.name for u in config.users}
     if not sep or not ident:
-        raise OpsError(f"'{text}' is not USER/IDENTITY (e.g. webfarm/alice@example.com)")
-    if user not in names:
-        raise OpsError(f"no user '{user}' in the configuration")
-    return user, ident.lower()
+        raise TargetError(f"'{text}' is not USER/IDENTITY (e.g. webfarm/alice@example.com)")
+    return Target(_user(config, user).name, ident.lower())
 
 
-def split_target(config: Config, text: str) -> tuple[str, str]:
-    """``USER/IDENTITY`` → (user, identity); ``USER`` → (user, '') for the
-    user as a whole (its lock key is ``user:USER``)."""
+def target(config: Config, text: str) -> Target:
+    """``USER/IDENTITY`` → one identity; ``USER`` → the user as a whole
+    (its lock key is ``user:USER``)."""
     if "/" in text:
-        return split_identity(config, text)
-    if text not in {u.name for u in config.users}:
-        raise OpsError(f"no user '{text}' in the configuration")
-    return text, ""
+        return identity_target(config, text)
+    return Target(_user(config, text).name)
 
 
 def locks_data(store: Store) -> list[dict]:
@@ -60,9 +65,9 @@ def locks_data(store: Store) -> list[dict]:
     now = store.now()
     out = []
     for lk in sorted(store.list_locks(), key=lambda l: l.since):
-        user = keys.lock_user(lk.key)
-        out.append({"key": lk.key, "user": user or lk.key.partition("/")[0],
-                    "identity": None if user else lk.key.partition("/")[2],
+        locked = Target.of_lock_key(lk.key)
+        out.append({"key": lk.key, "user": locked.user,
+                    "identity": None if locked.whole_user else locked.identity,
                     "by": lk.by, "reason": lk.reason, "since": lk.since, "until": lk.until,
                     "expires_in": None if lk.until is None else max(0.0, lk.until - now),
                     "auto_unlocks": lk.auto_unlocks})
@@ -85,9 +90,7 @@ def list_locks(store: Store) -> str:
 
 def lock(config: Config, store: Store, identity: str, duration: Optional[float], reason: str) -> str:
     """Lock ``USER/IDENTITY``, or with ``USER`` the user as a whole."""
-    user, ident = split_target(config, identity)
-    key = keys.identity_key(user, ident) if ident else keys.user_lock_key(user)
-    got = store.set_lock(key, reason, duration, by="operator")
+    got = store.set_lock(target(config, identity).lock_key, reason, duration, by="operator")
     return f"locked {got.key} {('until ' + _when(got.until)) if got.until else 'until unlocked'}"
 
 
@@ -95,69 +98,55 @@ def unlock(config: Config, store: Store, identity: str) -> tuple[str, int]:
     """Unlock ``USER/IDENTITY`` (and clear its hit history), or with
     ``USER`` the user's own lock (and the user's summed history; locks of
     single identities stay)."""
-    user, ident = split_target(config, identity)
-    if not ident:
-        key = keys.user_lock_key(user)
-        if store.remove_lock(key):
-            store.reset(keys.user_event_key("limit", user))
-            store.reset(keys.user_event_key("spam", user))
-            return f"unlocked {key}", 0
-        return f"{key} was not locked", 1
-    key = f"{user}/{ident}"
+    which = target(config, identity)
+    key = which.lock_key
     if store.remove_lock(key):
-        store.reset(f"hits:{key}")
-        store.reset(f"spam:{key}")
+        for events in which.event_keys:
+            store.reset(events)
         return f"unlocked {key}", 0
     return f"{key} was not locked", 1
 
 
-def reset(config: Config, store: Store, target: str) -> str:
-    if "/" in target:
-        user, ident = split_identity(config, target)
-        key = f"{user}/{ident}"
-        n = store.reset(f"rl:id:{key}:") + store.reset(f"hits:{key}") + store.reset(f"spam:{key}")
-        return f"reset {n} counters of identity {key}"
-    if target not in {u.name for u in config.users}:
-        raise OpsError(f"no user '{target}' in the configuration")
-    n = store.reset(f"rl:user:{target}:")
-    n += store.reset(keys.user_event_key("limit", target)) + store.reset(keys.user_event_key("spam", target))
-    return f"reset {n} counters of user {target}"
+def reset(config: Config, store: Store, text: str) -> str:
+    """Clear the rate-limit windows and event counts of an identity or of a
+    user as a whole."""
+    which = target(config, text)
+    n = store.reset(which.window_prefix) + sum(store.reset(k) for k in which.event_keys)
+    return f"reset {n} counters of {'user' if which.whole_user else 'identity'} {which}"
 
 
-def usage_data(config: Config, store: Store, policy: Policy, target: Optional[str]) -> list[dict]:
+def _windows(config: Config, which: Target) -> list[LimitWindow]:
+    return limit_windows(_user(config, which.user), which)
+
+
+def usage_data(config: Config, store: Store, text: Optional[str]) -> list[dict]:
     """Each limit window of a user or identity, JSON-ready (``outpost usage --json``)."""
-    if target and "/" in target:
-        user_name, ident = split_identity(config, target)
-        user = policy.index.by_name[user_name]
-        msg = Message(user_name=user_name, identity=ident)
-        buckets = [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:id:")]
-        blocks = [("identity", user_name, ident, buckets)]
+    if text and "/" in text:
+        which = [identity_target(config, text)]
+    elif text:
+        which = [Target(_user(config, text).name)]
     else:
-        users = config.users
-        if target:
-            if target not in policy.index.by_name:
-                raise OpsError(f"no user '{target}' in the configuration")
-            users = tuple(u for u in users if u.name == target)
-        blocks = []
-        for user in users:
-            msg = Message(user_name=user.name, identity="-")
-            blocks.append(("user", user.name, None,
-                           [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:user:")]))
-    return [{"kind": kind, "user": user, "identity": ident,
-             "windows": windows(store.peek(buckets)) if buckets else []}
-            for kind, user, ident, buckets in blocks]
+        which = [Target(u.name) for u in config.users]
+    out = []
+    for t in which:
+        ws = _windows(config, t)
+        out.append({"kind": "user" if t.whole_user else "identity", "user": t.user,
+                    "identity": None if t.whole_user else t.identity,
+                    "windows": windows(ws, store.peek([w.bucket() for w in ws])) if ws else []})
+    return out
 
 
-def windows(states) -> list[dict]:
-    return [{"what": "recipients" if ":rcpt:" in st.key else "messages", "label": st.label,
+def windows(limits: list[LimitWindow], states: list[BucketState]) -> list[dict]:
+    """The windows' states (``store.peek`` of their buckets, in order), JSON-ready."""
+    return [{"what": w.counts, "label": st.label,
              "window": st.window, "used": st.used, "limit": st.limit,
-             "resets_in": st.resets_in if st.used else 0.0} for st in states]
+             "resets_in": st.resets_in if st.used else 0.0} for w, st in zip(limits, states)]
 
 
-def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -> str:
+def usage(config: Config, store: Store, text: Optional[str]) -> str:
     """Each window as ``used/limit, resets in …``."""
     out = []
-    for block in usage_data(config, store, policy, target):
+    for block in usage_data(config, store, text):
         out.append(f"identity {block['user']}/{block['identity']}" if block["kind"] == "identity"
                    else f"user {block['user']}")
         if not block["windows"]:
@@ -169,38 +158,37 @@ def usage(config: Config, store: Store, policy: Policy, target: Optional[str]) -
     return "\n".join(out)
 
 
-def top_data(config: Config, store: Store, policy: Policy, limit: int = 20) -> list[dict]:
+def top_data(config: Config, store: Store, limit: int = 20) -> list[dict]:
     """Identities (active in the last hour, from the message statistics) and
     users nearest their limits: each one's fullest window as ``used/limit``,
     highest first (``outpost top``)."""
     from .stats import recent_identities
     recent = recent_identities(store.stat_read("m", 60))
     rows = []
-    by_name = policy.index.by_name
-    targets: list[tuple[str, str, Optional[str], list]] = []
+    by_name = {u.name: u for u in config.users}
+    targets: list[tuple[Target, list[LimitWindow]]] = []
     for key, messages in recent.items():
         user_name, _, ident = key.partition("/")
         user = by_name.get(user_name)
         if user is None or not ident:
             continue                      # a user no longer configured
-        msg = Message(user_name=user_name, identity=ident)
-        targets.append(("identity", user_name, ident,
-                        [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:id:")]))
+        t = Target(user_name, ident)
+        targets.append((t, limit_windows(user, t)))
     for user in config.users:
-        msg = Message(user_name=user.name, identity="-")
-        targets.append(("user", user.name, None,
-                        [b for b in policy.buckets(msg, user, 1) if b.key.startswith("rl:user:")]))
-    flat = [b for *_, buckets in targets for b in buckets]
+        t = Target(user.name)
+        targets.append((t, limit_windows(user, t)))
+    flat = [w.bucket() for _, ws in targets for w in ws]
     states = iter([st for i in range(0, len(flat), 500) for st in store.peek(flat[i:i + 500])])
-    for kind, user_name, ident, buckets in targets:
-        ws = windows([next(states) for _ in buckets])
+    for t, lws in targets:
+        ws = windows(lws, [next(states) for _ in lws])
         if not ws:
             continue
         nearest = max(ws, key=lambda w: w["used"] / w["limit"])
         if not nearest["used"]:
             continue
-        rows.append({"kind": kind, "user": user_name, "identity": ident,
-                     "messages_last_hour": recent.get(f"{user_name}/{ident}", 0) if ident else None,
+        rows.append({"kind": "user" if t.whole_user else "identity", "user": t.user,
+                     "identity": None if t.whole_user else t.identity,
+                     "messages_last_hour": recent.get(str(t), 0) if not t.whole_user else None,
                      "fill": round(nearest["used"] / nearest["limit"], 4), "nearest": nearest,
                      "windows": ws})
     rows.sort(key=lambda r: (-r["fill"], r["user"], r["identity"] or ""))
