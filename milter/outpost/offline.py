@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .core.addresses import header_from_address, split_address
 from .core.policy import Policy
 from .core.transaction import Transaction, drive
 from .core.types import Decision
+
+if TYPE_CHECKING:
+    from .spam.base import Evidence
+    from .spam.engine import CheckFailure
 
 
 @dataclass
@@ -25,11 +29,11 @@ class OfflineReport:
     identity: str = ""
     spam_class: Optional[str] = None
     score: Optional[float] = None
-    evidence: list = field(default_factory=list)
-    errors: list = field(default_factory=list)
+    evidence: list["Evidence"] = field(default_factory=list)
+    errors: list["CheckFailure"] = field(default_factory=list)
     partial: bool = False
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = self.decision
         return {
             "stage": self.stage, "action": d.action.value, "reason": d.reason,

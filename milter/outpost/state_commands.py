@@ -8,7 +8,7 @@ from the configuration (:mod:`outpost.core.limits`)."""
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from .config import Config
 from .config.model import User
@@ -60,7 +60,7 @@ def target(config: Config, text: str) -> Target:
     return Target(_user(config, text).name)
 
 
-def locks_data(store: Store) -> list[dict]:
+def locks_data(store: Store) -> list[dict[str, Any]]:
     """The locks in force, JSON-ready (``outpost locks --json``)."""
     now = store.now()
     out = []
@@ -119,7 +119,7 @@ def _windows(config: Config, which: Target) -> list[LimitWindow]:
     return limit_windows(_user(config, which.user), which)
 
 
-def usage_data(config: Config, store: Store, text: Optional[str]) -> list[dict]:
+def usage_data(config: Config, store: Store, text: Optional[str]) -> list[dict[str, Any]]:
     """Each limit window of a user or identity, JSON-ready (``outpost usage --json``)."""
     if text and "/" in text:
         which = [identity_target(config, text)]
@@ -136,7 +136,7 @@ def usage_data(config: Config, store: Store, text: Optional[str]) -> list[dict]:
     return out
 
 
-def windows(limits: list[LimitWindow], states: list[BucketState]) -> list[dict]:
+def windows(limits: list[LimitWindow], states: list[BucketState]) -> list[dict[str, Any]]:
     """The windows' states (``store.peek`` of their buckets, in order), JSON-ready."""
     return [{"what": w.counts, "label": st.label,
              "window": st.window, "used": st.used, "limit": st.limit,
@@ -158,7 +158,7 @@ def usage(config: Config, store: Store, text: Optional[str]) -> str:
     return "\n".join(out)
 
 
-def top_data(config: Config, store: Store, limit: int = 20) -> list[dict]:
+def top_data(config: Config, store: Store, limit: int = 20) -> list[dict[str, Any]]:
     """Identities (active in the last hour, from the message statistics) and
     users nearest their limits: each one's fullest window as ``used/limit``,
     highest first (``outpost top``)."""
@@ -195,7 +195,7 @@ def top_data(config: Config, store: Store, limit: int = 20) -> list[dict]:
     return rows[:limit]
 
 
-def top(rows: list[dict]) -> str:
+def top(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no identity or user has used any of its limits"
     lines = [f"{'identity or user':44} {'fill':>6}  nearest limit"]

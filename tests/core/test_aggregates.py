@@ -12,7 +12,7 @@ from outpost import state_commands
 from outpost.config import ConfigError, parse_config
 from outpost.core.policy import Policy
 from outpost.core.transaction import Transaction, drive
-from outpost.core.types import Action, Session
+from outpost.core.types import Action
 from outpost.effects.reports import Spool, list_items
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore

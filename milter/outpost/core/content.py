@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from ..config.model import User
 from .enforce import Enforcer
+from .keys import EventKind
 from .types import CONTINUE, Decision, Message, Session, reject
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class ContentCheck:
     """The spam engine's verdict on a message and the action it calls for."""
 
     def __init__(self, engine: "Engine", enforce: Enforcer, reports: "AbuseReports",
-                 record_event: Callable[[str, Message, User], None]) -> None:
+                 record_event: Callable[[EventKind, Message, User], None]) -> None:
         self.engine = engine
         self.enforce = enforce
         self.reports = reports

@@ -146,8 +146,8 @@ class Policy:
     def mail_from(self, session: Session, sender: str, login: Optional[str],
                   client_addr: Optional[str] = None) -> Decision:
         if session.client_ip is None and client_addr:
-            addr = parse_client_ip(client_addr)
-            session.client_ip = str(addr) if addr is not None else None
+            ip = parse_client_ip(client_addr)
+            session.client_ip = str(ip) if ip is not None else None
         addr, domain = split_address(sender)
         login = hdr.clean(login, 320) if login else None
         msg = Message(sender=addr, sender_domain=domain, login=login or None, client_ip=session.client_ip,
