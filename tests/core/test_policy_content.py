@@ -145,6 +145,21 @@ def test_own_domain_still_signed_and_verifies(policy, keys, login):
     assert dkimpy.verify(delivered(d, raw), dnsfunc=lambda name, timeout=5: records.get(name))
 
 
+def test_signing_failure_tempfails_with_its_own_reason(policy, monkeypatch):
+    """A message that should be signed and cannot be is never relayed
+    unsigned: 451 4.3.0, reason dkim_error (its own outcome, not the
+    store's)."""
+    from outpost.core.enforce import SIGNING_FAILED
+    from outpost.effects.dkim import DkimSignError
+
+    def broken(*args, **kwargs):
+        raise DkimSignError("key unreadable")
+    monkeypatch.setattr(policy.signer, "sign", broken)
+    _, d = run(policy, "alice@example.com", "alice@example.com", plain("alice@example.com"))
+    assert (d.action, d.reason, d.reply) == (Action.TEMPFAIL, "dkim_error", SIGNING_FAILED)
+    assert str(d.reply) == "451 4.3.0 Temporary local problem; please try again later"
+
+
 def test_sign_user_domain_only_for_the_users_own_sender_domain(policy):
     """From an unregistered domain: signed with the envelope sender's
     domain only when that is the user's; a monitor-mode user with another

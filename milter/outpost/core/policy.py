@@ -29,9 +29,7 @@ from . import sender_auth, stamps
 from .abuse import AbuseReports
 from .addresses import header_from_address, split_address
 from .content import ContentCheck, header_block
-from .enforce import (
-    SIGNING_FAILED, STORE_DOWN, TOO_MANY_CONNECTIONS, Enforcer, StoreUnavailable, first_block, store_down,
-)
+from .enforce import SIGNING_FAILED, TOO_MANY_CONNECTIONS, Enforcer, StoreUnavailable, first_block, store_down
 from .idtoken import Origin, TokenCodec
 from .limits import Limits
 from .mapping import UserIndex, connection_key, parse_client_ip
@@ -42,9 +40,6 @@ if TYPE_CHECKING:
     from ..effects.reports import BlockEvent
     from ..effects.spf import SpfChecker
     from ..spam.engine import Engine
-
-__all__ = ["Policy", "StoreUnavailable", "STORE_DOWN", "SIGNING_FAILED", "TOO_MANY_CONNECTIONS",
-           "header_from_address", "split_address"]
 
 log = logging.getLogger("outpost.policy")
 msglog = logging.getLogger("outpost.message")
