@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional, TypeVar
 
 from ..config.model import Config, User
 from ..store.base import StoreError
-from .types import CONTINUE, Action, Decision, Message, Reply
+from .types import CONTINUE, Action, Decision, Message, Reply, Session
 
 log = logging.getLogger("outpost.policy")
 
@@ -23,9 +23,10 @@ STORE_DOWN = Reply("451", "4.3.0", "Temporary local problem; please try again la
 #: as any local problem: the client can do nothing about it but retry).
 SIGNING_FAILED = Reply("451", "4.3.0", "Temporary local problem; please try again later")
 
-#: A check: the blocking decision, or None (or a decision that does not
-#: block, e.g. CONTINUE in monitor mode) to go on.
-Check = Callable[[], Optional[Decision]]
+#: A check of one stage on (session, message, user): the blocking decision,
+#: or None (or a decision that does not block, e.g. CONTINUE in monitor
+#: mode) to go on.
+Check = Callable[[Session, Message, User], Optional[Decision]]
 
 
 class StoreUnavailable(Exception):
@@ -36,10 +37,10 @@ def store_down() -> Decision:
     return Decision(Action.TEMPFAIL, STORE_DOWN, "store_error")
 
 
-def first_block(checks: Iterable[Check]) -> Optional[Decision]:
+def first_block(checks: Iterable[Check], session: Session, msg: Message, user: User) -> Optional[Decision]:
     """Run ``checks`` in order; the first decision that blocks, or None."""
     for check in checks:
-        d = check()
+        d = check(session, msg, user)
         if d is not None and d.blocks:
             return d
     return None

@@ -29,7 +29,7 @@ from . import sender_auth, stamps
 from .abuse import AbuseReports
 from .addresses import header_from_address, split_address
 from .content import ContentCheck, header_block
-from .enforce import SIGNING_FAILED, TOO_MANY_CONNECTIONS, Enforcer, StoreUnavailable, first_block, store_down
+from .enforce import SIGNING_FAILED, TOO_MANY_CONNECTIONS, Check, Enforcer, StoreUnavailable, first_block, store_down
 from .idtoken import Origin, TokenCodec
 from .limits import Limits
 from .mapping import UserIndex, connection_key, parse_client_ip
@@ -72,6 +72,13 @@ class Policy:
         self.limits = Limits(config, store, self.enforce, self.reports)
         self.content = (ContentCheck(engine, self.enforce, self.reports, self.limits.record_event)
                         if engine is not None else None)
+        # The checks of each stage, in order; the first that blocks answers.
+        self.mail_checks: tuple[Check, ...] = (self._user_connection_limit, self._sender_domain)
+        self.rcpt_checks: tuple[Check, ...] = (self._early_lock_and_limit, self._max_recipients)
+        self.contact_rcpt_checks: tuple[Check, ...] = (self._max_recipients,)   # never locked out
+        self.end_checks: tuple[Check, ...] = (
+            self._local_recipients, self._late_lock, self._header_from, self._seal, self._spf,
+            self._content, self._rate_limits)
 
     def user_of(self, msg: Message) -> Optional[User]:
         return self.index.by_name.get(msg.user_name) if msg.user_name else None
@@ -159,17 +166,16 @@ class Policy:
                 "550", "5.7.1", f"{who} is not an authorized outgoing sender", "unknown_sender"))
         msg.user_name, msg.mapped_by = user.name, how
         log.debug("mapped %s/%s to %s by %s", session.client_ip, login, user.name, how)
-        d = first_block((lambda: self._user_connection_limit(session, msg, user, how),
-                         lambda: self._sender_domain(msg, user)))
+        d = first_block(self.mail_checks, session, msg, user)
         if d is not None:
             return d
         if not user.identity_headers:
             msg.identity = self._default_identity(msg)
         return CONTINUE
 
-    def _user_connection_limit(self, session: Session, msg: Message, user: User, how: str) -> Optional[Decision]:
+    def _user_connection_limit(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         """A user mapped by login or domain has its own connection limit."""
-        if how == "ip" or not user.policy.connection_limit or not (session.conn_key and session.conn_slot):
+        if msg.mapped_by == "ip" or not user.policy.connection_limit or not (session.conn_key and session.conn_slot):
             return None
         try:
             count = self.enforce.store_call(self.store.conn_count, session.conn_key)
@@ -180,7 +186,7 @@ class Policy:
                                                           "connection_limit"))
         return None
 
-    def _sender_domain(self, msg: Message, user: User) -> Optional[Decision]:
+    def _sender_domain(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         if not msg.sender:
             if user.allows_null_sender:
                 return None
@@ -211,19 +217,17 @@ class Policy:
             msg.recipients.append(addr)
             return CONTINUE
         if user is not None:
-            d = first_block((lambda: self._early_lock_and_limit(msg, user, addr),
-                             lambda: self._max_recipients(msg, user)))
+            checks = self.contact_rcpt_checks if addr.lower() in self._contacts else self.rcpt_checks
+            d = first_block(checks, session, msg, user)
             if d is not None:
                 return d
         msg.recipients.append(addr)
         return CONTINUE
 
-    def _early_lock_and_limit(self, msg: Message, user: User, recipient: str) -> Optional[Decision]:
+    def _early_lock_and_limit(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         """The user's lock, and the identity's once known; its rate limits
         looked at (not counted): refused at RCPT rather than after DATA.
-        The abuse contacts are always reachable."""
-        if recipient.lower() in self._contacts:
-            return None
+        (Not for the abuse contacts: they are always reachable.)"""
         d = self.limits.lock_decision(msg, user)
         if d is not None or not msg.identity:
             return d
@@ -231,7 +235,7 @@ class Policy:
             msg.early_limit = self.limits.check(msg, user, dry_run=True)
         return msg.early_limit
 
-    def _max_recipients(self, msg: Message, user: User) -> Optional[Decision]:
+    def _max_recipients(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         limit = user.policy.limits.max_recipients
         if limit is None or len(msg.recipients) < limit:
             return None
@@ -305,15 +309,7 @@ class Policy:
         user = self.user_of(msg)
         assert user is not None
         msg.queue_id = queue_id or ""
-        d = first_block((
-            lambda: self._local_recipients(session, msg, user),
-            lambda: self._late_lock(session, msg, user),
-            lambda: self._header_from(msg, user),
-            lambda: self._seal(session, msg, user),
-            lambda: self._spf(msg, user),
-            lambda: self._content(session, msg, user),
-            lambda: self._rate_limits(msg, user),
-        ))
+        d = first_block(self.end_checks, session, msg, user)
         if d is not None:
             return d
         return self._accept(session, msg, user)
@@ -338,7 +334,7 @@ class Policy:
             return None
         return self.limits.lock_decision(msg, user)
 
-    def _header_from(self, msg: Message, user: User) -> Optional[Decision]:
+    def _header_from(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         if user.policy.header_from == "off":
             return None
         values = [v for n, v in msg.headers if n.lower() == "from"]
@@ -357,12 +353,13 @@ class Policy:
         return self.enforce.block(msg, user, d)
 
     def _seal(self, session: Session, msg: Message, user: User) -> None:
-        """Make the message's X-Outpost-ID (its reference in replies too)."""
+        """Make the message's X-Outpost-ID (its reference in replies too):
+        a step among the checks that never blocks."""
         msg.token = self.codec.seal(Origin(user=user.name, identity=msg.identity,
                                            client_ip=session.client_ip or "", queue_id=msg.queue_id,
                                            time=int(self.clock())))
 
-    def _spf(self, msg: Message, user: User) -> Optional[Decision]:
+    def _spf(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         if self.spf is None:
             return None
         return sender_auth.check_spf(self.spf, self.enforce, msg, user)
@@ -374,7 +371,7 @@ class Policy:
         d, msg.quarantine = self.content.spam_action(msg, user, verdict, msg.token)
         return d
 
-    def _rate_limits(self, msg: Message, user: User) -> Optional[Decision]:
+    def _rate_limits(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         """Count the message (not a quarantined one, not one only to the
         abuse contacts) in its rate-limit windows."""
         if msg.quarantine is not None or self._to_contacts_only(msg):
