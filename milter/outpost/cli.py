@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import __version__
 from .config import ConfigError, load_config
-from .ops import OpsError
+from .state_commands import TargetError
 from .store.base import StoreError
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def _state(args: argparse.Namespace, shared: bool = True):
 
 
 def cmd_locks(args: argparse.Namespace) -> int:
-    from .ops import list_locks, locks_data
+    from .state_commands import list_locks, locks_data
     _, store = _state(args)
     if args.json:
         _print_json({"locks": locks_data(store)})
@@ -203,14 +203,14 @@ def cmd_locks(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from .ops import lock
+    from .state_commands import lock
     config, store = _state(args)
     print(lock(config, store, args.identity, args.duration, args.reason))
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    from .ops import unlock
+    from .state_commands import unlock
     config, store = _state(args)
     text, code = unlock(config, store, args.identity)
     print(text)
@@ -218,23 +218,19 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    from .ops import reset
+    from .state_commands import reset
     config, store = _state(args)
     print(reset(config, store, args.target))
     return 0
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from .core.idtoken import TokenCodec
-    from .core.policy import Policy
-    from .ops import usage
+    from .state_commands import usage, usage_data
     config, store = _state(args)
-    policy = Policy(config, store, TokenCodec(b"\0" * 32))   # no token is made here
     if args.json:
-        from .ops import usage_data
-        _print_json({"usage": usage_data(config, store, policy, args.target)})
+        _print_json({"usage": usage_data(config, store, args.target)})
     else:
-        print(usage(config, store, policy, args.target))
+        print(usage(config, store, args.target))
     return 0
 
 
@@ -252,12 +248,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from .core.idtoken import TokenCodec
-    from .core.policy import Policy
-    from .ops import top, top_data
+    from .state_commands import top, top_data
     config, store = _state(args)
-    policy = Policy(config, store, TokenCodec(b"\0" * 32))
-    rows = top_data(config, store, policy, args.limit)
+    rows = top_data(config, store, args.limit)
     if args.json:
         _print_json({"top": rows})
     else:
@@ -306,7 +299,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
-    from .scan import ReadOnlyStore, scan_message, to_json
+    from .offline import decide_offline, to_json
+    from .scan import ReadOnlyStore
     from .spam.build import build_engine
     config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)
@@ -317,7 +311,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     policy = Policy(config, store, codec, engine=build_engine(config, store))
     with open(args.file, "rb") as fh:
         raw = fh.read()
-    report = scan_message(policy, raw, login=args.login, client_ip=args.client_ip,
+    report = decide_offline(policy, raw, login=args.login, client_ip=args.client_ip,
                           sender=args.sender, recipients=args.rcpt or ())
     print(to_json(report) if args.json else report.format())
     return 0 if not report.decision.blocks else 1
@@ -528,7 +522,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  f"outpost check-config --strict lists every one)" if more > 0 else ""),
               file=sys.stderr)
         return 2
-    except OpsError as exc:
+    except TargetError as exc:
         print(f"outpost: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

@@ -91,7 +91,7 @@ def test_connection_limit_421(runtime):
     ctxs[0]._close()
     again = MilterTestCtx()
     again._connect(ip="198.51.100.7")
-    assert again.getpriv().session.slot is not None
+    assert again.getpriv().session.conn_slot is not None
 
 
 def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch, caplog):

@@ -8,10 +8,11 @@ import textwrap
 
 import pytest
 
-from outpost import ops
+from outpost import state_commands
 from outpost.config import ConfigError, parse_config
 from outpost.core.policy import Policy
-from outpost.core.types import Action, Session
+from outpost.core.transaction import Transaction, drive
+from outpost.core.types import Action
 from outpost.effects.reports import Spool, list_items
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
@@ -81,23 +82,10 @@ def policy(config, codec):
 def run(policy, raw: bytes, *, ip="198.51.100.7", login=None, sender="www@example.com",
         rcpts=("bob@dest.example",)):
     """One message through the core; the decision that ended it."""
-    session = Session()
-    policy.connect(session, ip)
-    d = policy.mail_from(session, f"<{sender}>", login)
-    assert not d.blocks, d
-    for r in rcpts:
-        d = policy.rcpt(session, f"<{r}>")
-        if d.blocks:
-            policy.close(session)
-            return d
-    head, _, body = raw.partition(b"\r\n\r\n")
-    for line in re.split(rb"\r\n(?![ \t])", head):
-        name, _, value = line.decode("utf-8", "surrogateescape").partition(":")
-        policy.header(session, name, value)
-    policy.body(session, body)
-    d = policy.end_of_message(session, "Q42")
-    policy.close(session)
-    return d
+    out = drive(policy, Transaction.of_message(raw, f"<{sender}>", [f"<{r}>" for r in rcpts], login=login,
+                                               client_ip=ip, queue_id="Q42"), stop_at_refused_rcpt=True)
+    assert out.stage != "mail", out.decision
+    return out.decision
 
 
 def with_header(raw: bytes, line: str) -> bytes:
@@ -203,21 +191,21 @@ def test_monitor_mode_counts_but_does_not_lock_the_user(policy):
 def test_operator_locks_and_unlocks_the_whole_user(policy, config):
     store = policy.store
     ham = corpus_message("ham", HAM, "www@example.com")
-    assert ops.lock(config, store, "webfarm", None, "case 42").startswith("locked user:webfarm until")
-    assert "user:webfarm" in ops.list_locks(store)
+    assert state_commands.lock(config, store, "webfarm", None, "case 42").startswith("locked user:webfarm until")
+    assert "user:webfarm" in state_commands.list_locks(store)
     assert run(policy, with_header(ham, "X-AuthUser: a")).reason == "user_locked"
     store.record_event("uspam:webfarm/", 600)
     store.record_event("uspam:webfarm2/", 600)
-    assert ops.unlock(config, store, "webfarm") == ("unlocked user:webfarm", 0)
+    assert state_commands.unlock(config, store, "webfarm") == ("unlocked user:webfarm", 0)
     assert store.record_event("uspam:webfarm/", 600) == 1          # the user's history is cleared
     assert store.record_event("uspam:webfarm2/", 600) == 2         # and no other's
-    assert ops.unlock(config, store, "webfarm") == ("user:webfarm was not locked", 1)
+    assert state_commands.unlock(config, store, "webfarm") == ("user:webfarm was not locked", 1)
     store.record_event("uhits:webfarm/", 600)
-    assert ops.reset(config, store, "webfarm") == "reset 2 counters of user webfarm"
+    assert state_commands.reset(config, store, "webfarm") == "reset 2 counters of user webfarm"
     assert store.record_event("uhits:webfarm/", 600) == 1
     assert run(policy, with_header(ham, "X-AuthUser: a")).action is Action.ACCEPT
-    with pytest.raises(ops.OpsError):
-        ops.lock(config, store, "nosuchuser", None, "x")
+    with pytest.raises(state_commands.TargetError):
+        state_commands.lock(config, store, "nosuchuser", None, "x")
 
 
 def test_user_names_with_a_slash_are_refused(spool):

@@ -9,6 +9,7 @@ import pytest
 from outpost.config import parse_config
 from outpost.core.idtoken import TokenCodec
 from outpost.core.policy import Policy
+from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action, Session
 from outpost.store.memory import MemoryStore
 
@@ -47,21 +48,11 @@ def make_policy(text):
 
 
 def run(policy, port, sender="<www@example.com>", login=None, headers=(), addr="127.0.0.1"):
-    session = Session()
-    try:
-        policy.connect(session, addr, "localhost", port)
-        d = policy.mail_from(session, sender, login)
-        if d.blocks:
-            return session, d
-        d = policy.rcpt(session, "<victim@dest.example>")
-        if d.blocks:
-            return session, d
-        for name, value in [("From", " www@example.com"), ("Subject", " hi"), *headers]:
-            policy.header(session, name, value)
-        policy.body(session, b"hello\r\n")
-        return session, policy.end_of_message(session, "QLOCAL")
-    finally:
-        policy.close(session)
+    out = drive(policy, Transaction(sender=sender, recipients=["<victim@dest.example>"],
+                                    headers=[("From", " www@example.com"), ("Subject", " hi"), *headers],
+                                    body=b"hello\r\n", login=login, client_ip=addr, hostname="localhost",
+                                    client_port=port, queue_id="QLOCAL"))
+    return out.session, out.decision
 
 
 @pytest.mark.parametrize("port", [0, "0"])

@@ -5,6 +5,8 @@ import textwrap
 import pytest
 
 from outpost.core.idtoken import TokenCodec
+from outpost.core.limits import buckets
+from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action, Session
 from outpost.store.base import StoreError
 
@@ -12,42 +14,14 @@ from .conftest import SECRET
 
 
 def transaction(policy, ip="192.0.2.5", login=None, sender="<bob@example.com>",
-                rcpts=("<x@dest.example>",), headers=None, qid="Q1", session=None):
+                rcpts=("<x@dest.example>",), headers=None, qid="Q1"):
     """Run one message on a new connection (closed at the end); return
     (session, [decisions by stage], final decision)."""
-    session = Session()
-    try:
-        return _transaction(policy, ip, login, sender, rcpts, headers, qid, session)
-    finally:
-        policy.close(session)
-
-
-def _transaction(policy, ip, login, sender, rcpts, headers, qid, session):
-    decisions = []
-    if ip is not None:
-        d = policy.connect(session, ip, "client.example")
-        decisions.append(("connect", d))
-        if d.blocks:
-            return session, decisions, d
-    d = policy.mail_from(session, sender, login)
-    decisions.append(("mail", d))
-    if d.blocks:
-        return session, decisions, d
-    accepted = 0
-    for r in rcpts:
-        d = policy.rcpt(session, r)
-        decisions.append(("rcpt", d))
-        accepted += not d.blocks
-    if not accepted:
-        return session, decisions, d
     if headers is None:
         headers = [("From", " Bob <bob@example.com>"), ("To", " x@dest.example"), ("Subject", " hi")]
-    for name, value in headers:
-        policy.header(session, name, value)
-    policy.body(session, b"x" * 100)
-    d = policy.end_of_message(session, qid)
-    decisions.append(("eom", d))
-    return session, decisions, d
+    out = drive(policy, Transaction(sender=sender, recipients=rcpts, headers=headers, body=b"x" * 100,
+                                    login=login, client_ip=ip, hostname="client.example", queue_id=qid))
+    return out.session, out.decisions, out.decision
 
 
 def stamps(decision):
@@ -165,11 +139,11 @@ def test_connection_limit_and_release(policy, store):
         assert policy.connect(s, "198.51.100.7").action is Action.CONTINUE
         sessions.append(s)
     s4, d = over_limit(policy, "198.51.100.7")
-    assert str(d.reply) == TOO_MANY and s4.slot is None      # refused at MAIL FROM, holds no slot
+    assert str(d.reply) == TOO_MANY and s4.conn_slot is None      # refused at MAIL FROM, holds no slot
     policy.close(sessions[0])
     s5 = Session()
     policy.connect(s5, "198.51.100.7")
-    assert s5.slot is not None
+    assert s5.conn_slot is not None
     assert store.conn_count("198.51.100.7") == 3
 
 
@@ -177,7 +151,7 @@ def test_connection_limit_user_override(policy):
     held = [Session() for _ in range(5)]
     for s in held:                                           # bigfarm: 5
         policy.connect(s, "192.0.2.77")
-        assert s.slot is not None
+        assert s.conn_slot is not None
     _, d = over_limit(policy, "192.0.2.77")
     assert str(d.reply) == TOO_MANY
 
@@ -189,18 +163,18 @@ def test_ipv6_clients_of_one_64_share_the_connection_limit(policy, store):
     for i in range(3):
         s = Session()
         policy.connect(s, f"IPv6:2001:db8::{i + 1:x}")
-        assert s.slot is not None and s.slot_key == "2001:db8::/64"
+        assert s.conn_slot is not None and s.conn_key == "2001:db8::/64"
         held.append(s)
     s4, d = over_limit(policy, "2001:db8::ffff:9")
-    assert str(d.reply) == TOO_MANY and s4.slot is None
+    assert str(d.reply) == TOO_MANY and s4.conn_slot is None
     s5 = Session()
     policy.connect(s5, "2001:db8:0:1::1")                    # another /64: its own count
-    assert s5.slot is not None
+    assert s5.conn_slot is not None
     for s in held:
         policy.close(s)
     assert store.conn_count("2001:db8::/64") == 0
     s6, d = over_limit(policy, "2001:db8::42")
-    assert s6.slot is not None and d.reason != "connection_limit"
+    assert s6.conn_slot is not None and d.reason != "connection_limit"
 
 
 def test_connection_prefix_v6_is_configurable(config, store, codec):
@@ -210,7 +184,7 @@ def test_connection_prefix_v6_is_configurable(config, store, codec):
     for i in range(4):                                       # each /128 has its own 3
         s = Session()
         per_address.connect(s, f"2001:db8:5:6::{i + 1:x}")
-        assert s.slot_key == f"2001:db8:5:6::{i + 1:x}"
+        assert s.conn_key == f"2001:db8:5:6::{i + 1:x}"
     assert parse_config_prefix("connection_prefix_v6: 56\n") == 56
     with pytest.raises(Exception, match="connection_prefix_v6: 8 is below the minimum 16"):
         parse_config_prefix("connection_prefix_v6: 8\n")
@@ -235,8 +209,7 @@ def test_rate_limit_counts_only_accepted_and_names_window(policy, store):
     _, _, d = transaction(policy, ip=None, login="alice@example.com", sender="<alice@example.com>",
                           headers=[("From", " alice@example.com")])
     assert str(d.reply) == "451 4.7.1 Too many messages from alice@example.com (5/1m); please wait and try again"
-    state = store.peek(policy.buckets(__import__("outpost.core.types", fromlist=["Message"]).Message(
-        user_name="alice", identity="alice@example.com"), policy.index.by_name["alice"], 1))
+    state = store.peek(buckets(policy.index.by_name["alice"], "alice@example.com", 1))
     assert state[0].used == 5
 
 
@@ -344,7 +317,7 @@ def test_lock_reply_names_the_users_own_abuse_contact(codec):
     (" nobody", None),
 ])
 def test_header_from_address_forms(value, expected):
-    from outpost.core.policy import header_from_address
+    from outpost.core.addresses import header_from_address
     addr, problem = header_from_address([value])
     assert addr == expected
     assert (problem is None) == (expected is not None)

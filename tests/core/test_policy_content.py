@@ -13,6 +13,7 @@ import pytest
 
 from outpost.config import parse_config
 from outpost.core.policy import Policy
+from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action, Session
 from outpost.effects.dkim import Signer, keygen
 from outpost.spam.build import build_engine
@@ -91,25 +92,12 @@ def txt_records(keys):
 def run(policy, login, sender, raw: bytes, chunk: int = 1000, session=None):
     """One message through the core as the adapter drives it; returns
     (decision at end of headers, final decision)."""
-    session = session or Session()
-    policy.connect(session, "198.51.100.4")
-    d = policy.mail_from(session, f"<{sender}>", login)
-    assert not d.blocks, d
-    assert not policy.rcpt(session, "<bob@dest.example>").blocks
-    head, _, body = raw.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and session.message.headers:
-            n, v = session.message.headers[-1]
-            session.message.headers[-1] = (n, v + "\r\n" + line.decode("utf-8", "surrogateescape"))
-            continue
-        name, _, value = line.decode("utf-8", "surrogateescape").partition(":")
-        policy.header(session, name, value)
-    eoh = policy.end_of_headers(session)
-    for i in range(0, len(body), chunk):
-        policy.body(session, body[i:i + chunk])
-    d = policy.end_of_message(session, "Q42")
-    policy.close(session)
-    return eoh, d
+    out = drive(policy, Transaction.of_message(raw, f"<{sender}>", ["<bob@dest.example>"], login=login,
+                                               client_ip="198.51.100.4", queue_id="Q42", chunk=chunk),
+                session)
+    assert out.stage not in ("mail", "rcpt"), out.decision
+    [eoh] = out.at("end of headers")
+    return eoh, out.decision
 
 
 def plain(sender_from: str, body: bytes = b"Hello Bob,\r\n\r\nsee you tomorrow.\r\n", extra: bytes = b"") -> bytes:
@@ -155,6 +143,21 @@ def test_own_domain_still_signed_and_verifies(policy, keys, login):
     assert signed_domains(d) == ["example.com"]
     records = txt_records(keys)
     assert dkimpy.verify(delivered(d, raw), dnsfunc=lambda name, timeout=5: records.get(name))
+
+
+def test_signing_failure_tempfails_with_its_own_reason(policy, monkeypatch):
+    """A message that should be signed and cannot be is never relayed
+    unsigned: 451 4.3.0, reason dkim_error (its own outcome, not the
+    store's)."""
+    from outpost.core.enforce import SIGNING_FAILED
+    from outpost.effects.dkim import DkimSignError
+
+    def broken(*args, **kwargs):
+        raise DkimSignError("key unreadable")
+    monkeypatch.setattr(policy.signer, "sign", broken)
+    _, d = run(policy, "alice@example.com", "alice@example.com", plain("alice@example.com"))
+    assert (d.action, d.reason, d.reply) == (Action.TEMPFAIL, "dkim_error", SIGNING_FAILED)
+    assert str(d.reply) == "451 4.3.0 Temporary local problem; please try again later"
 
 
 def test_sign_user_domain_only_for_the_users_own_sender_domain(policy):

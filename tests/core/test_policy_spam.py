@@ -7,7 +7,8 @@ import pytest
 
 from outpost.config import parse_config
 from outpost.core.policy import Policy
-from outpost.core.types import Action, Session
+from outpost.core.transaction import Transaction, drive
+from outpost.core.types import Action
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import HAM, SPAM, corpus_message
@@ -45,28 +46,11 @@ def policy(codec):
 
 
 def run(policy, login, raw: bytes, rcpts=("bob@dest.example",)):
-    session = Session()
-    policy.connect(session, "198.51.100.4")
-    d = policy.mail_from(session, f"<{login}>", login)
-    assert not d.blocks, d
-    for r in rcpts:
-        d = policy.rcpt(session, f"<{r}>")
-        if d.blocks:
-            return d
-    head, _, body = raw.partition(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and session.message.headers:
-            n, v = session.message.headers[-1]
-            session.message.headers[-1] = (n, v + "\r\n" + line.decode("utf-8", "surrogateescape"))
-            continue
-        name, _, value = line.decode("utf-8", "surrogateescape").partition(":")
-        policy.header(session, name, value)
-    for i in range(0, len(body), 1000):
-        policy.body(session, body[i:i + 1000])
-    d = policy.end_of_message(session, "Q42")
-    policy.close(session)
-    return d
-
+    out = drive(policy, Transaction.of_message(raw, f"<{login}>", [f"<{r}>" for r in rcpts], login=login,
+                                               client_ip="198.51.100.4", queue_id="Q42", chunk=1000),
+                stop_at_refused_rcpt=True)
+    assert out.stage != "mail", out.decision
+    return out.decision
 
 def test_spam_is_rejected_with_a_reference(policy):
     d = run(policy, "alice@example.com", corpus_message("spam", SPAM, "alice@example.com"))

@@ -259,7 +259,7 @@ def _differential(value: str, addr: str) -> None:
     want = addr.lower()
     try:
         header = _REGISTRY("From", value)
-        found = header.addresses
+        found = header.addresses  # type: ignore[attr-defined]  # an AddressHeader for From
         defects = header.defects
         pairs = email.utils.getaddresses([value])
         single = email.utils.parseaddr(value)

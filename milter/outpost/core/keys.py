@@ -1,20 +1,93 @@
-"""Store keys of locks and abuse events (the one place they are spelled).
+"""The store key scheme (the one place it is spelled), as typed values.
 
-An identity is ``user/identity``: user names hold no ``/`` (the loader
-refuses them) and an identity is never empty.  A lock or count of the whole
-user therefore uses keys no identity can have:
+A :class:`Target` is what a lock, a count or a limit is about: one identity
+of a user (``user/identity``), or the user as a whole (identity '').  User
+names hold no ``/`` (the loader refuses them) and an identity is never
+empty, so the keys of a user as a whole are keys no identity can have:
 
 - ``user:NAME`` — the lock of user NAME as a whole (every identity);
-- ``spam:user/identity``, ``hits:user/identity`` — spam verdicts and
+  ``NAME/IDENTITY`` — the lock of one identity;
+- ``spam:NAME/IDENTITY``, ``hits:NAME/IDENTITY`` — spam verdicts and
   rate-limit refusals of one identity;
 - ``uspam:NAME/``, ``uhits:NAME/`` — the same summed over all of the user's
   identities (the trailing ``/`` ends the name, so a prefix reset of
-  ``uspam:web/`` never touches ``uspam:webfarm/``).
+  ``uspam:web/`` never touches ``uspam:webfarm/``);
+- ``rl:id:NAME/IDENTITY:WHAT:SECONDS``, ``rl:user:NAME:WHAT:SECONDS`` — a
+  rate-limit window (:class:`WindowKey`; WHAT is ``msg`` or ``rcpt``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+#: What a rate-limit window counts.
+Counted = Literal["msg", "rcpt"]
+#: What an abuse event is (a spam verdict or a rate-limit refusal).
+EventKind = Literal["spam", "limit"]
+
 USER_LOCK_PREFIX = "user:"
+_EVENT: dict[str, str] = {"spam": "spam", "limit": "hits"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One identity of a user, or (``identity`` '') the user as a whole."""
+
+    user: str
+    identity: str = ""
+
+    @property
+    def whole_user(self) -> bool:
+        return not self.identity
+
+    def __str__(self) -> str:
+        """How an operator names it: ``NAME/IDENTITY`` or ``NAME``."""
+        return f"{self.user}/{self.identity}" if self.identity else self.user
+
+    @property
+    def lock_key(self) -> str:
+        return identity_key(self.user, self.identity) if self.identity else user_lock_key(self.user)
+
+    def event_key(self, kind: EventKind) -> str:
+        """Key of this target's ``kind`` events."""
+        if self.identity:
+            return event_key(kind, self.user, self.identity)
+        return user_event_key(kind, self.user)
+
+    @property
+    def event_keys(self) -> tuple[str, str]:
+        """The keys of both kinds of events (what an unlock clears)."""
+        return self.event_key("limit"), self.event_key("spam")
+
+    @property
+    def window_prefix(self) -> str:
+        """The prefix of all this target's rate-limit windows (a reset)."""
+        if self.identity:
+            return f"rl:id:{identity_key(self.user, self.identity)}:"
+        return f"rl:user:{self.user}:"
+
+    @classmethod
+    def of_lock_key(cls, key: str) -> "Target":
+        """The target a lock key names (``user:NAME`` or ``NAME/IDENTITY``)."""
+        user = lock_user(key)
+        if user:
+            return cls(user)
+        name, _, identity = key.partition("/")
+        return cls(name, identity)
+
+
+@dataclass(frozen=True)
+class WindowKey:
+    """One rate-limit window of a target: ``counted`` (messages or
+    recipients) over ``seconds``."""
+
+    target: Target
+    counted: Counted
+    seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.target.window_prefix}{self.counted}:{self.seconds}"
 
 
 def identity_key(user: str, identity: str) -> str:
@@ -32,14 +105,11 @@ def lock_user(key: str) -> str:
     return ""
 
 
-def event_key(kind: str, user: str, identity: str) -> str:
+def event_key(kind: EventKind, user: str, identity: str) -> str:
     """Key of one identity's ``kind`` events (``spam`` or ``limit``)."""
     return f"{_EVENT[kind]}:{identity_key(user, identity)}"
 
 
-def user_event_key(kind: str, user: str) -> str:
+def user_event_key(kind: EventKind, user: str) -> str:
     """Key of the ``kind`` events of all of the user's identities."""
     return f"u{_EVENT[kind]}:{user}/"
-
-
-_EVENT = {"spam": "spam", "limit": "hits"}

@@ -17,6 +17,7 @@ from ..config.model import User
 
 V = TypeVar("V")
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -97,7 +98,7 @@ class UserIndex:
         self._domains: dict[str, User] = {}
         self._networks: PrefixTable[User] = PrefixTable()
         self.local: Optional[User] = None      # the one user of type local
-        nets = []
+        nets: list[tuple[IPNetwork, User]] = []
         for user in users:
             self.by_name[user.name] = user
             for login in user.logins:

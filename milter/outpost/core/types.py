@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from . import keys
 from .headers import clean
+
+if TYPE_CHECKING:
+    from ..effects.dkim import BodyHasher
+    from ..spam.engine import Verdict
+    from ..spam.message import TextAfterWindow
 
 #: Longest reply text (RFC 5321 allows 512 octets a reply line).
 MAX_REPLY_TEXT = 400
@@ -88,22 +94,29 @@ class Message:
     body_head: bytearray = field(default_factory=bytearray)   # first bytes of the body, for scanning
     headers_done: bool = False           # end of headers seen (signing domain decided)
     sign_domain: Optional[str] = None    # the domain that signs it, decided at end of headers
-    body_hash: Optional[object] = None   # the DKIM body hash, fed as the body streams (effects.dkim.BodyHasher)
+    body_hash: Optional["BodyHasher"] = None   # the DKIM body hash, fed as the body streams
     refusal: Optional[Decision] = None   # an answer decided before end of message (header limits)
-    text_watch: Optional[object] = None  # beyond the scan window: spam.message.TextAfterWindow
+    text_watch: Optional["TextAfterWindow"] = None  # beyond the scan window: a text part begins?
     unscannable: str = ""                # why the scan could not see the content ('' if it could)
     from_domain: Optional[str] = None                         # header From domain, once parsed
-    verdict: Optional[object] = None                          # the spam engine's Verdict
+    verdict: Optional["Verdict"] = None                       # the spam engine's verdict
     spam_class: Optional[str] = None
     dkim_d: str = ""                     # the DKIM signature made: d= and s= (selectors, comma-separated)
     dkim_s: str = ""
     spf: str = ""                        # the SPF result of the sender's domain for our egress IPs
+    spf_header: tuple[tuple[str, str], ...] = ()             # the SPF result header to add
+    quarantine: Optional[str] = None     # hold the accepted message with this reason
     would: list[str] = field(default_factory=list)          # monitor mode: what would have happened
     lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
     user_lock_decision: Optional[Decision] = None   # the same for the user as a whole
     early_limit: Optional[Decision] = None     # cached read-only limit check at RCPT
     started: float = 0.0                 # monotonic time of MAIL FROM
     spent: float = 0.0                   # seconds spent inside Outpost for this message
+
+    @property
+    def identity_key(self) -> str:
+        """``user/identity`` (how operators name it; its lock key)."""
+        return keys.identity_key(self.user_name or "", self.identity)
 
 
 @dataclass
@@ -114,8 +127,8 @@ class Session:
     local: bool = False                  # Postfix's non-SMTP mail (sendmail(1), pickup): no client
     hostname: str = ""
     helo: str = ""
-    slot: Optional[str] = None           # connection slot held in the store
-    slot_key: Optional[str] = None       # what it is counted under (IP, or IPv6 prefix)
+    conn_slot: Optional[str] = None      # the connection slot held in the store
+    conn_key: Optional[str] = None       # what it is counted under (IP, or IPv6 prefix)
     ip_user: Optional[str] = None        # user mapped from the address at connect
     message: Optional[Message] = None
     messages: int = 0

@@ -34,6 +34,8 @@ from dkim.canonicalization import (CanonicalizationPolicy, InvalidCanonicalizati
                                    unfold_header_value)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from ..core.stamps import occurrences
+
 ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 #: Signed when present (RFC 6376 5.4.1 recommendations that outbound mail has).
 SIGNED_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
@@ -436,14 +438,9 @@ class Signer:
     def include_headers(self, headers: Sequence[tuple[bytes, object]]) -> list[bytes]:
         """h= list: every signed name present (in message order, at most
         MAX_INSTANCES instances each), then ``from`` once more (over-signing)."""
-        counts: dict[bytes, int] = {}
-        out = []
-        for name, _ in headers:
-            low = name.lower()
-            if low in self._sign_names and counts.get(low, 0) < MAX_INSTANCES:
-                counts[low] = counts.get(low, 0) + 1
-                out.append(low)
-        if b"from" not in counts:
+        out = [low for low, n in occurrences(name for name, _ in headers)
+               if n <= MAX_INSTANCES and low in self._sign_names]
+        if b"from" not in out:
             raise DkimSignError("message has no From header")
         return out + [b"from"]
 
