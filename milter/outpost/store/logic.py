@@ -271,14 +271,3 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def boot_id() -> str:
-    """This host's boot id (``/proc/sys/kernel/random/boot_id``), so that
-    connection slots taken before a reboot are not taken for live ones when
-    a pid is reused; empty where there is none."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
-    except OSError:
-        return ""

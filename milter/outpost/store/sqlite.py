@@ -4,10 +4,9 @@ The database runs in WAL mode; every operation that reads and then writes
 is one ``BEGIN IMMEDIATE`` transaction, so a check and its count are atomic
 across processes.  Connections come from a small per-process pool (pymilter
 runs each SMTP session on its own short-lived thread).  Time is this host's
-clock.  Connection slots are rows of the ``connection_slot`` table, tagged
-with the owner's pid and this host's boot id; slots of processes that no
-longer exist (or of an earlier boot) are reclaimed when their IP reaches its
-limit or is counted.
+clock.  Connection slots are not in the database but in a table shared
+through ``<db>-conn`` (:mod:`outpost.store.slots`); slots of processes that
+no longer exist are reclaimed when their IP reaches its limit or is counted.
 """
 
 from __future__ import annotations
@@ -22,13 +21,16 @@ from typing import Iterator, Optional, Sequence
 
 from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
                    StoreError, stat_buckets)
-from .logic import (SLOTS, LockRecord, SlotCounts, boot_id, bucket_id, bucket_key_of,
-                    bucket_state, check_recipients, check_window, key_in_prefix, pid_exists,
-                    slot_expiry, slot_owner, validate_buckets, window_decide)
+from .logic import (SLOTS, LockRecord, SlotCounts, bucket_id, bucket_key_of, bucket_state,
+                    key_in_prefix,
+                    check_recipients, check_window, slot_expiry, slot_owner,
+                    validate_buckets, window_decide)
 from .filelock import FileLock
 from .settings import StoreSettings
+from .slots import SlotTable
 
 _SCHEMA = """
+DROP TABLE IF EXISTS bucket;
 CREATE TABLE IF NOT EXISTS rl_slot (
     id TEXT NOT NULL, slot INTEGER NOT NULL, n INTEGER NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (id, slot)) WITHOUT ROWID;
@@ -49,18 +51,9 @@ CREATE TABLE IF NOT EXISTS stat (
     expires REAL NOT NULL, PRIMARY KEY (period, idx, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stat_expires ON stat (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS connection_slot (
-    ip TEXT NOT NULL, slot TEXT NOT NULL, boot TEXT NOT NULL, pid INTEGER NOT NULL,
-    PRIMARY KEY (ip, slot)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS connection_slot_pid ON connection_slot (pid);
+DROP TABLE IF EXISTS conn;
+DROP TABLE IF EXISTS conn_slot;
 """
-
-#: Take a connection slot if ``ip`` holds fewer than the limit (no row
-#: inserted: at the limit, or the slot exists).  An INSERT takes the write
-#: lock before it reads, so the count and the insert are atomic.
-_ACQUIRE = ("INSERT INTO connection_slot (ip, slot, boot, pid) SELECT ?1, ?2, ?3, ?4 "
-            "WHERE (SELECT count(*) FROM connection_slot WHERE ip = ?1) < ?5 "
-            "ON CONFLICT (ip, slot) DO NOTHING")
 
 _POOL_SIZE = 16
 
@@ -76,6 +69,10 @@ _POOL_SIZE = 16
 #: adding fingerprints to a growing 50 MB file: glibc heap 9 MB -> 5 MB (free
 #: chunks 5 MB -> 2 MB), and slightly more writes per second.
 _CACHE_PAGES = 16
+
+#: Locked identities a process keeps in memory to answer "not locked"
+#: without a query; with more, every message asks the database.
+_LOCKED_KEYS_MAX = 10000
 
 
 class SqliteStore(Store):
@@ -104,7 +101,9 @@ class SqliteStore(Store):
             raise StoreError(f"sqlite store {path}: cannot create its directory: {exc}") from exc
         with self._write() as db:
             db.executescript(_SCHEMA)
-        self._boot = boot_id()
+        self._conn_slots = SlotTable(path + "-conn", like=path)
+        self._locks_changed = False
+        self._locked_keys: Optional[tuple[int, Optional[frozenset[str]]]] = None
 
     # -- plumbing ------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -147,6 +146,7 @@ class SqliteStore(Store):
         """One ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
         with self._write() as db:
             db.execute("BEGIN IMMEDIATE")
+            self._locks_changed = False             # the writer lock guards it
             try:
                 yield db
             except BaseException:
@@ -154,6 +154,10 @@ class SqliteStore(Store):
                     db.rollback()
                 raise
             db.execute("COMMIT")
+            if self._locks_changed:
+                # after the commit: a reader that sees the new generation
+                # reads the new locks
+                self._conn_slots.advance()
 
     def now(self) -> float:
         return time.time()
@@ -164,6 +168,7 @@ class SqliteStore(Store):
         for db in pool:
             db.close()
         self._writer.close()
+        self._conn_slots.close()
 
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Delete expired state inside the caller's transaction, at most once
@@ -182,55 +187,23 @@ class SqliteStore(Store):
                    (now - self.settings.lock_history_ttl,))
 
     # -- connection slots ----------------------------------------------------------
-    def _reclaim(self, db: sqlite3.Connection, ip: str) -> None:
-        """Drop slots of ``ip`` whose process is gone (or of an earlier boot)."""
-        owners = db.execute("SELECT DISTINCT boot, pid FROM connection_slot WHERE ip = ?",
-                            (ip,)).fetchall()
-        for boot, pid in owners:
-            if boot != self._boot or not pid_exists(pid):
-                db.execute("DELETE FROM connection_slot WHERE ip = ? AND boot = ? AND pid = ?",
-                           (ip, boot, pid))
-
+    # In a table shared through ``<db>-conn`` (store/slots.py): a slot lives
+    # as long as an SMTP connection and needs no journal; two SQLite commits
+    # per connection cost several times as much.
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
-        pid = slot_owner(slot)[1]
-        # Fast path, one statement: a free slot below the limit.  Slots of
-        # dead processes only matter at the limit, so they are reclaimed on
-        # the slow path, which also sees a re-acquire.
-        with self._write() as db:
-            inserted = db.execute(_ACQUIRE, (ip, slot, self._boot, pid, limit)).rowcount
-        if inserted:
-            with self._conn() as db:        # for the caller's information only
-                return True, db.execute("SELECT count(*) FROM connection_slot WHERE ip = ?",
-                                        (ip,)).fetchone()[0]
-        with self._tx() as db:
-            self._reclaim(db, ip)
-            held = db.execute("SELECT count(*) FROM connection_slot WHERE ip = ?",
-                              (ip,)).fetchone()[0]
-            if db.execute("SELECT 1 FROM connection_slot WHERE ip = ? AND slot = ?",
-                          (ip, slot)).fetchone():
-                return True, held
-            if held >= limit:
-                return False, held
-            db.execute("INSERT INTO connection_slot (ip, slot, boot, pid) VALUES (?, ?, ?, ?)",
-                       (ip, slot, self._boot, pid))
-            return True, held + 1
+        return self._conn_slots.acquire(ip, limit, slot, slot_owner(slot)[1])
 
     def conn_release(self, ip: str, slot: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM connection_slot WHERE ip = ? AND slot = ?", (ip, slot))
+        self._conn_slots.release(slot)
 
     def conn_count(self, ip: str) -> int:
-        with self._tx() as db:
-            self._reclaim(db, ip)
-            return db.execute("SELECT count(*) FROM connection_slot WHERE ip = ?",
-                              (ip,)).fetchone()[0]
+        return self._conn_slots.count(ip, os.getpid())
 
     def process_alive(self, host: str, pid: int) -> None:
         """Nothing to store: liveness is the pid existing on this host."""
 
     def process_gone(self, host: str, pid: int) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM connection_slot WHERE boot = ? AND pid = ?", (self._boot, pid))
+        self._conn_slots.process_gone(pid)
 
     # -- rate limits ------------------------------------------------------------------
     @staticmethod
@@ -321,6 +294,7 @@ class SqliteStore(Store):
         return LockRecord(lock, auto)
 
     def _save(self, db: sqlite3.Connection, key: str, rec: LockRecord, now: float) -> None:
+        self._locks_changed = True
         lk = rec.lock
         if lk is None and rec.auto_unlocks == 0:
             db.execute("DELETE FROM lock WHERE key = ?", (key,))
@@ -337,7 +311,24 @@ class SqliteStore(Store):
             self._save(db, key, rec, now)
         return rec
 
+    def _maybe_locked(self, key: str) -> bool:
+        """False when ``key`` is surely not locked: every message asks, few
+        identities are locked, and the locked keys change only when the
+        generation in ``<db>-conn`` moves (read before the keys, so a change
+        committed meanwhile is seen at the next call)."""
+        gen = self._conn_slots.generation()
+        known = self._locked_keys
+        if known is None or known[0] != gen:
+            with self._conn() as db:
+                rows = db.execute("SELECT key FROM lock WHERE locked = 1 LIMIT ?",
+                                  (_LOCKED_KEYS_MAX + 1,)).fetchall()
+            keys = frozenset(r[0] for r in rows) if len(rows) <= _LOCKED_KEYS_MAX else None
+            known = self._locked_keys = (gen, keys)
+        return known[1] is None or key in known[1]
+
     def get_lock(self, key: str) -> Optional[Lock]:
+        if not self._maybe_locked(key):
+            return None
         with self._conn() as db:
             rec = self._load(db, key)
         if rec.lock is None or not rec.settle(time.time())[1]:
