@@ -30,7 +30,6 @@ from .settings import StoreSettings
 from .slots import SlotTable
 
 _SCHEMA = """
-DROP TABLE IF EXISTS bucket;
 CREATE TABLE IF NOT EXISTS rl_slot (
     id TEXT NOT NULL, slot INTEGER NOT NULL, n INTEGER NOT NULL, expires REAL NOT NULL,
     PRIMARY KEY (id, slot)) WITHOUT ROWID;
@@ -51,8 +50,6 @@ CREATE TABLE IF NOT EXISTS stat (
     expires REAL NOT NULL, PRIMARY KEY (period, idx, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stat_expires ON stat (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
-DROP TABLE IF EXISTS conn;
-DROP TABLE IF EXISTS conn_slot;
 """
 
 _POOL_SIZE = 16
