@@ -36,7 +36,7 @@ from typing import Callable, Optional
 
 from .base import StoreError
 from .filelock import FileLock, open_beside
-from .logic import pid_exists
+from .owners import pid_exists
 
 _MAGIC = b"outpost-slots\x00\x00\x01"      # 16 bytes; the last one is the layout version
 _HEADER = 64        # magic 16 | boot id 16 | dirty u8 | pad 3 | used u32 x 3 | pid generation u32
