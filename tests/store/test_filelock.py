@@ -1,5 +1,5 @@
-"""FileLock: exclusive between processes; a held lock is waited for with
-the GIL released."""
+"""FileLock: exclusive between processes, and a free lock taken without
+giving the GIL away, while a held one is waited for with the GIL released."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from outpost.store import filelock
 from outpost.store.base import StoreError
 from outpost.store.filelock import FileLock
 
@@ -42,11 +43,20 @@ def hold_elsewhere(path: str, seconds: float) -> subprocess.Popen:
     return proc
 
 
-def test_a_taken_lock_excludes_another_descriptor_until_released(lock) -> None:
+def test_the_gil_keeping_flock_is_found() -> None:
+    # On Linux with glibc it must be there, or the fast path silently never runs.
+    assert filelock._FLOCK_KEEPING_GIL is not None
+
+
+def test_a_free_lock_is_taken_and_released_without_fcntl_flock(lock, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(filelock.fcntl, "flock", lambda *a: calls.append(a))
     for _ in range(3):
         lock.acquire()
         lock.release()
-    # while held, another descriptor cannot get it
+    assert calls == []
+    monkeypatch.undo()
+    # and it really was taken: another descriptor cannot get it meanwhile
     lock.acquire()
     fd = os.open(lock.path, os.O_RDONLY)
     try:
@@ -95,7 +105,7 @@ def test_a_lock_held_by_another_process_is_waited_for_with_the_gil_released(lock
 def test_a_failed_lock_is_a_store_error_and_the_next_try_reopens(lock) -> None:
     lock.acquire()
     lock.release()
-    os.close(lock._fd)                       # flock on a closed descriptor fails
+    os.close(lock._fd)                       # both the fast path and the fallback fail
     with pytest.raises(StoreError, match="test lock"):
         lock.acquire()
     lock.acquire()                           # mutex released, file opened again

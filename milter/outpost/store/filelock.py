@@ -7,11 +7,46 @@ Used by the sqlite store for ``<db>-writer`` (the writers' turn) and
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import threading
+from typing import Callable, Optional
 
 from .base import StoreError
+
+
+def _flock_keeping_gil() -> Optional[Callable[[int, int], int]]:
+    """libc's ``flock`` called *without* releasing the GIL (``ctypes.PyDLL``),
+    or None where it cannot be found.
+
+    ``fcntl.flock`` releases the GIL around the system call, as it must for
+    a call that may wait.  In a milter worker, whose libmilter threads all
+    want the GIL, every release hands it to another thread, and the caller
+    then queues to get it back: two context switches for a lock that is
+    almost always free.  So a lock is first tried with ``LOCK_NB`` through
+    this function, and only when another process holds it do we wait in
+    ``fcntl.flock``, with the GIL released."""
+    try:
+        fn = ctypes.PyDLL(None).flock
+    except (OSError, AttributeError):
+        return None
+    # Python ints pass as C ints and an int comes back by default; declaring
+    # argtypes (or use_errno) would triple the cost of the call.  The errno
+    # is not needed: on failure fcntl.flock runs and raises what went wrong.
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FLOCK_KEEPING_GIL = _flock_keeping_gil()
+
+
+def _flock(fd: int, op: int) -> None:
+    """``flock(fd, op)``: tried with ``LOCK_NB`` keeping the GIL, then, if
+    that did not do it (held elsewhere, or an error), by ``fcntl.flock``,
+    which waits with the GIL released and raises what went wrong."""
+    if _FLOCK_KEEPING_GIL is None or _FLOCK_KEEPING_GIL(fd, op | fcntl.LOCK_NB) != 0:
+        fcntl.flock(fd, op)
 
 
 def open_beside(path: str, like: str, flags: int) -> int:
@@ -59,7 +94,7 @@ class FileLock:
                 # read-only: flock needs no more
                 self._fd = open_beside(self.path, self._like, os.O_RDONLY)
                 self._pid = os.getpid()
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            _flock(self._fd, fcntl.LOCK_EX)
         except OSError as exc:
             self._drop_fd()
             self._mutex.release()
@@ -71,7 +106,7 @@ class FileLock:
     def release(self) -> None:
         try:
             if self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                _flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
 
