@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import threading
 import time
+from types import TracebackType
 from typing import Iterator, Optional, Sequence
 
 from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
@@ -467,7 +468,8 @@ class _Use:
             raise
         return self.db
 
-    def __exit__(self, etype, exc, tb) -> bool:
+    def __exit__(self, etype: Optional[type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
         store, db = self.store, self.db
         try:
             if db is not None:
@@ -477,4 +479,3 @@ class _Use:
                 store._writer.release()
         if exc is not None and isinstance(exc, sqlite3.Error):
             raise StoreError(f"sqlite store {store.path}: {exc}") from exc
-        return False
