@@ -30,12 +30,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from .base import Store, StoreError
 from .memory import MemoryStore
 from .settings import StoreSettings
-from .wrapper import StoreWrapper
+from .wrapper import R, StoreWrapper
+
+if TYPE_CHECKING:
+    from typing import Concatenate
+
+    from .wrapper import P
 
 log = logging.getLogger("outpost.store")
 
@@ -92,12 +97,13 @@ class ResilientStore(StoreWrapper):
         with self._mutex:
             return len(self._pending_releases)
 
-    def _forward(self, name: str, *args: Any) -> Any:
+    def _forward(self, method: Callable[Concatenate[Store, P], R],
+                 *args: P.args, **kwargs: P.kwargs) -> R:
         """Every method but the connection slots' and ``close``: the shared
         store's answer, or process memory's (see :meth:`_served`)."""
-        return self._served(name, *args)[0]
+        return cast(R, self._served(method.__name__, *args, **kwargs)[0])
 
-    def _served(self, name: str, *args: Any) -> tuple[Any, str]:
+    def _served(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, str]:
         """(result, who served it): ``"primary"``; ``"failed"``: the primary
         was asked and failed (it may still have done it: a timed-out script
         can run), memory answered; ``"local"``: memory answered without
@@ -114,7 +120,7 @@ class ResilientStore(StoreWrapper):
             try:
                 if self._pending_releases:     # owed to the shared store: pay first
                     self._release_pending()
-                result = getattr(self.inner, name)(*args)
+                result = getattr(self.inner, name)(*args, **kwargs)
             except StoreError as exc:
                 if not self.fallback:
                     raise
@@ -124,7 +130,7 @@ class ResilientStore(StoreWrapper):
                 return result, "primary"
         with self._mutex:
             self.fallbacks += 1
-        return getattr(self.local, name)(*args), "local" if skip else "failed"
+        return getattr(self.local, name)(*args, **kwargs), "local" if skip else "failed"
 
     def _release_pending(self) -> None:
         """Free in the primary the slots whose release failed before
