@@ -300,7 +300,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
     from .offline import decide_offline, to_json
-    from .scan import ReadOnlyStore
+    from .store.readonly import ReadOnlyStore
     from .spam.build import build_engine
     config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)

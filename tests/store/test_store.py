@@ -32,7 +32,7 @@ def admitted(store: Store, buckets: list[Bucket], n: int) -> list[bool]:
     return [store.hit(buckets).allowed for _ in range(n)]
 
 
-# -- rate limits: sliding window of 60 slots ------------------------------------------
+# -- rate limits: sliding window of 60 subwindows -------------------------------------
 
 class FakeClock:
     """A settable clock for MemoryStore(clock=...)."""
@@ -49,13 +49,13 @@ def test_limit_at_once_then_refused(store: Store) -> None:
     assert admitted(store, b, 7) == [True] * 5 + [False] * 2
     res = store.hit(b)
     assert not res.allowed and res.blocked == 0
-    slot = 2.0 / 60
-    # the oldest admitted unit leaves one window after the end of its slot
-    assert 1.5 < res.retry_after <= 2.0 + slot + 0.001
+    subwindow = 2.0 / 60
+    # the oldest admitted unit leaves one window after the end of its subwindow
+    assert 1.5 < res.retry_after <= 2.0 + subwindow + 0.001
     assert store.peek(b)[0].used == 5
 
 
-def test_refused_until_oldest_slot_expires(store: Store) -> None:
+def test_refused_until_oldest_subwindow_expires(store: Store) -> None:
     # Margins of 1 s each side of the moment the first unit comes back: the
     # check before it, and the second hit 1 s after the first.
     margin, window = 1.0, 2.5
@@ -67,7 +67,7 @@ def test_refused_until_oldest_slot_expires(store: Store) -> None:
     refused = store.hit(b)
     asked = time.time()
     assert not refused.allowed
-    # the first hit (at ~start) is counted until ~start + window + one slot
+    # the first hit (at ~start) is counted until ~start + window + one subwindow
     assert window - (asked - start) - 0.1 < refused.retry_after <= window + window / 60 + 0.001
     time.sleep(max(0.0, asked + refused.retry_after - margin - time.time()))
     assert not store.hit(b).allowed                # still inside the window
@@ -79,7 +79,7 @@ def test_refused_until_oldest_slot_expires(store: Store) -> None:
 def test_window_edges_exact_clock() -> None:
     clock = FakeClock(1000.0)
     store = MemoryStore(clock=clock)
-    b = [Bucket("u/edge", 3, 3.0)]                 # slots of 50 ms
+    b = [Bucket("u/edge", 3, 3.0)]                 # subwindows of 50 ms
     for t in (1000.0, 1001.0, 1002.0):
         clock.t = t
         assert store.hit(b).allowed
@@ -550,7 +550,7 @@ def test_empty_buckets_expire(make_store) -> None:
         r = redis.Redis.from_url(store.url)
         prefix = store.settings.key_prefix
         ttl = r.pttl(f"{prefix}rl:exp/kept@60")
-        assert 60000 - ALIVE * 1000 < ttl <= 61001     # empty one window + one slot later
+        assert 60000 - ALIVE * 1000 < ttl <= 61001     # empty one window + one subwindow later
         assert 0 < r.pttl(f"{prefix}ev:exp/event") <= ALIVE * 1000 + 1
         time.sleep(ALIVE + PAST)
         assert not r.exists(f"{prefix}rl:exp/gone@0.4", f"{prefix}ev:exp/event")
@@ -567,8 +567,8 @@ def test_empty_buckets_expire(make_store) -> None:
         assert ids == ["exp/kept@60", "exp/trigger@60"] and events == 0
 
 
-def _stored_slots(store: Store, bucket_id: str) -> int:
-    """How many slots the backend holds for a bucket id (sqlite rows / hash fields)."""
+def _stored_subwindows(store: Store, bucket_id: str) -> int:
+    """How many subwindows the backend holds for a bucket id (sqlite rows / hash fields)."""
     if store.url.startswith("redis"):
         import redis
         r = redis.Redis.from_url(store.url)
@@ -585,13 +585,13 @@ def _stored_slots(store: Store, bucket_id: str) -> int:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"], indirect=True)
-def test_slots_per_bucket_are_bounded(store: Store) -> None:
-    b = [Bucket("bound/b", 10**6, 0.6)]                # slots of 10 ms
-    end = time.time() + 1.5                            # ~150 slots touched
+def test_subwindows_per_bucket_are_bounded(store: Store) -> None:
+    b = [Bucket("bound/b", 10**6, 0.6)]                # subwindows of 10 ms
+    end = time.time() + 1.5                            # ~150 subwindows touched
     most = 0
     while time.time() < end:
         assert store.hit(b).allowed
-        most = max(most, _stored_slots(store, "bound/b@0.6"))
+        most = max(most, _stored_subwindows(store, "bound/b@0.6"))
         time.sleep(0.003)
     assert 30 < most <= 61
 

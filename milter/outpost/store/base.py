@@ -149,7 +149,7 @@ class Store(abc.ABC):
         """Forget the buckets and events under ``key_prefix``: a key equal
         to it or continuing it after ``:``; a prefix ending in ``:`` or ``/``
         takes every key that starts with it (``hits:webfarm/a`` never takes
-        ``hits:webfarm/alice``; see :func:`~outpost.store.logic.key_in_prefix`).
+        ``hits:webfarm/alice``; see :func:`~outpost.store.windows.key_in_prefix`).
         Returns how many were dropped."""
 
     # -- events (limit hits, spam verdicts) -------------------------------

@@ -26,7 +26,12 @@ def _flock_keeping_gil() -> Optional[Callable[[int, int], int]]:
     then queues to get it back: two context switches for a lock that is
     almost always free.  So a lock is first tried with ``LOCK_NB`` through
     this function, and only when another process holds it do we wait in
-    ``fcntl.flock``, with the GIL released."""
+    ``fcntl.flock``, with the GIL released.
+
+    Measured end to end (docs/benchmarks.rst, "Speed tricks held to the
+    bar"): plain ``fcntl.flock`` instead gave 0.925x the messages/s (median
+    of 22 same-run rounds, quartiles 0.82-1.03), at the same milter CPU per
+    message; the bar to keep a trick is a 3 % median gain."""
     try:
         fn = ctypes.PyDLL(None).flock
     except (OSError, AttributeError):

@@ -14,9 +14,11 @@ from typing import Callable, Optional, Sequence
 
 from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
                    stat_buckets)
-from .logic import (LockRecord, bucket_id, bucket_key_of, bucket_state, check_recipients,
-                    check_window, key_in_prefix, SlotCounts, slot_expiry, slot_owner,
-                    validate_buckets, window_decide)
+from .locks import LockRecord
+from .owners import slot_owner
+from .windows import (WindowCounts, bucket_id, bucket_key_of, bucket_state, check_recipients,
+                      check_window, key_in_prefix, subwindow_expiry, validate_buckets,
+                      window_decide)
 from .settings import StoreSettings
 
 
@@ -55,7 +57,7 @@ class MemoryStore(Store):
         self.settings = settings or StoreSettings()
         self._clock = clock
         self._mutex = threading.Lock()
-        self._buckets: dict[str, SlotCounts] = {}
+        self._buckets: dict[str, WindowCounts] = {}
         self._events: dict[str, tuple[deque[float], float]] = {}
         self._locks: dict[str, LockRecord] = {}
         self._lock_touched: dict[str, float] = {}
@@ -76,7 +78,7 @@ class MemoryStore(Store):
         self._next_sweep = now + self.settings.sweep_interval
         self._buckets = {bid: c for bid, c in self._buckets.items()
                          if (newest := c.newest()) is not None
-                         and slot_expiry(newest, c.window) > now}
+                         and subwindow_expiry(newest, c.window) > now}
         for key, (log, window) in list(self._events.items()):
             if not log or log[-1] <= now - window:
                 del self._events[key]
@@ -130,10 +132,10 @@ class MemoryStore(Store):
                     del self._conns[ip]
 
     # -- rate limits -----------------------------------------------------------
-    def _counts(self, bid: str, window: float) -> SlotCounts:
-        """The stored slots of a bucket (a fresh, unstored object when none)."""
+    def _counts(self, bid: str, window: float) -> WindowCounts:
+        """The stored subwindows of a bucket (a fresh, unstored object when none)."""
         counts = self._buckets.get(bid)
-        return SlotCounts(window) if counts is None else counts
+        return WindowCounts(window) if counts is None else counts
 
     def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
         validate_buckets(buckets)

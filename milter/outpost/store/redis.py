@@ -11,8 +11,8 @@ scripts touch keys they do not declare).
 Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 
 =============================  =================================================
-``P rl:<key>@<window>``        hash: slot index -> count (sliding window of 60
-                               slots), expires when the bucket is empty
+``P rl:<key>@<window>``        hash: subwindow index -> count (sliding window of
+                               60 subwindows), expires when the bucket is empty
 ``P ev:<key>``                 sorted set: event timestamps, expires after window
 ``P seq``                      counter making event/fingerprint members unique
 ``P lock:<key>``               hash: locked, reason, since, until, by, auto
@@ -44,8 +44,9 @@ from redis.retry import Retry
 
 from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
                    StoreError, stat_buckets)
-from .logic import (EPSILON, SLOTS, SlotCounts, bucket_id, bucket_key_of, bucket_state,
-                    check_recipients, check_window, key_in_prefix, slot_owner, validate_buckets)
+from .owners import slot_owner
+from .windows import (EPSILON, SUBWINDOWS, WindowCounts, bucket_id, bucket_key_of, bucket_state,
+                      check_recipients, check_window, key_in_prefix, validate_buckets)
 from .settings import StoreSettings
 
 _PRELUDE = """
@@ -57,10 +58,10 @@ end
 local function fmt(x) return string.format('%.17g', x) end
 """
 
-# Sliding window of slots (see outpost.store.logic).  A bucket is a hash
-# {slot index: count}.  A key of another type (a GCRA timestamp string left by
+# Sliding window of subwindows (see outpost.store.windows).  A bucket is a hash
+# {subwindow index: count}.  A key of another type (a GCRA timestamp string left by
 # an older version) reads as empty and is replaced when the bucket is written.
-# KEYS: bucket ids.  ARGV: dry_run, epsilon, slots per window, then limit,
+# KEYS: bucket ids.  ARGV: dry_run, epsilon, subwindows per window, then limit,
 # window, cost per key.  Returns {allowed, index of the refusing key or -1, wait}.
 _HIT = _PRELUDE + """
 local now = clock()
@@ -70,7 +71,7 @@ local worst, worst_wait = -1, -1
 local function load(k, window)
   local w = window / S
   local cur = math.floor(now / w)
-  local st = {w = w, cur = cur, slots = {}, used = 0, drop = {}, reset = false,
+  local st = {w = w, cur = cur, subwindows = {}, used = 0, drop = {}, reset = false,
               dirty = false}
   local flat = redis.pcall('HGETALL', k)
   if flat.err then st.reset = true; flat = {} end
@@ -79,7 +80,7 @@ local function load(k, window)
     if idx < cur - S or idx > cur then st.drop[#st.drop + 1] = flat[j] end
     if idx >= cur - S then
       if idx > cur then idx = cur end
-      st.slots[idx] = (st.slots[idx] or 0) + n
+      st.subwindows[idx] = (st.subwindows[idx] or 0) + n
       st.used = st.used + n
     end
   end
@@ -87,10 +88,10 @@ local function load(k, window)
 end
 local function wait_until_fits(st, excess, window)
   local idx = {}
-  for i in pairs(st.slots) do idx[#idx + 1] = i end
+  for i in pairs(st.subwindows) do idx[#idx + 1] = i end
   table.sort(idx)
   for _, i in ipairs(idx) do
-    excess = excess - st.slots[i]
+    excess = excess - st.subwindows[i]
     if excess <= 0 then return math.max(0, (i + S + 1) * st.w - now) + eps end
   end
   return window
@@ -107,7 +108,7 @@ for i = 1, #KEYS do
     local excess = st.used + cost - limit
     if excess <= 0 then
       if cost > 0 then
-        st.slots[st.cur] = (st.slots[st.cur] or 0) + cost
+        st.subwindows[st.cur] = (st.subwindows[st.cur] or 0) + cost
         st.used = st.used + cost
         st.dirty = true
       end
@@ -123,7 +124,7 @@ if ARGV[1] ~= '1' then
     local st = state[k]
     if st.reset then redis.call('DEL', k) end
     if #st.drop > 0 then redis.call('HDEL', k, unpack(st.drop)) end
-    local n = st.slots[st.cur]
+    local n = st.subwindows[st.cur]
     if n and (st.dirty or #st.drop > 0) then
       redis.call('HSET', k, string.format('%.0f', st.cur), n)
     end
@@ -470,7 +471,7 @@ class RedisStore(Store):
         validate_buckets(buckets)
         if not buckets:
             return HitResult(True)
-        args: list[Any] = ["1" if dry_run else "0", repr(EPSILON), SLOTS]
+        args: list[Any] = ["1" if dry_run else "0", repr(EPSILON), SUBWINDOWS]
         for b in buckets:
             args += [b.limit, repr(float(b.window)), b.cost]
         with self._guard("hit"):
@@ -487,7 +488,7 @@ class RedisStore(Store):
         with self._guard("peek"):
             now, *flats = self._peek(keys=[f"{self._p}rl:{bucket_id(b)}" for b in buckets])
         t = float(now)
-        return [bucket_state(b, SlotCounts(b.window, {int(flat[j]): int(flat[j + 1])
+        return [bucket_state(b, WindowCounts(b.window, {int(flat[j]): int(flat[j + 1])
                                                       for j in range(0, len(flat), 2)}), t)
                 for b, flat in zip(buckets, flats)]
 

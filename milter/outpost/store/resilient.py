@@ -30,12 +30,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
-from .base import (Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
-                   StoreError)
+from .base import Store, StoreError
 from .memory import MemoryStore
 from .settings import StoreSettings
+from .wrapper import R, StoreWrapper
+
+if TYPE_CHECKING:
+    from typing import Concatenate
+
+    from .wrapper import P
 
 log = logging.getLogger("outpost.store")
 
@@ -45,7 +50,7 @@ log = logging.getLogger("outpost.store")
 MAX_PENDING_RELEASES = 10000
 
 
-class ResilientStore(Store):
+class ResilientStore(StoreWrapper):
     """Wraps a shared store; on :class:`StoreError` serves from a
     per-process :class:`MemoryStore`, trying the shared store again at most
     every ``settings.retry_interval`` seconds.
@@ -61,9 +66,8 @@ class ResilientStore(Store):
 
     def __init__(self, primary: Store, settings: Optional[StoreSettings] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.primary = primary
+        super().__init__(primary)
         self.settings = settings or StoreSettings()
-        self.url = primary.url
         self.local = MemoryStore(self.settings)
         #: serve from process memory while the primary fails (``local``)
         self.fallback = self.settings.on_store_error == "local"
@@ -78,6 +82,11 @@ class ResilientStore(Store):
         self._pending_releases: dict[str, str] = {}
 
     @property
+    def primary(self) -> Store:
+        """The shared store."""
+        return self.inner
+
+    @property
     def degraded(self) -> bool:
         with self._mutex:
             return self._retry_at is not None
@@ -88,10 +97,13 @@ class ResilientStore(Store):
         with self._mutex:
             return len(self._pending_releases)
 
-    def _call(self, name: str, *args: Any) -> Any:
-        return self._served(name, *args)[0]
+    def _forward(self, method: Callable[Concatenate[Store, P], R],
+                 *args: P.args, **kwargs: P.kwargs) -> R:
+        """Every method but the connection slots' and ``close``: the shared
+        store's answer, or process memory's (see :meth:`_served`)."""
+        return cast(R, self._served(method.__name__, *args, **kwargs)[0])
 
-    def _served(self, name: str, *args: Any) -> tuple[Any, str]:
+    def _served(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, str]:
         """(result, who served it): ``"primary"``; ``"failed"``: the primary
         was asked and failed (it may still have done it: a timed-out script
         can run), memory answered; ``"local"``: memory answered without
@@ -108,7 +120,7 @@ class ResilientStore(Store):
             try:
                 if self._pending_releases:     # owed to the shared store: pay first
                     self._release_pending()
-                result = getattr(self.primary, name)(*args)
+                result = getattr(self.inner, name)(*args, **kwargs)
             except StoreError as exc:
                 if not self.fallback:
                     raise
@@ -118,7 +130,7 @@ class ResilientStore(Store):
                 return result, "primary"
         with self._mutex:
             self.fallbacks += 1
-        return getattr(self.local, name)(*args), "local" if skip else "failed"
+        return getattr(self.local, name)(*args, **kwargs), "local" if skip else "failed"
 
     def _release_pending(self) -> None:
         """Free in the primary the slots whose release failed before
@@ -126,7 +138,7 @@ class ResilientStore(Store):
         with self._mutex:
             owed = list(self._pending_releases.items())
         for slot, ip in owed:
-            self.primary.conn_release(ip, slot)
+            self.inner.conn_release(ip, slot)
             with self._mutex:
                 self._pending_releases.pop(slot, None)
         if owed:
@@ -155,10 +167,7 @@ class ResilientStore(Store):
                     self.url, self.fallbacks)
 
     def close(self) -> None:
-        self.primary.close()
-
-    def now(self) -> float:
-        return self._call("now")
+        self.inner.close()
 
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
         try:
@@ -194,7 +203,7 @@ class ResilientStore(Store):
             try:
                 if self._pending_releases:
                     self._release_pending()
-                self.primary.conn_release(shared_ip, slot)
+                self.inner.conn_release(shared_ip, slot)
                 return
             except StoreError as exc:
                 if self.fallback:
@@ -202,58 +211,3 @@ class ResilientStore(Store):
         self._owe(shared_ip, slot)
         log.debug("store %s: connection slot %s of %s is freed in the shared store when it "
                   "answers again", self.url, slot, shared_ip)
-
-    def conn_count(self, ip: str) -> int:
-        return self._call("conn_count", ip)
-
-    def process_alive(self, host: str, pid: int) -> None:
-        self._call("process_alive", host, pid)
-
-    def process_gone(self, host: str, pid: int) -> None:
-        self._call("process_gone", host, pid)
-
-    def hit(self, buckets: Sequence[Bucket], dry_run: bool = False) -> HitResult:
-        return self._call("hit", buckets, dry_run)
-
-    def peek(self, buckets: Sequence[Bucket]) -> list[BucketState]:
-        return self._call("peek", buckets)
-
-    def reset(self, key_prefix: str) -> int:
-        return self._call("reset", key_prefix)
-
-    def record_event(self, key: str, window: float) -> int:
-        return self._call("record_event", key, window)
-
-    def get_lock(self, key: str) -> Optional[Lock]:
-        return self._call("get_lock", key)
-
-    def set_lock(self, key: str, reason: str, duration: Optional[float],
-                 by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
-        return self._call("set_lock", key, reason, duration, by, max_auto_unlocks)
-
-    def remove_lock(self, key: str) -> bool:
-        return self._call("remove_lock", key)
-
-    def list_locks(self) -> list[Lock]:
-        return self._call("list_locks")
-
-    def fingerprint_add(self, fp: str, member: str, recipients: int,
-                        window: float) -> FingerprintStats:
-        return self._call("fingerprint_add", fp, member, recipients, window)
-
-    def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
-                             window: float) -> list[FingerprintStats]:
-        return self._call("fingerprint_add_many", items, window)
-
-    def stat_add(self, counts: Sequence[tuple[str, int]],
-                 recent: Sequence[tuple[str, int]] = ()) -> None:
-        self._call("stat_add", counts, recent)
-
-    def stat_read(self, period: str, count: int) -> dict[str, int]:
-        return self._call("stat_read", period, count)
-
-    def put_blob(self, name: str, data: bytes) -> None:
-        self._call("put_blob", name, data)
-
-    def get_blob(self, name: str) -> Optional[bytes]:
-        return self._call("get_blob", name)
