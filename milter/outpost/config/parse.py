@@ -22,12 +22,12 @@ from .model import (
     SpamConfig, SpamPolicy, User, UserPolicy,
 )
 from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
-from .source import ConfigError, Node, _closest, parse_text
+from .source import DURATION_UNITS, ConfigError, Node, _closest, parse_text
 
 T = TypeVar("T")
 
+#: ``LIMIT/[COUNT]UNIT``; the units are :data:`~.source.DURATION_UNITS` (but ``ms``).
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
-_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")      # RFC 5322 ftext
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
@@ -117,12 +117,13 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     listen = grab(listen_spec, "")
 
     def store_url() -> str:
-        store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
-        if store == "memory":                    # `store: memory:` is not valid YAML unquoted
-            store = "memory:"
-        if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
-            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
-        return store
+        from ..store.url import StoreURLError, parse_store_url
+        node = opt("store")
+        text = node.str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
+        try:
+            return parse_store_url(text).text
+        except StoreURLError as exc:
+            raise node.error(f"{exc.shown} is not a store URL: {exc.reason}") from None
     store = grab(store_url, "memory:")
 
     from ..store.settings import StoreSettings
@@ -359,7 +360,7 @@ def parse_rate(text: str) -> RateLimit:
     limit, count, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
     if limit < 1 or count < 1:
         raise ValueError("limit and window must be positive")
-    return RateLimit(limit=limit, window=float(count * _RATE_UNITS[unit]), label=text.replace(" ", ""))
+    return RateLimit(limit=limit, window=float(count * DURATION_UNITS[unit]), label=text.replace(" ", ""))
 
 
 def _rates(node: Node) -> tuple[RateLimit, ...]:
