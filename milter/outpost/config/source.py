@@ -16,8 +16,10 @@ import yaml
 
 T = TypeVar("T")
 
+#: Seconds per unit: the one table of time units (durations, rate windows).
+DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400,
+                                    "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any) -> float:
@@ -25,7 +27,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"{value!r} is not a duration (e.g. 30s, 10m, 1h, 1d)")
     if seconds <= 0:
