@@ -7,24 +7,30 @@ Unknown keys are errors.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import glob
 import ipaddress
 import os
 import re
 import socket
-from dataclasses import replace
-from typing import Callable, Optional, TypeVar
+import typing
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import AbstractSet, Any, Callable, Mapping, Optional, TypeVar
 
 from ..core.addresses import idna_domain
+from ..store.settings import OnStoreError
 from .model import (
-    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
+    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, USER_TYPES, HeaderFromMode, Mode,
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, MetricsSettings, RateLimit,
     SpamConfig, SpamPolicy, User, UserPolicy,
 )
 from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
-from .source import DURATION_UNITS, ConfigError, Node, _closest, parse_text
+from .source import DURATION_UNITS, ConfigError, Node, parse_text
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 #: ``LIMIT/[COUNT]UNIT``; the units are :data:`~.source.DURATION_UNITS` (but ``ms``).
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
@@ -34,18 +40,77 @@ _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 #: ``header_from: false`` / ``no`` mean ``off`` (``off`` itself is taken as written).
 HEADER_FROM_BOOLEANS = {False: "off"}
 
-TOP_KEYS = {
-    "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
-    "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
-    "log_level", "header_from", "mode", "store_options", "spam", "reports",
-    "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
-    "users_from", "domains_from", "log", "metrics",
-}
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
 SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights", "disabled", "bayes", "rules",
              "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
+
+
+def bounds(minimum: Optional[int] = None, maximum: Optional[int] = None) -> dict[str, Any]:
+    """Field metadata: the range of an integer setting (read by :func:`settings_from`)."""
+    return {"minimum": minimum, "maximum": maximum}
+
+
+def _socket_spec(spec: str, node: Node) -> str:
+    _check_socket_spec(spec, node)
+    return spec
+
+
+def _store_url(text: str, node: Node) -> str:
+    """The one store-URL parser (:func:`outpost.store.url.parse_store_url`),
+    with the error located."""
+    from ..store.url import StoreURLError, parse_store_url
+    try:
+        return parse_store_url(text).text
+    except StoreURLError as exc:
+        raise node.error(f"{exc.shown} is not a store URL: {exc.reason}") from None
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """The top level of the YAML document: one field per key, read by
+    :func:`settings_from` like every other block.  Values are typed and
+    checked here (``metadata``: bounds, a ``check`` taking the value and its
+    node, ``booleans`` for an enum); the blocks typed ``Node`` depend on one
+    another and are read by :func:`parse_config` in order."""
+
+    listen: str = field(default="unix:/run/outpost/outpost.sock",
+                        metadata={"check": _socket_spec, "nonempty": True})
+    store: str = field(default="sqlite:///var/lib/outpost/state.db",
+                       metadata={"check": _store_url, "nonempty": True})
+    on_store_error: OnStoreError = "local"
+    hostname: Optional[str] = field(default=None, metadata={"nonempty": True})  # None: getfqdn()
+    secret_file: str = field(default="/etc/outpost/secret", metadata={"nonempty": True})
+    connection_limit: int = field(default=10, metadata=bounds(1))
+    connection_prefix_v6: int = field(default=64, metadata=bounds(16, 128))
+    workers: Optional[int] = field(default=None, metadata=bounds(1, 256))
+    milter_timeout: int = field(default=600, metadata=bounds(5))
+    max_headers: int = field(default=1000, metadata=bounds(50))
+    max_header_bytes: int = field(default=262_144, metadata=bounds(16384))
+    mode: Optional[Mode] = None                  # the top of ``defaults.mode``
+    header_from: Optional[HeaderFromMode] = field(default=None,
+                                                  metadata={"booleans": HEADER_FROM_BOOLEANS})
+    report_abuse_to: Optional[Node] = None
+    log_level: Optional[Node] = None             # the older spelling of log.level
+    domains: Optional[Node] = None
+    domains_from: Optional[Node] = None
+    users: Optional[Node] = None
+    users_from: Optional[Node] = None
+    defaults: Optional[Node] = None
+    store_options: Optional[Node] = None
+    spam: Optional[Node] = None
+    reports: Optional[Node] = None
+    dns: Optional[Node] = None
+    dkim: Optional[Node] = None
+    relay: Optional[Node] = None
+    spf: Optional[Node] = None
+    log: Optional[Node] = None
+    metrics: Optional[Node] = None
+
+
+#: The top-level keys (the fields of :class:`TopLevel`).
+TOP_KEYS = frozenset(f.name for f in dataclasses.fields(TopLevel))
 
 
 def load_config(path: str) -> Config:
@@ -66,6 +131,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     and raised in one :class:`ConfigError` (its message is the first)."""
     root = parse_text(text, file)
     errors: list[str] = []
+    value_errors: list[str] = []      # of the plain top-level values: listed after the blocks'
 
     def grab(fn: Callable[[], T], default: T) -> T:
         try:
@@ -74,20 +140,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             errors.extend(exc.errors)
             return default
 
-    top = root.mapping()
-    for key, node in top.items():
-        if key not in TOP_KEYS:
-            hint = _closest(key, TOP_KEYS)
-            errors.append(str(Node(None, node.path, file, line=_key_line(root, key)).error(
-                "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))))
-    top = {k: v for k, v in top.items() if k in TOP_KEYS}
-    required = ["report_abuse_to"] + [k for k in ("domains", "users") if f"{k}_from" not in top]
+    given = root.mapping(TOP_KEYS, errors=errors)
+    top = read_fields(given, TopLevel, value_errors)
+    required = ["report_abuse_to"] + [k for k in ("domains", "users") if f"{k}_from" not in given]
     for key in required:
-        if key not in top:
+        if key not in given:
             errors.append(str(root.error(f"required key '{key}' is missing")))
 
     def opt(key: str) -> Node:
-        return top.get(key) or Node(None, key, file, line=root.line)
+        return given.get(key) or Node(None, key, file, line=root.line)
 
     base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else os.getcwd()
     domain_files = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
@@ -96,101 +157,59 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     domains = _domains(domain_items, opt("domains"), errors)
     names = {d.name for d in domains}
 
-    def base_policy() -> UserPolicy:
-        base = UserPolicy()
-        if "mode" in top:
-            base = replace(base, mode=top["mode"].str(MODES))
-        if "header_from" in top:
-            base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES,
-                                                                    booleans=HEADER_FROM_BOOLEANS))
-        return base
-    base = grab(base_policy, UserPolicy())
+    base = UserPolicy()
+    if top.mode is not None:
+        base = replace(base, mode=top.mode)
+    if top.header_from is not None:
+        base = replace(base, header_from=top.header_from)
     defaults = grab(lambda: _policy(opt("defaults").mapping(POLICY_KEYS), base), base)
 
     user_items = grab(lambda: opt("users").items(), []) + [i for f in user_files for i in f[1]]
     users = _users(user_items, opt("users"), defaults, names, errors)
 
-    def listen_spec() -> str:
-        listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
-        _check_socket_spec(listen, opt("listen"))
-        return listen
-    listen = grab(listen_spec, "")
-
-    def store_url() -> str:
-        from ..store.url import StoreURLError, parse_store_url
-        node = opt("store")
-        text = node.str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
-        try:
-            return parse_store_url(text).text
-        except StoreURLError as exc:
-            raise node.error(f"{exc.shown} is not a store URL: {exc.reason}") from None
-    store = grab(store_url, "memory:")
-
     from ..store.settings import StoreSettings
-    on_error = grab(lambda: opt("on_store_error").str(STORE_ERROR_POLICIES)
-                    if "on_store_error" in top else "local", "local")
     store_settings = grab(lambda: settings_from(opt("store_options"), StoreSettings,
-                                                on_store_error=on_error), StoreSettings())
-
-    spam = grab(lambda: _spam_config(opt("spam")), None)
+                                                on_store_error=top.on_store_error), StoreSettings())
+    spam = grab(lambda: _spam_config(opt("spam")), SpamConfig())
     from ..effects.resolver import ResolverSettings
     dns = grab(lambda: settings_from(opt("dns"), ResolverSettings), None)
-    dkim = grab(lambda: _dkim(opt("dkim"), domains), None)
+    dkim = grab(lambda: _dkim(opt("dkim"), domains), DkimConfig())
     spf = grab(lambda: _spf(opt("relay"), opt("spf")), None)
-    abuse_to = grab(lambda: _address(top["report_abuse_to"]) if "report_abuse_to" in top else "", "")
-    hostname = grab(lambda: opt("hostname").str() if "hostname" in top else None, None)
-    reports = grab(lambda: _reports(opt("reports"), abuse_to, hostname), None) if abuse_to else None
-
-    def scalar(key: str, fn: Callable[[Node], T], default: T) -> T:
-        return grab(lambda: fn(opt(key)) if key in top else default, default)
-
-    secret_file = scalar("secret_file", lambda n: n.str(), "/etc/outpost/secret")
-    connection_limit = scalar("connection_limit", lambda n: n.int(minimum=1), 10)
-    prefix_v6 = scalar("connection_prefix_v6", lambda n: n.int(minimum=16, maximum=128), 64)
-    workers = scalar("workers", lambda n: n.int(minimum=1, maximum=256), None)
-    milter_timeout = scalar("milter_timeout", lambda n: n.int(minimum=5), 600)
-    max_headers = scalar("max_headers", lambda n: n.int(minimum=50), 1000)
-    max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
-    log = grab(lambda: _log(opt("log"), top.get("log_level")), LogSettings())
-    metrics = grab(lambda: _metrics(top["metrics"]) if "metrics" in top else None, None)
+    abuse_to = grab(lambda: _address(top.report_abuse_to) if top.report_abuse_to else "", "")
+    reports = grab(lambda: _reports(opt("reports"), abuse_to, top.hostname), None) if abuse_to else None
+    log = grab(lambda: _log(opt("log"), top.log_level), LogSettings())
+    metrics = grab(lambda: _metrics(top.metrics) if top.metrics is not None else None, None)
+    errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
 
     return Config(
-        listen=listen,
+        listen=top.listen,
         store_settings=store_settings,
         spam=spam,
         reports=reports,
         dns=dns,
         dkim=dkim,
         spf=spf,
-        store=store,
-        on_store_error=on_error,
-        hostname=hostname if hostname is not None else socket.getfqdn(),
-        secret_file=secret_file,
+        store=top.store,
+        on_store_error=top.on_store_error,
+        hostname=top.hostname if top.hostname is not None else socket.getfqdn(),
+        secret_file=top.secret_file,
         report_abuse_to=abuse_to,
-        connection_limit=connection_limit,
-        connection_prefix_v6=prefix_v6,
+        connection_limit=top.connection_limit,
+        connection_prefix_v6=top.connection_prefix_v6,
         domains=domains,
         users=users,
         defaults=defaults,
-        workers=workers,
-        milter_timeout=milter_timeout,
-        max_headers=max_headers,
-        max_header_bytes=max_header_bytes,
+        workers=top.workers,
+        milter_timeout=top.milter_timeout,
+        max_headers=top.max_headers,
+        max_header_bytes=top.max_header_bytes,
         log=log,
         metrics=metrics,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
-
-
-def _key_line(root: Node, key: str) -> int:
-    """Line of a top-level key (for an unknown key's error)."""
-    for knode, _ in root._node.value:
-        if getattr(knode, "value", None) == key:
-            return knode.start_mark.line + 1
-    return root.line
 
 
 def _included(node: Node, what: str, base_dir: str) -> list[tuple[str, list[Node]]]:
@@ -656,60 +675,84 @@ def _check_socket_spec(spec: str, node: Node) -> None:
 
 # -- settings dataclasses of the other layers ---------------------------------------
 
-def settings_from(node: Node, cls: type, ignore: frozenset = frozenset(), **fixed):
+def settings_from(node: Node, cls: type[S], ignore: AbstractSet[str] = frozenset(),
+                  **fixed: Any) -> S:
     """Fill a frozen settings dataclass from a YAML mapping.
 
     Keys are the dataclass' field names (unknown keys are errors); values are
     checked against the field types (int, float — durations like ``30s`` are
-    accepted —, str, bool, Optional[…], tuple[str, …]); the dataclass' own
-    ``__post_init__`` validation errors are reported at the mapping's line.
-    ``fixed`` supplies fields that do not come from this mapping.
+    accepted —, str, bool, Literal[…] choices, Optional[…], tuple[…], nested
+    dataclasses) and the fields' metadata (:func:`bounds`, ``check``); the
+    dataclass' own ``__post_init__`` validation errors are reported at the
+    mapping's line.  ``fixed`` supplies fields that do not come from this
+    mapping.
     """
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)  # type: ignore[arg-type]
     fields = node.mapping(names | set(ignore))
+    return read_fields({k: v for k, v in fields.items() if k not in ignore}, cls, None, node,
+                       **fixed)
+
+
+def read_fields(fields: Mapping[str, Node], cls: type[S], errors: Optional[list[str]] = None,
+                node: Optional[Node] = None, **fixed: Any) -> S:
+    """The dataclass ``cls`` from its entries ``fields`` (key → Node), in
+    the order of the dataclass' fields.  With ``errors`` a bad value is
+    added to it and the field keeps its default (every error is found);
+    without, the first one is raised."""
+    hints = typing.get_type_hints(cls)
     values = dict(fixed)
-    for key, vnode in fields.items():
-        if key not in ignore:
-            values[key] = _typed(vnode, hints[key])
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in fields:
+            continue
+        try:
+            values[f.name] = _typed(fields[f.name], hints[f.name], f.metadata)
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.extend(exc.errors)
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
+        if node is None:
+            raise
         raise node.error(str(exc)) from None
 
 
-def _typed(node: Node, hint):
-    import dataclasses
-    import typing
+def _typed(node: Node, hint: Any, meta: Mapping[str, Any] = MappingProxyType({})) -> Any:
+    if hint is Node:
+        return node
     if dataclasses.is_dataclass(hint):
-        return settings_from(node, hint)
+        return settings_from(node, hint)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:
+        if Node in args:
+            return node
         if node.value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _typed(node, inner[0])
+        return _typed(node, inner[0], meta)
+    if origin is typing.Literal:
+        return node.str(choices=args, booleans=meta.get("booleans"))
     if hint is bool:
-        return node.bool()
-    if hint is int:
-        return node.int()
-    if hint is float:
-        return node.duration() if isinstance(node.value, str) else node.float()
-    if hint is str:
-        return node.str(nonempty=False)
-    if origin is tuple and len(args) >= 2 and args[1] is not Ellipsis:     # fixed length
+        value: Any = node.bool()
+    elif hint is int:
+        value = node.int(meta.get("minimum"), meta.get("maximum"))
+    elif hint is float:
+        value = node.duration() if isinstance(node.value, str) else node.float()
+    elif hint is str:
+        value = node.str(nonempty=bool(meta.get("nonempty")))
+    elif origin is tuple and len(args) >= 2 and args[1] is not Ellipsis:     # fixed length
         items = node.items()
         if len(items) != len(args):
             raise node.error(f"expected a list of {len(args)} items")
-        return tuple(_typed(n, a) for n, a in zip(items, args))
-    if origin in (tuple, list, frozenset):
+        value = tuple(_typed(n, a) for n, a in zip(items, args))
+    elif origin in (tuple, list, frozenset):
         inner = args[0] if args else str
-        return (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
-    import collections.abc
-    if origin in (dict, collections.abc.Mapping):
-        return {k: _typed(v, args[1]) for k, v in node.mapping().items()}
-    raise node.error(f"unsupported setting type {hint!r}")
+        value = (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
+    elif origin in (dict, collections.abc.Mapping):
+        value = {k: _typed(v, args[1]) for k, v in node.mapping().items()}
+    else:
+        raise node.error(f"unsupported setting type {hint!r}")
+    check = meta.get("check")
+    return check(value, node) if check is not None else value

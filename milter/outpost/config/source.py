@@ -10,7 +10,7 @@ the line it came from.  :class:`Node` wraps one value and knows its key path
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import AbstractSet, Any, Callable, Iterator, Optional, TypeVar
 
 import yaml
 
@@ -69,23 +69,31 @@ class Node:
         return self._node is None
 
     # -- structure -----------------------------------------------------------
-    def mapping(self, allowed: Optional[set[str]] = None, required: tuple[str, ...] = ()) -> dict[str, "Node"]:
-        """The mapping's entries as Nodes; unknown keys and duplicates are errors."""
+    def mapping(self, allowed: Optional[AbstractSet[str]] = None, required: tuple[str, ...] = (),
+                errors: Optional[list[str]] = None) -> dict[str, "Node"]:
+        """The mapping's entries as Nodes; unknown keys and duplicates are
+        errors (with ``errors``: each is added to it and the entry skipped)."""
+        out: dict[str, Node] = {}
         if self._node is None:
-            out: dict[str, Node] = {}
+            pass
         elif isinstance(self._node, yaml.MappingNode):
-            out = {}
             for knode, vnode in self._node.value:
                 key = _plain(knode)
-                if not isinstance(key, str):
-                    raise Node(knode, self.path, self.file).error(f"key {key!r} is not a string")
-                kpath = f"{self.path}.{key}" if self.path else key
-                if key in out:
-                    raise Node(knode, kpath, self.file).error("duplicate key")
-                if allowed is not None and key not in allowed:
-                    hint = _closest(key, allowed)
-                    raise Node(knode, kpath, self.file).error(
-                        "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                try:
+                    if not isinstance(key, str):
+                        raise Node(knode, self.path, self.file).error(f"key {key!r} is not a string")
+                    kpath = f"{self.path}.{key}" if self.path else key
+                    if key in out:
+                        raise Node(knode, kpath, self.file).error("duplicate key")
+                    if allowed is not None and key not in allowed:
+                        hint = _closest(key, allowed)
+                        raise Node(knode, kpath, self.file).error(
+                            "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                except ConfigError as exc:
+                    if errors is None:
+                        raise
+                    errors.extend(exc.errors)
+                    continue
                 out[key] = Node(vnode, kpath, self.file)
         else:
             raise self.error(f"expected a mapping, got {_kind(self._node)}")
@@ -205,7 +213,7 @@ def _kind(node: Optional[yaml.Node]) -> str:
     return "nothing (null)" if v is None else f"{type(v).__name__} {v!r}"
 
 
-def _closest(key: str, allowed: set[str]) -> Optional[str]:
+def _closest(key: str, allowed: AbstractSet[str]) -> Optional[str]:
     import difflib
     found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
     return found[0] if found else None
