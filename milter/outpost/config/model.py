@@ -84,7 +84,7 @@ class LockPolicy:
 @dataclass(frozen=True)
 class IdentityHeader:
     header: str
-    regex: Optional[re.Pattern] = None
+    regex: Optional[re.Pattern[str]] = None
     remove: bool = False
 
     def extract(self, value: str) -> Optional[str]:

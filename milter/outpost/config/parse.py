@@ -17,7 +17,7 @@ import socket
 import typing
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import AbstractSet, Any, Callable, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Mapping, Optional, TypeVar
 
 from ..core.addresses import idna_domain
 from ..store.settings import OnStoreError
@@ -27,7 +27,13 @@ from .model import (
     SpamConfig, SpamPolicy, User, UserPolicy,
 )
 from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
+from .model import SpamAction, UserType
 from .source import DURATION_UNITS, ConfigError, Node, parse_text
+
+if TYPE_CHECKING:
+    from ..effects.dkim import DkimKey
+    from ..effects.reports import ReportSettings
+    from ..effects.spf import SpfSettings
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -45,6 +51,16 @@ POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits
 SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights", "disabled", "bayes", "rules",
              "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
+
+
+def _choice(node: Node, choices: Any, booleans: Optional[dict[bool, str]] = None) -> Any:
+    """One of the values of the Literal type ``choices`` (as the type says)."""
+    return node.str(typing.get_args(choices), booleans=booleans)
+
+
+def _change(key: str, value: Any) -> dict[str, Any]:
+    """``replace(obj, **_change(key, value))``: one field named at run time."""
+    return {key: value}
 
 
 def bounds(minimum: Optional[int] = None, maximum: Optional[int] = None) -> dict[str, Any]:
@@ -151,9 +167,10 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         return given.get(key) or Node(None, key, file, line=root.line)
 
     base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else os.getcwd()
-    domain_files = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
-    user_files = grab(lambda: _included(opt("users_from"), "users", base_dir), [])
-    domain_items = grab(lambda: opt("domains").items(), []) + [i for f in domain_files for i in f[1]]
+    domain_files: list[tuple[str, list[Node]]] = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
+    user_files: list[tuple[str, list[Node]]] = grab(lambda: _included(opt("users_from"), "users", base_dir), [])
+    no_nodes: list[Node] = []
+    domain_items = grab(lambda: opt("domains").items(), no_nodes) + [i for f in domain_files for i in f[1]]
     domains = _domains(domain_items, opt("domains"), errors)
     names = {d.name for d in domains}
 
@@ -164,7 +181,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         base = replace(base, header_from=top.header_from)
     defaults = grab(lambda: _policy(opt("defaults").mapping(POLICY_KEYS), base), base)
 
-    user_items = grab(lambda: opt("users").items(), []) + [i for f in user_files for i in f[1]]
+    user_items = grab(lambda: opt("users").items(), no_nodes) + [i for f in user_files for i in f[1]]
     users = _users(user_items, opt("users"), defaults, names, errors)
 
     from ..store.settings import StoreSettings
@@ -277,7 +294,7 @@ def _domains(items: list[Node], node: Node, errors: list[str]) -> tuple[Domain, 
     seen: dict[str, Node] = {}
     for item in items:
         try:
-            keys: tuple = ()
+            keys: tuple["DkimKey", ...] = ()
             if item.is_mapping():
                 fields = item.mapping({"name", "dkim"}, required=("name",))
                 name = _domain_name(fields["name"])
@@ -302,7 +319,7 @@ def _at(node: Node) -> str:
     return f"{node.file}:{node.line}"
 
 
-def _dkim_keys(node: Node, domain: str) -> tuple:
+def _dkim_keys(node: Node, domain: str) -> tuple["DkimKey", ...]:
     """``dkim: {selector, key, algorithm}`` or a list of them (rsa and ed25519)."""
     from ..effects.dkim import DkimKey
     items = node.items() if not node.is_mapping() else [node]
@@ -318,7 +335,7 @@ def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
     from ..core.headers import STAMPED
     fields = node.mapping({"canonicalization", "extra_headers", "min_rsa_bits", "sign_user_domain"})
     keys = tuple(k for d in domains for k in d.dkim)
-    fixed = {"keys": keys}
+    fixed: dict[str, Any] = {"keys": keys}
     if "extra_headers" not in fields:
         fixed["extra_headers"] = STAMPED + ("X-Outpost-Class",)
     settings = settings_from(node, DkimSettings, ignore={"sign_user_domain"}, **fixed)
@@ -326,7 +343,7 @@ def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
     return DkimConfig(settings=settings if keys else None, sign_user_domain=sign_user)
 
 
-def _spf(relay: Node, spf: Node):
+def _spf(relay: Node, spf: Node) -> Optional["SpfSettings"]:
     """``relay:`` (egress_ips, spf_domain, helo) and ``spf:`` → SpfSettings,
     or None when no egress address is configured."""
     from ..effects.spf import SpfSettings
@@ -335,7 +352,7 @@ def _spf(relay: Node, spf: Node):
         if not spf.missing:
             raise spf.error("SPF checks need relay.egress_ips (this relay's public addresses)")
         return None
-    fixed = {"egress_ips": tuple(n.parsed(lambda v: str(ipaddress.ip_address(v)), "an IP address")
+    fixed: dict[str, Any] = {"egress_ips": tuple(n.parsed(lambda v: str(ipaddress.ip_address(v)), "an IP address")
                                  for n in rf["egress_ips"].items())}
     if "spf_domain" in rf:
         fixed["relay_spf_domain"] = _domain_name(rf["spf_domain"])
@@ -355,7 +372,7 @@ def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
         raise old_level.error("log_level is the old spelling of log.level: give only log.level")
     choices = {"target": LOG_TARGETS, "format": LOG_FORMATS, "level": LOG_LEVELS,
                "facility": tuple(LOG_FACILITIES)}
-    values = {k: fields[k].str(choices.get(k)) for k in fields}
+    values: dict[str, Any] = {k: fields[k].str(choices.get(k)) for k in fields}
     if old_level is not None:
         values["level"] = old_level.str(LOG_LEVELS)
     try:
@@ -412,22 +429,23 @@ def _lock(node: Node, base: LockPolicy) -> LockPolicy:
         if key in fields:
             value = fields[key].value
             if value is None or (value is False and key != "max_auto_unlocks"):
-                out = replace(out, **{key: None})          # null, off, no, false: switched off
+                out = replace(out, **_change(key, None))          # null, off, no, false: switched off
             else:
-                out = replace(out, **{key: fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
+                out = replace(out, **_change(key, fields[key].int(
+                    minimum=0 if key == "max_auto_unlocks" else 1)))
     for key in ("window", "duration"):
         if key in fields:
-            out = replace(out, **{key: fields[key].duration()})
+            out = replace(out, **_change(key, fields[key].duration()))
     return out
 
 
 def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
     out = base
     if "mode" in fields:
-        out = replace(out, mode=fields["mode"].str(MODES))
+        out = replace(out, mode=_choice(fields["mode"], Mode))
     if "header_from" in fields:
-        out = replace(out, header_from=fields["header_from"].str(HEADER_FROM_MODES,
-                                                                 booleans=HEADER_FROM_BOOLEANS))
+        out = replace(out, header_from=_choice(fields["header_from"], HeaderFromMode,
+                                               HEADER_FROM_BOOLEANS))
     if "connection_limit" in fields:
         out = replace(out, connection_limit=fields["connection_limit"].int(minimum=1))
     if "limits" in fields:
@@ -448,22 +466,22 @@ def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
     out = base
     for key in ("unsure", "spam"):
         if key in fields:
-            out = replace(out, **{key: fields[key].float()})
+            out = replace(out, **_change(key, fields[key].float()))
     for key in ("on_unsure", "on_spam", "on_unscannable"):
         if key in fields:
-            out = replace(out, **{key: fields[key].str(SPAM_ACTIONS)})
+            out = replace(out, **_change(key, _choice(fields[key], SpamAction)))
     if out.unsure > out.spam:
         raise node.error(f"unsure ({out.unsure}) must not be above spam ({out.spam})")
     return out
 
 
-def _reports(node: Node, abuse_to: str, hostname: Optional[str]):
+def _reports(node: Node, abuse_to: str, hostname: Optional[str]) -> Optional["ReportSettings"]:
     """``reports:`` → ReportSettings, or None with ``enabled: false``."""
     from ..effects.reports import ReportSettings
     given = node.mapping() if node.is_mapping() else {}
     if "enabled" in given and not given["enabled"].bool():
         return None
-    fixed = {}
+    fixed: dict[str, Any] = {}
     if "to" not in given:
         fixed["to"] = abuse_to
     if "hostname" not in given and hostname:
@@ -525,7 +543,7 @@ def _spam_config(node: Node) -> SpamConfig:
                      ("blocklists", BlocklistSettings), ("spamassassin", SpamdSettings),
                      ("rspamd", RspamdSettings), ("dnslists", DnsListSettings)):
         if key in fields:
-            out = replace(out, **{key: settings_from(fields[key], cls)})
+            out = replace(out, **_change(key, settings_from(fields[key], cls)))
     return out
 
 
@@ -569,8 +587,9 @@ def _login_item(n: Node) -> tuple[str, str, str]:
     return login, login.lower(), f"login '{login}'"
 
 
-def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name: str,
-             owners: dict, read: Callable[[Node], tuple]) -> list:
+def _claimed(item: Node, fields: dict[str, Node], key: str, for_type: str, utype: str, name: str,
+             owners: dict[Any, tuple[str, Node]], read: Callable[[Node], tuple[T, Any, str]]
+             ) -> list[T]:
     """A user's ``ips`` or ``logins``: each read by ``read`` (value, index
     key, description), listed for no other user (``owners``: key → user,
     filled in), required for users of type ``for_type`` and refused for
@@ -596,8 +615,8 @@ def _users(items: list[Node], node: Node, defaults: UserPolicy, registered: set[
     entry is reported in ``errors`` and the others are still read."""
     users: list[User] = []
     names: dict[str, Node] = {}
-    networks: dict = {}
-    logins: dict = {}
+    networks: dict[Any, tuple[str, Node]] = {}
+    logins: dict[Any, tuple[str, Node]] = {}
     failed = False
     local: list[str] = []     # the one user of type local, once seen
     for item in items:
@@ -612,7 +631,8 @@ def _users(items: list[Node], node: Node, defaults: UserPolicy, registered: set[
 
 
 def _user(item: Node, defaults: UserPolicy, registered: set[str], names: dict[str, Node],
-          networks: dict, logins: dict, local: list[str]) -> User:
+          networks: dict[Any, tuple[str, Node]], logins: dict[Any, tuple[str, Node]],
+          local: list[str]) -> User:
     fields = item.mapping(USER_KEYS, required=("name", "type"))
     name = fields["name"].str().strip()
     if "/" in name:      # USER/IDENTITY keys and commands split at the first '/'
@@ -620,7 +640,7 @@ def _user(item: Node, defaults: UserPolicy, registered: set[str], names: dict[st
     if name in names:
         raise fields["name"].error(f"duplicate user name '{name}' (first defined at {_at(names[name])})")
     names[name] = fields["name"]
-    utype = fields["type"].str(USER_TYPES)
+    utype: UserType = _choice(fields["type"], UserType)
     policy = _policy(fields, defaults)
 
     ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
@@ -730,8 +750,8 @@ def _typed(node: Node, hint: Any, meta: Mapping[str, Any] = MappingProxyType({})
             return node
         if node.value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _typed(node, inner[0], meta)
+        present = [a for a in args if a is not type(None)]
+        return _typed(node, present[0], meta)
     if origin is typing.Literal:
         return node.str(choices=args, booleans=meta.get("booleans"))
     if hint is bool:
@@ -748,7 +768,7 @@ def _typed(node: Node, hint: Any, meta: Mapping[str, Any] = MappingProxyType({})
             raise node.error(f"expected a list of {len(args)} items")
         value = tuple(_typed(n, a) for n, a in zip(items, args))
     elif origin in (tuple, list, frozenset):
-        inner = args[0] if args else str
+        inner: Any = args[0] if args else str
         value = (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
     elif origin in (dict, collections.abc.Mapping):
         value = {k: _typed(v, args[1]) for k, v in node.mapping().items()}

@@ -9,6 +9,7 @@ the line it came from.  :class:`Node` wraps one value and knows its key path
 
 from __future__ import annotations
 
+import builtins
 import re
 from typing import AbstractSet, Any, Callable, Iterator, Optional, TypeVar
 
@@ -125,7 +126,7 @@ class Node:
         ``false`` / ``no`` are accepted where the choice means on/off."""
         v = self.value
         if isinstance(v, bool) and isinstance(self._node, yaml.ScalarNode):
-            s = self._node.value
+            s = str(self._node.value)
             if choices is not None and s not in choices and booleans is not None and v in booleans:
                 s = booleans[v]
         elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
@@ -161,14 +162,14 @@ class Node:
             raise self.error(f"expected true or false, got {self.value!r}")
         return self.value
 
-    def duration(self) -> float:
+    def duration(self) -> builtins.float:
         """Seconds from ``90``, ``30s``, ``10m``, ``1h``, ``1d``, ``1w``."""
         try:
             return parse_duration(self.value)
         except ValueError as exc:
             raise self.error(str(exc)) from None
 
-    def parsed(self, fn: Callable[[Any], T], what: str) -> T:
+    def parsed(self, fn: Callable[[Any], T], what: builtins.str) -> T:
         """Apply a parser; its ValueError becomes a located ConfigError."""
         try:
             return fn(self.value)
@@ -176,7 +177,7 @@ class Node:
             detail = f" ({exc})" if str(exc) and repr(self.value) not in str(exc) else ""
             raise self.error(f"{self.value!r} is not {what}{detail}") from None
 
-    def str_list(self) -> list[str]:
+    def str_list(self) -> "list[builtins.str]":
         return [n.str() for n in self.items()]
 
     def __iter__(self) -> Iterator["Node"]:  # pragma: no cover - convenience
