@@ -360,7 +360,8 @@ def _spf(relay: Node, spf: Node) -> Optional["SpfSettings"]:
         fixed["helo"] = rf["helo"].str()
     sf = spf.mapping({"action", "query_timeout", "time_budget", "cache_max_entries", "cache_max_ttl"})
     if "action" in sf:
-        fixed["fail_action"] = sf["action"].str(("tag", "tempfail", "reject"))
+        from ..effects.spf import SpfAction
+        fixed["fail_action"] = _choice(sf["action"], SpfAction)
     return settings_from(spf, SpfSettings, ignore={"action"}, **fixed)
 
 
