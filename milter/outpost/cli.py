@@ -116,7 +116,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warning = config.reports.listener_warning()
             if warning is not None:
                 warnings.append(f"{args.config}: {warning}")
-        db = config.store[len("sqlite://"):] if config.store.startswith("sqlite:///") else None
+        from .store.url import parse_store_url
+        db = parse_store_url(config.store).path          # the sqlite file, else None
         if args.strict and db is not None and not os.path.exists(db):
             # Not created here: check-config may run as another user (root, in
             # ExecStartPre) than the service, which must own the database.
