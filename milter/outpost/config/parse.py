@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Mapping, Optional,
 from ..core.addresses import idna_domain
 from ..store.settings import OnStoreError
 from .model import (
-    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, USER_TYPES, HeaderFromMode, Mode,
+    HeaderFromMode, Mode,
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, MetricsSettings, RateLimit,
     SpamConfig, SpamPolicy, User, UserPolicy,
 )
-from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
+from .model import LogSettings
 from .model import SpamAction, UserType
 from .source import DURATION_UNITS, ConfigError, Node, parse_text
 
@@ -366,18 +366,18 @@ def _spf(relay: Node, spf: Node) -> Optional["SpfSettings"]:
 
 
 def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
-    """``log: {target, facility, format, level, syslog_address}``; the
-    top-level ``log_level`` is the older spelling of ``log.level``."""
-    fields = node.mapping({"target", "facility", "format", "level", "syslog_address"})
+    """``log: {target, facility, format, level, syslog_address}`` (the
+    fields of LogSettings, their choices its Literal types); the top-level
+    ``log_level`` is the older spelling of ``log.level``."""
+    fields = node.mapping({f.name for f in dataclasses.fields(LogSettings)})
     if old_level is not None and "level" in fields:
         raise old_level.error("log_level is the old spelling of log.level: give only log.level")
-    choices = {"target": LOG_TARGETS, "format": LOG_FORMATS, "level": LOG_LEVELS,
-               "facility": tuple(LOG_FACILITIES)}
-    values: dict[str, Any] = {k: fields[k].str(choices.get(k)) for k in fields}
     if old_level is not None:
-        values["level"] = old_level.str(LOG_LEVELS)
+        fields["level"] = old_level
     try:
-        return LogSettings(**values)
+        return read_fields(fields, LogSettings)
+    except ConfigError:
+        raise
     except ValueError as exc:                   # "log.syslog_address: …": the node names the key
         raise (fields.get("syslog_address") or node).error(str(exc).partition(": ")[2]) from None
 
