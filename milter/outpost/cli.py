@@ -35,12 +35,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runtime import StartupError
     config = load_config(args.config)
     _setup_logging(config.log)
+    if args.dry_run:
+        return _dry_run(config, args.config)
     try:
         return serve(args.config, args.socket, args.workers, args.socket_group, args.user,
                      args.group)
     except (StartupError, ServeError) as exc:
         logging.getLogger("outpost").error("cannot start: %s", exc)
         return 1
+
+
+def _dry_run(config, path: str) -> int:
+    """``run --dry-run``: what ``run`` does before it serves (read the
+    secret and DKIM keys, open the store, build the policy, the spam engine,
+    the report spool), as the current user, then close it all; no socket is
+    bound and no worker started.  Exit 0, or 1 with the ``cannot start:``
+    line ``run`` would log."""
+    from .runtime import Runtime, StartupError, load_secrets
+    try:
+        Runtime.build(config, load_secrets(config)).close()
+    except StartupError as exc:
+        logging.getLogger("outpost").error("cannot start: %s", exc)
+        return 1
+    print(f"{path}: dry run OK (store {_shown_store(config.store)}, {len(config.users)} users, "
+          f"{len(config.domains)} domains)")
+    return 0
+
+
+def _shown_store(url: str) -> str:
+    if url.startswith(("redis://", "rediss://")):
+        from .store.redis import redact_url
+        return redact_url(url)
+    return url
 
 
 def _print_json(obj) -> None:
@@ -90,7 +116,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warning = config.reports.listener_warning()
             if warning is not None:
                 warnings.append(f"{args.config}: {warning}")
-        db = config.store[len("sqlite://"):] if config.store.startswith("sqlite:///") else None
+        from .store.url import parse_store_url
+        db = parse_store_url(config.store).path          # the sqlite file, else None
         if args.strict and db is not None and not os.path.exists(db):
             # Not created here: check-config may run as another user (root, in
             # ExecStartPre) than the service, which must own the database.
@@ -429,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--user", help="run as this user after reading the keys and binding the socket "
                                    "as root (hosts without systemd; the unit uses User=)")
     sp.add_argument("--group", help="with --user: run with this group (default: the user's)")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="load the configuration, read the secret and keys, open the store and "
+                         "build everything as run does, then exit (0: it would start)")
 
     def with_json(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true",

@@ -1,6 +1,6 @@
 """Every documented spelling of every enumerated key is accepted, whatever
-YAML 1.1 makes of it (``off``, ``no``, ``on`` are booleans to PyYAML), and
-every YAML example in README.rst and docs/*.rst parses."""
+YAML 1.1 makes of it (``off``, ``no``, ``on`` are booleans to PyYAML).
+(Every YAML example of the docs: tests/docs/test_examples.py.)"""
 
 from __future__ import annotations
 
@@ -116,23 +116,6 @@ def _doc_text() -> str:
         with open(path, encoding="utf-8") as fh:
             parts.append(fh.read())
     return "\n".join(parts)
-
-
-def _readme_yaml_blocks() -> list[str]:
-    text = _doc_text()
-    blocks = []
-    for m in re.finditer(r"^\.\. code-block:: yaml\n\n((?:   .*\n|\n)+)", text, re.M):
-        blocks.append(textwrap.dedent(m.group(1)))
-    return blocks
-
-
-@pytest.mark.parametrize("block", _readme_yaml_blocks())
-def test_readme_yaml_examples_parse(block):
-    """Each YAML example of the README, on top of a minimal configuration."""
-    text = block if re.search(r"^domains:", block, re.M) else block + "domains: [example.com]\n"
-    text += "report_abuse_to: abuse@example.net\nusers:\n" \
-            "  - {name: web, type: ip, ips: [192.0.2.0/28], domains: [example.com]}\n"
-    parse_config(text, "README.rst")
 
 
 @pytest.mark.parametrize("literal", sorted(set(re.findall(

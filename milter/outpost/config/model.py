@@ -6,7 +6,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Literal, Optional, Union, get_args
 
 if TYPE_CHECKING:
     from ..effects.dkim import DkimKey, DkimSettings
@@ -23,15 +23,32 @@ if TYPE_CHECKING:
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-USER_TYPES = ("ip", "domain", "login", "local")
-HEADER_FROM_MODES = ("enforce", "warn", "off")
-MODES = ("enforce", "monitor")
-STORE_ERROR_POLICIES = ("tempfail", "accept", "local")
-LOG_TARGETS = ("stderr", "syslog", "journal")
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from ..store.settings import OnStoreError
+
+# The enumerated settings: each Literal is the one list of its values (the
+# loader offers them in this order: "'x' is not one of: enforce, warn, off").
+UserType = Literal["ip", "domain", "login", "local"]
+HeaderFromMode = Literal["enforce", "warn", "off"]
+Mode = Literal["enforce", "monitor"]
+SpamAction = Literal["accept", "quarantine", "tempfail", "reject"]
+SpamClass = Literal["ham", "unsure", "spam"]
+LogTarget = Literal["stderr", "syslog", "journal"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFacility = Literal["mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4",
+                      "local5", "local6", "local7"]
+
+USER_TYPES: tuple[str, ...] = get_args(UserType)
+HEADER_FROM_MODES: tuple[str, ...] = get_args(HeaderFromMode)
+MODES: tuple[str, ...] = get_args(Mode)
+STORE_ERROR_POLICIES: tuple[str, ...] = get_args(OnStoreError)
+LOG_TARGETS: tuple[str, ...] = get_args(LogTarget)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 #: syslog facilities a ``log.facility`` may name (RFC 5424 codes).
-LOG_FACILITIES = {"mail": 2, "daemon": 3, "user": 1, **{f"local{i}": 16 + i for i in range(8)}}
+LOG_FACILITIES: dict[str, int] = {"mail": 2, "daemon": 3, "user": 1,
+                                  **{f"local{i}": 16 + i for i in range(8)}}
+assert tuple(LOG_FACILITIES) == get_args(LogFacility)
 
 
 @dataclass(frozen=True)
@@ -67,7 +84,7 @@ class LockPolicy:
 @dataclass(frozen=True)
 class IdentityHeader:
     header: str
-    regex: Optional[re.Pattern] = None
+    regex: Optional[re.Pattern[str]] = None
     remove: bool = False
 
     def extract(self, value: str) -> Optional[str]:
@@ -82,7 +99,7 @@ class IdentityHeader:
         return got.strip() or None if got else None
 
 
-SPAM_ACTIONS = ("accept", "quarantine", "tempfail", "reject")
+SPAM_ACTIONS: tuple[str, ...] = get_args(SpamAction)
 
 
 @dataclass(frozen=True)
@@ -91,34 +108,36 @@ class SpamPolicy:
 
     unsure: float = 3.0
     spam: float = 5.0
-    on_unsure: str = "accept"
-    on_spam: str = "reject"
-    on_unscannable: Optional[str] = None    # None: tempfail when on_spam is reject, else on_spam
+    on_unsure: SpamAction = "accept"
+    on_spam: SpamAction = "reject"
+    on_unscannable: Optional[SpamAction] = None   # None: tempfail when on_spam is reject, else on_spam
 
     @property
-    def unscannable_action(self) -> str:
+    def unscannable_action(self) -> SpamAction:
         """What to do with a message whose content could not be scanned."""
         if self.on_unscannable is not None:
             return self.on_unscannable
         return "tempfail" if self.on_spam == "reject" else self.on_spam
 
-    def classify(self, score: float) -> str:
+    def classify(self, score: float) -> SpamClass:
         if score >= self.spam:
             return "spam"
         if score >= self.unsure:
             return "unsure"
         return "ham"
 
-    def action(self, cls: str) -> str:
-        return {"spam": self.on_spam, "unsure": self.on_unsure}.get(cls, "accept")
+    def action(self, cls: str) -> SpamAction:
+        if cls == "spam":
+            return self.on_spam
+        return self.on_unsure if cls == "unsure" else "accept"
 
 
 @dataclass(frozen=True)
 class UserPolicy:
     """The settings a user inherits from ``defaults:`` and may override."""
 
-    mode: str = "enforce"
-    header_from: str = "enforce"
+    mode: Mode = "enforce"
+    header_from: HeaderFromMode = "enforce"
     connection_limit: Optional[int] = None
     limits: Limits = Limits()
     user_limits: Limits = Limits()
@@ -130,7 +149,7 @@ class UserPolicy:
 @dataclass(frozen=True)
 class User:
     name: str
-    type: str                                  # ip | domain | login | local
+    type: UserType
     ips: tuple[IPNetwork, ...] = ()
     logins: tuple[str, ...] = ()
     domains: frozenset[str] = frozenset()      # sender domains this user may use
@@ -182,10 +201,10 @@ class DkimConfig:
 class LogSettings:
     """``log:`` — where Outpost's log lines go and how they look."""
 
-    target: str = "stderr"              # stderr | syslog | journal
-    facility: str = "mail"              # syslog facility (syslog and journal targets)
-    format: str = "text"                # text | json
-    level: str = "info"                 # debug | info | warning | error
+    target: LogTarget = "stderr"
+    facility: LogFacility = "mail"      # syslog facility (syslog and journal targets)
+    format: LogFormat = "text"
+    level: LogLevel = "info"
     syslog_address: str = "/dev/log"    # a Unix datagram socket path, or udp:HOST:PORT
 
     def __post_init__(self) -> None:
@@ -246,7 +265,7 @@ class Config:
     dns: Optional["ResolverSettings"] = None
     dkim: DkimConfig = DkimConfig()
     spf: Optional["SpfSettings"] = None          # None: no relay.egress_ips, no SPF check
-    on_store_error: str = "local"
+    on_store_error: OnStoreError = "local"
     workers: Optional[int] = None
     max_headers: int = 1000                    # header fields in one message (more: 552 5.3.4)
     max_header_bytes: int = 262_144            # bytes of the header block (more: 552 5.3.4)
@@ -258,7 +277,7 @@ class Config:
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
 
     @property
-    def log_level(self) -> str:
+    def log_level(self) -> LogLevel:
         """The log level (``log.level``; ``log_level`` is its older spelling)."""
         return self.log.level
 

@@ -7,45 +7,126 @@ Unknown keys are errors.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import glob
 import ipaddress
 import os
 import re
 import socket
-from dataclasses import replace
-from typing import Callable, Optional, TypeVar
+import typing
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Mapping, Optional, TypeVar
 
 from ..core.addresses import idna_domain
+from ..store.settings import OnStoreError
 from .model import (
-    HEADER_FROM_MODES, MODES, SPAM_ACTIONS, STORE_ERROR_POLICIES, USER_TYPES,
+    HeaderFromMode, Mode,
     Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, MetricsSettings, RateLimit,
     SpamConfig, SpamPolicy, User, UserPolicy,
 )
-from .model import LOG_FACILITIES, LOG_FORMATS, LOG_LEVELS, LOG_TARGETS, LogSettings
-from .source import ConfigError, Node, _closest, parse_text
+from .model import LogSettings
+from .model import SpamAction, UserType
+from .source import DURATION_UNITS, ConfigError, Node, parse_text
+
+if TYPE_CHECKING:
+    from ..effects.dkim import DkimKey
+    from ..effects.reports import ReportSettings
+    from ..effects.spf import SpfSettings
 
 T = TypeVar("T")
+S = TypeVar("S")
 
+#: ``LIMIT/[COUNT]UNIT``; the units are :data:`~.source.DURATION_UNITS` (but ``ms``).
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhdw])\s*$")
-_RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")      # RFC 5322 ftext
 _ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 #: ``header_from: false`` / ``no`` mean ``off`` (``off`` itself is taken as written).
 HEADER_FROM_BOOLEANS = {False: "off"}
 
-TOP_KEYS = {
-    "listen", "store", "on_store_error", "hostname", "secret_file", "report_abuse_to",
-    "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
-    "log_level", "header_from", "mode", "store_options", "spam", "reports",
-    "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
-    "users_from", "domains_from", "log", "metrics",
-}
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
 SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights", "disabled", "bayes", "rules",
              "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
+
+
+def _choice(node: Node, choices: Any, booleans: Optional[dict[bool, str]] = None) -> Any:
+    """One of the values of the Literal type ``choices`` (as the type says)."""
+    return node.str(typing.get_args(choices), booleans=booleans)
+
+
+def _change(key: str, value: Any) -> dict[str, Any]:
+    """``replace(obj, **_change(key, value))``: one field named at run time."""
+    return {key: value}
+
+
+def bounds(minimum: Optional[int] = None, maximum: Optional[int] = None) -> dict[str, Any]:
+    """Field metadata: the range of an integer setting (read by :func:`settings_from`)."""
+    return {"minimum": minimum, "maximum": maximum}
+
+
+def _socket_spec(spec: str, node: Node) -> str:
+    _check_socket_spec(spec, node)
+    return spec
+
+
+def _store_url(text: str, node: Node) -> str:
+    """The one store-URL parser (:func:`outpost.store.url.parse_store_url`),
+    with the error located."""
+    from ..store.url import StoreURLError, parse_store_url
+    try:
+        return parse_store_url(text).text
+    except StoreURLError as exc:
+        raise node.error(f"{exc.shown} is not a store URL: {exc.reason}") from None
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """The top level of the YAML document: one field per key, read by
+    :func:`settings_from` like every other block.  Values are typed and
+    checked here (``metadata``: bounds, a ``check`` taking the value and its
+    node, ``booleans`` for an enum); the blocks typed ``Node`` depend on one
+    another and are read by :func:`parse_config` in order."""
+
+    listen: str = field(default="unix:/run/outpost/outpost.sock",
+                        metadata={"check": _socket_spec, "nonempty": True})
+    store: str = field(default="sqlite:///var/lib/outpost/state.db",
+                       metadata={"check": _store_url, "nonempty": True})
+    on_store_error: OnStoreError = "local"
+    hostname: Optional[str] = field(default=None, metadata={"nonempty": True})  # None: getfqdn()
+    secret_file: str = field(default="/etc/outpost/secret", metadata={"nonempty": True})
+    connection_limit: int = field(default=10, metadata=bounds(1))
+    connection_prefix_v6: int = field(default=64, metadata=bounds(16, 128))
+    workers: Optional[int] = field(default=None, metadata=bounds(1, 256))
+    milter_timeout: int = field(default=600, metadata=bounds(5))
+    max_headers: int = field(default=1000, metadata=bounds(50))
+    max_header_bytes: int = field(default=262_144, metadata=bounds(16384))
+    mode: Optional[Mode] = None                  # the top of ``defaults.mode``
+    header_from: Optional[HeaderFromMode] = field(default=None,
+                                                  metadata={"booleans": HEADER_FROM_BOOLEANS})
+    report_abuse_to: Optional[Node] = None
+    log_level: Optional[Node] = None             # the older spelling of log.level
+    domains: Optional[Node] = None
+    domains_from: Optional[Node] = None
+    users: Optional[Node] = None
+    users_from: Optional[Node] = None
+    defaults: Optional[Node] = None
+    store_options: Optional[Node] = None
+    spam: Optional[Node] = None
+    reports: Optional[Node] = None
+    dns: Optional[Node] = None
+    dkim: Optional[Node] = None
+    relay: Optional[Node] = None
+    spf: Optional[Node] = None
+    log: Optional[Node] = None
+    metrics: Optional[Node] = None
+
+
+#: The top-level keys (the fields of :class:`TopLevel`).
+TOP_KEYS = frozenset(f.name for f in dataclasses.fields(TopLevel))
 
 
 def load_config(path: str) -> Config:
@@ -66,6 +147,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     and raised in one :class:`ConfigError` (its message is the first)."""
     root = parse_text(text, file)
     errors: list[str] = []
+    value_errors: list[str] = []      # of the plain top-level values: listed after the blocks'
 
     def grab(fn: Callable[[], T], default: T) -> T:
         try:
@@ -74,122 +156,77 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             errors.extend(exc.errors)
             return default
 
-    top = root.mapping()
-    for key, node in top.items():
-        if key not in TOP_KEYS:
-            hint = _closest(key, TOP_KEYS)
-            errors.append(str(Node(None, node.path, file, line=_key_line(root, key)).error(
-                "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))))
-    top = {k: v for k, v in top.items() if k in TOP_KEYS}
-    required = ["report_abuse_to"] + [k for k in ("domains", "users") if f"{k}_from" not in top]
+    given = root.mapping(TOP_KEYS, errors=errors)
+    top = read_fields(given, TopLevel, value_errors)
+    required = ["report_abuse_to"] + [k for k in ("domains", "users") if f"{k}_from" not in given]
     for key in required:
-        if key not in top:
+        if key not in given:
             errors.append(str(root.error(f"required key '{key}' is missing")))
 
     def opt(key: str) -> Node:
-        return top.get(key) or Node(None, key, file, line=root.line)
+        return given.get(key) or Node(None, key, file, line=root.line)
 
     base_dir = os.path.dirname(os.path.abspath(file)) if not file.startswith("<") else os.getcwd()
-    domain_files = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
-    user_files = grab(lambda: _included(opt("users_from"), "users", base_dir), [])
-    domain_items = grab(lambda: opt("domains").items(), []) + [i for f in domain_files for i in f[1]]
+    domain_files: list[tuple[str, list[Node]]] = grab(lambda: _included(opt("domains_from"), "domains", base_dir), [])
+    user_files: list[tuple[str, list[Node]]] = grab(lambda: _included(opt("users_from"), "users", base_dir), [])
+    no_nodes: list[Node] = []
+    domain_items = grab(lambda: opt("domains").items(), no_nodes) + [i for f in domain_files for i in f[1]]
     domains = _domains(domain_items, opt("domains"), errors)
     names = {d.name for d in domains}
 
-    def base_policy() -> UserPolicy:
-        base = UserPolicy()
-        if "mode" in top:
-            base = replace(base, mode=top["mode"].str(MODES))
-        if "header_from" in top:
-            base = replace(base, header_from=top["header_from"].str(HEADER_FROM_MODES,
-                                                                    booleans=HEADER_FROM_BOOLEANS))
-        return base
-    base = grab(base_policy, UserPolicy())
+    base = UserPolicy()
+    if top.mode is not None:
+        base = replace(base, mode=top.mode)
+    if top.header_from is not None:
+        base = replace(base, header_from=top.header_from)
     defaults = grab(lambda: _policy(opt("defaults").mapping(POLICY_KEYS), base), base)
 
-    user_items = grab(lambda: opt("users").items(), []) + [i for f in user_files for i in f[1]]
+    user_items = grab(lambda: opt("users").items(), no_nodes) + [i for f in user_files for i in f[1]]
     users = _users(user_items, opt("users"), defaults, names, errors)
 
-    def listen_spec() -> str:
-        listen = opt("listen").str() if "listen" in top else "unix:/run/outpost/outpost.sock"
-        _check_socket_spec(listen, opt("listen"))
-        return listen
-    listen = grab(listen_spec, "")
-
-    def store_url() -> str:
-        store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
-        if store == "memory":                    # `store: memory:` is not valid YAML unquoted
-            store = "memory:"
-        if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
-            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
-        return store
-    store = grab(store_url, "memory:")
-
     from ..store.settings import StoreSettings
-    on_error = grab(lambda: opt("on_store_error").str(STORE_ERROR_POLICIES)
-                    if "on_store_error" in top else "local", "local")
     store_settings = grab(lambda: settings_from(opt("store_options"), StoreSettings,
-                                                on_store_error=on_error), StoreSettings())
-
-    spam = grab(lambda: _spam_config(opt("spam")), None)
+                                                on_store_error=top.on_store_error), StoreSettings())
+    spam = grab(lambda: _spam_config(opt("spam")), SpamConfig())
     from ..effects.resolver import ResolverSettings
     dns = grab(lambda: settings_from(opt("dns"), ResolverSettings), None)
-    dkim = grab(lambda: _dkim(opt("dkim"), domains), None)
+    dkim = grab(lambda: _dkim(opt("dkim"), domains), DkimConfig())
     spf = grab(lambda: _spf(opt("relay"), opt("spf")), None)
-    abuse_to = grab(lambda: _address(top["report_abuse_to"]) if "report_abuse_to" in top else "", "")
-    hostname = grab(lambda: opt("hostname").str() if "hostname" in top else None, None)
-    reports = grab(lambda: _reports(opt("reports"), abuse_to, hostname), None) if abuse_to else None
-
-    def scalar(key: str, fn: Callable[[Node], T], default: T) -> T:
-        return grab(lambda: fn(opt(key)) if key in top else default, default)
-
-    secret_file = scalar("secret_file", lambda n: n.str(), "/etc/outpost/secret")
-    connection_limit = scalar("connection_limit", lambda n: n.int(minimum=1), 10)
-    prefix_v6 = scalar("connection_prefix_v6", lambda n: n.int(minimum=16, maximum=128), 64)
-    workers = scalar("workers", lambda n: n.int(minimum=1, maximum=256), None)
-    milter_timeout = scalar("milter_timeout", lambda n: n.int(minimum=5), 600)
-    max_headers = scalar("max_headers", lambda n: n.int(minimum=50), 1000)
-    max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
-    log = grab(lambda: _log(opt("log"), top.get("log_level")), LogSettings())
-    metrics = grab(lambda: _metrics(top["metrics"]) if "metrics" in top else None, None)
+    abuse_to = grab(lambda: _address(top.report_abuse_to) if top.report_abuse_to else "", "")
+    reports = grab(lambda: _reports(opt("reports"), abuse_to, top.hostname), None) if abuse_to else None
+    log = grab(lambda: _log(opt("log"), top.log_level), LogSettings())
+    metrics = grab(lambda: _metrics(top.metrics) if top.metrics is not None else None, None)
+    errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
 
     return Config(
-        listen=listen,
+        listen=top.listen,
         store_settings=store_settings,
         spam=spam,
         reports=reports,
         dns=dns,
         dkim=dkim,
         spf=spf,
-        store=store,
-        on_store_error=on_error,
-        hostname=hostname if hostname is not None else socket.getfqdn(),
-        secret_file=secret_file,
+        store=top.store,
+        on_store_error=top.on_store_error,
+        hostname=top.hostname if top.hostname is not None else socket.getfqdn(),
+        secret_file=top.secret_file,
         report_abuse_to=abuse_to,
-        connection_limit=connection_limit,
-        connection_prefix_v6=prefix_v6,
+        connection_limit=top.connection_limit,
+        connection_prefix_v6=top.connection_prefix_v6,
         domains=domains,
         users=users,
         defaults=defaults,
-        workers=workers,
-        milter_timeout=milter_timeout,
-        max_headers=max_headers,
-        max_header_bytes=max_header_bytes,
+        workers=top.workers,
+        milter_timeout=top.milter_timeout,
+        max_headers=top.max_headers,
+        max_header_bytes=top.max_header_bytes,
         log=log,
         metrics=metrics,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
-
-
-def _key_line(root: Node, key: str) -> int:
-    """Line of a top-level key (for an unknown key's error)."""
-    for knode, _ in root._node.value:
-        if getattr(knode, "value", None) == key:
-            return knode.start_mark.line + 1
-    return root.line
 
 
 def _included(node: Node, what: str, base_dir: str) -> list[tuple[str, list[Node]]]:
@@ -257,7 +294,7 @@ def _domains(items: list[Node], node: Node, errors: list[str]) -> tuple[Domain, 
     seen: dict[str, Node] = {}
     for item in items:
         try:
-            keys: tuple = ()
+            keys: tuple["DkimKey", ...] = ()
             if item.is_mapping():
                 fields = item.mapping({"name", "dkim"}, required=("name",))
                 name = _domain_name(fields["name"])
@@ -282,7 +319,7 @@ def _at(node: Node) -> str:
     return f"{node.file}:{node.line}"
 
 
-def _dkim_keys(node: Node, domain: str) -> tuple:
+def _dkim_keys(node: Node, domain: str) -> tuple["DkimKey", ...]:
     """``dkim: {selector, key, algorithm}`` or a list of them (rsa and ed25519)."""
     from ..effects.dkim import DkimKey
     items = node.items() if not node.is_mapping() else [node]
@@ -298,7 +335,7 @@ def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
     from ..core.headers import STAMPED
     fields = node.mapping({"canonicalization", "extra_headers", "min_rsa_bits", "sign_user_domain"})
     keys = tuple(k for d in domains for k in d.dkim)
-    fixed = {"keys": keys}
+    fixed: dict[str, Any] = {"keys": keys}
     if "extra_headers" not in fields:
         fixed["extra_headers"] = STAMPED + ("X-Outpost-Class",)
     settings = settings_from(node, DkimSettings, ignore={"sign_user_domain"}, **fixed)
@@ -306,7 +343,7 @@ def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
     return DkimConfig(settings=settings if keys else None, sign_user_domain=sign_user)
 
 
-def _spf(relay: Node, spf: Node):
+def _spf(relay: Node, spf: Node) -> Optional["SpfSettings"]:
     """``relay:`` (egress_ips, spf_domain, helo) and ``spf:`` → SpfSettings,
     or None when no egress address is configured."""
     from ..effects.spf import SpfSettings
@@ -315,7 +352,7 @@ def _spf(relay: Node, spf: Node):
         if not spf.missing:
             raise spf.error("SPF checks need relay.egress_ips (this relay's public addresses)")
         return None
-    fixed = {"egress_ips": tuple(n.parsed(lambda v: str(ipaddress.ip_address(v)), "an IP address")
+    fixed: dict[str, Any] = {"egress_ips": tuple(n.parsed(lambda v: str(ipaddress.ip_address(v)), "an IP address")
                                  for n in rf["egress_ips"].items())}
     if "spf_domain" in rf:
         fixed["relay_spf_domain"] = _domain_name(rf["spf_domain"])
@@ -323,23 +360,24 @@ def _spf(relay: Node, spf: Node):
         fixed["helo"] = rf["helo"].str()
     sf = spf.mapping({"action", "query_timeout", "time_budget", "cache_max_entries", "cache_max_ttl"})
     if "action" in sf:
-        fixed["fail_action"] = sf["action"].str(("tag", "tempfail", "reject"))
+        from ..effects.spf import SpfAction
+        fixed["fail_action"] = _choice(sf["action"], SpfAction)
     return settings_from(spf, SpfSettings, ignore={"action"}, **fixed)
 
 
 def _log(node: Node, old_level: Optional[Node]) -> LogSettings:
-    """``log: {target, facility, format, level, syslog_address}``; the
-    top-level ``log_level`` is the older spelling of ``log.level``."""
-    fields = node.mapping({"target", "facility", "format", "level", "syslog_address"})
+    """``log: {target, facility, format, level, syslog_address}`` (the
+    fields of LogSettings, their choices its Literal types); the top-level
+    ``log_level`` is the older spelling of ``log.level``."""
+    fields = node.mapping({f.name for f in dataclasses.fields(LogSettings)})
     if old_level is not None and "level" in fields:
         raise old_level.error("log_level is the old spelling of log.level: give only log.level")
-    choices = {"target": LOG_TARGETS, "format": LOG_FORMATS, "level": LOG_LEVELS,
-               "facility": tuple(LOG_FACILITIES)}
-    values = {k: fields[k].str(choices.get(k)) for k in fields}
     if old_level is not None:
-        values["level"] = old_level.str(LOG_LEVELS)
+        fields["level"] = old_level
     try:
-        return LogSettings(**values)
+        return read_fields(fields, LogSettings)
+    except ConfigError:
+        raise
     except ValueError as exc:                   # "log.syslog_address: …": the node names the key
         raise (fields.get("syslog_address") or node).error(str(exc).partition(": ")[2]) from None
 
@@ -359,7 +397,7 @@ def parse_rate(text: str) -> RateLimit:
     limit, count, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
     if limit < 1 or count < 1:
         raise ValueError("limit and window must be positive")
-    return RateLimit(limit=limit, window=float(count * _RATE_UNITS[unit]), label=text.replace(" ", ""))
+    return RateLimit(limit=limit, window=float(count * DURATION_UNITS[unit]), label=text.replace(" ", ""))
 
 
 def _rates(node: Node) -> tuple[RateLimit, ...]:
@@ -392,22 +430,23 @@ def _lock(node: Node, base: LockPolicy) -> LockPolicy:
         if key in fields:
             value = fields[key].value
             if value is None or (value is False and key != "max_auto_unlocks"):
-                out = replace(out, **{key: None})          # null, off, no, false: switched off
+                out = replace(out, **_change(key, None))          # null, off, no, false: switched off
             else:
-                out = replace(out, **{key: fields[key].int(minimum=0 if key == "max_auto_unlocks" else 1)})
+                out = replace(out, **_change(key, fields[key].int(
+                    minimum=0 if key == "max_auto_unlocks" else 1)))
     for key in ("window", "duration"):
         if key in fields:
-            out = replace(out, **{key: fields[key].duration()})
+            out = replace(out, **_change(key, fields[key].duration()))
     return out
 
 
 def _policy(fields: dict[str, Node], base: UserPolicy) -> UserPolicy:
     out = base
     if "mode" in fields:
-        out = replace(out, mode=fields["mode"].str(MODES))
+        out = replace(out, mode=_choice(fields["mode"], Mode))
     if "header_from" in fields:
-        out = replace(out, header_from=fields["header_from"].str(HEADER_FROM_MODES,
-                                                                 booleans=HEADER_FROM_BOOLEANS))
+        out = replace(out, header_from=_choice(fields["header_from"], HeaderFromMode,
+                                               HEADER_FROM_BOOLEANS))
     if "connection_limit" in fields:
         out = replace(out, connection_limit=fields["connection_limit"].int(minimum=1))
     if "limits" in fields:
@@ -428,22 +467,22 @@ def _spam_policy(node: Node, base: SpamPolicy) -> SpamPolicy:
     out = base
     for key in ("unsure", "spam"):
         if key in fields:
-            out = replace(out, **{key: fields[key].float()})
+            out = replace(out, **_change(key, fields[key].float()))
     for key in ("on_unsure", "on_spam", "on_unscannable"):
         if key in fields:
-            out = replace(out, **{key: fields[key].str(SPAM_ACTIONS)})
+            out = replace(out, **_change(key, _choice(fields[key], SpamAction)))
     if out.unsure > out.spam:
         raise node.error(f"unsure ({out.unsure}) must not be above spam ({out.spam})")
     return out
 
 
-def _reports(node: Node, abuse_to: str, hostname: Optional[str]):
+def _reports(node: Node, abuse_to: str, hostname: Optional[str]) -> Optional["ReportSettings"]:
     """``reports:`` → ReportSettings, or None with ``enabled: false``."""
     from ..effects.reports import ReportSettings
     given = node.mapping() if node.is_mapping() else {}
     if "enabled" in given and not given["enabled"].bool():
         return None
-    fixed = {}
+    fixed: dict[str, Any] = {}
     if "to" not in given:
         fixed["to"] = abuse_to
     if "hostname" not in given and hostname:
@@ -505,7 +544,7 @@ def _spam_config(node: Node) -> SpamConfig:
                      ("blocklists", BlocklistSettings), ("spamassassin", SpamdSettings),
                      ("rspamd", RspamdSettings), ("dnslists", DnsListSettings)):
         if key in fields:
-            out = replace(out, **{key: settings_from(fields[key], cls)})
+            out = replace(out, **_change(key, settings_from(fields[key], cls)))
     return out
 
 
@@ -549,8 +588,9 @@ def _login_item(n: Node) -> tuple[str, str, str]:
     return login, login.lower(), f"login '{login}'"
 
 
-def _claimed(item: Node, fields: dict, key: str, for_type: str, utype: str, name: str,
-             owners: dict, read: Callable[[Node], tuple]) -> list:
+def _claimed(item: Node, fields: dict[str, Node], key: str, for_type: str, utype: str, name: str,
+             owners: dict[Any, tuple[str, Node]], read: Callable[[Node], tuple[T, Any, str]]
+             ) -> list[T]:
     """A user's ``ips`` or ``logins``: each read by ``read`` (value, index
     key, description), listed for no other user (``owners``: key → user,
     filled in), required for users of type ``for_type`` and refused for
@@ -576,8 +616,8 @@ def _users(items: list[Node], node: Node, defaults: UserPolicy, registered: set[
     entry is reported in ``errors`` and the others are still read."""
     users: list[User] = []
     names: dict[str, Node] = {}
-    networks: dict = {}
-    logins: dict = {}
+    networks: dict[Any, tuple[str, Node]] = {}
+    logins: dict[Any, tuple[str, Node]] = {}
     failed = False
     local: list[str] = []     # the one user of type local, once seen
     for item in items:
@@ -592,7 +632,8 @@ def _users(items: list[Node], node: Node, defaults: UserPolicy, registered: set[
 
 
 def _user(item: Node, defaults: UserPolicy, registered: set[str], names: dict[str, Node],
-          networks: dict, logins: dict, local: list[str]) -> User:
+          networks: dict[Any, tuple[str, Node]], logins: dict[Any, tuple[str, Node]],
+          local: list[str]) -> User:
     fields = item.mapping(USER_KEYS, required=("name", "type"))
     name = fields["name"].str().strip()
     if "/" in name:      # USER/IDENTITY keys and commands split at the first '/'
@@ -600,7 +641,7 @@ def _user(item: Node, defaults: UserPolicy, registered: set[str], names: dict[st
     if name in names:
         raise fields["name"].error(f"duplicate user name '{name}' (first defined at {_at(names[name])})")
     names[name] = fields["name"]
-    utype = fields["type"].str(USER_TYPES)
+    utype: UserType = _choice(fields["type"], UserType)
     policy = _policy(fields, defaults)
 
     ips = _claimed(item, fields, "ips", "ip", utype, name, networks, _network_item)
@@ -655,60 +696,84 @@ def _check_socket_spec(spec: str, node: Node) -> None:
 
 # -- settings dataclasses of the other layers ---------------------------------------
 
-def settings_from(node: Node, cls: type, ignore: frozenset = frozenset(), **fixed):
+def settings_from(node: Node, cls: type[S], ignore: AbstractSet[str] = frozenset(),
+                  **fixed: Any) -> S:
     """Fill a frozen settings dataclass from a YAML mapping.
 
     Keys are the dataclass' field names (unknown keys are errors); values are
     checked against the field types (int, float — durations like ``30s`` are
-    accepted —, str, bool, Optional[…], tuple[str, …]); the dataclass' own
-    ``__post_init__`` validation errors are reported at the mapping's line.
-    ``fixed`` supplies fields that do not come from this mapping.
+    accepted —, str, bool, Literal[…] choices, Optional[…], tuple[…], nested
+    dataclasses) and the fields' metadata (:func:`bounds`, ``check``); the
+    dataclass' own ``__post_init__`` validation errors are reported at the
+    mapping's line.  ``fixed`` supplies fields that do not come from this
+    mapping.
     """
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(fixed)  # type: ignore[arg-type]
     fields = node.mapping(names | set(ignore))
+    return read_fields({k: v for k, v in fields.items() if k not in ignore}, cls, None, node,
+                       **fixed)
+
+
+def read_fields(fields: Mapping[str, Node], cls: type[S], errors: Optional[list[str]] = None,
+                node: Optional[Node] = None, **fixed: Any) -> S:
+    """The dataclass ``cls`` from its entries ``fields`` (key → Node), in
+    the order of the dataclass' fields.  With ``errors`` a bad value is
+    added to it and the field keeps its default (every error is found);
+    without, the first one is raised."""
+    hints = typing.get_type_hints(cls)
     values = dict(fixed)
-    for key, vnode in fields.items():
-        if key not in ignore:
-            values[key] = _typed(vnode, hints[key])
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in fields:
+            continue
+        try:
+            values[f.name] = _typed(fields[f.name], hints[f.name], f.metadata)
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.extend(exc.errors)
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
+        if node is None:
+            raise
         raise node.error(str(exc)) from None
 
 
-def _typed(node: Node, hint):
-    import dataclasses
-    import typing
+def _typed(node: Node, hint: Any, meta: Mapping[str, Any] = MappingProxyType({})) -> Any:
+    if hint is Node:
+        return node
     if dataclasses.is_dataclass(hint):
-        return settings_from(node, hint)
+        return settings_from(node, hint)  # type: ignore[arg-type]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union:
+        if Node in args:
+            return node
         if node.value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _typed(node, inner[0])
+        present = [a for a in args if a is not type(None)]
+        return _typed(node, present[0], meta)
+    if origin is typing.Literal:
+        return node.str(choices=args, booleans=meta.get("booleans"))
     if hint is bool:
-        return node.bool()
-    if hint is int:
-        return node.int()
-    if hint is float:
-        return node.duration() if isinstance(node.value, str) else node.float()
-    if hint is str:
-        return node.str(nonempty=False)
-    if origin is tuple and len(args) >= 2 and args[1] is not Ellipsis:     # fixed length
+        value: Any = node.bool()
+    elif hint is int:
+        value = node.int(meta.get("minimum"), meta.get("maximum"))
+    elif hint is float:
+        value = node.duration() if isinstance(node.value, str) else node.float()
+    elif hint is str:
+        value = node.str(nonempty=bool(meta.get("nonempty")))
+    elif origin is tuple and len(args) >= 2 and args[1] is not Ellipsis:     # fixed length
         items = node.items()
         if len(items) != len(args):
             raise node.error(f"expected a list of {len(args)} items")
-        return tuple(_typed(n, a) for n, a in zip(items, args))
-    if origin in (tuple, list, frozenset):
-        inner = args[0] if args else str
-        return (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
-    import collections.abc
-    if origin in (dict, collections.abc.Mapping):
-        return {k: _typed(v, args[1]) for k, v in node.mapping().items()}
-    raise node.error(f"unsupported setting type {hint!r}")
+        value = tuple(_typed(n, a) for n, a in zip(items, args))
+    elif origin in (tuple, list, frozenset):
+        inner: Any = args[0] if args else str
+        value = (frozenset if origin is frozenset else tuple)(_typed(n, inner) for n in node.items())
+    elif origin in (dict, collections.abc.Mapping):
+        value = {k: _typed(v, args[1]) for k, v in node.mapping().items()}
+    else:
+        raise node.error(f"unsupported setting type {hint!r}")
+    check = meta.get("check")
+    return check(value, node) if check is not None else value

@@ -9,15 +9,18 @@ the line it came from.  :class:`Node` wraps one value and knows its key path
 
 from __future__ import annotations
 
+import builtins
 import re
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import AbstractSet, Any, Callable, Iterator, Optional, TypeVar
 
 import yaml
 
 T = TypeVar("T")
 
+#: Seconds per unit: the one table of time units (durations, rate windows).
+DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400,
+                                    "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any) -> float:
@@ -25,7 +28,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"{value!r} is not a duration (e.g. 30s, 10m, 1h, 1d)")
     if seconds <= 0:
@@ -67,23 +70,31 @@ class Node:
         return self._node is None
 
     # -- structure -----------------------------------------------------------
-    def mapping(self, allowed: Optional[set[str]] = None, required: tuple[str, ...] = ()) -> dict[str, "Node"]:
-        """The mapping's entries as Nodes; unknown keys and duplicates are errors."""
+    def mapping(self, allowed: Optional[AbstractSet[str]] = None, required: tuple[str, ...] = (),
+                errors: Optional[list[str]] = None) -> dict[str, "Node"]:
+        """The mapping's entries as Nodes; unknown keys and duplicates are
+        errors (with ``errors``: each is added to it and the entry skipped)."""
+        out: dict[str, Node] = {}
         if self._node is None:
-            out: dict[str, Node] = {}
+            pass
         elif isinstance(self._node, yaml.MappingNode):
-            out = {}
             for knode, vnode in self._node.value:
                 key = _plain(knode)
-                if not isinstance(key, str):
-                    raise Node(knode, self.path, self.file).error(f"key {key!r} is not a string")
-                kpath = f"{self.path}.{key}" if self.path else key
-                if key in out:
-                    raise Node(knode, kpath, self.file).error("duplicate key")
-                if allowed is not None and key not in allowed:
-                    hint = _closest(key, allowed)
-                    raise Node(knode, kpath, self.file).error(
-                        "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                try:
+                    if not isinstance(key, str):
+                        raise Node(knode, self.path, self.file).error(f"key {key!r} is not a string")
+                    kpath = f"{self.path}.{key}" if self.path else key
+                    if key in out:
+                        raise Node(knode, kpath, self.file).error("duplicate key")
+                    if allowed is not None and key not in allowed:
+                        hint = _closest(key, allowed)
+                        raise Node(knode, kpath, self.file).error(
+                            "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+                except ConfigError as exc:
+                    if errors is None:
+                        raise
+                    errors.extend(exc.errors)
+                    continue
                 out[key] = Node(vnode, kpath, self.file)
         else:
             raise self.error(f"expected a mapping, got {_kind(self._node)}")
@@ -115,7 +126,7 @@ class Node:
         ``false`` / ``no`` are accepted where the choice means on/off."""
         v = self.value
         if isinstance(v, bool) and isinstance(self._node, yaml.ScalarNode):
-            s = self._node.value
+            s = str(self._node.value)
             if choices is not None and s not in choices and booleans is not None and v in booleans:
                 s = booleans[v]
         elif isinstance(v, bool) or not isinstance(v, (str, int, float)):
@@ -151,14 +162,14 @@ class Node:
             raise self.error(f"expected true or false, got {self.value!r}")
         return self.value
 
-    def duration(self) -> float:
+    def duration(self) -> builtins.float:
         """Seconds from ``90``, ``30s``, ``10m``, ``1h``, ``1d``, ``1w``."""
         try:
             return parse_duration(self.value)
         except ValueError as exc:
             raise self.error(str(exc)) from None
 
-    def parsed(self, fn: Callable[[Any], T], what: str) -> T:
+    def parsed(self, fn: Callable[[Any], T], what: builtins.str) -> T:
         """Apply a parser; its ValueError becomes a located ConfigError."""
         try:
             return fn(self.value)
@@ -166,7 +177,7 @@ class Node:
             detail = f" ({exc})" if str(exc) and repr(self.value) not in str(exc) else ""
             raise self.error(f"{self.value!r} is not {what}{detail}") from None
 
-    def str_list(self) -> list[str]:
+    def str_list(self) -> "list[builtins.str]":
         return [n.str() for n in self.items()]
 
     def __iter__(self) -> Iterator["Node"]:  # pragma: no cover - convenience
@@ -203,7 +214,7 @@ def _kind(node: Optional[yaml.Node]) -> str:
     return "nothing (null)" if v is None else f"{type(v).__name__} {v!r}"
 
 
-def _closest(key: str, allowed: set[str]) -> Optional[str]:
+def _closest(key: str, allowed: AbstractSet[str]) -> Optional[str]:
     import difflib
     found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.7)
     return found[0] if found else None

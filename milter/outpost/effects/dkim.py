@@ -22,7 +22,7 @@ import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Literal, Mapping, Optional, Sequence, Union, get_args
 
 import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -36,7 +36,11 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..core.stamps import occurrences
 
-ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+#: A signing key's algorithm (``domains.<d>.dkim.algorithm``).
+DkimAlgorithm = Literal["rsa", "ed25519"]
+#: The ``a=`` tag of each algorithm.
+ALGORITHMS: dict[str, bytes] = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
+assert tuple(ALGORITHMS) == get_args(DkimAlgorithm)
 #: Signed when present (RFC 6376 5.4.1 recommendations that outbound mail has).
 SIGNED_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "MIME-Version",
                   "Content-Type", "Content-Transfer-Encoding", "Reply-To")
@@ -97,7 +101,7 @@ class DkimKey:
     domain: str
     selector: str
     key: str                       # path of the private key file
-    algorithm: str = "rsa"         # rsa | ed25519
+    algorithm: DkimAlgorithm = "rsa"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", self.domain.rstrip(".").lower())

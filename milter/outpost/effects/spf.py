@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 import dns.exception
 import dns.message
@@ -36,7 +36,9 @@ import spf as pyspf
 
 from outpost.effects.resolver import TtlCache, negative_ttl
 
-ACTIONS = ("tag", "tempfail", "reject")
+#: What an SPF fail does (``spf.action``).
+SpfAction = Literal["tag", "tempfail", "reject"]
+ACTIONS: tuple[str, ...] = get_args(SpfAction)
 #: SPF results from best to worst (for "worst across egress IPs").
 SEVERITY = ("pass", "none", "neutral", "temperror", "permerror", "softfail", "fail")
 HEADER_NAME = "X-Outpost-SPF"
@@ -62,7 +64,7 @@ class SpfSettings:
     """
 
     egress_ips: tuple[str, ...] = ()
-    fail_action: str = "tag"
+    fail_action: SpfAction = "tag"
     relay_spf_domain: str = ""
     helo: str = "localhost"
     query_timeout: float = 2.0

@@ -1,6 +1,8 @@
 """Stores for cross-message state; see :mod:`outpost.store.base`.
 
-:func:`open_store` turns a store URL into a store:
+:func:`open_store` turns a store URL (parsed by
+:func:`~outpost.store.url.parse_store_url`, the configuration's parser too)
+into a store:
 
 * ``memory:`` — this process only (:class:`~outpost.store.memory.MemoryStore`);
 * ``sqlite:///abs/path/outpost.db`` — one host, many processes
@@ -17,42 +19,37 @@ that holds it, retrying a release that failed.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from .base import (Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
                    StoreError)
 from .settings import ON_STORE_ERROR_MODES, StoreSettings
+from .url import StoreURL, parse_store_url
 
 __all__ = ["Bucket", "BucketState", "FingerprintStats", "HitResult", "Lock", "Store",
-           "StoreError", "StoreSettings", "ON_STORE_ERROR_MODES", "open_store"]
+           "StoreError", "StoreSettings", "ON_STORE_ERROR_MODES", "StoreURL", "open_store", "parse_store_url"]
 
 
-def open_store(url: str, settings: Optional[StoreSettings] = None) -> Store:
+def open_store(url: Union[str, StoreURL], settings: Optional[StoreSettings] = None) -> Store:
     """Open the store named by ``url`` (see the module docstring).
 
-    Raises ValueError for an unknown scheme or a malformed URL, and
-    :class:`StoreError` when a sqlite database cannot be created.  A Redis
-    store connects lazily: an unreachable server shows up as StoreError on
-    the first operation.
+    Raises ValueError for a URL :func:`~outpost.store.url.parse_store_url`
+    refuses, and :class:`StoreError` when a sqlite database cannot be
+    created.  A Redis store connects lazily: an unreachable server shows up
+    as StoreError on the first operation.
     """
     settings = settings or StoreSettings()
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
     store: Store
-    if scheme == "memory":
-        if url.rstrip("/") != "memory:":
-            raise ValueError(f"store URL {url!r}: use exactly 'memory:'")
+    if parsed.scheme == "memory":
         from .memory import MemoryStore
         return MemoryStore(settings)
-    if scheme == "sqlite":
-        if not url.startswith("sqlite:///"):
-            raise ValueError(f"store URL {url!r}: use sqlite:///absolute/path/file.db")
+    if parsed.scheme == "sqlite":
         from .sqlite import SqliteStore
-        store = SqliteStore(url[len("sqlite://"):], settings)
-    elif scheme in ("redis", "rediss"):
+        assert parsed.path is not None
+        store = SqliteStore(parsed.path, settings)
+    else:                                       # redis, rediss
         from .redis import RedisStore
-        store = RedisStore(url, settings)
-    else:
-        raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r}; expected "
-                         "memory:, sqlite:///abs/path or redis://host:port/db (rediss:// for TLS)")
+        store = RedisStore(parsed.text, settings)
     from .resilient import ResilientStore
     return ResilientStore(store, settings)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+#: What a store failure means (``on_store_error``; docs/configuration.rst, "State store").
+OnStoreError = Literal["tempfail", "accept", "local"]
 #: Accepted values of :attr:`StoreSettings.on_store_error`.
-ON_STORE_ERROR_MODES = ("tempfail", "accept", "local")
+ON_STORE_ERROR_MODES: tuple[str, ...] = get_args(OnStoreError)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class StoreSettings:
     #: How long the auto-unlock count of a key without a lock is kept, seconds.
     lock_history_ttl: float = 30 * 86400.0
     #: ``tempfail``, ``accept`` or ``local`` (see docs/configuration.rst, "State store").
-    on_store_error: str = "local"
+    on_store_error: OnStoreError = "local"
     #: ``local`` mode: try the primary store again at most this often, seconds.
     retry_interval: float = 5.0
 

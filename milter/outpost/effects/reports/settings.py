@@ -7,7 +7,7 @@ import re
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 #: A conservative addr-spec check for configured addresses (not for
 #: addresses taken from mail, which are never used as recipients).
@@ -82,7 +82,8 @@ class SmtpSettings:
         return password
 
 
-LISTENER_AUTH = ("sasl", "none")
+ListenerAuth = Literal["sasl", "none"]
+LISTENER_AUTH: tuple[str, ...] = get_args(ListenerAuth)
 
 #: check-config's warning for ``listener_auth: none``.
 PLAIN_LISTENER_WARNING = (
@@ -136,7 +137,7 @@ class ReportSettings:
     #: How the report listener keeps other local processes out: ``sasl``
     #: (smtp.username + password_file, the contrib default) or ``none``
     #: (plain loopback: any local process can relay through the listener).
-    listener_auth: str = "sasl"
+    listener_auth: ListenerAuth = "sasl"
 
     def __post_init__(self) -> None:
         if self.listener_auth not in LISTENER_AUTH:

@@ -1,0 +1,74 @@
+"""The store URL has one parser (outpost.store.url): the configuration
+refuses exactly the URLs that opening the store refuses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from outpost.config import ConfigError, parse_config
+from outpost.store import open_store
+from outpost.store.url import StoreURL, StoreURLError, parse_store_url
+
+BASE = textwrap.dedent("""\
+    report_abuse_to: abuse@example.net
+    domains: [example.com]
+    users:
+      - {name: web, type: ip, ips: [192.0.2.0/28], domains: [example.com]}
+    """)
+
+BAD = [
+    "unix:///run/redis.sock",          # passed check-config, then `run` refused it
+    "postgres://db/x",
+    "sqlite://relative.db",
+    "sqlite:///",
+    "memory:extra",
+    "redis://",
+    "redis://host:99999/0",
+    "redis://host:port/0",
+    "redis://host:6379/zero",
+]
+
+GOOD = [
+    ("memory:", "memory", None),
+    ("memory", "memory", None),
+    ("sqlite:///var/lib/outpost/state.db", "sqlite", "/var/lib/outpost/state.db"),
+    ("redis://127.0.0.1:6379/0", "redis", None),
+    ("redis://:secret@redis.example.net", "redis", None),
+    ("rediss://user:pw@[::1]:6380/2", "rediss", None),
+]
+
+
+@pytest.mark.parametrize("url", BAD)
+def test_config_refuses_what_open_store_refuses(url):
+    with pytest.raises(ValueError):
+        open_store(url)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(f"store: '{url}'\n{BASE}", "t.yaml")
+    assert str(exc.value).startswith("t.yaml:1: store: "), exc.value
+    assert "is not a store URL" in str(exc.value)
+
+
+@pytest.mark.parametrize("url,scheme,path", GOOD)
+def test_parsed_store_urls(url, scheme, path):
+    parsed = parse_store_url(url)
+    assert isinstance(parsed, StoreURL) and parsed.scheme == scheme and parsed.path == path
+    assert parse_config(f"store: '{url}'\n{BASE}", "t.yaml").store == parsed.text
+
+
+def test_password_is_not_shown():
+    with pytest.raises(StoreURLError) as exc:
+        parse_store_url("redis://:hunter2@host:99999/0")
+    assert "hunter2" not in str(exc.value)
+
+
+def test_check_config_refuses_a_unix_socket_url(tmp_path):
+    path = tmp_path / "outpost.yaml"
+    path.write_text(f"store: unix:///run/redis.sock\n{BASE}")
+    done = subprocess.run([sys.executable, "-m", "outpost", "check-config", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "store: 'unix:///run/redis.sock' is not a store URL: unknown scheme 'unix'" in done.stderr
