@@ -79,6 +79,15 @@ class ReadOnlyStore(Store):
     def stat_read(self, period: str, count: int) -> dict[str, int]:
         return self.real.stat_read(period, count)
 
+    def stat_series(self, period, count, names):
+        return self.real.stat_series(period, count, names)
+
+    def decision_add(self, entries) -> None:
+        pass
+
+    def decision_read(self, limit: int):
+        return self.real.decision_read(limit)
+
     def put_blob(self, name: str, data: bytes) -> None:
         pass
 

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from .base import (Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+from .base import (Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
                    StoreError)
 from .memory import MemoryStore
 from .settings import StoreSettings
@@ -251,6 +251,16 @@ class ResilientStore(Store):
 
     def stat_read(self, period: str, count: int) -> dict[str, int]:
         return self._call("stat_read", period, count)
+
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        return self._call("stat_series", period, count, names)
+
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        self._call("decision_add", entries)
+
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        return self._call("decision_read", limit)
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._call("put_blob", name, data)
