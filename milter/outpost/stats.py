@@ -16,6 +16,8 @@ Counter names (one schema, read by :func:`summary`):
 ``q``               messages quarantined
 ``a:ACTION``        messages by action (``accept``, ``reject``, ``tempfail``,
                     ``discard``)
+``c:CLASS``         messages by spam class (``ham``, ``unsure``, ``spam``,
+                    ``unscannable``; scanned messages only)
 ``r:REASON``        refusals by reason (``rate_limit``, ``spam``, ``locked`` …)
 ``u:USER``          messages of a user; ``ur:USER`` its recipients,
                     ``ub:USER`` its refusals
@@ -120,6 +122,8 @@ class StatsRecorder:
                 c["r:" + (decision.reason or "-")] += 1
             if decision.quarantine:
                 c["q"] += 1
+            if msg.spam_class:
+                c["c:" + msg.spam_class] += 1
             if user:
                 c["u:" + user] += 1
                 c["ur:" + user] += rcpts

@@ -39,7 +39,7 @@ TOP_KEYS = {
     "connection_limit", "domains", "users", "defaults", "workers", "milter_timeout",
     "log_level", "header_from", "mode", "store_options", "spam", "reports",
     "dns", "dkim", "relay", "spf", "connection_prefix_v6", "max_headers", "max_header_bytes",
-    "users_from", "domains_from", "log", "metrics",
+    "users_from", "domains_from", "log", "metrics", "panel",
 }
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
@@ -152,6 +152,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     max_header_bytes = scalar("max_header_bytes", lambda n: n.int(minimum=16384), 262_144)
     log = grab(lambda: _log(opt("log"), top.get("log_level")), LogSettings())
     metrics = grab(lambda: _metrics(top["metrics"]) if "metrics" in top else None, None)
+    from ..panel.settings import PanelSettings          # the panel: block (outpost panel)
+    panel = grab(lambda: settings_from(top["panel"], PanelSettings) if "panel" in top else None, None)
     if errors:
         raise ConfigError(errors[0], errors)
 
@@ -179,6 +181,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_header_bytes=max_header_bytes,
         log=log,
         metrics=metrics,
+        panel=panel,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
