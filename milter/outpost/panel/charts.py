@@ -17,9 +17,9 @@ class Series:
 
 
 def _nice_max(value: float) -> int:
-    """The smallest of 1, 2, 5 × 10^k at or above ``value`` (at least 1)."""
-    if value <= 1:
-        return 1
+    """The smallest of 1, 2, 5 × 10^k at or above ``value`` (at least 2)."""
+    if value <= 2:
+        return 2
     scale = 1
     while True:
         for step in (1, 2, 5):
