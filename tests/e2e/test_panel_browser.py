@@ -7,7 +7,10 @@ Playwright), against a real Postfix -> Outpost (sqlite store, 2 workers) and
   the next message refused (451 at end of DATA, in the blocked log), unlocks
   it and the next message passes;
 - a viewer sees no buttons and a change it forges is refused (403);
-- a POST without the CSRF token is refused (403), even for an operator.
+- a POST without the CSRF token is refused (403), even for an operator;
+- an operator releases a quarantined message from the hold queue (it then
+  arrives), reverses a delivered message's X-Outpost-ID with whois, and sees
+  the report spool.
 
 The overview screenshot of the README (docs/_static/panel-overview.png) is
 taken here.
@@ -50,7 +53,13 @@ CONFIG = textwrap.dedent(f"""\
         type: login
         logins: [alice@example.com]
         domains: [example.com]
+      - name: holder
+        type: login
+        logins: [holder@example.com]
+        domains: [example.com]
+        spam: {{on_spam: quarantine}}
     panel:
+      postfix_config: POSTFIX_CONFIG
       users:
         - {{name: ops, role: operator, password_hash: "{HASH}"}}
         - {{name: desk, role: viewer, password_hash: "{HASH}"}}
@@ -59,7 +68,8 @@ CONFIG = textwrap.dedent(f"""\
 
 @pytest.fixture(scope="module")
 def outpost(postfix):  # noqa: F811
-    proc = Outpost(postfix.milter_socket, CONFIG).start()
+    proc = Outpost(postfix.milter_socket,
+                   CONFIG.replace("POSTFIX_CONFIG", str(postfix.config_dir))).start()
     yield proc
     proc.stop()
 
@@ -113,6 +123,13 @@ def log_in(browser, url: str, name: str):
     page.click("button[type=submit]")
     page.wait_for_selector("#whoami")
     return context, page
+
+
+SPAM = (b"From: Holder <holder@example.com>\r\nTo: friend@dest.example\r\n"
+        b"Subject: URGENT: claim your FREE prize now!!!\r\n\r\n"
+        b"Dear friend,\r\n\r\nYou have been SELECTED to receive a FREE cash prize of $1,000,000!!!\r\n"
+        b"Act now: click here to claim your money, limited time offer, 100% free, no risk.\r\n"
+        b"Order now and earn extra income from home. Remove me: reply with REMOVE.\r\n")
 
 
 def webfarm(postfix, identity: str):
@@ -170,7 +187,8 @@ def test_operator_finds_a_user_sees_its_mail_locks_and_unlocks(browser, panel_ur
         again = webfarm(postfix, "1001")
         assert again.accepted, again
         page.goto(panel_url + "/")
-        reload_until(page, "tempfailed (1)", "the refusal in the overview chart")
+        reload_until(page, "accepted (2)", "the refusal and the last message in the overview chart")
+        assert "tempfailed (1)" in page.content()
         page.screenshot(path=str(SCREENSHOT), full_page=False)
     finally:
         context.close()
@@ -200,3 +218,38 @@ def test_viewer_cannot_change_anything_and_posts_need_the_csrf_token(browser, pa
     assert "webfarm/2002" not in locks.stdout and locks.returncode == 0, locks
     audit = (outpost.dir / "panel.log").read_text()
     assert "refused: viewer" in audit and "csrf-refused" in audit
+
+
+def test_release_from_quarantine_whois_and_reports(browser, panel_url, postfix, sink):
+    held = send(postfix.submission_port, xclient={"LOGIN": "holder@example.com"},
+                mail_from="holder@example.com", rcpt_tos=["friend@dest.example"], message=SPAM)
+    assert held.accepted, held
+    assert held.queue_id in postfix.hold_queue()
+    ham = send(postfix.submission_port, xclient={"LOGIN": "alice@example.com"},
+               mail_from="alice@example.com", rcpt_tos=["bob@dest.example"],
+               message=build_message("alice@example.com", "bob@dest.example"))
+    assert ham.accepted, ham
+    [delivered] = sink.wait_for(1)
+    [token] = delivered.headers("X-Outpost-ID")
+    context, page = log_in(browser, panel_url, "ops")
+    try:
+        page.click("text=Quarantine")
+        row = page.locator("tr", has_text=held.queue_id)
+        assert "X-Outpost-Class: spam" in row.inner_text()
+        row.locator("input[name=reason]").fill("false positive, ticket 9")
+        row.locator("button[value=release]").click()
+        assert f"released {held.queue_id}" in page.inner_text("p.flash")
+        postfix.flush()
+        got = sink.wait_for(2, timeout=30)
+        assert any(m.headers("X-Outpost-Class") == ["spam"] for m in got)
+        # whois: the token of the delivered message names its sender
+        page.click("text=Blocked messages")
+        page.fill("input[name=token]", token)
+        page.click("form.whois button")
+        result = page.inner_text("#whois-result")
+        assert "User alice, identity alice@example.com" in result and ham.queue_id in result
+        # the report spool (the quarantine made a report event)
+        page.click("text=Reports")
+        assert "holder" in page.inner_text("table.log")
+    finally:
+        context.close()

@@ -92,12 +92,13 @@ class Panel:
         }
 
     def store_state(self) -> dict:
+        """The store's URL, how long reading the decision log took, and how
+        full the log is."""
         started = time.monotonic()
-        now = self.store.now()
+        entries = len(self.store.decision_read(MAX_READ))
         return {"url": self.store.url or self.config.store, "ok": True,
-                "ms": round((time.monotonic() - started) * 1000, 1), "time": clock(now),
-                "decisions": len(self.store.decision_read(MAX_READ)),
-                "max_decisions": self.config.store_settings.max_decisions}
+                "ms": round((time.monotonic() - started) * 1000, 1), "time": clock(self.store.now()),
+                "decisions": entries, "max_decisions": self.config.store_settings.max_decisions}
 
     def spool(self):
         if self.config.reports is None:
