@@ -13,11 +13,15 @@ Playwright), against a real Postfix -> Outpost (sqlite store, 2 workers) and
   the report spool.
 
 The overview screenshot of the README (docs/_static/panel-overview.png) is
-taken here.
+taken here: into the test's directory, or to refresh the README's copy::
+
+    OUTPOST_PANEL_SCREENSHOT=docs/_static/panel-overview.png \\
+        .venv/bin/python -m pytest tests/e2e/test_panel_browser.py
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -31,11 +35,10 @@ from tests.services.poll import wait_until
 from tests.services.postfix import free_port
 from tests.services.smtp import build_message, send
 
-from .outpost_proc import ROOT, Outpost
+from .outpost_proc import Outpost
 
 PASSWORD = "panel test password"
 HASH = hash_password(PASSWORD, n=2 ** 10)       # cheap for the test; production uses 2**14
-SCREENSHOT = ROOT / "docs" / "_static" / "panel-overview.png"
 
 CONFIG = textwrap.dedent(f"""\
     hostname: relay.example.net
@@ -148,7 +151,7 @@ def reload_until(page, text: str, what: str, timeout: float = 20.0) -> None:
 
 
 def test_operator_finds_a_user_sees_its_mail_locks_and_unlocks(browser, panel_url, postfix,
-                                                                sink):
+                                                                sink, outpost):
     context, page = log_in(browser, panel_url, "ops")
     try:
         assert page.inner_text("#whoami") == "ops (operator)"
@@ -189,7 +192,9 @@ def test_operator_finds_a_user_sees_its_mail_locks_and_unlocks(browser, panel_ur
         page.goto(panel_url + "/")
         reload_until(page, "accepted (2)", "the refusal and the last message in the overview chart")
         assert "tempfailed (1)" in page.content()
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        shot = Path(os.environ.get("OUTPOST_PANEL_SCREENSHOT") or outpost.dir / "panel-overview.png")
+        page.screenshot(path=str(shot), full_page=False)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         context.close()
 
