@@ -271,7 +271,8 @@ def test_store_errors_give_a_503_page(make_app) -> None:
 # -- configuration ----------------------------------------------------------------------------
 @pytest.mark.parametrize("bad,needle", [
     ("listen: nowhere", "not HOST:PORT"),
-    ("users: [{name: x, role: root, password_hash: 'scrypt$16$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='}]", "role"),
+    ("users: [{name: x, role: root, password_hash: '" + "scrypt$16$8$1$" + "A" * 22 + "==$"
+     + "A" * 43 + "='}]", "role"),
     ("users: [{name: x, password_hash: plain}]", "password_hash"),
     ("colour: red", "unknown key"),
 ])
@@ -284,3 +285,30 @@ def test_bad_panel_blocks_are_refused(bad: str, needle: str) -> None:
 
 def test_no_panel_block() -> None:
     assert parse_config(panel_yaml().split("panel:")[0]).panel is None
+
+
+def test_links_and_redirects_keep_the_url_prefix(app_panel) -> None:
+    """Behind a proxy at /outpost (waitress' url_prefix sets SCRIPT_NAME)."""
+    app, panel = app_panel
+    c = app.test_client()
+    BASE = "http://localhost/outpost"
+    resp = c.get("/", base_url=BASE)
+    assert resp.headers["Location"].startswith("/outpost/login")
+    page = c.get("/login", base_url=BASE)
+    assert 'href="/outpost/static/panel.css"' in text(page)
+    resp = c.post("/login", data={"name": "ops", "password": PASSWORD, "csrf": csrf_of(text(page))},
+                  base_url=BASE)
+    assert resp.headers["Location"] == "/outpost/"
+    page = text(c.get("/identity/webfarm/a", base_url=BASE))
+    assert 'href="/outpost/users/webfarm"' in page and 'value="/identity/webfarm/a"' in page
+    resp = c.post("/lock", data={"csrf": csrf_of(page), "target": "webfarm/a", "action": "lock",
+                                 "reason": "r", "back": "/identity/webfarm/a"}, base_url=BASE)
+    assert resp.headers["Location"] == "/outpost/identity/webfarm/a"
+
+
+def test_back_never_leaves_the_panel(operator) -> None:
+    csrf = lock_form(operator)
+    for back in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        resp = operator.post("/lock", data={"csrf": csrf, "target": "webfarm/a", "action": "reset",
+                                            "reason": "r", "back": back})
+        assert resp.headers["Location"] == "/", back

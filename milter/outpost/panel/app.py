@@ -143,7 +143,8 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         if request.endpoint in ("login", "static") or request.endpoint is None:
             return None
         if g.panel_session is None:
-            return redirect(url_for("login", next=request.full_path if request.method == "GET" else None))
+            back = request.full_path.rstrip("?") if request.method == "GET" else None
+            return redirect(url_for("login", next=back))
         return None
 
     @app.after_request
