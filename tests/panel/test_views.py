@@ -308,7 +308,13 @@ def test_links_and_redirects_keep_the_url_prefix(app_panel) -> None:
 
 def test_back_never_leaves_the_panel(operator) -> None:
     csrf = lock_form(operator)
-    for back in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+    for back in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "/\t/evil.example",
+                 "/\n/evil.example", " //evil.example"):
         resp = operator.post("/lock", data={"csrf": csrf, "target": "webfarm/a", "action": "reset",
                                             "reason": "r", "back": back})
-        assert resp.headers["Location"] == "/", back
+        loc = resp.headers["Location"]              # a path of this host, never "//host" or a scheme
+        assert loc.startswith("/") and not loc.startswith("//"), (back, loc)
+        assert not any(c in loc for c in "\\\t\n :") or loc == "/", (back, loc)
+    resp = operator.post("/lock", data={"csrf": csrf, "target": "webfarm/a", "action": "reset",
+                                        "reason": "r", "back": "/identity/webfarm/Zoë Z"})
+    assert resp.headers["Location"] == "/identity/webfarm/Zo%C3%AB%20Z"

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -292,6 +294,9 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
             audit_line(action, target, reason, f"refused: {exc}", logging.WARNING)
             flash(str(exc), "error")
             return redirect(_back(back))
+        except StoreError as exc:
+            audit_line(action, target, reason, f"failed: store error: {exc}", logging.WARNING)
+            raise
         audit_line(action, target, reason, text)
         flash(text, "ok")
         return redirect(_back(back))
@@ -379,9 +384,16 @@ def _page() -> int:
         return 1
 
 
+#: A path of this panel to return to (no scheme, host, backslash, blank or
+#: control character: browsers drop tabs and newlines, "/\t/evil" is "//evil").
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~%@!$&'()*+,;=:?-]*$")
+
+
 def _back(target: str) -> str:
-    """Where an action returns: a path of this panel, else the overview."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Where an action returns: a path of this panel (quoted: an identity may
+    hold blanks or non-ASCII), else the overview."""
+    target = urllib.parse.quote(target, safe="/_.~%@!$&'()*+,;=:?-")
+    if _LOCAL_PATH.match(target) and len(target) <= 2000:
         return request.script_root + target
     return url_for("overview")
 
