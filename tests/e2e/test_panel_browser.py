@@ -179,6 +179,8 @@ def test_operator_finds_a_user_sees_its_mail_locks_and_unlocks(browser, panel_ur
         assert "Locked: complaint 77" in page.inner_text("#lock-state")
         refused = webfarm(postfix, "1001")
         assert (refused.stage, refused.code) == ("end", 451), refused
+        page.click("text=Locks")
+        assert "webfarm/1001" in page.inner_text("table.locks")
         page.goto(panel_url + "/blocked?q=1001")
         reload_until(page, "suspended", "the refusal in the blocked log")
         assert "tempfail" in page.inner_text("table.log")

@@ -318,3 +318,24 @@ def test_back_never_leaves_the_panel(operator) -> None:
     resp = operator.post("/lock", data={"csrf": csrf, "target": "webfarm/a", "action": "reset",
                                         "reason": "r", "back": "/identity/webfarm/Zoë Z"})
     assert resp.headers["Location"] == "/identity/webfarm/Zo%C3%AB%20Z"
+
+
+def test_users_list_shows_the_fullest_limit(operator, app_panel) -> None:
+    from outpost.store.base import Bucket
+    _, panel = app_panel
+    assert "0/50 messages 50/1h" in text(operator.get("/users"))
+    panel.store.hit([Bucket("rl:user:webfarm:msg:3600", 50, 3600.0, cost=40, label="50/1h")])
+    page = text(operator.get("/users"))
+    assert "40/50 messages 50/1h" in page and 'value="40"' in page
+
+
+def test_locks_page_lists_and_unlocks(operator, app_panel) -> None:
+    _, panel = app_panel
+    panel.store.set_lock("webfarm/bob@shop.example", "spam", 3600.0)
+    panel.store.set_lock("user:acme", "compromised", None, by="operator")
+    page = text(operator.get("/locks"))
+    assert "webfarm/bob@shop.example" in page and "user:acme" in page and "until unlocked" in page
+    operator.post("/lock", data={"csrf": csrf_of(page), "target": "acme", "action": "unlock",
+                                 "reason": "fixed", "back": "/locks"})
+    assert panel.store.get_lock("user:acme") is None
+    assert panel.store.get_lock("webfarm/bob@shop.example") is not None

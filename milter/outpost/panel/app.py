@@ -252,6 +252,10 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
             abort(404, f"no user '{user}' in the configuration")
         return render_template("identity.html", d=data)
 
+    @app.get("/locks")
+    def locks():
+        return render_template("locks.html", locks=panel.locks())
+
     @app.get("/blocked")
     def blocked():
         every = request.args.get("all") == "1"

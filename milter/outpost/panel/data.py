@@ -11,7 +11,8 @@ from typing import Optional
 from ..config import Config
 from ..core import keys
 from ..core.policy import Policy
-from ..ops import locks_data, split_identity, usage_data
+from ..core.types import Message
+from ..ops import locks_data, split_identity, usage_data, windows
 from ..stats import recent_identities, summary
 from ..store.base import STAT_PERIODS, DecisionEntry, Store
 from .charts import Series, bar_chart
@@ -130,12 +131,20 @@ class Panel:
         locked = {lk["key"] for lk in locks_data(self.store)}
         total = len(users)
         start = (max(page, 1) - 1) * PAGE
-        rows = [{"name": u.name, "type": u.type, "domains": sorted(u.domains)[:3],
-                 "more_domains": max(0, len(u.domains) - 3),
-                 "messages": hour.get("u:" + u.name, 0), "blocked": hour.get("ub:" + u.name, 0),
-                 "locked": keys.user_lock_key(u.name) in locked,
-                 "locked_identities": sum(1 for k in locked if k.startswith(u.name + "/"))}
-                for u in users[start:start + PAGE]]
+        shown = users[start:start + PAGE]
+        buckets = [[b for b in self.policy.buckets(Message(user_name=u.name, identity="-"), u, 1)
+                    if b.key.startswith("rl:user:")] for u in shown]
+        flat = [b for bs in buckets for b in bs]
+        states = iter(self.store.peek(flat)) if flat else iter(())
+        rows = []
+        for u, bs in zip(shown, buckets):
+            ws = windows([next(states) for _ in bs])
+            nearest = max(ws, key=lambda w: w["used"] / w["limit"]) if ws else None
+            rows.append({"name": u.name, "type": u.type, "domains": sorted(u.domains)[:3],
+                         "more_domains": max(0, len(u.domains) - 3),
+                         "messages": hour.get("u:" + u.name, 0), "blocked": hour.get("ub:" + u.name, 0),
+                         "locked": keys.user_lock_key(u.name) in locked, "nearest": nearest,
+                         "locked_identities": sum(1 for k in locked if k.startswith(u.name + "/"))})
         return {"rows": rows, "total": total, "page": max(page, 1),
                 "pages": max(1, -(-total // PAGE)), "query": query}
 
@@ -200,6 +209,9 @@ class Panel:
         return {"user": user_name, "identity": ident, "key": key, "usage": usage["windows"],
                 "lock": self.store.get_lock(key), "chart": chart, "decisions": log[:50],
                 "total_logged": len(log), "last_hour": sum(minutes)}
+
+    def locks(self) -> list[dict]:
+        return locks_data(self.store)
 
     # -- decision log -------------------------------------------------------------------
     def decisions(self, query: str = "", blocked_only: bool = True, page: int = 1) -> dict:
