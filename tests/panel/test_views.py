@@ -163,6 +163,9 @@ def test_overview_charts_and_top_users(operator, app_panel) -> None:
     assert "accepted (5)" in page and "refused (2)" in page and "spam (1)" in page
     assert 'href="/users/webfarm"' in page
     assert "memory:" in page and "reports are off" in page
+    assert "newest decision: none yet" in page
+    panel.store.decision_add([entry(1)])
+    assert "newest decision: none yet" not in text(operator.get("/"))
 
 
 def test_users_search(operator) -> None:
