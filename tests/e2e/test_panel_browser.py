@@ -249,8 +249,10 @@ def test_release_from_quarantine_whois_and_reports(browser, panel_url, postfix, 
         postfix.flush()
         got = sink.wait_for(2, timeout=30)
         assert any(m.headers("X-Outpost-Class") == ["spam"] for m in got)
-        # whois: the token of the delivered message names its sender
+        # the hold is in the blocked log; whois: a delivered message's token names its sender
         page.click("text=Blocked messages")
+        reload_until(page, held.queue_id, "the held message in the blocked log")
+        assert "held" in page.locator("tr", has_text=held.queue_id).inner_text()
         page.fill("input[name=token]", token)
         page.click("form.whois button")
         result = page.inner_text("#whois-result")
