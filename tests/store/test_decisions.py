@@ -150,3 +150,16 @@ def test_entry_json_ignores_unknown_fields() -> None:
 def test_series_bad_arguments(store: Store, period: str, count: int) -> None:
     with pytest.raises(ValueError):
         store.stat_series(period, count, ["m"])
+
+
+def test_a_long_read_comes_in_pages_without_repeats_or_gaps(make_store, backend) -> None:
+    """Redis reads the log a page at a time (``decision_chunk``); entries of
+    one flush share a score, so the pages must not lose or repeat them."""
+    store = make_store()
+    if backend == "redis":
+        getattr(store, "primary", store).decision_chunk = 2     # the backend behind its wrapper
+    store.decision_add([entry(n) for n in range(7)])
+    store.decision_add([entry(n) for n in range(7, 10)])
+    got = [e.queue_id for e in store.decision_read(100)]
+    assert got == [f"Q{n}" for n in range(9, -1, -1)]
+    assert [e.queue_id for e in store.decision_read(5)] == ["Q9", "Q8", "Q7", "Q6", "Q5"]

@@ -424,10 +424,11 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
 return 1
 """
 
-# KEYS: log.  ARGV: ttl seconds, limit.  The newest entries first.
+# KEYS: log.  ARGV: ttl seconds, highest score ('+inf' or a number), offset,
+# count.  The newest entries first, with their scores.
 _DECISION_READ = _PRELUDE + """
-return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. fmt(clock() - tonumber(ARGV[1])),
-                  'LIMIT', 0, tonumber(ARGV[2]))
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '(' .. fmt(clock() - tonumber(ARGV[1])),
+                  'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
 
@@ -673,13 +674,31 @@ class RedisStore(Store):
                                args=[s.max_decisions, repr(float(s.decision_ttl)),
                                      *[e.to_json() for e in entries]])
 
+    #: Entries a decision_read call fetches at a time (each call is short
+    #: enough for ``op_timeout``; the pages follow each other by score, so
+    #: entries added meanwhile neither repeat nor hide older ones).
+    decision_chunk = 2000
+
     def decision_read(self, limit: int) -> list[DecisionEntry]:
-        if limit < 1:
-            return []
-        with self._guard("decision_read"):
-            rows = self._decision_read(keys=[f"{self._p}dlog"],
-                                       args=[repr(float(self.settings.decision_ttl)), int(limit)])
-        return [DecisionEntry.from_json(bytes(r).partition(b"|")[2]) for r in rows]
+        out: list[DecisionEntry] = []
+        top, skip = "+inf", 0           # next page: scores <= top, after skipping ``skip``
+        while len(out) < limit:
+            want = min(self.decision_chunk, limit - len(out))
+            with self._guard("decision_read"):
+                flat = self._decision_read(keys=[f"{self._p}dlog"],
+                                           args=[repr(float(self.settings.decision_ttl)), top,
+                                                 skip, want])
+            rows = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            out += [DecisionEntry.from_json(bytes(m).partition(b"|")[2]) for m, _ in rows]
+            if len(rows) < want:
+                break
+            last = rows[-1][1]
+            ties = sum(1 for _, score in rows if score == last)
+            if top != "+inf" and ties == len(rows) and float(top) == float(last):
+                skip += ties            # the whole page shared the previous page's last score
+            else:
+                top, skip = _text(last), ties
+        return out
 
     # -- blobs --------------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:
