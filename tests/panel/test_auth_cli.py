@@ -98,3 +98,20 @@ def test_panel_without_accounts_does_not_start(tmp_path, capsys) -> None:
     cfg.write_text(panel_yaml().split("panel:")[0].replace("store: memory", f"store: sqlite:///{tmp_path}/s.db"))
     assert main(["panel", "-c", str(cfg)]) == 1
     assert "no panel accounts" in capsys.readouterr().err
+
+
+def test_panel_without_flask_says_what_to_install(tmp_path, capsys, monkeypatch) -> None:
+    import builtins
+    real_import = builtins.__import__
+
+    def no_flask(name, *args, **kwargs):
+        if name.split(".")[0] in ("flask", "waitress"):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+    for mod in [m for m in sys.modules if m.startswith("outpost.panel.app")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(builtins, "__import__", no_flask)
+    cfg = tmp_path / "outpost.yaml"
+    cfg.write_text(panel_yaml().replace("store: memory", f"store: sqlite:///{tmp_path}/s.db"))
+    assert main(["panel", "-c", str(cfg)]) == 1
+    assert "python3-waitress" in capsys.readouterr().err

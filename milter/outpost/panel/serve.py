@@ -23,7 +23,11 @@ def build(config: Config, settings: Optional[PanelSettings] = None):
     from ..core.idtoken import TokenCodec, read_secret
     from ..core.policy import Policy
     from ..runtime import open_shared_store
-    from .app import create_app
+    try:
+        from .app import create_app
+    except ImportError as exc:
+        raise PanelStartError(f"{exc}: the panel needs Flask and waitress (apt install python3-flask "
+                              f"python3-waitress, or pip install 'outpost-milter[panel]')") from None
     from .data import Panel
     settings = settings or config.panel
     if settings is None or not settings.users:
@@ -47,7 +51,11 @@ def build(config: Config, settings: Optional[PanelSettings] = None):
 
 
 def serve(config: Config, listen: Optional[str] = None) -> int:
-    import waitress
+    try:
+        import waitress
+    except ImportError as exc:
+        raise PanelStartError(f"{exc}: the panel is served by waitress (apt install python3-waitress, "
+                              f"or pip install 'outpost-milter[panel]')") from None
     settings = config.panel or PanelSettings()
     if listen:
         settings = replace(settings, listen=listen)
