@@ -5,14 +5,19 @@ Starts an SMTP sink (the "Internet"), a private Postfix whose submission and
 relay services call Outpost, and Outpost itself with an embedded example
 configuration and an sqlite store in a temporary directory.  Then it sends a
 few messages the way customers would, prints what happened to each and the
-headers that arrived, and stops everything.
+headers that arrived, starts the web panel (``outpost panel``) on the same
+store and prints its address and a demo login, and stops everything (on a
+terminal it first waits for Enter, so the panel can be visited).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.cookiejar
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
 
 from outpost.core.idtoken import new_secret  # noqa: E402
+from outpost.panel.auth import hash_password  # noqa: E402
 from tests.services.milter import MilterProcess  # noqa: E402
 from tests.services.postfix import PostfixInstance, free_port  # noqa: E402
 from tests.services.sendmail import SendmailInstance  # noqa: E402
@@ -108,6 +114,30 @@ def metrics_page(url: str, messages: int, timeout: float = 15.0) -> str:
         time.sleep(0.2)
 
 
+def panel_entries(url: str, password: str, timeout: float = 30.0) -> str:
+    """Log in to the panel as ``demo`` (as a browser would: the login form's
+    CSRF token, then the session cookie) and read the decision log's size."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with opener.open(url + "/login", timeout=5) as resp:
+                page = resp.read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"name": "demo", "password": password, "csrf": csrf}).encode()
+    with opener.open(url + "/login", data=form, timeout=10):
+        pass
+    with opener.open(url + "/blocked?all=1", timeout=10) as resp:
+        page = resp.read().decode()
+    found = re.search(r"<p>(\d+) entr", page)
+    return found.group(1) if found else "?"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mta", default="postfix", choices=["postfix", "sendmail"])
@@ -124,12 +154,16 @@ def main() -> int:
     secret.chmod(0o600)
     config = work / "outpost.yaml"
     metrics_port = free_port()
+    panel_port = free_port()
+    panel_password = secrets.token_urlsafe(9)
     sink = SmtpSink().start()
     abuse_desk = SmtpSink().start()
     config.write_text(f"secret_file: {secret}\nstore: sqlite:///{work}/state.db\n"
                       f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n"
                       f"reports: {{spool_dir: {work}/reports, poll_interval: 0.5, "
                       f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}, listener_auth: none}}\n"
+                      f"panel: {{listen: '127.0.0.1:{panel_port}', users: [{{name: demo, role: operator, "
+                      f"password_hash: '{hash_password(panel_password)}'}}]}}\n"
                       + CONFIG)
 
     mta_class = PostfixInstance if args.mta == "postfix" else SendmailInstance
@@ -138,6 +172,7 @@ def main() -> int:
     outpost = MilterProcess([sys.executable, "-m", "outpost", "run", "-c", str(config),
                              "--socket", "{socket}", "--workers", "2"],
                             postfix.milter_socket, env=env, log_path=work / "outpost.log")
+    panel = None
     try:
         print(f"{BOLD}Outpost demo{RESET} {DIM}(work directory {work}){RESET}")
         postfix.build()
@@ -235,8 +270,30 @@ def main() -> int:
         for line in outpost.log().splitlines():
             if "outpost.message" in line:
                 print("   " + line.split("outpost.message: ", 1)[-1])
+
+        panel_url = f"http://127.0.0.1:{panel_port}"
+        title(7, "the web panel (outpost panel) on the same store")
+        panel_log = open(work / "panel.log", "wb")
+        panel = subprocess.Popen([sys.executable, "-m", "outpost", "panel", "-c", str(config)],
+                                 env=env, stdout=panel_log, stderr=subprocess.STDOUT)
+        try:
+            entries = panel_entries(panel_url, panel_password)
+        except (OSError, AttributeError) as exc:
+            print(f"   {RED}the panel does not answer: {exc}{RESET}")
+        else:
+            print(f"   {BOLD}{panel_url}/{RESET}  log in as {BOLD}demo{RESET} / {BOLD}{panel_password}{RESET}"
+                  f" (operator)\n   its decision log holds {entries} messages from both workers")
+            if sys.stdin.isatty():
+                input("   press Enter to stop the demo (Postfix, Outpost and the panel)… ")
         return 0
     finally:
+        if panel is not None:
+            panel.terminate()
+            try:
+                panel.wait(10)
+            except subprocess.TimeoutExpired:
+                panel.kill()
+                panel.wait(10)
         outpost.stop(graceful=True, timeout=40)
         postfix.cleanup()
         sink.stop()

@@ -51,6 +51,7 @@ APT_PACKAGES=(
     python3-wheel
     fakeroot
     lintian            # ... and checks it (about 7 MB of packages in all)
+    chromium           # the panel's real-browser tests (Playwright drives the system browser)
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${OUTPOST_APT_EXTRA:-})
@@ -128,7 +129,7 @@ setup_venv() {
     local stamp="$VENV/.outpost-setup-stamp" digest
     digest="$(cat "$REPO/setup.cfg" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
-            && "$VENV/bin/python" -c 'import outpost, Milter, pytest, nacl, aiosmtpd, hypothesis, parsedmarc' 2>/dev/null; then
+            && "$VENV/bin/python" -c 'import outpost, Milter, pytest, nacl, aiosmtpd, hypothesis, parsedmarc, flask, waitress, playwright' 2>/dev/null; then
         log "venv up to date"
         return
     fi

@@ -426,6 +426,52 @@ def cmd_domains_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_panel(args: argparse.Namespace) -> int:
+    """``outpost panel``: serve the web panel; ``outpost panel passwd NAME``:
+    print a password hash for ``panel.users``."""
+    if args.action == "passwd":
+        return _panel_passwd(args)
+    if args.name:
+        print("outpost: 'outpost panel' takes no NAME (did you mean 'outpost panel passwd NAME'?)",
+              file=sys.stderr)
+        return 2
+    from .panel.serve import PanelStartError, serve
+    config = load_config(args.config)
+    _setup_logging(config.log)
+    try:
+        return serve(config, args.listen)
+    except (PanelStartError, ValueError, OSError) as exc:
+        logging.getLogger("outpost").error("panel cannot start: %s", exc)
+        return 1
+
+
+def _panel_passwd(args: argparse.Namespace) -> int:
+    import getpass
+    from .panel.auth import hash_password
+    from .panel.settings import PanelUser
+    if not args.name:
+        print("outpost: give the account name: outpost panel passwd NAME", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            print("outpost: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("outpost: a panel password needs at least 8 characters", file=sys.stderr)
+        return 1
+    try:
+        user = PanelUser(args.name, hash_password(password), args.role)
+    except ValueError as exc:
+        print(f"outpost: {exc}", file=sys.stderr)
+        return 2
+    print(f"# add under panel: users: in the configuration\n"
+          f"- {{name: {user.name}, role: {user.role}, password_hash: \"{user.password_hash}\"}}")
+    return 0
+
+
 def _duration(text: str) -> float:
     from .config.source import parse_duration
     try:
@@ -533,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     with_json(sp)
     sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
                     help="the Postfix instance's configuration directory (default /etc/postfix)")
+
+    sp = with_config(cmd("panel", cmd_panel, "serve the web panel (see docs/panel.rst); "
+                                             "'panel passwd NAME' prints a password hash"))
+    sp.add_argument("action", nargs="?", choices=["serve", "passwd"], default="serve")
+    sp.add_argument("name", nargs="?", help="passwd: the account name")
+    sp.add_argument("--listen", metavar="HOST:PORT", help="override panel.listen")
+    sp.add_argument("--role", choices=["viewer", "operator"], default="viewer",
+                    help="passwd: the role written in the printed line (default viewer)")
 
     sp = cmd("secret", cmd_secret, "create the secret file for X-Outpost-ID tokens")
     sp.add_argument("path")

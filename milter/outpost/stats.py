@@ -16,6 +16,8 @@ Counter names (one schema, read by :func:`summary`):
 ``q``               messages quarantined
 ``a:ACTION``        messages by action (``accept``, ``reject``, ``tempfail``,
                     ``discard``)
+``c:CLASS``         messages by spam class (``ham``, ``unsure``, ``spam``,
+                    ``unscannable``; scanned messages only)
 ``r:REASON``        refusals by reason (``rate_limit``, ``spam``, ``locked`` …)
 ``u:USER``          messages of a user; ``ur:USER`` its recipients,
                     ``ub:USER`` its refusals
@@ -23,18 +25,28 @@ Counter names (one schema, read by :func:`summary`):
                     minute buckets only, at most ``max_stat_names`` a minute)
 ==================  ==========================================================
 
-These counts live in the store and are meant for the command line; the
-Prometheus counters of the adapter are separate.
+These counts live in the store and are meant for the command line and the
+panel; the Prometheus counters of the adapter are separate.
+
+The same recorder keeps each answered message's :class:`DecisionEntry`
+(time, queue id, user, identity, action, reason, score, evidence, X-Outpost-ID;
+never content) and adds them to the store's decision log at the same flush
+(``outpost panel``'s recent decisions and blocked-message log).  At most
+:data:`MAX_PENDING_DECISIONS` wait for a flush: while the store fails the
+oldest are dropped and counted (``decisions_dropped``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
+from typing import Optional
 
+from .core.headers import clean
 from .core.types import Action, Decision, Message
-from .store.base import Store, StoreError
+from .store.base import DECISION_FIELD_MAX, DecisionEntry, Store, StoreError
 
 log = logging.getLogger("outpost.stats")
 
@@ -42,6 +54,30 @@ log = logging.getLogger("outpost.stats")
 FLUSH_INTERVAL = 2.0
 
 _BLOCKS = (Action.REJECT, Action.TEMPFAIL, Action.DISCARD)
+
+#: Most decision-log entries a process keeps for its next flush.
+MAX_PENDING_DECISIONS = 5000
+
+
+def decision_entry(msg: Message, decision: Decision, queue_id: str = "",
+                   when: Optional[float] = None) -> DecisionEntry:
+    """The decision-log entry of one answered message (cleaned, bounded)."""
+    def text(value: Optional[str]) -> str:
+        return clean(value, DECISION_FIELD_MAX) if value else ""
+    verdict = msg.verdict
+    evidence = getattr(verdict, "evidence", ()) or ()
+    score = getattr(verdict, "score", None)
+    return DecisionEntry(
+        time=time.time() if when is None else when,
+        action=decision.action.value, reason=text(decision.reason),
+        queue_id=text(queue_id or msg.queue_id), user=text(msg.user_name),
+        identity=text(msg.identity), login=text(msg.login), client_ip=text(msg.client_ip),
+        sender=text(msg.sender), recipients=len(msg.recipients),
+        score=round(float(score), 2) if score is not None else None,
+        spam_class=text(msg.spam_class),
+        evidence=tuple(text(f"{e.name}({e.points:.1f})") for e in evidence[:5]),
+        token=text(msg.token), reply=text(str(decision.reply)) if decision.reply else "",
+        quarantine=text(decision.quarantine))
 
 
 class StatsRecorder:
@@ -53,13 +89,26 @@ class StatsRecorder:
         self._mutex = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._recent: Counter[str] = Counter()
+        self._decisions: deque[DecisionEntry] = deque()
         self._failing = False
+        self._dlog_failing = False
+        #: decision-log entries dropped (store failing too long)
+        self.decisions_dropped = 0
+        #: flushes of the decision log that failed
+        self.decision_errors = 0
 
-    def record(self, msg: Message, decision: Decision) -> None:
-        """Count one message that got its final answer (``decision``)."""
+    def record(self, msg: Message, decision: Decision, queue_id: str = "") -> None:
+        """Count one message that got its final answer (``decision``) and
+        keep its decision-log entry."""
         action = decision.action
         if action is Action.CONTINUE:          # reset, aborted, closed: no answer
             return
+        entry = decision_entry(msg, decision, queue_id)
+        with self._mutex:
+            if len(self._decisions) >= MAX_PENDING_DECISIONS:
+                self._decisions.popleft()
+                self.decisions_dropped += 1
+            self._decisions.append(entry)
         rcpts = len(msg.recipients)
         blocked = action in _BLOCKS
         user = msg.user_name
@@ -73,6 +122,8 @@ class StatsRecorder:
                 c["r:" + (decision.reason or "-")] += 1
             if decision.quarantine:
                 c["q"] += 1
+            if msg.spam_class:
+                c["c:" + msg.spam_class] += 1
             if user:
                 c["u:" + user] += 1
                 c["ur:" + user] += rcpts
@@ -84,8 +135,38 @@ class StatsRecorder:
                         self._recent[name] += 1
 
     def flush(self) -> bool:
-        """Add the counts to the store (one call); on a store error they are
-        kept for the next flush.  Returns False when the store failed."""
+        """Add the counts to the store (one call), then the decision-log
+        entries (another); on a store error they are kept for the next
+        flush.  Returns False when the store failed."""
+        logged = self._flush_decisions()
+        return self._flush_counts() and logged
+
+    def _flush_decisions(self) -> bool:
+        with self._mutex:
+            entries, self._decisions = list(self._decisions), deque()
+        if not entries:
+            return True
+        try:
+            self.store.decision_add(entries)
+        except StoreError as exc:
+            with self._mutex:
+                self.decision_errors += 1
+                kept = deque(entries[-MAX_PENDING_DECISIONS:])
+                self.decisions_dropped += len(entries) - len(kept)
+                for e in self._decisions:
+                    if len(kept) >= MAX_PENDING_DECISIONS:
+                        kept.popleft()
+                        self.decisions_dropped += 1
+                    kept.append(e)
+                self._decisions = kept
+                first, self._dlog_failing = not self._dlog_failing, True
+            if first:
+                log.warning("decision log not stored (kept for the next try): %s", exc)
+            return False
+        self._dlog_failing = False
+        return True
+
+    def _flush_counts(self) -> bool:
         with self._mutex:
             counts, recent = self._counts, self._recent
             if not counts:
@@ -111,8 +192,16 @@ class StatsRecorder:
     def run(self, stop: threading.Event, interval: float = FLUSH_INTERVAL) -> None:
         """Flush every ``interval`` seconds until ``stop`` is set, then once more."""
         while not stop.wait(interval):
+            self._flush_logged()
+        self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        try:
             self.flush()
-        self.flush()
+        except Exception:  # noqa: BLE001 - statistics never stop the worker
+            with self._mutex:
+                self.decision_errors += 1
+            log.exception("message statistics flush failed")
 
 
 # -- reading (outpost stats) ---------------------------------------------------------------

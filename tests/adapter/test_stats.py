@@ -60,3 +60,31 @@ def test_counts_survive_a_failing_store(runtime, monkeypatch):
     ctx._close()
     assert runtime.stats.flush()
     assert runtime.store.stat_read("m", 60)["m"] == 2
+
+
+def test_decisions_reach_the_log_after_the_reply_and_a_failing_log_changes_no_answer(
+        runtime, monkeypatch):
+    from outpost.store.base import StoreError
+    ctx, rc = feed()
+    assert rc == Milter.CONTINUE
+    ctx._close()
+    ctx, rc = feed(ip="198.51.100.200")                 # nobody's address: 550
+    assert rc == Milter.REJECT
+    ctx._close()
+    assert runtime.store.decision_read(10) == []        # nothing on the reply path
+    assert runtime.stats.flush()
+    rejected, accepted = runtime.store.decision_read(10)
+    assert (accepted.action, accepted.user, accepted.identity) == ("accept", "webfarm", "1001")
+    assert accepted.token                                # its X-Outpost-ID
+    assert (rejected.action, rejected.reason) == ("reject", "unknown_sender")
+    assert rejected.reply.startswith("550 ")
+
+    def down(entries):
+        raise StoreError("down")
+    monkeypatch.setattr(runtime.store, "decision_add", down)
+    ctx, rc = feed()
+    assert rc == Milter.CONTINUE                         # the answer does not change
+    ctx._close()
+    assert not runtime.stats.flush()
+    assert runtime.stats.decision_errors == 1
+    assert runtime.store.stat_read("m", 60)["m"] == 3    # the counts went on

@@ -73,7 +73,10 @@ def test_package_contents(built):
                  "/usr/share/doc/outpost/examples/prometheus/alerts.yml",
                  "/usr/share/doc/outpost/configuration.rst.gz",
                  "/usr/share/doc/outpost/copyright",
-                 "/usr/lib/python3/dist-packages/outpost/data/default_model.bin"):
+                 "/usr/lib/python3/dist-packages/outpost/data/default_model.bin",
+                 "/lib/systemd/system/outpost-panel.service",
+                 "/usr/lib/python3/dist-packages/outpost/panel/templates/base.html",
+                 "/usr/lib/python3/dist-packages/outpost/panel/static/panel.css"):
         assert path in files, path
     # contrib/ and the man pages once, through dh_installexamples / dh_installman
     assert not [p for p in files if p.startswith("/usr/share/doc/outpost-milter")]
@@ -82,6 +85,9 @@ def test_package_contents(built):
     for dep in ("python3-milter", "python3-dkim", "python3-spf", "python3-idna",
                 "python3-prometheus-client", "adduser"):
         assert dep in info
+    recommends = subprocess.run(["dpkg-deb", "-f", deb, "Recommends"], capture_output=True,
+                                text=True, check=True).stdout
+    assert "python3-flask" in recommends and "python3-waitress" in recommends    # the panel
     unit = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, check=True).stdout
     text = subprocess.run(["tar", "xO", "./lib/systemd/system/outpost.service"], input=unit,
                           capture_output=True, check=True).stdout.decode()

@@ -186,7 +186,7 @@ class OutpostMilter(Milter.Base):
             self.policy.log_message(self.session, decision, queue_id, msg)
             if self.runtime.stats is not None:
                 try:
-                    self.runtime.stats.record(msg, decision)
+                    self.runtime.stats.record(msg, decision, queue_id)
                 except Exception:  # noqa: BLE001 - statistics never decide a message's fate
                     log.warning("message statistics not counted", exc_info=True)
             if self._metrics is not None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..effects.reports import ReportSettings
     from ..effects.resolver import ResolverSettings
     from ..effects.spf import SpfSettings
+    from ..panel.settings import PanelSettings
     from ..spam.bayes import BayesCheckSettings
     from ..spam.blocklists import BlocklistSettings
     from ..spam.bulk import BulkSettings
@@ -273,6 +274,7 @@ class Config:
     log: LogSettings = LogSettings()
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
     metrics: Optional[MetricsSettings] = None  # None: no metrics endpoint
+    panel: Optional["PanelSettings"] = None    # None: no panel: block (outpost panel)
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
 

@@ -123,6 +123,7 @@ class TopLevel:
     spf: Optional[Node] = None
     log: Optional[Node] = None
     metrics: Optional[Node] = None
+    panel: Optional[Node] = None
 
 
 #: The top-level keys (the fields of :class:`TopLevel`).
@@ -196,6 +197,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     reports = grab(lambda: _reports(opt("reports"), abuse_to, top.hostname), None) if abuse_to else None
     log = grab(lambda: _log(opt("log"), top.log_level), LogSettings())
     metrics = grab(lambda: _metrics(top.metrics) if top.metrics is not None else None, None)
+    from ..panel.settings import PanelSettings          # the panel: block (outpost panel)
+    panel = grab(lambda: settings_from(top.panel, PanelSettings) if top.panel is not None else None, None)
     errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
@@ -224,6 +227,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         max_header_bytes=top.max_header_bytes,
         log=log,
         metrics=metrics,
+        panel=panel,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )

@@ -14,8 +14,9 @@ Any backend failure raises :class:`StoreError`; callers apply the configured
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Optional, Sequence
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Optional, Sequence
 
 
 class StoreError(Exception):
@@ -93,6 +94,53 @@ def stat_buckets(period: str, now: float, count: int) -> list[int]:
         raise ValueError(f"stat_read: count must be 1..{kept} for period {period!r}")
     cur = int(now // width)
     return [cur - i for i in range(count)]
+
+
+#: Longest text kept in one field of a :class:`DecisionEntry`.
+DECISION_FIELD_MAX = 320
+
+
+@dataclass(frozen=True)
+class DecisionEntry:
+    """One message's final answer in the decision log (``outpost panel``).
+
+    Only what Outpost decided and the headers it stamped: never a body, never
+    a header the client wrote.  Texts are cleaned and bounded when stored.
+    """
+
+    time: float                 # epoch seconds (the worker's clock when it was answered)
+    action: str                 # accept | reject | tempfail | discard
+    reason: str = ""            # rate_limit, spam, locked, ... ('' when accepted)
+    queue_id: str = ""
+    user: str = ""
+    identity: str = ""
+    login: str = ""
+    client_ip: str = ""
+    sender: str = ""
+    recipients: int = 0
+    score: Optional[float] = None
+    spam_class: str = ""
+    evidence: tuple[str, ...] = ()   # the strongest checks, ``name(points)``
+    token: str = ""                  # its X-Outpost-ID
+    reply: str = ""                  # the SMTP reply given ('' when accepted)
+    quarantine: str = ""             # held with this reason
+
+    @property
+    def blocked(self) -> bool:
+        return self.action in ("reject", "tempfail", "discard") or bool(self.quarantine)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: "str | bytes") -> "DecisionEntry":
+        """The entry stored as ``text`` (unknown fields are ignored, so an
+        older panel reads a newer relay's entries)."""
+        data: dict[str, Any] = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        data["evidence"] = tuple(str(e) for e in data.get("evidence") or ())
+        return cls(**data)
 
 
 class Store(abc.ABC):
@@ -207,6 +255,25 @@ class Store(abc.ABC):
     def stat_read(self, period: str, count: int) -> dict[str, int]:
         """The counters summed over the ``count`` newest buckets of
         ``period`` (``m`` or ``h``), the current one included."""
+
+    @abc.abstractmethod
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        """The counters ``names`` of each of the ``count`` newest buckets of
+        ``period``, the current one first (a name missing from a bucket is
+        absent from its dict); ``m`` includes the recent identity names."""
+
+    # -- decision log (outpost panel) -----------------------------------------
+    @abc.abstractmethod
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        """Append to the decision log, which keeps the newest
+        ``settings.max_decisions`` entries of at most
+        ``settings.decision_ttl`` seconds (one call per flush of a process'
+        answered messages)."""
+
+    @abc.abstractmethod
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        """Up to ``limit`` newest entries of the decision log, newest first."""
 
     # -- small named blobs (operator-trained spam model, …) ------------------
     @abc.abstractmethod

@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
-from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
                    stat_buckets)
 from .locks import LockRecord
 from .owners import slot_owner
@@ -65,6 +65,8 @@ class MemoryStore(Store):
         self._blobs: dict[str, bytes] = {}
         self._stats: dict[tuple[str, int], Counter[str]] = {}
         self._conns: dict[str, set[str]] = {}
+        self._decisions: deque[tuple[float, DecisionEntry]] = deque(
+            maxlen=self.settings.max_decisions)
         self._next_sweep = 0.0
 
     def now(self) -> float:
@@ -259,6 +261,44 @@ class MemoryStore(Store):
                 if period == "m":
                     total.update(self._stats.get(("r", index), {}))
             return dict(total)
+
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        wanted = set(names)
+        with self._mutex:
+            out = []
+            for index in stat_buckets(period, self._clock(), count):
+                row: dict[str, int] = {}
+                kinds = (period, "r") if period == "m" else (period,)
+                for kind in kinds:
+                    for name, n in self._stats.get((kind, index), {}).items():
+                        if name in wanted:
+                            row[name] = row.get(name, 0) + n
+                out.append(row)
+            return out
+
+    # -- decision log ------------------------------------------------------------------
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        with self._mutex:
+            now = self._clock()
+            self._decisions.extend((now, e) for e in entries)
+            self._trim_decisions(now)
+
+    def _trim_decisions(self, now: float) -> None:
+        cutoff = now - self.settings.decision_ttl
+        log = self._decisions
+        while log and log[0][0] <= cutoff:
+            log.popleft()
+
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        with self._mutex:
+            self._trim_decisions(self._clock())
+            out = []
+            for _t, entry in reversed(self._decisions):
+                if len(out) >= limit:
+                    break
+                out.append(entry)
+            return out
 
     # -- blobs -------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:

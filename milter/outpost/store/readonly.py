@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .base import Bucket, FingerprintStats, HitResult, Lock, Store
+from .base import Bucket, DecisionEntry, FingerprintStats, HitResult, Lock, Store
 from .memory import MemoryStore
 from .wrapper import StoreWrapper
 
@@ -61,6 +61,9 @@ class ReadOnlyStore(StoreWrapper):
 
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:
+        pass
+
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
         pass
 
     def put_blob(self, name: str, data: bytes) -> None:

@@ -23,6 +23,9 @@ Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 ``P st:h:<hour>``              hash: the same of one hour (kept 1 day)
 ``P st:r:<minute>``            hash: recent identities of one minute (at most
                                ``max_stat_names`` fields, kept 1 h)
+``P dlog``                     sorted set: the decision log, ``seq|JSON`` by
+                               server time (at most ``max_decisions``, none
+                               older than ``decision_ttl``)
 ``P blob:<name>``              string: blob
 ``P conn:<ip>``                set: connection slots ``host:pid:n``
 ``P alive:<host>:<pid>``       heartbeat of a process (TTL ``heartbeat_ttl``)
@@ -42,7 +45,7 @@ import redis as redis_lib
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
                    StoreError, stat_buckets)
 from .owners import slot_owner
 from .windows import (EPSILON, SUBWINDOWS, WindowCounts, bucket_id, bucket_key_of, bucket_state,
@@ -389,6 +392,46 @@ def redact_url(url: str) -> str:
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
+# ARGV: key prefix ("P st:"), period, width, count, then the names.  Returns one
+# list of counts (false: none) per bucket and kind: m then r for period m.
+_STAT_SERIES = _PRELUDE + """
+local now, width, count = clock(), tonumber(ARGV[3]), tonumber(ARGV[4])
+local cur = math.floor(now / width)
+local names = {}
+for i = 5, #ARGV do names[#names + 1] = ARGV[i] end
+local kinds = {ARGV[2]}
+if ARGV[2] == 'm' then kinds[2] = 'r' end
+local out = {}
+for i = 0, count - 1 do
+  for _, kind in ipairs(kinds) do
+    out[#out + 1] = redis.call('HMGET', ARGV[1] .. kind .. ':' .. string.format('%.0f', cur - i),
+                               unpack(names))
+  end
+end
+return out
+"""
+
+# KEYS: log, seq.  ARGV: max entries, ttl seconds, then one JSON entry each.
+_DECISION_ADD = _PRELUDE + """
+local now, most, ttl = clock(), tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = #ARGV - 2
+local last = redis.call('INCRBY', KEYS[2], n)
+for i = 1, n do
+  redis.call('ZADD', KEYS[1], now, string.format('%016d', last - n + i) .. '|' .. ARGV[i + 2])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', fmt(now - ttl))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(most + 1))
+redis.call('PEXPIRE', KEYS[1], math.ceil(ttl * 1000))
+return 1
+"""
+
+# KEYS: log.  ARGV: ttl seconds, highest score ('+inf' or a number), offset,
+# count.  The newest entries first, with their scores.
+_DECISION_READ = _PRELUDE + """
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '(' .. fmt(clock() - tonumber(ARGV[1])),
+                  'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
+"""
+
 
 class RedisStore(Store):
     """Store in a Redis server (``redis://[:password@]host:port/db`` or
@@ -418,6 +461,8 @@ class RedisStore(Store):
         self._acquire, self._count = reg(_CONN_ACQUIRE), reg(_CONN_COUNT)
         self._alive, self._gone = reg(_ALIVE), reg(_GONE)
         self._stat_add, self._stat_read = reg(_STAT_ADD), reg(_STAT_READ)
+        self._stat_series = reg(_STAT_SERIES)
+        self._decision_add, self._decision_read = reg(_DECISION_ADD), reg(_DECISION_READ)
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -597,6 +642,63 @@ class RedisStore(Store):
         for i in range(0, len(flat), 2):
             name = _text(flat[i])
             out[name] = out.get(name, 0) + int(flat[i + 1])
+        return out
+
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        width, _ = STAT_PERIODS[period]
+        stat_buckets(period, 0.0, count)                 # validates the arguments
+        names = list(dict.fromkeys(names))
+        if not names:
+            return [{} for _ in range(count)]
+        with self._guard("stat_series"):
+            rows = self._stat_series(keys=[], args=[f"{self._p}st:", period, repr(float(width)),
+                                                    count, *names])
+        kinds = 2 if period == "m" else 1
+        out: list[dict[str, int]] = []
+        for i in range(count):
+            row: dict[str, int] = {}
+            for values in rows[i * kinds:(i + 1) * kinds]:
+                for name, n in zip(names, values):
+                    if n is not None:
+                        row[name] = row.get(name, 0) + int(n)
+            out.append(row)
+        return out
+
+    # -- decision log ---------------------------------------------------------------------------
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        if not entries:
+            return
+        s = self.settings
+        with self._guard("decision_add"):
+            self._decision_add(keys=[f"{self._p}dlog", f"{self._p}seq"],
+                               args=[s.max_decisions, repr(float(s.decision_ttl)),
+                                     *[e.to_json() for e in entries]])
+
+    #: Entries a decision_read call fetches at a time (each call is short
+    #: enough for ``op_timeout``; the pages follow each other by score, so
+    #: entries added meanwhile neither repeat nor hide older ones).
+    decision_chunk = 2000
+
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        out: list[DecisionEntry] = []
+        top, skip = "+inf", 0           # next page: scores <= top, after skipping ``skip``
+        while len(out) < limit:
+            want = min(self.decision_chunk, limit - len(out))
+            with self._guard("decision_read"):
+                flat = self._decision_read(keys=[f"{self._p}dlog"],
+                                           args=[repr(float(self.settings.decision_ttl)), top,
+                                                 skip, want])
+            rows = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            out += [DecisionEntry.from_json(bytes(m).partition(b"|")[2]) for m, _ in rows]
+            if len(rows) < want:
+                break
+            last = rows[-1][1]
+            ties = sum(1 for _, score in rows if score == last)
+            if top != "+inf" and ties == len(rows) and float(top) == float(last):
+                skip += ties            # the whole page shared the previous page's last score
+            else:
+                top, skip = _text(last), ties
         return out
 
     # -- blobs --------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ class StoreSettings:
     #: Most per-identity names a minute bucket of the message statistics
     #: keeps (``outpost top``'s list of recently active identities).
     max_stat_names: int = 5000
+    #: Most entries the decision log keeps (``outpost panel``: recent
+    #: decisions and the blocked-message log, all relays).
+    max_decisions: int = 20000
+    #: Oldest entry the decision log keeps, seconds.
+    decision_ttl: float = 7 * 86400.0
     #: How long the auto-unlock count of a key without a lock is kept, seconds.
     lock_history_ttl: float = 30 * 86400.0
     #: ``tempfail``, ``accept`` or ``local`` (see docs/configuration.rst, "State store").
@@ -56,11 +61,11 @@ class StoreSettings:
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "op_timeout", "heartbeat_ttl", "busy_timeout",
-                     "sweep_interval", "lock_history_ttl", "retry_interval"):
+                     "sweep_interval", "lock_history_ttl", "retry_interval", "decision_ttl"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"store setting {name} must be a number > 0, got {value!r}")
-        for name in ("max_events", "max_fingerprint_entries", "max_stat_names"):
+        for name in ("max_events", "max_fingerprint_entries", "max_stat_names", "max_decisions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"store setting {name} must be an integer >= 1, got {value!r}")

@@ -20,7 +20,7 @@ import time
 from types import TracebackType
 from typing import Iterator, Optional, Sequence
 
-from .base import (STAT_PERIODS, Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
+from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
                    StoreError, stat_buckets)
 from .filelock import FileLock
 from .locks import LockRecord
@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS stat (
     expires REAL NOT NULL, PRIMARY KEY (period, idx, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stat_expires ON stat (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decision (id INTEGER PRIMARY KEY, t REAL NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decision_t ON decision (t);
 """
 
 _POOL_SIZE = 16
@@ -429,6 +431,43 @@ class SqliteStore(Store):
                 f"SELECT name, sum(n) FROM stat WHERE period IN ({marks}) AND idx BETWEEN ? AND ? "
                 f"AND expires > ? GROUP BY name", (*periods, index[-1], index[0], now)).fetchall()
         return {name: int(n) for name, n in rows}
+
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        now = time.time()
+        index = stat_buckets(period, now, count)
+        names = list(dict.fromkeys(names))
+        out: list[dict[str, int]] = [{} for _ in index]
+        if not names:
+            return out
+        periods = (period, "r") if period == "m" else (period,)
+        with self._conn() as db:
+            rows = db.execute(
+                f"SELECT idx, name, sum(n) FROM stat WHERE period IN ({','.join('?' * len(periods))}) "
+                f"AND idx BETWEEN ? AND ? AND expires > ? AND name IN ({','.join('?' * len(names))}) "
+                f"GROUP BY idx, name", (*periods, index[-1], index[0], now, *names)).fetchall()
+        for idx, name, n in rows:
+            out[index[0] - int(idx)][name] = int(n)
+        return out
+
+    # -- decision log ---------------------------------------------------------------------------
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        if not entries:
+            return
+        keep = self.settings.max_decisions
+        with self._tx() as db:
+            now = time.time()
+            db.executemany("INSERT INTO decision (t, data) VALUES (?, ?)",
+                           [(now, e.to_json()) for e in entries])
+            db.execute("DELETE FROM decision WHERE id <= (SELECT max(id) FROM decision) - ?", (keep,))
+            db.execute("DELETE FROM decision WHERE t <= ?", (now - self.settings.decision_ttl,))
+
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        now = time.time()
+        with self._conn() as db:
+            rows = db.execute("SELECT data FROM decision WHERE t > ? ORDER BY id DESC LIMIT ?",
+                              (now - self.settings.decision_ttl, max(0, int(limit)))).fetchall()
+        return [DecisionEntry.from_json(data) for (data,) in rows]
 
     def put_blob(self, name: str, data: bytes) -> None:
         with self._write() as db:

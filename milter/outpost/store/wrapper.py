@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar, cast
 
-from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store
+from .base import Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store
 
 if TYPE_CHECKING:                  # Python 3.10+; annotations only (3.9 runs this too)
     from typing import Concatenate, ParamSpec
@@ -97,6 +97,16 @@ class StoreWrapper(Store):
 
     def stat_read(self, period: str, count: int) -> dict[str, int]:
         return self._forward(Store.stat_read, period, count)
+
+    def stat_series(self, period: str, count: int,
+                    names: Sequence[str]) -> list[dict[str, int]]:
+        return self._forward(Store.stat_series, period, count, names)
+
+    def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
+        self._forward(Store.decision_add, entries)
+
+    def decision_read(self, limit: int) -> list[DecisionEntry]:
+        return self._forward(Store.decision_read, limit)
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._forward(Store.put_blob, name, data)
