@@ -120,8 +120,15 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         store = opt("store").str() if "store" in top else "sqlite:///var/lib/outpost/state.db"
         if store == "memory":                    # `store: memory:` is not valid YAML unquoted
             store = "memory:"
-        if not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
-            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB)")
+        if store.startswith(("redis+sentinel://", "rediss+sentinel://")):
+            from ..store.redis import parse_sentinel_url
+            try:
+                parse_sentinel_url(store)
+            except ValueError as exc:
+                raise opt("store").error(str(exc)) from None
+        elif not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
+            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB, "
+                                     "redis+sentinel://HOST:PORT,.../SERVICE/DB)")
         return store
     store = grab(store_url, "memory:")
 

@@ -6,7 +6,10 @@
 * ``sqlite:///abs/path/outpost.db`` — one host, many processes
   (:class:`~outpost.store.sqlite.SqliteStore`; the parent folder is created);
 * ``redis://[:password@]host:port/db`` or ``rediss://…`` (TLS) — a cluster
-  (:class:`~outpost.store.redis.RedisStore`).
+  (:class:`~outpost.store.redis.RedisStore`);
+* ``redis+sentinel://[:password@]host1:26379,host2:26379/mymaster/0`` (or
+  ``rediss+sentinel://…``) — the same, on the master that Redis Sentinels
+  name (:func:`~outpost.store.redis.parse_sentinel_url`).
 
 A sqlite or Redis store comes wrapped in a
 :class:`~outpost.store.resilient.ResilientStore`: with
@@ -51,8 +54,12 @@ def open_store(url: str, settings: Optional[StoreSettings] = None) -> Store:
     elif scheme in ("redis", "rediss"):
         from .redis import RedisStore
         store = RedisStore(url, settings)
+    elif scheme in ("redis+sentinel", "rediss+sentinel"):
+        from .redis import RedisStore
+        store = RedisStore(url, settings)
     else:
         raise ValueError(f"store URL {url!r}: unknown scheme {scheme!r}; expected "
-                         "memory:, sqlite:///abs/path or redis://host:port/db (rediss:// for TLS)")
+                         "memory:, sqlite:///abs/path, redis://host:port/db (rediss:// for TLS) "
+                         "or redis+sentinel://host:port,host:port/service/db")
     from .resilient import ResilientStore
     return ResilientStore(store, settings)

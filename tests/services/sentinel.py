@@ -1,0 +1,208 @@
+"""A Redis master, one replica and three Redis Sentinels on 127.0.0.1 (free
+ports, no persistence), for tests of the ``redis+sentinel://`` store.
+
+Every process runs in the foreground as a child of the test process (a
+Sentinel is ``redis-server CONF --sentinel``: Debian's redis-server carries
+Sentinel; the ``redis-sentinel`` package only adds a service unit).  The
+Sentinels are tuned to fail over within a few seconds:
+``down-after-milliseconds`` 1000, ``failover-timeout`` 5000::
+
+    with SentinelCluster() as cluster:
+        url = cluster.url                   # redis+sentinel://127.0.0.1:P1,.../mymaster/0
+        cluster.kill_master()               # SIGKILL
+        cluster.wait_for_failover()         # the Sentinels name the replica
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import redis
+
+from tests.services.poll import wait_until
+from tests.services.redis import RedisServer, free_port
+
+SERVICE = "mymaster"
+
+
+class Sentinel:
+    """One Sentinel process (``redis-server CONF --sentinel``)."""
+
+    def __init__(self, exe: str, directory: Path, master_port: int, *,
+                 down_after_ms: int, failover_timeout_ms: int, quorum: int) -> None:
+        self.exe = exe
+        self.port = free_port()
+        self.dir = directory
+        self.conf = directory / "sentinel.conf"
+        # Sentinel rewrites its configuration file (it must be writable).
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {directory}\n"
+            f"loglevel notice\nlogfile {directory / 'sentinel.log'}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
+            f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n")
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> "Sentinel":
+        self.proc = subprocess.Popen([self.exe, str(self.conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis("127.0.0.1", self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def master_state(self) -> dict:
+        """``SENTINEL MASTER mymaster`` as a dict ({} while it does not answer)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"Sentinel on port {self.port} exited; see "
+                               f"{self.dir / 'sentinel.log'}")
+        c = self.client()
+        try:
+            return c.sentinel_master(SERVICE)
+        except redis.RedisError:
+            return {}
+        finally:
+            c.close()
+
+    def log(self) -> str:
+        path = self.dir / "sentinel.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+class SentinelCluster:
+    """Master + replica + ``sentinels`` Sentinels (quorum: a majority)."""
+
+    def __init__(self, *, sentinels: int = 3, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 5000, start_timeout: float = 30.0) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server not found (apt-get install redis-server)")
+        self.exe = exe
+        self.dir = Path(tempfile.mkdtemp(prefix="outpost-sentinel-"))
+        self.start_timeout = start_timeout
+        self.master = RedisServer()
+        self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.sentinels = []
+        for i in range(sentinels):
+            d = self.dir / f"s{i}"
+            d.mkdir()
+            self.sentinels.append(Sentinel(exe, d, self.master.port, down_after_ms=down_after_ms,
+                                           failover_timeout_ms=failover_timeout_ms,
+                                           quorum=sentinels // 2 + 1))
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> "SentinelCluster":
+        """Start everything; return once the replica is in sync and every
+        Sentinel sees the replica and the other Sentinels (only then can
+        they agree on a failover)."""
+        try:
+            self.master.start()
+            self.replica.start()
+            for s in self.sentinels:
+                s.start()
+            others = len(self.sentinels) - 1
+            wait_until(lambda: self.replica_in_sync(),
+                       timeout=self.start_timeout, what="the replica in sync with the master")
+            wait_until(lambda: all(
+                (st := s.master_state()) and int(st.get("num-slaves", 0)) >= 1
+                and int(st.get("num-other-sentinels", 0)) >= others
+                for s in self.sentinels),
+                timeout=self.start_timeout, what="every Sentinel seeing the replica and the others")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def master_port(self) -> Optional[int]:
+        """The master's port as the first Sentinel that answers names it."""
+        for s in self.sentinels:
+            c = s.client()
+            try:
+                addr = c.sentinel_get_master_addr_by_name(SERVICE)
+            except redis.RedisError:
+                continue
+            finally:
+                c.close()
+            if addr:
+                return int(addr[1])
+        return None
+
+    def replica_in_sync(self) -> bool:
+        """The replica's link is up and it has every write the master made."""
+        m = redis.Redis("127.0.0.1", self.master.port, socket_timeout=2)
+        r = redis.Redis("127.0.0.1", self.replica.port, socket_timeout=2)
+        try:
+            mi, ri = m.info("replication"), r.info("replication")
+        except redis.RedisError:
+            return False
+        finally:
+            m.close()
+            r.close()
+        return (ri.get("master_link_status") == "up"
+                and ri.get("slave_repl_offset") == mi.get("master_repl_offset"))
+
+    def kill_master(self) -> float:
+        """SIGKILL the master (no shutdown, no save); return the monotonic time."""
+        assert self.master.proc is not None
+        self.master.proc.kill()
+        at = time.monotonic()
+        self.master.stop()
+        return at
+
+    def wait_for_failover(self, timeout: float = 30.0) -> float:
+        """Wait until every Sentinel names the replica as master and the
+        replica says it is one; return the monotonic time."""
+        def promoted() -> bool:
+            for s in self.sentinels:
+                c = s.client()
+                try:
+                    addr = c.sentinel_get_master_addr_by_name(SERVICE)
+                except redis.RedisError:
+                    return False
+                finally:
+                    c.close()
+                if not addr or int(addr[1]) != self.replica.port:
+                    return False
+            r = redis.Redis("127.0.0.1", self.replica.port, socket_timeout=2)
+            try:
+                return r.info("replication").get("role") == "master"
+            except redis.RedisError:
+                return False
+            finally:
+                r.close()
+        try:
+            wait_until(promoted, timeout=timeout, what="the Sentinels promoting the replica")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- sentinel log ---\n"
+                                 f"{self.sentinels[0].log()[-3000:]}") from None
+        return time.monotonic()
+
+    def close(self) -> None:
+        for s in self.sentinels:
+            s.stop()
+        self.replica.close()
+        self.master.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "SentinelCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
