@@ -514,14 +514,13 @@ class RedisStore(Store):
             retry=Retry(NoBackoff(), s.retries, supported_errors=(redis_lib.ConnectionError,)),
             retry_on_timeout=False, health_check_interval=0)
         self._sentinel: Optional[Sentinel] = None
-        try:
-            if url.split(":", 1)[0].lower() in SENTINEL_SCHEMES:
-                self._r, self._sentinel = _sentinel_client(parse_sentinel_url(url), s,
-                                                           **connection)
-            else:
+        if url.split(":", 1)[0].lower() in SENTINEL_SCHEMES:
+            self._r, self._sentinel = _sentinel_client(parse_sentinel_url(url), s, **connection)
+        else:
+            try:
                 self._r = redis_lib.Redis.from_url(url, **connection)
-        except ValueError as exc:
-            raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
+            except ValueError as exc:
+                raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
         self._p = s.key_prefix
         self._ttl_ms = int(math.ceil(s.heartbeat_ttl * 1000))
         self._hist_ms = int(math.ceil(s.lock_history_ttl * 1000))
