@@ -16,6 +16,8 @@ Sentinels are tuned to fail over within a few seconds:
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -30,11 +32,39 @@ from tests.services.redis import RedisServer, free_port
 SERVICE = "mymaster"
 
 
+class TlsRedisServer(RedisServer):
+    """A ``redis-server`` that speaks only TLS on its port (certificate
+    ``cert``, clients not asked for one; replication over TLS too)."""
+
+    def __init__(self, cert: Path, key: Path, extra_args: tuple[str, ...] = ()) -> None:
+        port = free_port()
+        super().__init__(port, extra_args=(
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+            "--tls-auth-clients", "no", "--tls-replication", "yes", *extra_args))
+        self.cert = cert
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.cert}"
+
+    def _ping(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.cert))
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw, \
+                    context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
 class Sentinel:
     """One Sentinel process (``redis-server CONF --sentinel``)."""
 
     def __init__(self, exe: str, directory: Path, master_port: int, *,
-                 down_after_ms: int, failover_timeout_ms: int, quorum: int) -> None:
+                 down_after_ms: int, failover_timeout_ms: int, quorum: int,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.exe = exe
         self.port = free_port()
         self.dir = directory
@@ -47,6 +77,11 @@ class Sentinel:
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n")
+        if tls:                       # plain port for clients, TLS to the Redis servers
+            cert, key = tls
+            with self.conf.open("a") as fh:
+                fh.write(f"tls-replication yes\ntls-cert-file {cert}\ntls-key-file {key}\n"
+                         f"tls-ca-cert-file {cert}\n")
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     def start(self) -> "Sentinel":
@@ -83,30 +118,53 @@ class Sentinel:
 
 
 class SentinelCluster:
-    """Master + replica + ``sentinels`` Sentinels (quorum: a majority)."""
+    """Master + replica + ``sentinels`` Sentinels (quorum: a majority).
+    ``tls=True``: master and replica speak only TLS (a self-signed
+    certificate for 127.0.0.1, ``self.cert``); the Sentinels listen in plain
+    text and reach them over TLS."""
 
     def __init__(self, *, sentinels: int = 3, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 5000, start_timeout: float = 30.0) -> None:
+                 failover_timeout_ms: int = 5000, start_timeout: float = 30.0,
+                 tls: bool = False) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
         self.exe = exe
         self.dir = Path(tempfile.mkdtemp(prefix="outpost-sentinel-"))
         self.start_timeout = start_timeout
-        self.master = RedisServer()
-        self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        self.tls = tls
+        self.cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        if tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                            "-keyout", str(key), "-out", str(self.cert)],
+                           check=True, capture_output=True, timeout=30)
+            self.master = TlsRedisServer(self.cert, key)
+            self.replica = TlsRedisServer(self.cert, key, extra_args=(
+                "--replicaof", "127.0.0.1", str(self.master.port)))
+        else:
+            self.master = RedisServer()
+            self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1",
+                                                   str(self.master.port)))
         self.sentinels = []
         for i in range(sentinels):
             d = self.dir / f"s{i}"
             d.mkdir()
             self.sentinels.append(Sentinel(exe, d, self.master.port, down_after_ms=down_after_ms,
                                            failover_timeout_ms=failover_timeout_ms,
-                                           quorum=sentinels // 2 + 1))
+                                           quorum=sentinels // 2 + 1,
+                                           tls=(self.cert, key) if tls else None))
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        if self.tls:
+            return f"rediss+sentinel://{hosts}/{SERVICE}/0?ssl_ca_certs={self.cert}"
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def _client(self, server: RedisServer) -> redis.Redis:
+        return redis.Redis.from_url(server.url, socket_timeout=2)
 
     def start(self) -> "SentinelCluster":
         """Start everything; return once the replica is in sync and every
@@ -146,8 +204,7 @@ class SentinelCluster:
 
     def replica_in_sync(self) -> bool:
         """The replica's link is up and it has every write the master made."""
-        m = redis.Redis("127.0.0.1", self.master.port, socket_timeout=2)
-        r = redis.Redis("127.0.0.1", self.replica.port, socket_timeout=2)
+        m, r = self._client(self.master), self._client(self.replica)
         try:
             mi, ri = m.info("replication"), r.info("replication")
         except redis.RedisError:
@@ -180,7 +237,7 @@ class SentinelCluster:
                     c.close()
                 if not addr or int(addr[1]) != self.replica.port:
                     return False
-            r = redis.Redis("127.0.0.1", self.replica.port, socket_timeout=2)
+            r = self._client(self.replica)
             try:
                 return r.info("replication").get("role") == "master"
             except redis.RedisError:

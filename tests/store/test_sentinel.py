@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from outpost.config import ConfigError, parse_config
-from outpost.store import Bucket, StoreSettings, open_store
+from outpost.store import Bucket, StoreError, StoreSettings, open_store
 from outpost.store.redis import RedisStore, SentinelTarget, parse_sentinel_url, redact_url
 from outpost.store.resilient import ResilientStore
 from tests.services.sentinel import SentinelCluster
@@ -139,3 +139,24 @@ def test_store_follows_a_failover_and_keeps_what_was_replicated(cluster: Sentine
     finally:
         new.close()
     store.close()
+
+
+def test_rediss_sentinel_speaks_tls_to_the_master() -> None:
+    """``rediss+sentinel://``: the Sentinels answer in plain text, the master
+    only over TLS (checked against ``ssl_ca_certs``); the plain scheme on
+    the same cluster cannot talk to it."""
+    with SentinelCluster(tls=True) as c:
+        assert c.url.startswith("rediss+sentinel://")
+        store = open_store(c.url, StoreSettings(key_prefix="tls:", on_store_error="tempfail"))
+        bucket = [Bucket("alice/alice@example.com", 1, 60.0)]
+        assert [store.hit(bucket).allowed for _ in range(2)] == [True, False]
+        store.close()
+        plain = open_store(c.url.replace("rediss+", "redis+").split("?")[0],
+                           StoreSettings(key_prefix="tls:", on_store_error="tempfail"))
+        with pytest.raises(StoreError):
+            plain.hit(bucket)
+        plain.close()
+        wrong_ca = open_store(c.url.split("?")[0], StoreSettings(on_store_error="tempfail"))
+        with pytest.raises(StoreError, match="certificate verify failed"):
+            wrong_ca.hit(bucket)                  # no CA given: the self-signed one is refused
+        wrong_ca.close()
