@@ -54,7 +54,7 @@ class TlsRedisServer(RedisServer):
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw, \
                     context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -64,7 +64,8 @@ class Sentinel:
 
     def __init__(self, exe: str, directory: Path, master_port: int, *,
                  down_after_ms: int, failover_timeout_ms: int, quorum: int,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, password: str | None = None,
+                 own_password: str | None = None) -> None:
         self.exe = exe
         self.port = free_port()
         self.dir = directory
@@ -77,6 +78,12 @@ class Sentinel:
             f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
             f"sentinel failover-timeout {SERVICE} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SERVICE} 1\n")
+        self.own_password = own_password
+        with self.conf.open("a") as fh:
+            if password:              # the Redis servers' requirepass
+                fh.write(f"sentinel auth-pass {SERVICE} {password}\n")
+            if own_password:          # the Sentinel's own
+                fh.write(f"requirepass {own_password}\n")
         if tls:                       # plain port for clients, TLS to the Redis servers
             cert, key = tls
             with self.conf.open("a") as fh:
@@ -90,7 +97,8 @@ class Sentinel:
         return self
 
     def client(self) -> redis.Redis:
-        return redis.Redis("127.0.0.1", self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis("127.0.0.1", self.port, socket_timeout=2, socket_connect_timeout=2,
+                           password=self.own_password)
 
     def master_state(self) -> dict:
         """``SENTINEL MASTER mymaster`` as a dict ({} while it does not answer)."""
@@ -121,11 +129,14 @@ class SentinelCluster:
     """Master + replica + ``sentinels`` Sentinels (quorum: a majority).
     ``tls=True``: master and replica speak only TLS (a self-signed
     certificate for 127.0.0.1, ``self.cert``); the Sentinels listen in plain
-    text and reach them over TLS."""
+    text and reach them over TLS.  ``password``: the Redis servers'
+    ``requirepass`` (and ``masterauth``, ``sentinel auth-pass``);
+    ``sentinel_password``: the Sentinels' own ``requirepass``."""
 
     def __init__(self, *, sentinels: int = 3, down_after_ms: int = 1000,
                  failover_timeout_ms: int = 5000, start_timeout: float = 30.0,
-                 tls: bool = False) -> None:
+                 tls: bool = False, password: str | None = None,
+                 sentinel_password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
@@ -133,6 +144,8 @@ class SentinelCluster:
         self.dir = Path(tempfile.mkdtemp(prefix="outpost-sentinel-"))
         self.start_timeout = start_timeout
         self.tls = tls
+        self.password, self.sentinel_password = password, sentinel_password
+        auth = ("--requirepass", password, "--masterauth", password) if password else ()
         self.cert, key = self.dir / "cert.pem", self.dir / "key.pem"
         if tls:
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
@@ -140,12 +153,12 @@ class SentinelCluster:
                             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                             "-keyout", str(key), "-out", str(self.cert)],
                            check=True, capture_output=True, timeout=30)
-            self.master = TlsRedisServer(self.cert, key)
+            self.master = TlsRedisServer(self.cert, key, extra_args=auth)
             self.replica = TlsRedisServer(self.cert, key, extra_args=(
-                "--replicaof", "127.0.0.1", str(self.master.port)))
+                *auth, "--replicaof", "127.0.0.1", str(self.master.port)))
         else:
-            self.master = RedisServer()
-            self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1",
+            self.master = RedisServer(extra_args=auth)
+            self.replica = RedisServer(extra_args=(*auth, "--replicaof", "127.0.0.1",
                                                    str(self.master.port)))
         self.sentinels = []
         for i in range(sentinels):
@@ -154,17 +167,21 @@ class SentinelCluster:
             self.sentinels.append(Sentinel(exe, d, self.master.port, down_after_ms=down_after_ms,
                                            failover_timeout_ms=failover_timeout_ms,
                                            quorum=sentinels // 2 + 1,
-                                           tls=(self.cert, key) if tls else None))
+                                           tls=(self.cert, key) if tls else None,
+                                           password=password, own_password=sentinel_password))
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        if self.tls:
-            return f"rediss+sentinel://{hosts}/{SERVICE}/0?ssl_ca_certs={self.cert}"
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        auth = f":{self.password}@" if self.password else ""
+        query = [f"ssl_ca_certs={self.cert}"] if self.tls else []
+        if self.sentinel_password:
+            query.append(f"sentinel_password={self.sentinel_password}")
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{auth}{hosts}/{SERVICE}/0" + ("?" + "&".join(query) if query else "")
 
     def _client(self, server: RedisServer) -> redis.Redis:
-        return redis.Redis.from_url(server.url, socket_timeout=2)
+        return redis.Redis.from_url(server.url, socket_timeout=2, password=self.password)
 
     def start(self) -> "SentinelCluster":
         """Start everything; return once the replica is in sync and every

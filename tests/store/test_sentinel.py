@@ -160,3 +160,23 @@ def test_rediss_sentinel_speaks_tls_to_the_master() -> None:
         with pytest.raises(StoreError, match="certificate verify failed"):
             wrong_ca.hit(bucket)                  # no CA given: the self-signed one is refused
         wrong_ca.close()
+
+
+def test_passwords_of_redis_and_of_the_sentinels() -> None:
+    """Redis servers with ``requirepass`` (the password in the URL) and
+    Sentinels with one of their own (``?sentinel_password=``); without
+    either the store cannot work."""
+    with SentinelCluster(password="redis-pw", sentinel_password="sentinel-pw") as c:
+        bucket = [Bucket("alice/alice@example.com", 5, 60.0)]
+        settings = StoreSettings(key_prefix="pw:", on_store_error="tempfail")
+        store = open_store(c.url, settings)
+        assert store.hit(bucket).allowed and store.peek(bucket)[0].used == 1
+        assert "redis-pw" not in store.url and "sentinel-pw" not in store.url
+        store.close()
+        for url in (c.url.replace("sentinel_password=sentinel-pw", "sentinel_password=wrong"),
+                    c.url.replace(":redis-pw@", "")):
+            other = open_store(url, settings)
+            with pytest.raises(StoreError) as exc:
+                other.hit(bucket)
+            assert "redis-pw" not in str(exc.value) and "sentinel-pw" not in str(exc.value)
+            other.close()
