@@ -14,7 +14,10 @@ through ``redis+sentinel://`` and once straight to the same master
 (``redis-direct``, the fair comparison: both pay the replication), first in
 one process, then in ``--procs`` (2) processes at once, and prints
 operations per second with the ratio to the memory backend measured in the
-same run.
+same run.  Then ``--rounds`` (5) rounds of Sentinel against the same master
+direct, back to back in alternating order, and the median and quartiles of
+the ratio Sentinel / direct (one process and ``--procs``): on a busy
+machine single runs scatter more than the two differ.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import multiprocessing
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="processes of the second run")
     ap.add_argument("--no-sentinel", action="store_true",
                     help="skip the Redis-behind-Sentinel rows")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of Sentinel against direct (0: none)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="outpost-bench-")
     server = cluster = None
@@ -104,6 +110,18 @@ def main() -> None:
             one = run(url, args.seconds, 0, args.op) / args.seconds
             many = run_procs(url, args.seconds, args.procs, args.op)
             rows.append((name, one, many))
+        ratios: dict[str, list[float]] = {"1": [], str(args.procs): []}
+        if cluster is not None:
+            for r in range(args.rounds):
+                pair = [urls["sentinel"], urls["redis-direct"]]
+                if r % 2:
+                    pair.reverse()
+                got = {}
+                for url in pair:
+                    got[url] = (run(url, args.seconds, 0, args.op) / args.seconds,
+                                run_procs(url, args.seconds, args.procs, args.op))
+                for i, key in enumerate(ratios):
+                    ratios[key].append(got[urls["sentinel"]][i] / got[urls["redis-direct"]][i])
     finally:
         if server is not None:
             server.close()
@@ -118,6 +136,11 @@ def main() -> None:
         print(f"{name:12} {one:16,.0f} {one / base:7.3f} {many:18,.0f} {many / base:7.3f}")
     print(f"(memory with {args.procs} processes: separate, unshared stores; sentinel and "
           "redis-direct: the same master, with one replica)")
+    for procs, values in ratios.items():
+        if len(values) >= 2:
+            q1, _, q3 = statistics.quantiles(values, n=4)
+            print(f"sentinel / redis-direct, {procs} process(es), {len(values)} rounds: "
+                  f"median {statistics.median(values):.3f} (quartiles {q1:.3f}-{q3:.3f})")
 
 
 if __name__ == "__main__":
