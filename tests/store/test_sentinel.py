@@ -180,3 +180,22 @@ def test_passwords_of_redis_and_of_the_sentinels() -> None:
                 other.hit(bucket)
             assert "redis-pw" not in str(exc.value) and "sentinel-pw" not in str(exc.value)
             other.close()
+
+
+def test_check_config_strict_asks_the_store_through_the_sentinels(
+        sentinel_cluster: SentinelCluster, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from outpost.cli import main
+    from outpost.core.idtoken import new_secret
+    secret = tmp_path / "secret"
+    secret.write_bytes(new_secret())
+    secret.chmod(0o600)
+    head = f"secret_file: {secret}\nreports: {{enabled: false}}\n"
+    config = tmp_path / "outpost.yaml"
+    config.write_text(f"store: '{sentinel_cluster.url}'\n" + head + CONFIG)
+    assert main(["check-config", "--strict", "-c", str(config)]) == 0
+    # a master name the Sentinels do not monitor: the store does not answer
+    config.write_text(f"store: '{sentinel_cluster.url.replace('/mymaster/', '/nosuch/')}'\n"
+                      + head + CONFIG)
+    capsys.readouterr()
+    assert main(["check-config", "--strict", "-c", str(config)]) == 3
+    assert "No master found for 'nosuch'" in capsys.readouterr().err
