@@ -107,11 +107,12 @@ class Sentinel:
                                f"{self.dir / 'sentinel.log'}")
         c = self.client()
         try:
-            return c.sentinel_master(SERVICE)
+            state = c.sentinel_master(SERVICE)
         except redis.RedisError:
             return {}
         finally:
             c.close()
+        return state if isinstance(state, dict) else {}
 
     def log(self) -> str:
         path = self.dir / "sentinel.log"
@@ -147,6 +148,8 @@ class SentinelCluster:
         self.password, self.sentinel_password = password, sentinel_password
         auth = ("--requirepass", password, "--masterauth", password) if password else ()
         self.cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        self.master: RedisServer
+        self.replica: RedisServer
         if tls:
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
@@ -215,7 +218,7 @@ class SentinelCluster:
                 continue
             finally:
                 c.close()
-            if addr:
+            if isinstance(addr, (list, tuple)) and addr:
                 return int(addr[1])
         return None
 
@@ -252,7 +255,7 @@ class SentinelCluster:
                     return False
                 finally:
                     c.close()
-                if not addr or int(addr[1]) != self.replica.port:
+                if not isinstance(addr, (list, tuple)) or int(addr[1]) != self.replica.port:
                     return False
             r = self._client(self.replica)
             try:

@@ -127,8 +127,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
             except ValueError as exc:
                 raise opt("store").error(str(exc)) from None
         elif not store.startswith(("memory:", "sqlite:///", "redis://", "rediss://", "unix://")):
-            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, redis://HOST:PORT/DB, "
-                                     "redis+sentinel://HOST:PORT,.../SERVICE/DB)")
+            raise opt("store").error(f"'{store}' is not a store URL (memory:, sqlite:///PATH, "
+                                     "redis://HOST:PORT/DB, redis+sentinel://HOST:PORT,.../SERVICE/DB)")
         return store
     store = grab(store_url, "memory:")
 
