@@ -113,6 +113,16 @@ def relays(cluster_and_relays) -> list[tuple[PostfixInstance, Outpost]]:
     return cluster_and_relays[1]
 
 
+@pytest.fixture
+def sink(relays, smtp_sink):  # noqa: F811
+    """The module's sink, emptied once both relays have nothing in flight
+    (a message of an earlier test recorded later would count as this one's)."""
+    for pf, _ in relays:
+        pf.drain()
+    smtp_sink.clear()
+    return smtp_sink
+
+
 SEQ = iter(range(1, 1_000_000))
 SEQ_LOCK = threading.Lock()
 
@@ -136,6 +146,7 @@ def check_delivered(sink, relays, accepted: set[int]) -> None:
         assert len(seqs) == 1, m.data[:500]
         got[int(seqs[0])] = m
     assert set(got) == accepted, (sorted(set(got) - accepted), sorted(accepted - set(got)))
+    assert len(msgs) == len(got), "a message was delivered twice"
     for seq, m in got.items():
         ids, users = m.headers("X-Outpost-ID"), m.headers("X-Outpost-User")
         assert len(ids) == 1 and len(users) == 1, (seq, m.data[:800])
