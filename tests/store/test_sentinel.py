@@ -40,6 +40,7 @@ def test_sentinel_url_is_parsed() -> None:
                            "&ssl_ca_certs=/etc/ca.pem")
     assert (t.tls, t.db, t.username, t.password) == (True, 0, "u", "p@ss")
     assert dict(t.options) == {"sentinel_password": "sp", "ssl_ca_certs": "/etc/ca.pem"}
+    assert "p@ss" not in repr(t) and "sp" not in repr(t).replace("sentinels", "")
 
 
 @pytest.mark.parametrize("url, says", [
@@ -51,6 +52,7 @@ def test_sentinel_url_is_parsed() -> None:
     ("redis+sentinel://h1/m/zero", "/SERVICE/DB (DB a number)"),
     ("redis+sentinel://h1/m/0/1", "/SERVICE/DB"),
     ("redis+sentinel://:secret@h1/m/0?password=x", "unknown parameter(s) password"),
+    ("rediss+sentinel://h1/m/0?ssl_cert_reqs=maybe", "ssl_cert_reqs must be required, optional"),
 ])
 def test_bad_sentinel_urls_are_refused_without_showing_the_password(url: str, says: str) -> None:
     with pytest.raises(ValueError) as exc:

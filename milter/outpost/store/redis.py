@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -411,10 +411,10 @@ class SentinelTarget:
     service: str
     db: int = 0
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
     tls: bool = False
     #: the query parameters of :data:`SENTINEL_QUERY` that were given
-    options: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
@@ -461,6 +461,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if unknown:
         raise ValueError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
                          f"known: {', '.join(SENTINEL_QUERY)}")
+    reqs = dict(options).get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("required", "optional", "none"):
+        raise ValueError(f"{where}: ssl_cert_reqs must be required, optional or none")
     return SentinelTarget(
         sentinels=tuple(sentinels), service=unquote(parts[0]),
         db=int(parts[1]) if len(parts) == 2 else 0, username=username, password=password,
