@@ -196,8 +196,12 @@ def test_check_config_strict_asks_the_store_through_the_sentinels(
     config.write_text(f"store: '{sentinel_cluster.url}'\n" + head + CONFIG)
     assert main(["check-config", "--strict", "-c", str(config)]) == 0
     # a master name the Sentinels do not monitor: the store does not answer
-    config.write_text(f"store: '{sentinel_cluster.url.replace('/mymaster/', '/nosuch/')}'\n"
-                      + head + CONFIG)
+    # (and the passwords in the URL are not shown)
+    url = sentinel_cluster.url.replace("/mymaster/", "/nosuch/").replace(
+        "redis+sentinel://", "redis+sentinel://:topsecret@") + "?sentinel_password=alsosecret"
+    config.write_text(f"store: '{url}'\n" + head + CONFIG)
     capsys.readouterr()
     assert main(["check-config", "--strict", "-c", str(config)]) == 3
-    assert "No master found for 'nosuch'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "No master found for 'nosuch'" in err
+    assert "secret" not in err, err
