@@ -1,15 +1,23 @@
 """Rate-limit check+count (or connection-slot) throughput of the store backends.
 
-Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL] [--op hit|slot]``
+Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL] [--op hit|slot]
+[--procs N] [--no-sentinel]``
 
 With ``--op hit`` (the default) each operation is one ``Store.hit()`` over
 two buckets (a per-minute and a per-hour limit of one of 200 users; limits
 high enough that everything is admitted, so every call writes).  With
 ``--op slot`` it is what every SMTP connection costs: ``conn_acquire()``
 then ``conn_release()`` of a slot for one of 200 client IPs.  Runs memory, sqlite (temp file) and Redis
-(a throw-away ``redis-server`` on loopback unless ``--redis-url``), first in
-one process, then in 2 processes at once, and prints operations per second
-with the ratio to the memory backend measured in the same run.
+(a throw-away ``redis-server`` on loopback unless ``--redis-url``), then
+Redis behind Sentinel: a throw-away master + replica + 3 Sentinels, once
+through ``redis+sentinel://`` and once straight to the same master
+(``redis-direct``, the fair comparison: both pay the replication), first in
+one process, then in ``--procs`` (2) processes at once, and prints
+operations per second with the ratio to the memory backend measured in the
+same run.  Then ``--rounds`` (5) rounds of Sentinel against the same master
+direct, back to back in alternating order, and the median and quartiles of
+the ratio Sentinel / direct (one process and ``--procs``): on a busy
+machine single runs scatter more than the two differ.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import multiprocessing
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +36,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
 
 from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
 from tests.services.redis import RedisServer  # noqa: E402
+from tests.services.sentinel import SentinelCluster  # noqa: E402
 
 
 def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:
@@ -77,31 +87,60 @@ def main() -> None:
     ap.add_argument("--redis-url")
     ap.add_argument("--op", choices=("hit", "slot"), default="hit",
                     help="hit(): a rate-limit check; slot: take and free a connection slot")
+    ap.add_argument("--procs", type=int, default=2, help="processes of the second run")
+    ap.add_argument("--no-sentinel", action="store_true",
+                    help="skip the Redis-behind-Sentinel rows")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of Sentinel against direct (0: none)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="outpost-bench-")
-    server = None
+    server = cluster = None
     redis_url = args.redis_url
-    if redis_url is None:
-        server = RedisServer().start()
-        redis_url = server.url
-    urls = {"memory": "memory:", "sqlite": f"sqlite://{tmp}/bench.db", "redis": redis_url}
     try:
+        if redis_url is None:
+            server = RedisServer().start()
+            redis_url = server.url
+        urls = {"memory": "memory:", "sqlite": f"sqlite://{tmp}/bench.db", "redis": redis_url}
+        if not args.no_sentinel:
+            cluster = SentinelCluster().start()
+            urls["sentinel"] = cluster.url
+            urls["redis-direct"] = cluster.master.url
         rows = []
         for name, url in urls.items():
             one = run(url, args.seconds, 0, args.op) / args.seconds
-            two = run_procs(url, args.seconds, 2, args.op)
-            rows.append((name, one, two))
+            many = run_procs(url, args.seconds, args.procs, args.op)
+            rows.append((name, one, many))
+        ratios: dict[str, list[float]] = {"1": [], str(args.procs): []}
+        if cluster is not None:
+            for r in range(args.rounds):
+                pair = [urls["sentinel"], urls["redis-direct"]]
+                if r % 2:
+                    pair.reverse()
+                got = {}
+                for url in pair:
+                    got[url] = (run(url, args.seconds, 0, args.op) / args.seconds,
+                                run_procs(url, args.seconds, args.procs, args.op))
+                for i, key in enumerate(ratios):
+                    ratios[key].append(got[urls["sentinel"]][i] / got[urls["redis-direct"]][i])
     finally:
         if server is not None:
             server.close()
+        if cluster is not None:
+            cluster.close()
     base = rows[0][1]
     what = "hit() over 2 buckets" if args.op == "hit" else "conn_acquire() + conn_release()"
     print(f"{what}, {args.seconds:g} s per run, ratio to memory (1 process)")
-    print(f"{'backend':8} {'1 process ops/s':>16} {'ratio':>7} "
-          f"{'2 processes ops/s':>18} {'ratio':>7}")
-    for name, one, two in rows:
-        print(f"{name:8} {one:16,.0f} {one / base:7.3f} {two:18,.0f} {two / base:7.3f}")
-    print("(memory with 2 processes: two separate, unshared stores)")
+    print(f"{'backend':12} {'1 process ops/s':>16} {'ratio':>7} "
+          f"{f'{args.procs} processes ops/s':>18} {'ratio':>7}")
+    for name, one, many in rows:
+        print(f"{name:12} {one:16,.0f} {one / base:7.3f} {many:18,.0f} {many / base:7.3f}")
+    print(f"(memory with {args.procs} processes: separate, unshared stores; sentinel and "
+          "redis-direct: the same master, with one replica)")
+    for procs, values in ratios.items():
+        if len(values) >= 2:
+            q1, _, q3 = statistics.quantiles(values, n=4)
+            print(f"sentinel / redis-direct, {procs} process(es), {len(values)} rounds: "
+                  f"median {statistics.median(values):.3f} (quartiles {q1:.3f}-{q3:.3f})")
 
 
 if __name__ == "__main__":

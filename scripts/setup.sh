@@ -28,7 +28,9 @@ APT_PACKAGES=(
     libsasl2-modules   # PLAIN/LOGIN mechanisms (only a Recommends of libsasl2-2)
     openssl            # self-signed certificate of the test Postfix (STARTTLS/465)
     swaks              # manual SMTP testing
-    redis-server       # shared-state store tests
+    redis-server       # shared-state store tests; also the Sentinels of the Sentinel tests
+                       # (`redis-server CONF --sentinel`: no redis-sentinel package, whose
+                       # service would start a Sentinel on port 26379)
     spamassassin       # SpamAssassin as an extra engine (tests) and the quality benchmark baseline
     spamd              # ... its daemon, spoken to over the spamd protocol
     rspamd             # rspamd as an extra engine (HTTP /checkv2), tests

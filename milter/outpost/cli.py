@@ -138,7 +138,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 finally:
                     store.close()
             except (StoreError, ValueError, OSError) as exc:
-                store_errors.append(f"store {config.store}: {exc}")
+                from .store.redis import redact_url
+                store_errors.append(f"store {redact_url(config.store)}: {exc}")
     summary = None
     if config is not None:
         summary = {"users": len(config.users), "networks": sum(len(u.ips) for u in config.users),
@@ -352,7 +353,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = model.to_bytes()
     store.put_blob(MODEL_BLOB, data)
     print(f"trained on {model.nspam} spam and {model.nham} ham messages; "
-          f"{len(data)} bytes stored in {config.store} (reload Outpost to use it)")
+          f"{len(data)} bytes stored in {store.url} (reload Outpost to use it)")
     return 0
 
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 
 def free_port() -> int:
@@ -25,13 +25,15 @@ def free_port() -> int:
 class RedisServer:
     """``with RedisServer() as srv: srv.url`` — a real Redis for tests."""
 
-    def __init__(self, port: Optional[int] = None, start_timeout: float = 10.0) -> None:
+    def __init__(self, port: Optional[int] = None, start_timeout: float = 10.0,
+                 extra_args: Sequence[str] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found (apt-get install redis-server)")
         self.exe = exe
         self.port = port or free_port()
         self.start_timeout = start_timeout
+        self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="outpost-redis-")
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -43,7 +45,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))   # NOAUTH: requirepass
         except OSError:
             return False
 
@@ -52,7 +54,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
-             "--loglevel", "warning"],
+             "--loglevel", "warning", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

@@ -9,8 +9,9 @@ import pytest
 
 from outpost.store import Store, StoreSettings, open_store
 from tests.services.redis import RedisServer
+from tests.services.sentinel import SentinelCluster
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "sentinel"]
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +20,21 @@ def redis_server() -> Iterator[RedisServer]:
         yield srv
 
 
+@pytest.fixture(scope="session")
+def sentinel_cluster() -> Iterator[SentinelCluster]:
+    """Master + replica + 3 Sentinels; the ``sentinel`` backend's store
+    (no test may fail it over: tests/store/test_sentinel.py has its own)."""
+    with SentinelCluster() as cluster:
+        yield cluster
+
+
 def backend_url(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
     if backend == "memory":
         return "memory:"
     if backend == "sqlite":
         return f"sqlite://{tmp_path}/state/outpost.db"
+    if backend == "sentinel":
+        return request.getfixturevalue("sentinel_cluster").url
     return request.getfixturevalue("redis_server").url
 
 

@@ -8,7 +8,10 @@ into a store:
 * ``sqlite:///abs/path/outpost.db`` — one host, many processes
   (:class:`~outpost.store.sqlite.SqliteStore`; the parent folder is created);
 * ``redis://[:password@]host:port/db`` or ``rediss://…`` (TLS) — a cluster
-  (:class:`~outpost.store.redis.RedisStore`).
+  (:class:`~outpost.store.redis.RedisStore`);
+* ``redis+sentinel://[:password@]host1:26379,host2:26379/mymaster/0`` (or
+  ``rediss+sentinel://…``) — the same, on the master that Redis Sentinels
+  name (:func:`~outpost.store.redis.parse_sentinel_url`).
 
 A sqlite or Redis store comes wrapped in a
 :class:`~outpost.store.resilient.ResilientStore`: with
@@ -48,7 +51,7 @@ def open_store(url: Union[str, StoreURL], settings: Optional[StoreSettings] = No
         from .sqlite import SqliteStore
         assert parsed.path is not None
         store = SqliteStore(parsed.path, settings)
-    else:                                       # redis, rediss
+    else:                                       # redis, rediss, redis+sentinel, rediss+sentinel
         from .redis import RedisStore
         store = RedisStore(parsed.text, settings)
     from .resilient import ResilientStore

@@ -5,8 +5,10 @@ server).  Time is always the Redis server's ``TIME`` taken inside the
 script, never a relay's clock, so relays with skewed clocks agree.  Socket
 timeouts are short (``StoreSettings.connect_timeout`` / ``op_timeout``) and
 every Redis failure raises :class:`~outpost.store.base.StoreError`.  Works
-with a standalone Redis (or one behind Sentinel), not Redis Cluster (the
-scripts touch keys they do not declare).
+with a standalone Redis, or one behind Redis Sentinel
+(``redis+sentinel://``, see :func:`parse_sentinel_url`: the master is
+discovered through the Sentinels and found again after a failover), not
+Redis Cluster (the scripts touch keys they do not declare).
 
 Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 
@@ -38,12 +40,14 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
                    StoreError, stat_buckets)
@@ -380,13 +384,122 @@ _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL with any password (also a ``sentinel_password`` in the
+    query) replaced by ``***`` (for logs and errors)."""
+    parts = original = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "sentinel_password" for k, _ in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k == "sentinel_password" else v) for k, v in query], safe="*/"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    return url if parts == original else urlunsplit(parts)
+
+
+#: URL schemes of a Redis behind Sentinel (``rediss+``: TLS to the Redis
+#: servers; the Sentinels themselves are spoken to in plain text).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+#: Query parameters a Sentinel URL may carry.
+SENTINEL_QUERY = ("sentinel_username", "sentinel_password",
+                  "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names (see :func:`parse_sentinel_url`)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    tls: bool = False
+    #: the query parameters of :data:`SENTINEL_QUERY` that were given
+    options: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Parse ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    (``rediss+sentinel://`` for TLS to the master); a port defaults to
+    26379, the db to 0; ``user:password`` is the Redis servers' (AUTH),
+    ``?sentinel_password=…`` (and ``sentinel_username``) the Sentinels'.
+
+    Raises ValueError (the message never shows a password)."""
+    where = f"store URL {redact_url(url)}"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError(f"{where}: expected redis+sentinel://HOST:PORT,.../SERVICE/DB")
+    netloc, _, tail = rest.partition("/")
+    tail, _, query = tail.partition("?")
+    username = password = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    sentinels = []
+    for item in netloc.split(","):
+        item = item.strip()
+        host, port = item, "26379"
+        if item.startswith("["):                        # [::1]:26379
+            host, _, after = item[1:].partition("]")
+            if after:
+                if not after.startswith(":"):
+                    raise ValueError(f"{where}: bad Sentinel address {item!r}")
+                port = after[1:]
+        elif ":" in item:
+            host, port = item.rsplit(":", 1)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{where}: bad Sentinel address {item!r} (use host:port)")
+        sentinels.append((host, int(port)))
+    parts = tail.split("/") if tail else []
+    if not parts or not parts[0]:
+        raise ValueError(f"{where}: name the master: .../SERVICE/DB (e.g. /mymaster/0)")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"{where}: the path must be /SERVICE or /SERVICE/DB (DB a number)")
+    options = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted({k for k, _ in options} - set(SENTINEL_QUERY))
+    if unknown:
+        raise ValueError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(SENTINEL_QUERY)}")
+    reqs = dict(options).get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("required", "optional", "none"):
+        raise ValueError(f"{where}: ssl_cert_reqs must be required, optional or none")
+    return SentinelTarget(
+        sentinels=tuple(sentinels), service=unquote(parts[0]),
+        db=int(parts[1]) if len(parts) == 2 else 0, username=username, password=password,
+        tls=scheme.lower() == "rediss+sentinel", options=tuple(options))
+
+
+def _sentinel_client(target: SentinelTarget, settings: StoreSettings,
+                     **connection: Any) -> tuple[redis_lib.Redis, Sentinel]:
+    """A client of the master that ``target``'s Sentinels name.  Each new
+    connection asks the Sentinels (in turn, first the last one that
+    answered) which server is the master; a connection that breaks, or that
+    finds its server demoted to a replica (READONLY), is dropped, and the
+    retry connects to the master the Sentinels name then."""
+    options = dict(target.options)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.op_timeout,
+        # One try per Sentinel: the next Sentinel is the retry.
+        "retry": Retry(NoBackoff(), 0),
+    }
+    for key in ("username", "password"):
+        if options.get(f"sentinel_{key}"):
+            sentinel_kwargs[key] = options[f"sentinel_{key}"]
+    master: dict[str, Any] = dict(connection, db=target.db, username=target.username,
+                                  password=target.password)
+    if target.tls:
+        master["ssl"] = True
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if key in options:
+                master[key] = options[key]
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(target.service, **master), sentinel
 
 
 def _text(value: Any) -> str:
@@ -435,21 +548,26 @@ return redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '(' .. fmt(clock() - ton
 
 class RedisStore(Store):
     """Store in a Redis server (``redis://[:password@]host:port/db`` or
-    ``rediss://`` for TLS)."""
+    ``rediss://`` for TLS), or in the master that Redis Sentinels name
+    (``redis+sentinel://…``, see :func:`parse_sentinel_url`)."""
 
     def __init__(self, url: str, settings: Optional[StoreSettings] = None) -> None:
         self.settings = s = settings or StoreSettings()
         self.url = redact_url(url)
-        try:
-            self._r = redis_lib.Redis.from_url(
-                url, socket_connect_timeout=s.connect_timeout, socket_timeout=s.op_timeout,
-                # Retry connection failures only: a timed-out script may have run
-                # and a retry would count it twice.
-                retry=Retry(NoBackoff(), s.retries,
-                            supported_errors=(redis_lib.ConnectionError,)),
-                retry_on_timeout=False, health_check_interval=0)
-        except ValueError as exc:
-            raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
+        connection: dict[str, Any] = dict(
+            socket_connect_timeout=s.connect_timeout, socket_timeout=s.op_timeout,
+            # Retry connection failures only: a timed-out script may have run
+            # and a retry would count it twice.
+            retry=Retry(NoBackoff(), s.retries, supported_errors=(redis_lib.ConnectionError,)),
+            retry_on_timeout=False, health_check_interval=0)
+        self._sentinel: Optional[Sentinel] = None
+        if url.split(":", 1)[0].lower() in SENTINEL_SCHEMES:
+            self._r, self._sentinel = _sentinel_client(parse_sentinel_url(url), s, **connection)
+        else:
+            try:
+                self._r = redis_lib.Redis.from_url(url, **connection)
+            except ValueError as exc:
+                raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
         self._p = s.key_prefix
         self._ttl_ms = int(math.ceil(s.heartbeat_ttl * 1000))
         self._hist_ms = int(math.ceil(s.lock_history_ttl * 1000))
@@ -474,6 +592,9 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._r.close()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                client.close()
 
     def now(self) -> float:
         with self._guard("TIME"):

@@ -7,7 +7,10 @@ what it returns.  One branch per scheme:
 
 * ``memory:`` — this process only;
 * ``sqlite:///abs/path/outpost.db`` — one host, many processes;
-* ``redis://[:password@]host[:port][/db]`` or ``rediss://…`` (TLS).
+* ``redis://[:password@]host[:port][/db]`` or ``rediss://…`` (TLS);
+* ``redis+sentinel://[:password@]host:port,host:port/SERVICE[/db]`` or
+  ``rediss+sentinel://…``: the master Redis Sentinel names
+  (:func:`outpost.store.redis.parse_sentinel_url`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 from urllib.parse import urlsplit
 
-StoreScheme = Literal["memory", "sqlite", "redis", "rediss"]
+StoreScheme = Literal["memory", "sqlite", "redis", "rediss", "redis+sentinel", "rediss+sentinel"]
 
 #: What a store URL may look like (the tail of every error message).
-EXPECTED = "memory:, sqlite:///abs/path or redis://host:port/db (rediss:// for TLS)"
+EXPECTED = ("memory:, sqlite:///abs/path, redis://host:port/db (rediss:// for TLS) "
+            "or redis+sentinel://host:port,host:port/service/db")
 
 
 class StoreURLError(ValueError):
@@ -65,6 +69,13 @@ def parse_store_url(url: str) -> StoreURL:
     if scheme in ("redis", "rediss"):
         _check_redis(url)
         return StoreURL("redis" if scheme == "redis" else "rediss", url)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        from .redis import parse_sentinel_url
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:       # "store URL <redacted>: reason", never the password
+            raise StoreURLError(_redacted(url), str(exc).partition(": ")[2] or str(exc)) from None
+        return StoreURL("redis+sentinel" if scheme == "redis+sentinel" else "rediss+sentinel", url)
     raise StoreURLError(repr(url), f"unknown scheme {scheme!r}; expected {EXPECTED}")
 
 
