@@ -32,7 +32,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Mapping, Optional, TextIO
 
 from .config.model import LogSettings
 from .core.headers import CONTROL
@@ -80,28 +80,26 @@ class Fields:
 
     def __str__(self) -> str:
         if self._text is None:
-            parts = []
-            for key, value in self.data.items():
-                if value is None:
-                    continue
-                if type(value) is str:                  # most values: one test each
-                    if key == "from":
-                        value = f"<{value}>"
-                    elif not value:
-                        value = "-"
-                    elif " " in value or '"' in value or "=" in value:
-                        value = _quoted(value)
-                elif isinstance(value, (list, tuple)):
-                    value = _quoted(",".join(map(str, value)), only_if_needed=True)
-                parts.append(f"{key}={value}")
-            self._text = " ".join(parts)
+            self._text = " ".join(f"{key}={_text_value(key, value)}"
+                                  for key, value in self.data.items() if value is not None)
         return self._text
 
 
-def _quoted(value: str, only_if_needed: bool = False) -> str:
-    if only_if_needed and not (" " in value or '"' in value or "=" in value):
-        return value or "-"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _text_value(key: str, value: Any) -> str:
+    """One value of a ``key=value`` line: a list joined by commas, ``from``
+    in angle brackets, ``-`` for empty, quoted when it has a blank, a quote
+    or an equals sign."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    elif not isinstance(value, str):
+        return str(value)
+    elif key == "from":
+        return f"<{value}>"
+    if not value:
+        return "-"
+    if " " in value or '"' in value or "=" in value:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
 
 
 class ContextFilter(logging.Filter):
@@ -128,7 +126,7 @@ class JournaldStderrFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return text.replace("\n", f"\n<{record.priority}>") if "\n" in text else text
+        return text.replace("\n", f"\n<{priority(record.levelno)}>") if "\n" in text else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -147,7 +145,7 @@ class JsonFormatter(logging.Formatter):
         text = self._json(record)
         if self.tag:
             return f"{IDENT}[{record.process}]: {text}"
-        return f"<{record.priority}>{text}" if self.sd_priority else text
+        return f"<{priority(record.levelno)}>{text}" if self.sd_priority else text
 
     def _json(self, record: logging.LogRecord) -> str:
         created = record.created
@@ -265,7 +263,7 @@ def journal_available(path: str = JOURNAL_SOCKET) -> bool:
 
 # -- standard error ---------------------------------------------------------------------------
 
-def stderr_is_journal(stream: TextIO, environ=os.environ) -> bool:
+def stderr_is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     """True when ``stream`` is the journal stream systemd connected
     (``JOURNAL_STREAM=DEV:INODE`` names it; sd-daemon's rule: compare them
     with the stream's own, so that a redirected stderr is not mistaken)."""
@@ -332,9 +330,6 @@ def setup_logging(settings: LogSettings, stream: Optional[TextIO] = None,
     # connection thread (slow, and never freed).  We log no thread names.
     logging.logThreads = False
     logging.logMultiprocessing = False
-    # No caller lookup (file, line, function) for each record: no format
-    # shows it (the logging HOWTO's "Optimization" section).
-    logging._srcfile = None
     handler, warning = make_handler(settings, stream, journal_path)
     logging.basicConfig(level=getattr(logging, settings.level.upper()), handlers=[handler],
                         force=True)

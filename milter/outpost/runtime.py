@@ -7,8 +7,7 @@ and handed to the milter factory; nothing is kept in module-level state.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .config import Config
@@ -121,24 +120,6 @@ class Runtime:
                    stats=StatsRecorder(store, config.store_settings.max_stat_names),
                    policy=Policy(config, store, codec, engine=engine, reporter=reporter,
                                  signer=signer, spf=spf))
-
-    #: Fault injection for the end-to-end tests of the error path: when the
-    #: environment names a header (``OUTPOST_FAULT_HEADER``), a message that
-    #: carries it raises inside the milter: at end of message, or, when the
-    #: header's value is ``header``, in the (no-reply) header callback.
-    #: Unset in production.
-    fault_header: Optional[str] = field(
-        default_factory=lambda: os.environ.get("OUTPOST_FAULT_HEADER", "").lower() or None)
-
-    def fault_point(self, session) -> None:
-        msg = session.message
-        if self.fault_header and msg is not None and any(
-                n.lower() == self.fault_header for n, _ in msg.headers):
-            raise RuntimeError(f"fault injected by {self.fault_header} (OUTPOST_FAULT_HEADER)")
-
-    def header_fault(self, name: str, value: str) -> None:
-        if name.lower() == self.fault_header and value.strip().lower() == "header":
-            raise RuntimeError(f"fault injected by {self.fault_header} at the header stage")
 
     def close(self) -> None:
         if self.policy.engine is not None:

@@ -1,6 +1,7 @@
-"""How libmilter reaches the adapter: negotiation and the no-reply stages,
-called the way ``Milter.runmilter`` calls them (``*_bytes`` entry points),
-with pymilter's real NOREPLY (not patched as in the TestCtx tests)."""
+"""How libmilter reaches the adapter: negotiation (``Milter.Base``'s, from
+the ``@Milter.noreply`` callbacks) and the no-reply stages, called the way
+``Milter.runmilter`` calls them (pymilter's ``*_bytes`` entry points), with
+pymilter's real NOREPLY (not patched as in the TestCtx tests)."""
 
 import functools
 
@@ -15,17 +16,6 @@ ALL_STEPS = 0x1FFFFF            # an MTA offering every protocol step and no-rep
 @pytest.fixture
 def milter(memory_runtime):
     return functools.partial(OutpostMilter, memory_runtime)
-
-
-@pytest.mark.parametrize("offered", [ALL_STEPS, Milter.P_NR_HDR | Milter.P_HDR_LEADSPC, 0,
-                                     0x3FF, 0x1FFC00])
-def test_negotiation_agrees_with_milter_base(milter, offered):
-    ours, base = milter(), milter()
-    opts_ours = [Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE, offered, 7, 9]
-    opts_base = list(opts_ours)
-    assert ours.negotiate(opts_ours) == Milter.Base.negotiate(base, opts_base) == Milter.CONTINUE
-    assert opts_ours == opts_base
-    assert (ours._protocol, ours._actions) == (base._protocol, base._actions)
 
 
 def test_no_reply_only_for_connect_header_eoh_and_body(milter):

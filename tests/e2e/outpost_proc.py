@@ -50,10 +50,13 @@ E2E_CONFIG = textwrap.dedent("""\
 
 
 class Outpost:
-    """An Outpost master with workers on a Postfix instance's milter socket."""
+    """An Outpost master with workers on a Postfix instance's milter socket.
+    ``faults``: run it through :mod:`tests.e2e.faulty_outpost`, whose policy
+    fails on messages with an ``X-Test-Fault`` header (the error path)."""
 
     def __init__(self, socket_path: Path, config_text: str = E2E_CONFIG, *, workers: int = 2,
-                 store: str | None = None, extra_env: dict | None = None) -> None:
+                 store: str | None = None, extra_env: dict | None = None,
+                 faults: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="outpost-e2e-"))
         self.secret_file = self.dir / "secret"
         self.secret_file.write_bytes(new_secret())
@@ -62,10 +65,13 @@ class Outpost:
         self.config_path = self.dir / "outpost.yaml"
         self.write_config(config_text)
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "milter"), env.get("PYTHONPATH", "")])
+        # With faults the entry module is under tests/: the repository root on the path too.
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "milter")] + [str(ROOT)] * faults
+                                            + [env.get("PYTHONPATH", "")])
         env.update(extra_env or {})
+        module = "tests.e2e.faulty_outpost" if faults else "outpost"
         self.proc = MilterProcess(
-            [sys.executable, "-m", "outpost", "run", "-c", str(self.config_path),
+            [sys.executable, "-m", module, "run", "-c", str(self.config_path),
              "--socket", "{socket}", "--workers", str(workers)],
             socket_path, env=env, log_path=self.dir / "outpost.log")
 

@@ -46,7 +46,7 @@ CONFIG = textwrap.dedent("""\
 @pytest.fixture(scope="module")
 def outpost(postfix):  # noqa: F811
     proc = Outpost(postfix.milter_socket, CONFIG,
-                   extra_env={"OUTPOST_FAULT_HEADER": "X-Test-Fault"}).start()
+                   faults=True).start()
     yield proc
     proc.stop()
 

@@ -72,7 +72,7 @@ def receiver():
 @pytest.fixture(scope="module")
 def outpost(postfix, receiver):  # noqa: F811
     proc = Outpost(postfix.milter_socket, config(receiver),
-                   extra_env={"OUTPOST_FAULT_HEADER": "X-Test-Fault"}).start()
+                   faults=True).start()
     yield proc
     proc.stop(graceful=False)
 

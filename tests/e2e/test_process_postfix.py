@@ -19,7 +19,7 @@ from .outpost_proc import E2E_CONFIG, Outpost
 @pytest.fixture
 def outpost(postfix):  # noqa: F811
     proc = Outpost(postfix.milter_socket, E2E_CONFIG + "reports: {enabled: false}\n",
-                   extra_env={"OUTPOST_FAULT_HEADER": "X-Test-Fault"}).start()
+                   faults=True).start()
     yield proc
     proc.stop(graceful=False)
 

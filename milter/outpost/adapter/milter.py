@@ -12,12 +12,16 @@ import logging
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import Milter
 
 from ..core.types import INTERNAL_ERROR, Action, Decision, Session
 from ..logs import QUEUE_ID
+
+if TYPE_CHECKING:
+    from ..effects.metrics import WorkerMetrics
+    from ..runtime import Runtime
 
 log = logging.getLogger("outpost.milter")
 
@@ -37,18 +41,6 @@ _CLOSED = Decision(Action.CONTINUE, reason="closed")
 
 #: The modifications Outpost may make (negotiated with the MTA).
 FLAGS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.QUARANTINE
-
-
-def _no_reply(method):
-    """Like ``@Milter.noreply`` (the MTA is told not to wait for this stage's
-    answer), without its wrapper: one Python call less for every header.
-    The method answers through :meth:`OutpostMilter._answer`."""
-    method.milter_protocol = Milter.OPTIONAL_CALLBACKS[method.__name__][0]
-    return method
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
 
 
 class Live:
@@ -75,7 +67,8 @@ class Live:
 class OutpostMilter(Milter.Base):
     """One instance per MTA connection (``Milter.factory``)."""
 
-    def __init__(self, runtime, live: Optional[Live] = None, metrics=None) -> None:
+    def __init__(self, runtime: Runtime, live: Optional[Live] = None,
+                 metrics: Optional[WorkerMetrics] = None) -> None:
         super().__init__()
         self.runtime = runtime
         self.policy = runtime.policy
@@ -101,24 +94,14 @@ class OutpostMilter(Milter.Base):
         self._queue_id = value
         QUEUE_ID.set(value)
 
-    def negotiate(self, opts):
-        # Milter.Base.negotiate, minus what Outpost does not use (macro lists
-        # of @symlist methods); the protocol mask is worked out once per class.
-        try:
-            self._actions, protocol, _, _ = opts
-            opts[1] = self._protocol = protocol & ~self.protocol_mask()
-            opts[2] = opts[3] = 0
-        except Exception:  # noqa: BLE001 - as Milter.Base: change nothing
-            log.exception("milter negotiation failed; keeping the MTA's options")
-            return Milter.ALL_OPTS
-        return Milter.CONTINUE
-
     def _answer(self, code: int, nr_mask: int) -> int:
-        """The answer of a stage the MTA may not wait for: NOREPLY when it
-        agreed not to (``nr_mask`` negotiated), whatever happened — any other
-        answer breaks the protocol (Postfix then hangs until its timeout), and
-        a failure is answered at end of message; else ``code``."""
-        return Milter.NOREPLY if self._protocol & nr_mask else code
+        """The answer of a ``@Milter.noreply`` stage: CONTINUE (which the
+        decorator turns into NOREPLY) when the MTA agreed not to wait for it
+        (``nr_mask`` negotiated; pymilter documents ``_protocol`` for this),
+        whatever happened — any other answer breaks the protocol (Postfix then
+        hangs until its timeout), and a failure is answered at end of
+        message; else ``code``."""
+        return Milter.CONTINUE if self._protocol & nr_mask else code
 
     def _macro(self, name: str) -> Optional[str]:
         try:
@@ -194,7 +177,7 @@ class OutpostMilter(Milter.Base):
                 self._record(self._metrics.sync_store, self.runtime.store)
 
     @staticmethod
-    def _record(fn: Callable, *args) -> None:
+    def _record(fn: Callable[..., object], *args: object) -> None:
         """A metrics update; its failure (disk full under the metrics
         directory...) is logged and never changes an answer."""
         try:
@@ -208,8 +191,8 @@ class OutpostMilter(Milter.Base):
         return self._reply(decision)
 
     # -- callbacks -------------------------------------------------------------------
-    @_no_reply
-    def connect(self, hostname, family, hostaddr):
+    @Milter.noreply
+    def connect(self, hostname: str, family: int, hostaddr: Union[tuple, str, None]) -> int:
         # No reply: the MTA greets the client without waiting for us (about
         # 10 % more messages per second even for a do-nothing milter).  The
         # core never refuses here; a refusal, or an internal error, is
@@ -230,21 +213,11 @@ class OutpostMilter(Milter.Base):
             d = Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error")
         if d.blocks:
             self.session.refusal = d
-        return self._answer(Milter.CONTINUE, Milter.P_NR_CONN)
+        return Milter.CONTINUE
 
-    # libmilter's entry points (Milter.runmilter): decode as Milter.Base does
-    # (UTF-8, the original bytes kept as surrogates), without asking each
-    # time for the method's error strategy.
-    def envfrom_bytes(self, *args):
-        return self.envfrom(*map(_text, args))
-
-    def envrcpt_bytes(self, *args):
-        return self.envrcpt(*map(_text, args))
-
-    def header_bytes(self, name, value):
-        return self.header(name, _text(value))
-
-    def envfrom(self, mailfrom, *params):
+    # Milter.Base's entry points (envfrom_bytes...) decode the envelope and
+    # header values as UTF-8, the original bytes kept as surrogates.
+    def envfrom(self, mailfrom: str, *params: str) -> int:
         def run() -> int:
             self._failed_at = None                         # a new transaction
             if self.session.message is not None:           # RSET without abort callback
@@ -256,7 +229,7 @@ class OutpostMilter(Milter.Base):
             return self._stage_result(d)
         return self._guarded("envfrom", run)
 
-    def envrcpt(self, to, *params):
+    def envrcpt(self, to: str, *params: str) -> int:
         def run() -> int:
             self.queue_id = self._macro("i") or self.queue_id
             d = self.policy.rcpt(self.session, to)
@@ -267,19 +240,17 @@ class OutpostMilter(Milter.Base):
             return Milter.CONTINUE
         return self._guarded("envrcpt", run)
 
-    @_no_reply
-    def header(self, name, value):
+    @Milter.noreply
+    def header(self, name: str, value: str) -> int:
         # Not timed (it only records the header): the clock would cost more.
         try:
-            if self.runtime.fault_header:
-                self.runtime.header_fault(name, value)
             self.policy.header(self.session, name, value)
         except Exception:  # noqa: BLE001 - as in _guarded
             return self._answer(self._internal_error("header"), Milter.P_NR_HDR)
-        return self._answer(Milter.CONTINUE, Milter.P_NR_HDR)
+        return Milter.CONTINUE
 
-    @_no_reply
-    def eoh(self):
+    @Milter.noreply
+    def eoh(self) -> int:
         # End of headers: the core refuses a header block over its limits
         # (answered here when the MTA waits for this stage, else at end of
         # message) and decides the DKIM signing domain before the body.
@@ -290,19 +261,18 @@ class OutpostMilter(Milter.Base):
             return Milter.CONTINUE
         return self._answer(self._guarded("eoh", run), Milter.P_NR_EOH)
 
-    @_no_reply
-    def body(self, chunk):
+    @Milter.noreply
+    def body(self, chunk: bytes) -> int:
         def run() -> int:
             self.policy.body(self.session, chunk)
             return Milter.CONTINUE
         return self._answer(self._guarded("body", run), Milter.P_NR_BODY)
 
-    def eom(self):
+    def eom(self) -> int:
         def run() -> int:
             if self._failed_at is not None:     # logged and finished where it happened
                 return self._tempfail()
             self.queue_id = self._macro("i") or self.queue_id
-            self.runtime.fault_point(self.session)
             d = self.policy.end_of_message(self.session, self.queue_id)
             if not d.blocks:
                 for name, idx in d.remove_headers:
@@ -319,7 +289,7 @@ class OutpostMilter(Milter.Base):
             return self._reply(d)
         return self._guarded("eom", run)
 
-    def abort(self):
+    def abort(self) -> int:
         def run() -> int:
             self._failed_at = None
             self._finish(_ABORTED)
@@ -327,7 +297,7 @@ class OutpostMilter(Milter.Base):
             return Milter.CONTINUE
         return self._guarded("abort", run)
 
-    def close(self):
+    def close(self) -> int:
         try:
             self._finish(_CLOSED)
             self._flush_log()

@@ -44,7 +44,8 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from types import FrameType
+from typing import Callable, Optional
 
 from ..config import Config, ConfigError, load_config
 from ..runtime import Runtime, Secrets, StartupError, load_secrets, open_configured_store
@@ -540,7 +541,7 @@ class Master:
                                       f"workers (configuration generation {self.generation})")
 
     def run(self) -> int:
-        def flag(name: str):
+        def flag(name: str) -> Callable[[int, Optional[FrameType]], None]:
             return lambda signum, frame: self._flags.add(name)
         signal.signal(signal.SIGTERM, flag("stop"))
         signal.signal(signal.SIGINT, flag("stop"))
