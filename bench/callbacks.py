@@ -32,8 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "bench"), os.path.join(ROOT, "milter")]
 
 import Milter  # noqa: E402
-
 from noop_milter import NoopMilter  # noqa: E402
+
 from outpost.adapter.milter import OutpostMilter  # noqa: E402
 from outpost.cli import _setup_logging as setup_logging  # noqa: E402
 from outpost.config import parse_config  # noqa: E402
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = {"noop": NoopMilter, "outpost": outpost}
         best: dict[str, dict[str, float]] = {name: {} for name in configs}
         try:
-            for name, factory in configs.items():         # warm-up
+            for factory in configs.values():              # warm-up
                 measure(factory, 300, body)
             for rnd in range(args.rounds):
                 order = list(configs.items())

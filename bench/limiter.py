@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
 
 from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
+
 from tests.services.redis import RedisServer  # noqa: E402
 
 

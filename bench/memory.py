@@ -26,7 +26,6 @@ for a before/after comparison.  Run as root (Postfix instance).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import textwrap
@@ -37,10 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "milter")]
 
 from outpost.effects.dkim import keygen  # noqa: E402
+
 from tests.e2e.outpost_proc import Outpost  # noqa: E402
 from tests.services.postfix import PostfixInstance  # noqa: E402
 from tests.services.sink import SmtpSink  # noqa: E402
-from tests.services.smtp import build_message, send  # noqa: E402
+from tests.services.smtp import send  # noqa: E402
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

@@ -60,6 +60,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
 
 from outpost.effects.dkim import keygen  # noqa: E402
 from outpost.spam.bayes import strip_transport_headers  # noqa: E402
+
 from tests.e2e import hostile  # noqa: E402
 from tests.e2e.outpost_proc import Outpost  # noqa: E402
 from tests.services.postfix import PostfixInstance  # noqa: E402

@@ -9,8 +9,9 @@ Configurations (each its own Postfix instance, all idle but one at a time):
 * ``noop``     Postfix + bench/noop_milter.py (pymilter answering CONTINUE
                to every stage) on a unix socket,
 * any ``--milter NAME='COMMAND with {socket}'`` (``{socket}`` becomes
-  ``unix:/path``; run from the repo root with ``milter/`` on PYTHONPATH);
-  e.g. ``--milter outpost='python -m outpost run -c CFG --socket {socket}'`` (bench/outpost_throughput.sh does this with three Outpost configurations).
+  ``unix:/path``; run from the repo root);
+  e.g. ``--milter outpost='python -m outpost run -c CFG --socket {socket}'``
+  (bench/outpost_throughput.sh does this with three Outpost configurations).
 
 Rounds interleave the configurations and alternate their order so machine
 noise hits all alike.  Reported: accepted messages per second (time for

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
 
 from outpost.core.idtoken import new_secret  # noqa: E402
+
 from tests.services.milter import MilterProcess  # noqa: E402
 from tests.services.postfix import PostfixInstance, free_port  # noqa: E402
 from tests.services.sendmail import SendmailInstance  # noqa: E402

@@ -10,6 +10,7 @@ from outpost.core.policy import Policy
 from outpost.core.types import Action, Session
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
+
 from tests.corpus import HAM, SPAM, corpus_message
 
 CONFIG = textwrap.dedent("""\
@@ -108,7 +109,8 @@ def test_monitor_mode_only_says_it_would_reject(policy):
     assert d.action is Action.ACCEPT
     h = dict(d.add_headers)
     assert h["X-Outpost-Class"] == "spam"
-    assert " ".join(h["X-Outpost-Would"].split()).startswith("reject (spam: 550 5.7.1 Message rejected as spam; reference ")
+    assert " ".join(h["X-Outpost-Would"].split()).startswith(
+        "reject (spam: 550 5.7.1 Message rejected as spam; reference ")
     assert policy.store.get_lock("watched/eve@example.com") is None
 
 

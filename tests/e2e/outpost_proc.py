@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 from outpost.core.idtoken import new_secret
+
 from tests.services.milter import MilterProcess, MilterStartError
 
 ROOT = Path(__file__).resolve().parents[2]

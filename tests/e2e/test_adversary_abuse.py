@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from outpost.effects.reports import Spool, list_items
+
+from .outpost_proc import Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.smtp import send
-
-from .outpost_proc import Outpost
 
 ABUSE = "abuse@example.net"
 
@@ -66,7 +66,7 @@ def config(smtp: str, spool: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     spool = Path("/tmp") / f"outpost-spool-abuse-{time.time_ns()}"
     proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool)).start()
     proc.spool = spool

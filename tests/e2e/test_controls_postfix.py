@@ -16,9 +16,8 @@ import textwrap
 
 import pytest
 
-from tests.services.smtp import build_message, send
-
 from .outpost_proc import Outpost
+from tests.services.smtp import build_message, send
 
 LIMIT = 2
 CONFIG = textwrap.dedent(f"""\
@@ -49,7 +48,7 @@ CLIENT = "192.0.2.50"          # this module's own client address (XCLIENT), cou
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, CONFIG).start()
     yield proc
     proc.stop()

@@ -14,16 +14,15 @@ import time
 
 import pytest
 
-from tests.services.smtp import send
-
 from .outpost_proc import E2E_CONFIG, ROOT, Outpost
+from tests.services.smtp import send
 
 FIRST = "- {name: first, type: ip, ips: [198.51.100.41/32], domains: [example.com]}\n"
 NEW = "- {name: newcomer, type: ip, ips: [198.51.100.50/32], domains: [example.com]}\n"
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, "reports: {enabled: false}\n" + E2E_CONFIG)
     users = proc.dir / "users.d"
     users.mkdir()

@@ -16,10 +16,9 @@ import time
 
 import pytest
 
-from tests.services.smtp import build_message, send
-
 from .outpost_proc import E2E_CONFIG, Outpost
 from .test_process_postfix import _wait_gone
+from tests.services.smtp import build_message, send
 
 
 class SyslogReceiver:
@@ -70,7 +69,7 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, receiver):  # noqa: F811
+def outpost(postfix, receiver):
     proc = Outpost(postfix.milter_socket, config(receiver),
                    extra_env={"OUTPOST_FAULT_HEADER": "X-Test-Fault"}).start()
     yield proc

@@ -17,11 +17,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from .outpost_proc import ROOT, Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.services.postfix import free_port
 from tests.services.smtp import send
-
-from .outpost_proc import ROOT, Outpost
 
 
 def config(port: int) -> str:
@@ -43,7 +42,7 @@ def config(port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     port = free_port()
     proc = Outpost(postfix.milter_socket, config(port), workers=2).start()
     proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -78,7 +77,7 @@ def wait_scrape(url: str, ready, timeout: float = 20.0):
         time.sleep(0.1)
 
 
-def submit(postfix, login, message=None):  # noqa: F811
+def submit(postfix, login, message=None):
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=["rcpt@dest.example"], message=message)
 
@@ -253,7 +252,7 @@ def selectors(expr: str) -> set[str]:
     return names
 
 
-def exposed_names(postfix, outpost) -> set[str]:  # noqa: F811
+def exposed_names(postfix, outpost) -> set[str]:
     """Family and sample names on the page, once both workers are set up
     and a message was counted (per-user series exist only then)."""
     url = outpost.metrics_url

@@ -10,11 +10,11 @@ import textwrap
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
+
+from .outpost_proc import Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.services.smtp import build_message, send
 from tests.services.spamd import Spamd
-
-from .outpost_proc import Outpost
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -49,13 +49,13 @@ def spamd():
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, spamd):  # noqa: F811
+def outpost(postfix, spamd):
     proc = Outpost(postfix.milter_socket, config(spamd.port)).start()
     yield proc
     proc.stop()
 
 
-def submit(postfix, login, message, rcpts=("bob@dest.example",)):  # noqa: F811
+def submit(postfix, login, message, rcpts=("bob@dest.example",)):
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=list(rcpts), message=message)
 

@@ -12,13 +12,13 @@ import time
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
-from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
+from tests.services.smtp import build_message, send
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket).start()
     postfix.add_sasl_user("alice@example.com", "alicepw")
     postfix.add_sasl_user("mallory@example.net", "mallorypw")

@@ -28,10 +28,16 @@ import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import (CanonicalizationPolicy, InvalidCanonicalizationPolicyError,
-                                   Relaxed, compress_whitespace, correct_empty_body,
-                                   strip_trailing_lines, strip_trailing_whitespace,
-                                   unfold_header_value)
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+    compress_whitespace,
+    correct_empty_body,
+    strip_trailing_lines,
+    strip_trailing_whitespace,
+    unfold_header_value,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
@@ -305,7 +311,8 @@ class BodyHasher:
 
     def _feed(self, data: bytes) -> None:
         lead_re, tail_re = (_WS_LEAD, _WS_TAIL_REVERSED) if self._relaxed else (_CRLF_LEAD, _CRLF_TAIL_REVERSED)
-        start = lead_re.match(data).end()
+        m = lead_re.match(data)                      # always matches, maybe empty
+        start = m.end() if m else 0
         if start == len(data):                       # only blanks / line ends: hold them
             self._hold(data)
             return
@@ -313,7 +320,8 @@ class BodyHasher:
         strip = b" \t\r\n" if self._relaxed else b"\r\n"
         core_end = len(data.rstrip(strip))
         tail = data[core_end:]
-        cut = len(data) - tail_re.match(tail[::-1]).end()   # a bare CR in the tail is content
+        m = tail_re.match(tail[::-1])                # a bare CR in the tail is content
+        cut = len(data) - (m.end() if m else 0)
         self._flush()
         middle = data[start:cut]
         if self._relaxed:

@@ -13,9 +13,17 @@ import time
 
 import pytest
 
-from outpost.effects.reports import (ReportSender, SenderLocked, Spool,
-                                     SpoolError, SpoolItemBusy, SpoolItemNotFound,
-                                     list_items, purge, retry)
+from outpost.effects.reports import (
+    ReportSender,
+    SenderLocked,
+    Spool,
+    SpoolError,
+    SpoolItemBusy,
+    SpoolItemNotFound,
+    list_items,
+    purge,
+    retry,
+)
 
 from .arfcheck import check
 from .conftest import ORIGINAL, make_event, make_settings
@@ -331,6 +339,7 @@ def test_crash_leftovers_are_finished_once(tmp_path, sink):
 def _self_signed(tmp_path):
     import datetime
     import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -356,7 +365,9 @@ def _self_signed(tmp_path):
 
 def test_starttls_and_auth(tmp_path):
     import ssl
+
     from aiosmtpd.smtp import AuthResult
+
     from outpost.effects.reports import SmtpSettings
     crt, key = _self_signed(tmp_path)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
