@@ -13,15 +13,15 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(PYTHON) scripts/demo.py --mta $(MTA)
+	$(PYTHON) -m scripts.demo --mta $(MTA)
 
 test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
-	$(PYTHON) bench/mapping.py
-	$(PYTHON) bench/limiter.py
-	$(PYTHON) bench/limiter.py --op slot
+	$(PYTHON) -m bench.mapping
+	$(PYTHON) -m bench.limiter
+	$(PYTHON) -m bench.limiter --op slot
 	PYTHON=$(PYTHON) bash bench/outpost_throughput.sh
 
 check-config: setup

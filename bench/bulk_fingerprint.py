@@ -2,23 +2,18 @@
 measured in the same run (one SHA-256 over the raw text, the cheapest
 possible exact fingerprint).
 
-    python bench/bulk_fingerprint.py [--messages N]
+    python -m bench.bulk_fingerprint [--messages N]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import random
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
-
-from outpost.spam.base import MessageView, ScanContext, Url  # noqa: E402
-from outpost.spam.bulk import BulkSettings, fingerprints  # noqa: E402
+from outpost.spam.base import MessageView, ScanContext, Url
+from outpost.spam.bulk import BulkSettings, fingerprints
 
 WORDS = ("offer watch premium order shipping free code today save price team regards "
          "meeting report invoice project server customer contract please thanks").split()

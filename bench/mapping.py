@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import random
-import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "milter"))
 
 from outpost.config.model import User
 from outpost.core.mapping import UserIndex

@@ -11,19 +11,15 @@ asserts nothing.  The figures for the old parsers are taken on smaller
 inputs (``--old-size``) so the run stays short; they grow with the square
 of the size.
 
-    python bench/parsers_worst.py [--size 65536] [--old-size 8192]
+    python -m bench.parsers_worst [--size 65536] [--old-size 8192]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "milter"))
-
 from email.headerregistry import HeaderRegistry
 
 from outpost.core import addresses

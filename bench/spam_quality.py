@@ -10,7 +10,7 @@ scanned.  The same outbound messages go to a local spamd (Debian
 ``spamassassin``, ``--local``: no network tests, no Bayes, no auto-learn)
 with its default threshold 5.0.
 
-Usage: bench/spam_quality.py [--quick] [--folds K] [--no-sa] [--corpus DIR]
+Usage: python -m bench.spam_quality [--quick] [--folds K] [--no-sa] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "milter"))
+from outpost.spam.base import MessageView, ScanContext
+from outpost.spam.bayes import BayesCheck, BayesCheckSettings, Model, strip_transport_headers, tokenize
+from outpost.spam.engine import Engine, ScoringSettings
+from outpost.spam.message import parse_message
+from outpost.spam.rules import default_rules
 
-from outpost.spam.base import MessageView, ScanContext  # noqa: E402
-from outpost.spam.bayes import BayesCheck, BayesCheckSettings, Model, strip_transport_headers, tokenize  # noqa: E402
-from outpost.spam.engine import Engine, ScoringSettings  # noqa: E402
-from outpost.spam.message import parse_message  # noqa: E402
-from outpost.spam.rules import default_rules  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LABELS = ("spam", "ham", "hard-ham")
 CTX = ScanContext(user="bench", identity="bench@example.org", sender="bench@example.org")

@@ -124,8 +124,7 @@ def test_relay_down_then_back(tmp_path):
 
 
 SENDER_SCRIPT = textwrap.dedent("""
-    import sys, threading
-    sys.path[:0] = [{root!r}, {milter!r}]
+    import threading
     from tests.effects.reports.conftest import make_settings
     from outpost.effects.reports import ReportSender, Spool
     import pathlib
@@ -143,9 +142,9 @@ def test_sender_killed_mid_way_loses_nothing(tmp_path):
         spool = Spool.from_settings(settings)
         for i in range(6):
             spool.put(make_event(i, identity=f"user{i}"))
-        script = SENDER_SCRIPT.format(root=ROOT, milter=os.path.join(ROOT, "milter"),
-                                      tmp=str(tmp_path), port=sink.port)
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        script = SENDER_SCRIPT.format(tmp=str(tmp_path), port=sink.port)
+        # cwd: "-c" puts the current directory on sys.path, so tests.… resolves there
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
         try:
             assert proc.stdout.readline().strip() == b"ready"
             deadline = time.monotonic() + 15
