@@ -6,7 +6,8 @@ dkimpy (``dkim.canonicalization``, ``dkim.hash_headers``, ``dkim.fold``,
 private-key operation differs: it runs in OpenSSL through ``cryptography``
 (RSA PKCS#1 v1.5 over the prehashed SHA-256 digest, or Ed25519 over the
 digest as RFC 8463 specifies) instead of dkimpy's pure-Python RSA, which is
-~25x slower.  Tests verify every signature with dkimpy and with OpenDKIM.
+several times slower (figures: ``python -m bench.dkim_sign``, docs/benchmarks.rst).
+Tests verify every signature with dkimpy and with OpenDKIM.
 
 Keys are loaded once (:func:`load_keys`) and refused when missing,
 unparsable, accessible by group/others, or RSA smaller than ``min_rsa_bits``.
@@ -251,8 +252,8 @@ def _crlf(data: bytes) -> bytes:
 def canonicalize_body(canon: CanonicalizationPolicy, body: bytes) -> bytes:
     """``canon.canonicalize_body(body)``, from dkimpy's own steps, minus the
     regular-expression passes of "relaxed" that cannot change this body.
-    Each pass scans every byte (~25 ns a byte: 0.5 ms for 20 KB) even when
-    the body has no blank to strip or compress, the common case."""
+    Each pass scans every byte even when the body has no blank to strip or
+    compress, the common case."""
     if canon.body_algorithm is not Relaxed:
         return canon.canonicalize_body(body)
     tab, space = b"\t" in body, b" " in body          # one-byte searches are the fastest
