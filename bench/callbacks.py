@@ -30,13 +30,12 @@ from typing import Callable
 
 import Milter
 
+from bench.noop_milter import NoopMilter
 from outpost.adapter.milter import OutpostMilter
 from outpost.cli import _setup_logging as setup_logging
 from outpost.config import parse_config
 from outpost.core.idtoken import new_secret
 from outpost.runtime import Runtime
-
-from bench.noop_milter import NoopMilter
 
 STAGES = ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close")
 HEADERS = [

@@ -22,7 +22,6 @@ import tempfile
 import time
 
 from outpost.store import Bucket, StoreSettings, open_store
-
 from tests.services.redis import RedisServer
 
 

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 from outpost.effects.dkim import keygen
-
 from tests.e2e.outpost_proc import Outpost
 from tests.services.postfix import PostfixInstance
 from tests.services.sink import SmtpSink

@@ -57,7 +57,6 @@ from pathlib import Path
 
 from outpost.effects.dkim import keygen
 from outpost.spam.bayes import strip_transport_headers
-
 from tests.e2e import hostile
 from tests.e2e.outpost_proc import Outpost
 from tests.services.postfix import PostfixInstance

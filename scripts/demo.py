@@ -23,7 +23,6 @@ import urllib.request
 from pathlib import Path
 
 from outpost.core.idtoken import new_secret
-
 from tests.services.milter import MilterProcess
 from tests.services.postfix import PostfixInstance, free_port
 from tests.services.sendmail import SendmailInstance

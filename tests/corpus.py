@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from outpost.spam.bayes import strip_transport_headers
-
 from tests.spam.helpers import require_corpus
 
 SPAM = "00001.7848dde101aa985090474a91ec93fcf0.eml"

@@ -17,7 +17,6 @@ from outpost.core.idtoken import Origin, TokenCodec, read_secret
 from outpost.core.policy import Policy
 from outpost.core.types import Message
 from outpost.runtime import open_shared_store
-
 from tests.services.redis import RedisServer
 
 CONFIG = """\
@@ -242,7 +241,6 @@ def test_domains_check_json(tmp_path, capsys):
     """Against a real DNS server (NSD): exit 0 and ok for a good domain, 1
     for a bad one, with the documented fields."""
     from outpost.effects.dkim import keygen, zone_txt
-
     from tests.services.dns import DnsServer
     good_key, good_txt = keygen("good.test", "s1", "rsa", 1024, str(tmp_path))
     bad_key, _ = keygen("bad.test", "s1", "rsa", 1024, str(tmp_path))

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from outpost.core.idtoken import new_secret
-
 from tests.services.serviceuser import service_python
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,6 @@ import pytest
 from outpost.cli import main
 from outpost.spam.build import MODEL_BLOB
 from outpost.store import open_store
-
 from tests.corpus import HAM, SPAM, corpus_message
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from outpost.cli import main
 from outpost.store import StoreSettings, open_store
-
 from tests.services.redis import RedisServer
 
 USERS = """\

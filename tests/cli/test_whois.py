@@ -13,7 +13,6 @@ import pytest
 
 from outpost.cli import main
 from outpost.core.idtoken import Origin, TokenCodec, read_secret
-
 from tests.core.test_idtoken import flipped, raw_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,6 @@ from outpost.core.types import Action, Session
 from outpost.effects.reports import Spool, list_items
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
-
 from tests.corpus import HAM, SPAM, corpus_message
 
 CONFIG = textwrap.dedent("""\

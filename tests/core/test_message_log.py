@@ -17,10 +17,10 @@ from outpost.effects.spf import SpfChecker
 from outpost.logs import Fields
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
-
-from .test_policy_content import config_text, keys, plain, run  # noqa: F401 - keys: the fixture
 from tests.corpus import SPAM, corpus_message
 from tests.services.dns import DnsServer
+
+from .test_policy_content import config_text, keys, plain, run  # noqa: F401 - keys: the fixture
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from outpost.core.types import Action, Session
 from outpost.effects.dkim import Signer, keygen
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
-
 from tests.corpus import SPAM, corpus_message
 
 

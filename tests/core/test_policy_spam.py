@@ -10,7 +10,6 @@ from outpost.core.policy import Policy
 from outpost.core.types import Action, Session
 from outpost.spam.build import build_engine
 from outpost.store.memory import MemoryStore
-
 from tests.corpus import HAM, SPAM, corpus_message
 
 CONFIG = textwrap.dedent("""\

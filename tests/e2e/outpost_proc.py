@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from outpost.core.idtoken import new_secret
-
 from tests.services.milter import MilterProcess, MilterStartError
 
 ROOT = Path(__file__).resolve().parents[2]

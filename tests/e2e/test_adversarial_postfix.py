@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from .outpost_proc import Outpost
 from tests.services.postfix import PostfixInstance
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import Outpost
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from outpost.effects.reports import Spool, list_items
-
-from .outpost_proc import Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.smtp import send
+
+from .outpost_proc import Outpost
 
 ABUSE = "abuse@example.net"
 

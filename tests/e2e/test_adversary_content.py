@@ -12,13 +12,13 @@ import dkim as dkimpy
 import pytest
 
 from outpost.effects.dkim import keygen
-
-from .outpost_proc import Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.services.postfix import PostfixInstance
 from tests.services.sendmail import SendmailInstance
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import Outpost
 
 LOGINS = {"alice@example.com": "alicepw", "loose@example.com": "loosepw",
           "warned@example.com": "warnedpw", "eve@example.com": "evepw", "bob@other.example": "bobpw"}

@@ -22,11 +22,12 @@ import textwrap
 
 import pytest
 
-from . import hostile
-from .outpost_proc import Outpost
 from tests.services.postfix import PostfixInstance
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
+
+from . import hostile
+from .outpost_proc import Outpost
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

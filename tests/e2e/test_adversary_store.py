@@ -19,10 +19,11 @@ import time
 import pytest
 import redis
 
-from .outpost_proc import Outpost
 from tests.services.poll import wait_until
 from tests.services.redis import RedisServer, free_port
 from tests.services.smtp import send
+
+from .outpost_proc import Outpost
 
 PREFIX = "e2estore:"
 

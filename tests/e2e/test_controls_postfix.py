@@ -16,8 +16,9 @@ import textwrap
 
 import pytest
 
-from .outpost_proc import Outpost
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import Outpost
 
 LIMIT = 2
 CONFIG = textwrap.dedent(f"""\

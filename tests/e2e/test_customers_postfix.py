@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from .outpost_proc import E2E_CONFIG, ROOT, Outpost
 from tests.services.smtp import send
+
+from .outpost_proc import E2E_CONFIG, ROOT, Outpost
 
 FIRST = "- {name: first, type: ip, ips: [198.51.100.41/32], domains: [example.com]}\n"
 NEW = "- {name: newcomer, type: ip, ips: [198.51.100.50/32], domains: [example.com]}\n"

@@ -13,11 +13,11 @@ import pytest
 from dkim.canonicalization import CanonicalizationPolicy
 
 from outpost.effects.dkim import keygen, zone_txt
-
-from .outpost_proc import Outpost
 from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import Outpost
 
 EGRESS = "198.51.100.7"
 

@@ -16,9 +16,10 @@ import time
 
 import pytest
 
+from tests.services.smtp import build_message, send
+
 from .outpost_proc import E2E_CONFIG, Outpost
 from .test_process_postfix import _wait_gone
-from tests.services.smtp import build_message, send
 
 
 class SyslogReceiver:

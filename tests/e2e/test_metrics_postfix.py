@@ -17,10 +17,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from .outpost_proc import ROOT, Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.services.postfix import free_port
 from tests.services.smtp import send
+
+from .outpost_proc import ROOT, Outpost
 
 
 def config(port: int) -> str:

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from outpost.effects.dkim import keygen, zone_txt
-
-from .outpost_proc import Outpost
 from tests.corpus import SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.dns import DnsServer
@@ -24,6 +22,8 @@ from tests.services.postfix import PostfixInstance
 from tests.services.sendmail import SendmailInstance
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import Outpost
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from .outpost_proc import E2E_CONFIG, Outpost
 from tests.services.milter import unix_socket_ready
 from tests.services.smtp import build_message, send
+
+from .outpost_proc import E2E_CONFIG, Outpost
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ import pytest
 from outpost.config import load_config
 from outpost.core.idtoken import new_secret
 from outpost.effects.dkim import keygen
-
 from tests.services import serviceuser
 from tests.services.postfix import PostfixInstance, free_port, parse_main_cf
 from tests.services.sink import SmtpSink

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from outpost.effects.reports import Spool, list_items
-
-from .outpost_proc import Outpost
 from tests.corpus import SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.sink import SmtpSink
 from tests.services.smtp import send
+
+from .outpost_proc import Outpost
 
 
 def config(smtp: str, spool: Path, max_per_hour: int = 10) -> str:

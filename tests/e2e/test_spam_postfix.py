@@ -10,11 +10,11 @@ import textwrap
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
-
-from .outpost_proc import Outpost
 from tests.corpus import HAM, SPAM, corpus_message
 from tests.services.smtp import build_message, send
 from tests.services.spamd import Spamd
+
+from .outpost_proc import Outpost
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 

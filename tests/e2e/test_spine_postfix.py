@@ -12,9 +12,9 @@ import time
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
+from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
-from tests.services.smtp import build_message, send
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from outpost.effects.dkim import (
     zone_line,
     zone_txt,
 )
-
 from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
 

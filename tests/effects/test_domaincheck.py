@@ -8,7 +8,6 @@ from outpost.effects.dkim import DkimKey, DkimSettings, keygen, load_keys, zone_
 from outpost.effects.domaincheck import check_domain, suggest_spf
 from outpost.effects.resolver import ResolverSettings, make_resolver
 from outpost.effects.spf import SpfSettings
-
 from tests.services.dns import DnsServer
 
 SPF = SpfSettings(egress_ips=("198.51.100.7",), relay_spf_domain="spf.relay.test")

@@ -9,7 +9,6 @@ import spf as pyspf
 
 from outpost.effects.resolver import ResolverSettings, make_resolver
 from outpost.effects.spf import SpfChecker, SpfError, SpfResult, SpfSettings, sender_domain
-
 from tests.services.dns import DnsServer, silent_udp_port
 
 EGRESS = ("198.51.100.7", "198.51.100.8")

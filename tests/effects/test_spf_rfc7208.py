@@ -22,7 +22,6 @@ import yaml
 
 from outpost.effects.resolver import ResolverSettings, make_resolver
 from outpost.effects.spf import evaluate
-
 from tests.services.dns import DnsServer
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "rfc7208-tests.yml")

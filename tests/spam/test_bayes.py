@@ -20,7 +20,6 @@ from outpost.spam.bayes import (
     train_from_dirs,
 )
 from outpost.spam.message import parse_message
-
 from tests.spam.helpers import CTX, build, view
 
 SPAMMY = ["Make money fast with our amazing offer, click now to claim your prize",

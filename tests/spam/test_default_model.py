@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from outpost.spam.bayes import load_default_model, outbound_view
 from outpost.spam.engine import Engine, default_checks
-
 from tests.spam.helpers import CTX
 
 

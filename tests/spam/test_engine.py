@@ -6,7 +6,6 @@ import pytest
 
 from outpost.spam.base import Check, CheckError, Evidence
 from outpost.spam.engine import Engine, ScoringSettings, Verdict, default_checks, evidence_header
-
 from tests.spam.helpers import CTX, view
 
 

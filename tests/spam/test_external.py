@@ -23,7 +23,6 @@ from outpost.spam.external import (
     parse_rspamd_reply,
     parse_spamd_reply,
 )
-
 from tests.services._daemon import free_tcp_port
 from tests.services.rspamd import Rspamd
 from tests.services.spamd import Spamd

@@ -22,7 +22,6 @@ from outpost.spam.message import (
     normalise_host,
     parse_message,
 )
-
 from tests.spam.helpers import build
 
 

@@ -24,7 +24,6 @@ from outpost.spam.rules import (
     base_domain,
     default_rules,
 )
-
 from tests.spam.helpers import CTX, view
 
 

@@ -8,7 +8,6 @@ from typing import Callable, Iterator
 import pytest
 
 from outpost.store import Store, StoreSettings, open_store
-
 from tests.services.redis import RedisServer
 
 BACKENDS = ["memory", "sqlite", "redis"]

@@ -12,7 +12,6 @@ import pytest
 from outpost.store import Bucket, StoreError, StoreSettings, open_store
 from outpost.store.redis import RedisStore, redact_url
 from outpost.store.resilient import ResilientStore
-
 from tests.services.redis import RedisServer
 
 
