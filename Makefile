@@ -46,4 +46,4 @@ deb:
 	dpkg-buildpackage -us -uc -b
 
 clean:
-	rm -rf $(VENV) build *.egg-info milter/*.egg-info
+	rm -rf $(VENV) build *.egg-info milter/*.egg-info .mypy_cache .ruff_cache
