@@ -3,7 +3,7 @@ milter class against the do-nothing pymilter, called the way libmilter
 calls them through ``Milter.runmilter`` (negotiate, connect, MAIL, RCPT, six
 headers, one body chunk, end of message, close).
 
-Usage: ``python bench/callbacks.py [--messages 8000] [--rounds 5] [--body 2048]``
+Usage: ``python -m bench.callbacks [--messages 8000] [--rounds 5] [--body 2048]``
 
 It isolates the Python each message costs from the MTA and the kernel
 (``bench/throughput.py`` measures the whole path through Postfix).  The
@@ -30,18 +30,15 @@ import tempfile
 import time
 from typing import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "bench"), os.path.join(ROOT, "milter")]
+import Milter
 
-import Milter  # noqa: E402
-
-from noop_milter import NoopMilter  # noqa: E402
-from outpost.adapter.milter import OutpostMilter  # noqa: E402
-from outpost.cli import _setup_logging as setup_logging  # noqa: E402
-from outpost.config import parse_config  # noqa: E402
-from outpost.core.idtoken import new_secret  # noqa: E402
-from outpost.core.transaction import Transaction, drive  # noqa: E402
-from outpost.runtime import Runtime  # noqa: E402
+from bench.noop_milter import NoopMilter
+from outpost.adapter.milter import OutpostMilter
+from outpost.cli import _setup_logging as setup_logging
+from outpost.config import parse_config
+from outpost.core.idtoken import new_secret
+from outpost.core.transaction import Transaction, drive
+from outpost.runtime import Runtime
 
 STAGES = ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close")
 HEADERS = [
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         best: dict[str, dict[str, float]] = {name: {} for name in configs}
         core = float("inf")
         try:
-            for name, factory in configs.items():         # warm-up
+            for factory in configs.values():              # warm-up
                 measure(factory, 300, body)
             for rnd in range(args.rounds):
                 order = list(configs.items())

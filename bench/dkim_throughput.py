@@ -32,7 +32,7 @@ alone and to OpenDKIM (median of same-round ratios).
 ``--outpost-repo DIR`` runs Outpost from another checkout (its ``milter/``
 on PYTHONPATH).  Run as root (Postfix instances, milters on unix sockets).
 
-    /work/venv/bin/python bench/dkim_throughput.py [--messages 1000]
+    /work/venv/bin/python -m bench.dkim_throughput [--messages 1000]
         [--rounds 3] [--sizes 2048,20480] [--spam] [--outpost-repo DIR]
 """
 
@@ -50,18 +50,17 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from dkim.util import parse_tag_value
+
+from bench.throughput import BenchError, bench_site, run_rounds, run_source
+from tests.services.milter import MilterProcess
+from tests.services.postfix import PostfixInstance
+from tests.services.sink import SinkTimeout, SmtpSink
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "milter")]
-
-import dkim  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from dkim.util import parse_tag_value  # noqa: E402
-
-from bench.throughput import BenchError, bench_site, run_rounds, run_source  # noqa: E402
-from tests.services.milter import MilterProcess  # noqa: E402
-from tests.services.postfix import PostfixInstance  # noqa: E402
-from tests.services.sink import SinkTimeout, SmtpSink  # noqa: E402
 
 DOMAIN = "example.com"
 SELECTOR = "bench"

@@ -1,6 +1,6 @@
 """Rate-limit check+count (or connection-slot) throughput of the store backends.
 
-Usage: ``python bench/limiter.py [--seconds 2] [--redis-url URL] [--op hit|slot]
+Usage: ``python -m bench.limiter [--seconds 2] [--redis-url URL] [--op hit|slot]
 [--procs N] [--no-sentinel]``
 
 With ``--op hit`` (the default) each operation is one ``Store.hit()`` over
@@ -27,16 +27,12 @@ import multiprocessing
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
-
-from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
-from tests.services.redis import RedisServer  # noqa: E402
-from tests.services.sentinel import SentinelCluster  # noqa: E402
+from outpost.store import Bucket, StoreSettings, open_store
+from tests.services.redis import RedisServer
+from tests.services.sentinel import SentinelCluster
 
 
 def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import random
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "milter"))
-
-from outpost.config.model import User  # noqa: E402
-from outpost.core.mapping import UserIndex  # noqa: E402
+from outpost.config.model import User
+from outpost.core.mapping import UserIndex
 
 
 def build(n_users: int, n_nets: int, seed: int = 1) -> tuple[list[User], list]:
@@ -68,8 +64,11 @@ def main() -> int:
     index = UserIndex(users)
     t2 = time.perf_counter()
     rnd = random.Random(2)
-    probes = [ipaddress.ip_address(int(n.network_address) + (rnd.getrandbits(max(0, n.max_prefixlen - n.prefixlen)) if n.prefixlen < n.max_prefixlen else 0)
-                                   if n.version == 4 else int(n.network_address)) for n in rnd.sample(nets, 2000)]
+    probes = [ipaddress.ip_address(int(n.network_address)
+                                   + (rnd.getrandbits(max(0, n.max_prefixlen - n.prefixlen))
+                                      if n.prefixlen < n.max_prefixlen else 0)
+                                   if n.version == 4 else int(n.network_address))
+              for n in rnd.sample(nets, 2000)]
     misses = [ipaddress.ip_address(rnd.getrandbits(32)) for _ in range(2000)]
     assert all(index.by_ip(p) is not None for p in probes), "every probe must map"
     exact = {p: True for p in probes}

@@ -20,27 +20,23 @@ first, so the imports, the spam model and the key are already counted in
 ``--milter-root DIR`` runs the Outpost of another checkout (its ``milter/``)
 for a before/after comparison.  Run as root (Postfix instance).
 
-    .venv/bin/python bench/memory.py [--body-mb 50] [--headers 400000]
+    .venv/bin/python -m bench.memory [--body-mb 50] [--headers 400000]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "milter")]
-
-from outpost.effects.dkim import keygen  # noqa: E402
-from tests.e2e.outpost_proc import Outpost  # noqa: E402
-from tests.services.postfix import PostfixInstance  # noqa: E402
-from tests.services.sink import SmtpSink  # noqa: E402
-from tests.services.smtp import build_message, send  # noqa: E402
+from outpost.effects.dkim import keygen
+from tests.e2e.outpost_proc import Outpost
+from tests.services.postfix import PostfixInstance
+from tests.services.sink import SmtpSink
+from tests.services.smtp import send
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

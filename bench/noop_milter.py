@@ -5,7 +5,7 @@ body, end of message) and answers CONTINUE to each, without touching the
 message.  ``--minimal`` overrides no callback at all (libmilter then skips
 every stage it can).
 
-    python bench/noop_milter.py unix:/tmp/noop.sock
+    python -m bench.noop_milter unix:/tmp/noop.sock
 """
 
 from __future__ import annotations

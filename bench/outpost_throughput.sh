@@ -1,6 +1,6 @@
 #!/bin/bash
 # End-to-end throughput of Postfix + Outpost, next to Postfix alone and a
-# do-nothing pymilter, in one interleaved run (bench/throughput.py):
+# do-nothing pymilter, in one interleaved run (python -m bench.throughput):
 #   outpost-bare    mapping, domain policy, headers (spam engine off, no limits)
 #   outpost-limits  the same + per-identity and per-user rate limits (sqlite store)
 #   outpost-full    the same + the built-in spam engine (Bayes + rules)
@@ -11,7 +11,7 @@ PY="${PYTHON:-.venv/bin/python}"
 W="$(mktemp -d /tmp/outpost-bench-XXXXXX)"
 chmod 755 "$W"
 trap 'rm -rf "$W"' EXIT
-PYTHONPATH=milter "$PY" -m outpost secret "$W/secret" >/dev/null
+"$PY" -m outpost secret "$W/secret" >/dev/null
 common() {
     cat <<YAML
 secret_file: $W/secret
@@ -30,7 +30,7 @@ YAML
 # every message, but the bench accepts whatever it decides.
 { common full
   echo 'defaults: {spam: {on_spam: accept}, limits: {messages: ["1000000/1m", "10000000/1h"], recipients: ["10000000/1d"]}, user_limits: {messages: ["100000000/1d"]}}'; } > "$W/full.yaml"
-exec "$PY" bench/throughput.py \
+exec "$PY" -m bench.throughput \
     --milter "outpost-bare=$PY -m outpost run -c $W/bare.yaml --socket {socket}" \
     --milter "outpost-limits=$PY -m outpost run -c $W/limits.yaml --socket {socket}" \
     --milter "outpost-full=$PY -m outpost run -c $W/full.yaml --socket {socket}" \

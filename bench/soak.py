@@ -31,8 +31,8 @@ the workers at the end of the warm-up and at the end (must be flat: the
 spared worker may grow by at most ``--rss-bound-mb``).  Exit status 1 when
 an invariant fails.
 
-    sudo python bench/soak.py                         # 50 sessions, 10 minutes
-    sudo python bench/soak.py --minutes 1 --sessions 20
+    sudo python -m bench.soak                         # 50 sessions, 10 minutes
+    sudo python -m bench.soak --minutes 1 --sessions 20
 
 Run as root (Postfix instance); everything started is stopped on exit and on
 Ctrl-C.
@@ -55,18 +55,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
-
-from outpost.effects.dkim import keygen  # noqa: E402
-from outpost.spam.bayes import strip_transport_headers  # noqa: E402
-from tests.e2e import hostile  # noqa: E402
-from tests.e2e.outpost_proc import Outpost  # noqa: E402
-from tests.services.postfix import PostfixInstance  # noqa: E402
-from tests.services.redis import RedisServer  # noqa: E402
-from tests.services.sink import SinkMessage, SmtpSink  # noqa: E402
-from tests.services.smtp import build_message, send  # noqa: E402
-from tests.spam.helpers import find_corpus  # noqa: E402
+from outpost.effects.dkim import keygen
+from outpost.spam.bayes import strip_transport_headers
+from tests.e2e import hostile
+from tests.e2e.outpost_proc import Outpost
+from tests.services.postfix import PostfixInstance
+from tests.services.redis import RedisServer
+from tests.services.sink import SinkMessage, SmtpSink
+from tests.services.smtp import build_message, send
+from tests.spam.helpers import find_corpus
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net

@@ -10,7 +10,7 @@ scanned.  The same outbound messages go to a local spamd (Debian
 ``spamassassin``, ``--local``: no network tests, no Bayes, no auto-learn)
 with its default threshold 5.0.
 
-Usage: bench/spam_quality.py [--quick] [--folds K] [--no-sa] [--corpus DIR]
+Usage: python -m bench.spam_quality [--quick] [--folds K] [--no-sa] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -29,15 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "milter"))
+from outpost.spam.base import MessageView, ScanContext
+from outpost.spam.bayes import BayesCheck, BayesCheckSettings, Model, strip_transport_headers, tokenize
+from outpost.spam.engine import Engine, ScoringSettings
+from outpost.spam.message import parse_message
+from outpost.spam.rules import default_rules
 
-from outpost.spam.base import MessageView, ScanContext  # noqa: E402
-from outpost.spam.bayes import (BayesCheck, BayesCheckSettings, Model,  # noqa: E402
-                                strip_transport_headers, tokenize)
-from outpost.spam.engine import Engine, ScoringSettings  # noqa: E402
-from outpost.spam.message import parse_message  # noqa: E402
-from outpost.spam.rules import default_rules  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 LABELS = ("spam", "ham", "hard-ham")
 CTX = ScanContext(user="bench", identity="bench@example.org", sender="bench@example.org")
@@ -200,7 +198,8 @@ def start_spamd(workdir: Path, port: int) -> subprocess.Popen:
         f.write("\nuse_bayes 0\nbayes_auto_learn 0\nskip_rbl_checks 1\ndns_available no\n")
     proc = subprocess.Popen(
         ["spamd", "--local", "--siteconfigpath=%s" % cfg, "--listen=127.0.0.1:%d" % port,
-         "--max-children=2", "--min-children=2", "-u", "debian-spamd" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
+         "--max-children=2", "--min-children=2",
+         "-u", "debian-spamd" if os.geteuid() == 0 else os.environ.get("USER", "nobody"),
          "--helper-home-dir=%s" % workdir, "--syslog=stderr", "--pidfile=%s" % (workdir / "pid")],
         stdout=subprocess.DEVNULL, stderr=open(workdir / "spamd.log", "wb"), cwd=workdir)
     deadline = time.monotonic() + 90

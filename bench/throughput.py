@@ -9,8 +9,9 @@ Configurations (each its own Postfix instance, all idle but one at a time):
 * ``noop``     Postfix + bench/noop_milter.py (pymilter answering CONTINUE
                to every stage) on a unix socket,
 * any ``--milter NAME='COMMAND with {socket}'`` (``{socket}`` becomes
-  ``unix:/path``; run from the repo root with ``milter/`` on PYTHONPATH);
-  e.g. ``--milter outpost='python -m outpost run -c CFG --socket {socket}'`` (bench/outpost_throughput.sh does this with three Outpost configurations).
+  ``unix:/path``; run from the repo root);
+  e.g. ``--milter outpost='python -m outpost run -c CFG --socket {socket}'``
+  (bench/outpost_throughput.sh does this with three Outpost configurations).
 
 Rounds interleave the configurations and alternate their order so machine
 noise hits all alike.  Reported: accepted messages per second (time for
@@ -42,11 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "milter")]
+from tests.services.milter import MilterProcess
+from tests.services.postfix import PostfixInstance, free_port, port_open
 
-from tests.services.milter import MilterProcess  # noqa: E402
-from tests.services.postfix import PostfixInstance, free_port, port_open  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 _SENT_RE = re.compile(r" status=sent ")
 
@@ -130,8 +130,6 @@ def run_source(instance: PostfixInstance, args: argparse.Namespace, messages: in
 def start_configs(configs: list[Config], sink_port: int, root: Path) -> None:
     """One Postfix per configuration, its milter on the instance's socket."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO / "milter"), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     for cfg in configs:
         instance = PostfixInstance(root / cfg.name, sink_port=sink_port,
                                    milter="" if cfg.milter_argv is None else None)

@@ -27,16 +27,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "milter")]
-
-from outpost.core.idtoken import new_secret  # noqa: E402
-from outpost.panel.auth import hash_password  # noqa: E402
-from tests.services.milter import MilterProcess  # noqa: E402
-from tests.services.postfix import PostfixInstance, free_port  # noqa: E402
-from tests.services.sendmail import SendmailInstance  # noqa: E402
-from tests.services.sink import SmtpSink  # noqa: E402
-from tests.services.smtp import build_message, send  # noqa: E402
+from outpost.core.idtoken import new_secret
+from outpost.panel.auth import hash_password
+from tests.services.milter import MilterProcess
+from tests.services.postfix import PostfixInstance, free_port
+from tests.services.sendmail import SendmailInstance
+from tests.services.sink import SmtpSink
+from tests.services.smtp import build_message, send
 
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net
@@ -168,7 +165,7 @@ def main() -> int:
 
     mta_class = PostfixInstance if args.mta == "postfix" else SendmailInstance
     postfix = mta_class(work / args.mta, sink_port=sink.port)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "milter"))
+    env = dict(os.environ)
     outpost = MilterProcess([sys.executable, "-m", "outpost", "run", "-c", str(config),
                              "--socket", "{socket}", "--workers", "2"],
                             postfix.milter_socket, env=env, log_path=work / "outpost.log")

@@ -1,12 +1,9 @@
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for p in (ROOT, os.path.join(ROOT, "milter")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# ``outpost`` is the installed (editable) package; ``tests.…`` resolves because pytest puts the
+# directory above this package (the repository root) on sys.path itself (rootdir, prepend mode).
 
 
 def in_ci() -> bool:

@@ -36,7 +36,6 @@ def run_probe(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["OUTPOST_CORPUS"] = str(tmp_path / "no-corpus-here")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "milter")])
     if ci is not None:
         env["CI"] = ci
     # tests/conftest.py loaded as a plugin: the probe lives outside tests/

@@ -15,10 +15,9 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "milter"))
+from outpost.spam.bayes import train_from_dirs
 
-from outpost.spam.bayes import train_from_dirs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def find_corpus() -> Path:

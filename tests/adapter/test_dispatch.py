@@ -53,7 +53,7 @@ def test_bytes_entry_points_decode_like_milter_base(milter):
     m._protocol = Milter.P_NR_CONN | Milter.P_NR_HDR
     m.connect("client.example", 2, ("192.0.2.5", 4000))
     assert m.envfrom_bytes(b"<bob@example.com>", b"SIZE=100") == Milter.CONTINUE
-    assert m.envrcpt_bytes("<x@dest.example>".encode(), "ORCPT=rfc822;x@dest.example".encode()) \
+    assert m.envrcpt_bytes(b"<x@dest.example>", b"ORCPT=rfc822;x@dest.example") \
         == Milter.CONTINUE
     raw = b"caf\xc3\xa9 \xff"              # UTF-8, then a byte that is not
     assert m.header_bytes("Subject", raw) == Milter.NOREPLY

@@ -53,7 +53,7 @@ def syslog(tmp_path):
     rx.close()
 
 
-def test_store_error_during_a_message_carries_its_queue_id(runtime, syslog, monkeypatch):  # noqa: F811
+def test_store_error_during_a_message_carries_its_queue_id(runtime, syslog, monkeypatch):  # noqa: F811 - the fixture imported above
     def down(*args, **kwargs):
         raise StoreError("connection refused")
     monkeypatch.setattr(runtime.store, "hit", down)
@@ -68,7 +68,7 @@ def test_store_error_during_a_message_carries_its_queue_id(runtime, syslog, monk
     assert (line["action"], line["reason"], line["user"]) == ("tempfail", "store_error", "webfarm")
 
 
-def test_message_line_fields_and_no_stale_queue_id(runtime, syslog):  # noqa: F811
+def test_message_line_fields_and_no_stale_queue_id(runtime, syslog):  # noqa: F811 - the fixture imported above
     ctx, _ = feed(qid="QLOG7")
     ctx._close()
     ctx2, _ = feed(ip="198.51.100.9", qid="")                    # no queue id macro

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+ROOT = Path(__file__).resolve().parents[2]          # bench/ is a package of the repository
 
 
 def figure(out: str, label: str) -> int:
@@ -18,9 +18,9 @@ def figure(out: str, label: str) -> int:
 
 
 def test_short_soak_loses_nothing_and_stamps_everything():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--minutes", "0.25", "--sessions", "5",
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--minutes", "0.25", "--sessions", "5",
                            "--kill-every", "10", "--drain-timeout", "60"],
-                          capture_output=True, text=True, timeout=150)
+                          capture_output=True, text=True, cwd=ROOT, timeout=150)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert figure(out, "delivered unstamped") == 0

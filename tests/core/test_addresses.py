@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 from outpost.config import ConfigError, parse_config
 from outpost.core import addresses
 from outpost.core.addresses import (
-    BAD_FROM, LONG_FROM, MAX_FROM, header_from_address, idna_domain, parse_from, split_address,
+    BAD_FROM,
+    LONG_FROM,
+    MAX_FROM,
+    header_from_address,
+    idna_domain,
+    parse_from,
+    split_address,
 )
 from outpost.core.headers import CONTROL, clean, safe_value
 from outpost.core.types import Reply

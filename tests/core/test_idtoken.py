@@ -14,7 +14,7 @@ import base64
 
 import pytest
 
-from outpost.core.idtoken import TokenCodec, TokenError, Origin
+from outpost.core.idtoken import Origin, TokenCodec, TokenError
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 ORIGIN = Origin(user="webfarm", identity="alice@example.com", client_ip="192.0.2.5",

@@ -30,7 +30,7 @@ def dns():
 
 
 @pytest.fixture
-def policy(keys, codec, dns):  # noqa: F811
+def policy(keys, codec, dns):  # noqa: F811 - the fixture imported above
     config = parse_config(config_text(keys, f"relay: {{egress_ips: [198.51.100.7]}}\n"
                                             f"dns: {{nameservers: [127.0.0.1], port: {dns.port}}}\n"))
     store = MemoryStore()

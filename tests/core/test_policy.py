@@ -86,7 +86,8 @@ def test_null_sender_only_for_ip_users(policy):
     ([("Subject", " x")], "550 5.6.0 Message has no From header"),
     ([("From", " a@example.com"), ("FROM", " b@example.com")], "550 5.6.0 Message has more than one From header"),
     ([("From", " a@example.com, b@example.com")], "550 5.6.0 The From header must hold exactly one valid address"),
-    ([("From", " Bank <ceo@paypal.example>")], "550 5.7.1 Header From domain paypal.example is not allowed for webfarm"),
+    ([("From", " Bank <ceo@paypal.example>")],
+     "550 5.7.1 Header From domain paypal.example is not allowed for webfarm"),
 ])
 def test_header_from_enforced(policy, headers, text):
     _, _, d = transaction(policy, headers=headers)
@@ -179,6 +180,7 @@ def test_ipv6_clients_of_one_64_share_the_connection_limit(policy, store):
 
 def test_connection_prefix_v6_is_configurable(config, store, codec):
     from dataclasses import replace
+
     from outpost.core.policy import Policy
     per_address = Policy(replace(config, connection_prefix_v6=128), store, codec)
     for i in range(4):                                       # each /128 has its own 3
@@ -192,6 +194,7 @@ def test_connection_prefix_v6_is_configurable(config, store, codec):
 
 def parse_config_prefix(head):
     from outpost.config import parse_config
+
     from .conftest import CONFIG
     return parse_config(head + CONFIG, "t.yaml").connection_prefix_v6
 
@@ -270,6 +273,7 @@ class FailingStore:
 
 def test_store_down_tempfails_under_tempfail_policy(config, codec):
     from dataclasses import replace
+
     from outpost.core.policy import Policy
     policy = Policy(replace(config, on_store_error="tempfail"), FailingStore(), codec)
     session = Session()

@@ -259,7 +259,7 @@ def test_headers_kept_are_bounded(policy):
     session = Session()
     policy.connect(session, "198.51.100.4")
     policy.mail_from(session, "<alice@example.com>", "alice@example.com")
-    for i in range(100_000):
+    for _ in range(100_000):
         policy.header(session, "X-H", "v")
     assert len(session.message.headers) <= 200 and session.message.header_fields == 100_000
     policy.body(session, b"x" * 100_000)

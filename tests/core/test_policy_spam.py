@@ -92,7 +92,8 @@ def test_monitor_mode_only_says_it_would_reject(policy):
     assert d.action is Action.ACCEPT
     h = dict(d.add_headers)
     assert h["X-Outpost-Class"] == "spam"
-    assert " ".join(h["X-Outpost-Would"].split()).startswith("reject (spam: 550 5.7.1 Message rejected as spam; reference ")
+    assert " ".join(h["X-Outpost-Would"].split()).startswith(
+        "reject (spam: 550 5.7.1 Message rejected as spam; reference ")
     assert policy.store.get_lock("watched/eve@example.com") is None
 
 

@@ -2,4 +2,4 @@
 ``sink``, the same emptied for each test) and a real Postfix relaying to it
 (tests/services/fixtures.py)."""
 
-from tests.services.fixtures import postfix, sink, smtp_sink  # noqa: F401
+from tests.services.fixtures import postfix, sink, smtp_sink

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 from outpost.core.idtoken import new_secret

@@ -66,7 +66,7 @@ def config(smtp: str, spool: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     spool = Path("/tmp") / f"outpost-spool-abuse-{time.time_ns()}"
     proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool)).start()
     proc.spool = spool

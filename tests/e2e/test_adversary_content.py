@@ -7,7 +7,6 @@ decided at the end of the headers is answered)."""
 from __future__ import annotations
 
 import textwrap
-import time
 
 import dkim as dkimpy
 import pytest

@@ -19,11 +19,11 @@ import time
 import pytest
 import redis
 
+from tests.services.poll import wait_until
 from tests.services.redis import RedisServer, free_port
 from tests.services.smtp import send
 
 from .outpost_proc import Outpost
-from tests.services.poll import wait_until
 
 PREFIX = "e2estore:"
 
@@ -51,7 +51,7 @@ def redis_server():
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, redis_server):  # noqa: F811
+def outpost(postfix, redis_server):
     postfix.set_main(inet_protocols="all")     # XCLIENT ADDR=IPV6:… (still on 127.0.0.1)
     proc = Outpost(postfix.milter_socket, CONFIG, workers=1, store=redis_server.url).start()
     yield proc

@@ -49,7 +49,7 @@ CLIENT = "192.0.2.50"          # this module's own client address (XCLIENT), cou
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, CONFIG).start()
     yield proc
     proc.stop()

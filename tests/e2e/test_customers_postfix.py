@@ -23,7 +23,7 @@ NEW = "- {name: newcomer, type: ip, ips: [198.51.100.50/32], domains: [example.c
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, "reports: {enabled: false}\n" + E2E_CONFIG)
     users = proc.dir / "users.d"
     users.mkdir()

@@ -68,13 +68,13 @@ def config(dns_port: int, keys, spf_action: str = "reject") -> str:
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, dns_server, keys):  # noqa: F811
+def outpost(postfix, dns_server, keys):
     proc = Outpost(postfix.milter_socket, config(dns_server.port, keys)).start()
     yield proc
     proc.stop()
 
 
-def submit(postfix, sender, message):  # noqa: F811
+def submit(postfix, sender, message):
     return send(postfix.submission_port, xclient={"LOGIN": "alice@example.com"}, mail_from=sender,
                 rcpt_tos=["bob@dest.example"], message=message)
 

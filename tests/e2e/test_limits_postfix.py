@@ -44,14 +44,14 @@ CONFIG = textwrap.dedent("""\
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, CONFIG,
                    faults=True).start()
     yield proc
     proc.stop()
 
 
-def as_login(postfix, login, rcpts=("x@dest.example",), message=None, port=None):  # noqa: F811
+def as_login(postfix, login, rcpts=("x@dest.example",), message=None, port=None):
     return send(port or postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=list(rcpts), message=message)
 
@@ -150,7 +150,7 @@ SHARED = textwrap.dedent("""\
 
 
 @pytest.fixture
-def cluster(smtp_sink):  # noqa: F811
+def cluster(smtp_sink):
     """Two relays (Postfix + Outpost each) sharing one real Redis."""
     redis = RedisServer().start()
     nodes = []
@@ -161,14 +161,14 @@ def cluster(smtp_sink):  # noqa: F811
             nodes.append((pf, None))
         yield redis, nodes
     finally:
-        for pf, op in nodes:
+        for pf, _ in nodes:
             pf.cleanup()
         redis.close()
 
 
 def start_outposts(nodes, redis, policy):
     started = []
-    for i, (pf, _) in enumerate(nodes):
+    for pf, _ in nodes:
         op = Outpost(pf.milter_socket, SHARED.format(policy=policy), workers=1, store=redis.url)
         started.append((pf, op.start()))
     return started
@@ -179,7 +179,7 @@ def test_two_relays_sharing_redis_enforce_one_limit(cluster, sink):
     relays = start_outposts(nodes, redis, "tempfail")
     try:
         results = []
-        for i in range(8):
+        for _ in range(8):
             for pf, _ in relays:
                 results.append(send(pf.submission_port, xclient={"LOGIN": "carol@example.com"},
                                     mail_from="carol@example.com", rcpt_tos=["x@dest.example"]))

@@ -30,10 +30,10 @@ from outpost.core.idtoken import TokenCodec, read_secret
 from tests.corpus import SPAM, corpus_message
 from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.local_submit import USER, sendmail
+from tests.services.poll import wait_until
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
-from tests.services.poll import wait_until
 
 LIMIT = 3          # messages per identity per hour for the local user
 

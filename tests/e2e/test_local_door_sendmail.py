@@ -21,12 +21,12 @@ import pytest
 from outpost.core.idtoken import TokenCodec, read_secret
 from tests.corpus import SPAM, corpus_message
 from tests.services.local_submit import msp_sendmail
+from tests.services.poll import wait_until
 from tests.services.sendmail import SendmailInstance
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import Outpost
-from tests.services.poll import wait_until
 
 
 def config(reports_smtp: str, spool: Path) -> str:

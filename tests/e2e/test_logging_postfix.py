@@ -70,7 +70,7 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, receiver):  # noqa: F811
+def outpost(postfix, receiver):
     proc = Outpost(postfix.milter_socket, config(receiver),
                    faults=True).start()
     yield proc

@@ -43,7 +43,7 @@ def config(port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     port = free_port()
     proc = Outpost(postfix.milter_socket, config(port), workers=2).start()
     proc.metrics_url = f"http://127.0.0.1:{port}/metrics"
@@ -78,7 +78,7 @@ def wait_scrape(url: str, ready, timeout: float = 20.0):
         time.sleep(0.1)
 
 
-def submit(postfix, login, message=None):  # noqa: F811
+def submit(postfix, login, message=None):
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=["rcpt@dest.example"], message=message)
 
@@ -253,7 +253,7 @@ def selectors(expr: str) -> set[str]:
     return names
 
 
-def exposed_names(postfix, outpost) -> set[str]:  # noqa: F811
+def exposed_names(postfix, outpost) -> set[str]:
     """Family and sample names on the page, once both workers are set up
     and a message was counted (per-user series exist only then)."""
     url = outpost.metrics_url

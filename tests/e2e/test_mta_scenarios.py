@@ -15,9 +15,9 @@ import pytest
 
 from outpost.effects.dkim import keygen, zone_txt
 from tests.corpus import SPAM, corpus_message
+from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.dns import DnsServer
 from tests.services.opendkim import opendkim_verify
-from tests.effects.reports.arfcheck import check as check_arf
 from tests.services.postfix import PostfixInstance
 from tests.services.sendmail import SendmailInstance
 from tests.services.sink import SmtpSink

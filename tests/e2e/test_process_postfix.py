@@ -17,7 +17,7 @@ from .outpost_proc import E2E_CONFIG, Outpost
 
 
 @pytest.fixture
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket, E2E_CONFIG + "reports: {enabled: false}\n",
                    faults=True).start()
     yield proc
@@ -53,7 +53,7 @@ def _wait_gone(pids: list[int], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _send_ip(postfix, **kw):  # noqa: F811
+def _send_ip(postfix, **kw):
     return send(postfix.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="web@example.com",
                 rcpt_tos=["x@dest.example"], **kw)
 
@@ -131,8 +131,9 @@ def test_slots_of_a_killed_worker_are_reclaimed(postfix, outpost, sink):
 def test_sighup_reload_and_invalid_config_keeps_old(postfix, outpost, sink):
     r = send(postfix.relay_port, xclient={"ADDR": "198.51.100.40"}, mail_from="a@example.com")
     assert r.code == 550
-    outpost.write_config("reports: {enabled: false}\n" + E2E_CONFIG + "  - name: newcomer\n    type: ip\n    ips: [198.51.100.40/32]\n"
-                                      "    domains: [example.com]\n")
+    outpost.write_config("reports: {enabled: false}\n" + E2E_CONFIG
+                         + "  - name: newcomer\n    type: ip\n    ips: [198.51.100.40/32]\n"
+                           "    domains: [example.com]\n")
     os.kill(outpost.proc.proc.pid, signal.SIGHUP)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -5,8 +5,8 @@ ARF report → Outpost's report sender → Postfix's reports listener (no milter
 from __future__ import annotations
 
 import email
-import json
 import email.policy
+import json
 import subprocess
 import textwrap
 import time
@@ -47,7 +47,7 @@ def config(smtp: str, spool: Path, max_per_hour: int = 10) -> str:
 
 
 @pytest.fixture
-def outpost(postfix, tmp_path_factory):  # noqa: F811
+def outpost(postfix, tmp_path_factory):
     spool = Path("/tmp") / f"outpost-spool-{time.time_ns()}"
     proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool)).start()
     proc.spool = spool
@@ -55,7 +55,7 @@ def outpost(postfix, tmp_path_factory):  # noqa: F811
     proc.stop(graceful=False)
 
 
-def spam_from(postfix, login):  # noqa: F811
+def spam_from(postfix, login):
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=["victim1@dest.example", "victim2@dest.example"],
                 message=corpus_message("spam", SPAM, login))
@@ -113,7 +113,7 @@ def test_spam_block_produces_an_arf_report_that_is_not_filtered(postfix, outpost
     assert parsed["report"]["feedback_type"] == "abuse"
 
 
-def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):  # noqa: F811
+def test_relay_down_reports_spooled_then_all_delivered_once(postfix, sink):
     """The report relay is unreachable for a while: reports wait in Outpost's
     spool (``outpost reports list`` shows them) and all arrive, once each,
     when it is back — without restarting anything."""
@@ -161,7 +161,7 @@ def delivered_incidents(sink) -> int:
     return total
 
 
-def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):  # noqa: F811
+def test_storm_of_blocks_is_aggregated(postfix, tmp_path, sink):
     spool = Path("/tmp") / f"outpost-spool-storm-{time.time_ns()}"
     proc = Outpost(postfix.milter_socket, config(postfix.reports_yaml(), spool, max_per_hour=3)).start()
     try:

@@ -49,13 +49,13 @@ def spamd():
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix, spamd):  # noqa: F811
+def outpost(postfix, spamd):
     proc = Outpost(postfix.milter_socket, config(spamd.port)).start()
     yield proc
     proc.stop()
 
 
-def submit(postfix, login, message, rcpts=("bob@dest.example",)):  # noqa: F811
+def submit(postfix, login, message, rcpts=("bob@dest.example",)):
     return send(postfix.submission_port, xclient={"LOGIN": login}, mail_from=login,
                 rcpt_tos=list(rcpts), message=message)
 

@@ -18,7 +18,7 @@ from .outpost_proc import Outpost
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket).start()
     postfix.add_sasl_user("alice@example.com", "alicepw")
     postfix.add_sasl_user("mallory@example.net", "mallorypw")

@@ -13,11 +13,23 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from outpost.effects.dkim import (DkimKey, DkimSettings, DkimSignError, KeyFileMissing,
-                                  KeyFileUnparsable, KeyFileUnsafe, KeyTooSmall, Signer,
-                                  already_signed, canonicalize_body, canonicalize_headers,
-                                  keygen, load_keys,
-                                  zone_line, zone_txt)
+from outpost.effects.dkim import (
+    DkimKey,
+    DkimSettings,
+    DkimSignError,
+    KeyFileMissing,
+    KeyFileUnparsable,
+    KeyFileUnsafe,
+    KeyTooSmall,
+    Signer,
+    already_signed,
+    canonicalize_body,
+    canonicalize_headers,
+    keygen,
+    load_keys,
+    zone_line,
+    zone_txt,
+)
 from tests.services.dns import DnsServer, dkimpy_verify
 from tests.services.opendkim import opendkim_verify
 
@@ -165,7 +177,7 @@ def test_already_signed(keydir):
 
 def test_keygen_files_and_records(keydir):
     d, keys = keydir
-    for sel, (path, txt) in keys.items():
+    for path, _ in keys.values():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert os.path.dirname(path) == str(d)
     assert keys["r1"][1].startswith("v=DKIM1; k=rsa; p=MIIB")

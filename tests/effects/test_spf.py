@@ -30,7 +30,8 @@ ZONE = "\n".join([
     *[f"h{i} A 192.0.2.{i}" for i in range(1, 12)],
     # two void lookups allowed, the third is a permerror
     'void2     TXT "v=spf1 a:n1.void.example.test a:n2.void.example.test ip4:198.51.100.0/24 -all"',
-    'void3     TXT "v=spf1 a:n1.void.example.test a:n2.void.example.test a:n3.void.example.test ip4:198.51.100.0/24 -all"',
+    'void3     TXT "v=spf1 a:n1.void.example.test a:n2.void.example.test a:n3.void.example.test'
+    ' ip4:198.51.100.0/24 -all"',
     'twice     TXT "v=spf1 -all"',
     'twice     TXT "v=spf1 +all"',
     'incbroken TXT "v=spf1 include:x.broken.test -all"',

@@ -207,7 +207,7 @@ class DnsServer:
         p = os.path.join(self.dir, "nsd.log")
         if not os.path.exists(p):
             return []
-        with open(p, "r", errors="replace") as fh:
+        with open(p, errors="replace") as fh:
             text = fh.read()
         return [z for z in self.zones
                 if re.search(rf"zone {re.escape(z.rstrip('.') or '.')} file \S+ read with "

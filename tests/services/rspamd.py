@@ -32,8 +32,7 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, ManagedDaemon, free_tcp_port,
-                                    start_with_retries, wait_until)
+from tests.services._daemon import DaemonError, ManagedDaemon, free_tcp_port, start_with_retries, wait_until
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 CONFDIR = "/etc/rspamd"

@@ -48,7 +48,7 @@ class _Handler:
     def __init__(self, sink: "SmtpSink") -> None:
         self._sink = sink
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd API)
         reply = self._sink.data_reply
         if reply is not None:
             return reply

@@ -25,8 +25,7 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from tests.services._daemon import (DaemonError, ManagedDaemon, free_tcp_port,
-                                    start_with_retries, wait_until)
+from tests.services._daemon import DaemonError, ManagedDaemon, free_tcp_port, start_with_retries, wait_until
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 START_TIMEOUT = 60.0

@@ -21,8 +21,7 @@ import pytest
 
 from tests.services import smtp
 from tests.services.milter import MilterProcess
-from tests.services.sendmail import (CONTRIB_FRAGMENT, SendmailInstance, access_prefixes,
-                                     render_fragment)
+from tests.services.sendmail import CONTRIB_FRAGMENT, SendmailInstance, access_prefixes, render_fragment
 from tests.services.sink import SmtpSink
 
 # Stamps macros per stage as X-Test-<stage>-<macro>; behaviour by trigger:

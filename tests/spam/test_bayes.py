@@ -7,9 +7,18 @@ import json
 
 import pytest
 
-from outpost.spam.bayes import (BayesCheck, BayesCheckSettings, BayesSettings, Model, ModelError,
-                                is_transport_header, outbound_view, strip_transport_headers,
-                                tokenize, train_from_dirs)
+from outpost.spam.bayes import (
+    BayesCheck,
+    BayesCheckSettings,
+    BayesSettings,
+    Model,
+    ModelError,
+    is_transport_header,
+    outbound_view,
+    strip_transport_headers,
+    tokenize,
+    train_from_dirs,
+)
 from outpost.spam.message import parse_message
 from tests.spam.helpers import CTX, build, view
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from outpost.spam.base import MessageView, ScanContext, Url
-from outpost.spam.blocklists import (BlocklistCheck, BlocklistError, BlocklistSettings,
-                                     load_list)
+from outpost.spam.blocklists import BlocklistCheck, BlocklistError, BlocklistSettings, load_list
 
 URL_LIST = """\
 # spam landing pages

@@ -15,8 +15,7 @@ from typing import Iterator, Optional
 import pytest
 
 from outpost.spam.base import Attachment, CheckError, MessageView, ScanContext, Url
-from outpost.spam.bulk import (BulkCheck, BulkSettings, fingerprints, minhash_bands,
-                               normalise_text)
+from outpost.spam.bulk import BulkCheck, BulkSettings, fingerprints, minhash_bands, normalise_text
 from outpost.store.base import FingerprintStats, StoreError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from outpost.spam.base import Check, CheckError, Evidence
-from outpost.spam.engine import (Engine, ScoringSettings, Verdict, default_checks,
-                                 evidence_header)
+from outpost.spam.engine import Engine, ScoringSettings, Verdict, default_checks, evidence_header
 from tests.spam.helpers import CTX, view
 
 

@@ -15,9 +15,14 @@ from typing import Iterator
 import pytest
 
 from outpost.spam.base import CheckError, MessageView, ScanContext
-from outpost.spam.external import (RspamdCheck, RspamdSettings, SpamdCheck,
-                                   SpamdSettings, parse_rspamd_reply,
-                                   parse_spamd_reply)
+from outpost.spam.external import (
+    RspamdCheck,
+    RspamdSettings,
+    SpamdCheck,
+    SpamdSettings,
+    parse_rspamd_reply,
+    parse_spamd_reply,
+)
 from tests.services._daemon import free_tcp_port
 from tests.services.rspamd import Rspamd
 from tests.services.spamd import Spamd
@@ -35,20 +40,20 @@ SPAM_RAW = (
 ).encode()
 
 HAM_RAW = (
-    "From: Alice Example <alice@example.com>\r\n"
-    "To: Bob Example <bob@example.org>\r\n"
-    "Subject: Lunch tomorrow\r\n"
-    "Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
-    "Message-ID: <20261127100000.4711@mail.example.com>\r\n"
-    "MIME-Version: 1.0\r\n"
-    "Content-Type: text/plain; charset=utf-8\r\n"
-    "Content-Transfer-Encoding: 7bit\r\n"
-    "\r\n"
-    "Hi Bob,\r\n\r\n"
-    "are we still on for lunch tomorrow at noon?  I can book a table at the\r\n"
-    "usual place near the office if that suits you.\r\n\r\n"
-    "Cheers,\r\nAlice\r\n"
-).encode()
+    b"From: Alice Example <alice@example.com>\r\n"
+    b"To: Bob Example <bob@example.org>\r\n"
+    b"Subject: Lunch tomorrow\r\n"
+    b"Date: Fri, 27 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <20261127100000.4711@mail.example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 7bit\r\n"
+    b"\r\n"
+    b"Hi Bob,\r\n\r\n"
+    b"are we still on for lunch tomorrow at noon?  I can book a table at the\r\n"
+    b"usual place near the office if that suits you.\r\n\r\n"
+    b"Cheers,\r\nAlice\r\n"
+)
 
 CTX = ScanContext(user="webfarm", identity="alice@example.com", sender="alice@example.com",
                   recipients=("bob@example.org",), client_ip="192.0.2.10",

@@ -7,10 +7,23 @@ import zipfile
 
 import pytest
 
-from outpost.spam.rules import (AttachDoubleExt, AttachExecutable, AttachMacro, FromBrandSpoof,
-                                FromDisplayAddrMismatch, HtmlPasswordForm, ManyHeaderRecipients,
-                                MissingDate, MissingMessageId, PhishLinkMismatch, ReplyToFreemail,
-                                RulesSettings, UrlShortener, base_domain, default_rules)
+from outpost.spam.rules import (
+    AttachDoubleExt,
+    AttachExecutable,
+    AttachMacro,
+    FromBrandSpoof,
+    FromDisplayAddrMismatch,
+    HtmlPasswordForm,
+    ManyHeaderRecipients,
+    MissingDate,
+    MissingMessageId,
+    PhishLinkMismatch,
+    ReplyToFreemail,
+    RulesSettings,
+    UrlShortener,
+    base_domain,
+    default_rules,
+)
 from tests.spam.helpers import CTX, view
 
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-import outpost
 from outpost.store.base import StoreError
 from outpost.store.slots import _HEADER, _IP, _SLOT, SlotTable, TableFull
 
@@ -231,12 +230,10 @@ def test_writers_killed_at_random_points_leave_a_usable_table(tmp_path) -> None:
         "        for k in range(n - 39, n + 1):\n"
         "            t.release(f'h:{me}:{k}')\n")
     rnd = random.Random(7)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.dirname(os.path.dirname(outpost.__file__))] + sys.path))
     try:
         for _ in range(12):          # about one kill in eight lands in the middle of a write
             child = subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE,
-                                     text=True, env=env)
+                                     text=True)
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
             time.sleep(rnd.uniform(0.02, 0.12))
             child.kill()

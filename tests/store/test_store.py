@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import stat
+import random
 import socket
+import stat
 import subprocess
 import sys
-import random
 import threading
 import time
 

@@ -21,10 +21,7 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "milter")]
-
-from outpost.store import Bucket, StoreSettings, open_store  # noqa: E402
+from outpost.store import Bucket, StoreSettings, open_store
 
 
 def _in_threads(run, n: int) -> None:

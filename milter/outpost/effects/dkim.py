@@ -6,7 +6,8 @@ dkimpy (``dkim.canonicalization``, ``dkim.hash_headers``, ``dkim.fold``,
 private-key operation differs: it runs in OpenSSL through ``cryptography``
 (RSA PKCS#1 v1.5 over the prehashed SHA-256 digest, or Ed25519 over the
 digest as RFC 8463 specifies) instead of dkimpy's pure-Python RSA, which is
-~25x slower.  Tests verify every signature with dkimpy and with OpenDKIM.
+several times slower (figures: ``python -m bench.dkim_sign``, docs/benchmarks.rst).
+Tests verify every signature with dkimpy and with OpenDKIM.
 
 Keys are loaded once (:func:`load_keys`) and refused when missing,
 unparsable, accessible by group/others, or RSA smaller than ``min_rsa_bits``.
@@ -28,10 +29,16 @@ import dkim as dkimpy
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
-from dkim.canonicalization import (CanonicalizationPolicy, InvalidCanonicalizationPolicyError,
-                                   Relaxed, compress_whitespace, correct_empty_body,
-                                   strip_trailing_lines, strip_trailing_whitespace,
-                                   unfold_header_value)
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+    compress_whitespace,
+    correct_empty_body,
+    strip_trailing_lines,
+    strip_trailing_whitespace,
+    unfold_header_value,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from ..core.stamps import occurrences
@@ -251,8 +258,8 @@ def _crlf(data: bytes) -> bytes:
 def canonicalize_body(canon: CanonicalizationPolicy, body: bytes) -> bytes:
     """``canon.canonicalize_body(body)``, from dkimpy's own steps, minus the
     regular-expression passes of "relaxed" that cannot change this body.
-    Each pass scans every byte (~25 ns a byte: 0.5 ms for 20 KB) even when
-    the body has no blank to strip or compress, the common case."""
+    Each pass scans every byte even when the body has no blank to strip or
+    compress, the common case."""
     if canon.body_algorithm is not Relaxed:
         return canon.canonicalize_body(body)
     tab, space = b"\t" in body, b" " in body          # one-byte searches are the fastest
@@ -311,7 +318,8 @@ class BodyHasher:
 
     def _feed(self, data: bytes) -> None:
         lead_re, tail_re = (_WS_LEAD, _WS_TAIL_REVERSED) if self._relaxed else (_CRLF_LEAD, _CRLF_TAIL_REVERSED)
-        start = lead_re.match(data).end()
+        m = lead_re.match(data)                      # always matches, maybe empty
+        start = m.end() if m else 0
         if start == len(data):                       # only blanks / line ends: hold them
             self._hold(data)
             return
@@ -319,7 +327,8 @@ class BodyHasher:
         strip = b" \t\r\n" if self._relaxed else b"\r\n"
         core_end = len(data.rstrip(strip))
         tail = data[core_end:]
-        cut = len(data) - tail_re.match(tail[::-1]).end()   # a bare CR in the tail is content
+        m = tail_re.match(tail[::-1])                # a bare CR in the tail is content
+        cut = len(data) - (m.end() if m else 0)
         self._flush()
         middle = data[start:cut]
         if self._relaxed:

@@ -92,27 +92,27 @@ class DomainReport:
 
     def format(self) -> str:
         """Readable multi-line report."""
-        L = [f"Domain {self.domain}: {'OK' if self.ok else 'FAILED'}", ""]
+        out = [f"Domain {self.domain}: {'OK' if self.ok else 'FAILED'}", ""]
         s = self.spf
-        L.append(f"SPF   {'ok' if s.ok else 'FAIL'}: {s.record or '(no SPF record)'}")
+        out.append(f"SPF   {'ok' if s.ok else 'FAIL'}: {s.record or '(no SPF record)'}")
         if s.error:
-            L.append(f"      {s.error}")
+            out.append(f"      {s.error}")
         for ip, res in s.results:
-            L.append(f"      egress {ip}: {res}")
+            out.append(f"      egress {ip}: {res}")
         if s.suggestion:
-            L.append(f"      publish: {self.domain}. IN TXT \"{s.suggestion}\"")
+            out.append(f"      publish: {self.domain}. IN TXT \"{s.suggestion}\"")
         if not self.dkim:
-            L.append("DKIM  (no keys configured for this domain)")
+            out.append("DKIM  (no keys configured for this domain)")
         for d in self.dkim:
-            L.append(f"DKIM  {'ok' if d.ok else 'FAIL'}: {d.name} ({d.algorithm})"
-                     + (f": {d.problem}" if d.problem else ""))
+            out.append(f"DKIM  {'ok' if d.ok else 'FAIL'}: {d.name} ({d.algorithm})"
+                       + (f": {d.problem}" if d.problem else ""))
             if not d.ok:
-                L.append(f"      publish: {d.expected}")
+                out.append(f"      publish: {d.expected}")
         m = self.dmarc
-        L.append(f"DMARC {m.record or '(no DMARC record)'}")
+        out.append(f"DMARC {m.record or '(no DMARC record)'}")
         if m.warning:
-            L.append(f"      warning: {m.warning}")
-        return "\n".join(L) + "\n"
+            out.append(f"      warning: {m.warning}")
+        return "\n".join(out) + "\n"
 
 
 def suggest_spf(record: Optional[str], relay_spf_domain: str) -> str:

@@ -29,11 +29,15 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, cast
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
+
     from ..config import Config
     from ..core.types import Decision, Message
+    from ..spam.engine import Verdict
+    from ..store import Store
 
 log = logging.getLogger("outpost.metrics")
 
@@ -144,8 +148,8 @@ class WorkerMetrics:
         # Labelled children by label values (labels() costs more than the
         # increment); bounded: reasons come from the code, users from the
         # configuration.
-        self._by_decision: dict[tuple[str, str], tuple] = {}
-        self._by_user: dict[tuple[str, str], object] = {}
+        self._by_decision: dict[tuple[str, str], tuple[Counter, Optional[Counter]]] = {}
+        self._by_user: dict[tuple[str, str], Counter] = {}
         self.workers.set(1)
 
     @classmethod
@@ -178,7 +182,7 @@ class WorkerMetrics:
         if children[1] is not None:
             children[1].inc()
         self.message_seconds.observe(msg.spent)
-        verdict = msg.verdict
+        verdict = cast("Optional[Verdict]", msg.verdict)
         if verdict is not None:
             self.spam_score.observe(float(verdict.score))
             for failure in getattr(verdict, "errors", ()):
@@ -252,7 +256,7 @@ class StateCollector:
         self.config = config
         self.ttl = ttl
         self.clock = clock
-        self._store = None
+        self._store: Optional[Store] = None
         self._mutex = threading.Lock()
         self._cached: Optional[tuple[float, list]] = None
 
@@ -361,11 +365,16 @@ def serve(config: "Config", sock, path: str, stop: threading.Event) -> None:
         daemon_threads = True
 
     handler = MetricsHandler.factory(registry)
-    handler.timeout = CLIENT_TIMEOUT           # a client that stalls loses its thread, not ours
+    # a client that stalls loses its thread, not ours (factory() is typed as returning a bare type)
+    handler.timeout = CLIENT_TIMEOUT  # type: ignore[attr-defined]
     server = Server(sock.getsockname()[:2], handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
-    threading.Thread(target=lambda: (stop.wait(), server.shutdown()), daemon=True).start()
+    def shut_down_on_stop() -> None:
+        stop.wait()
+        server.shutdown()
+
+    threading.Thread(target=shut_down_on_stop, daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -18,13 +18,13 @@ class Refusing:
     def __init__(self, stage: str, reply: str) -> None:
         self.stage, self.reply = stage, reply
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 (aiosmtpd API)
         if self.stage == "rcpt":
             return self.reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd API)
         return self.reply if self.stage == "data" else "250 2.0.0 Ok: queued"
 
 

@@ -6,8 +6,7 @@ the reports over SMTP.  See docs/configuration.rst, "Abuse reports".
 """
 
 from .arf import RenderedReport, render_report
-from .errors import (DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemBusy,
-                     SpoolItemNotFound)
+from .errors import DeliveryError, ReportError, SenderLocked, SpoolError, SpoolItemBusy, SpoolItemNotFound
 from .event import ACTIONS, BlockEvent
 from .sender import ReportSender, SendStats
 from .settings import ReportSettings, SmtpSettings

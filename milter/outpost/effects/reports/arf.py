@@ -26,7 +26,7 @@ from email.mime.text import MIMEText
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 from io import BytesIO
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TypeVar
 
 from outpost import __version__
 
@@ -49,7 +49,7 @@ class _Generator(BytesGenerator):
     payload back as the exact original bytes; the stdlib's ``_encode`` is
     strict ASCII there and would fail on 8-bit originals."""
 
-    def _encode(self, s: str) -> bytes:  # type: ignore[override]
+    def _encode(self, s: str) -> bytes:
         return s.encode("ascii", "surrogateescape")
 
 
@@ -211,7 +211,10 @@ def _subject(event: BlockEvent, incidents: int) -> str:
     return f"[Outpost] {text}"
 
 
-def _bounded(items: Sequence[str], limit: int) -> tuple[list[str], int]:
+_T = TypeVar("_T")
+
+
+def _bounded(items: Sequence[_T], limit: int) -> tuple[list[_T], int]:
     return list(items[:limit]), max(0, len(items) - limit)
 
 
@@ -253,8 +256,8 @@ def _text(event: BlockEvent, settings: ReportSettings, folded: Sequence[BlockEve
         score = "" if event.verdict_score is None else f" (score {event.verdict_score:.2f})"
         lines.append(f"  Verdict:       {clean(event.verdict_class or '-', 32)}{score}")
     evidence, more = _bounded(event.evidence, n)
-    for i, ev in enumerate(evidence):
-        lines.append(f"  {'Evidence:' if i == 0 else '':<14} {clean(ev, 300)}")
+    for i, line in enumerate(evidence):
+        lines.append(f"  {'Evidence:' if i == 0 else '':<14} {clean(line, 300)}")
     if more:
         lines.append(f"  {'':<14} ... and {more} more")
     if event.reason:

@@ -35,7 +35,7 @@ def _evidence_text(item: object) -> str:
     name = getattr(item, "name", None)
     if name is not None and hasattr(item, "points"):
         detail = getattr(item, "detail", "") or ""
-        text = f"{name} ({float(item.points):+.2f})"  # type: ignore[attr-defined]
+        text = f"{name} ({float(item.points):+.2f})"
         return f"{text}: {detail}" if detail else text
     return str(item)
 

@@ -473,7 +473,7 @@ class ReportSender:
 
     def _send(self, stats: SendStats, now_arg: Optional[float]) -> None:
         sp = self.spool
-        clock: Callable[[], float] = ((lambda: now_arg) if now_arg is not None  # type: ignore[assignment]
+        clock: Callable[[], float] = ((lambda: now_arg) if now_arg is not None
                                       else time.time)
         if clock() < self._relay_retry_at:
             if self._relay_failures:

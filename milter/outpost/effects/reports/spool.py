@@ -33,9 +33,9 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
-import logging
 import shutil
 import threading
 import time
