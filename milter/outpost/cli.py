@@ -15,12 +15,12 @@ from .state_commands import TargetError
 from .store.base import StoreError
 
 if TYPE_CHECKING:
-    from .config.model import LogSettings
+    from .config.model import LogLevel, LogSettings
 
 DEFAULT_CONFIG = "/etc/outpost/outpost.yaml"
 
 
-def _setup_logging(settings: "LogSettings | str" = "info", stream=None) -> None:
+def _setup_logging(settings: "LogSettings | LogLevel" = "info", stream=None) -> None:
     """The daemon's logging (:mod:`outpost.logs`): ``settings`` is the
     ``log:`` block, or just a level for standard error."""
     from .config.model import LogSettings
@@ -156,7 +156,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"outpost: configuration error: {e}", file=sys.stderr)
         for e in store_errors:
             print(f"outpost: store error: {e}", file=sys.stderr)
-        if not (errors or store_errors) and summary is not None:
+        if not (errors or store_errors) and config is not None and summary is not None:
             files = f", {len(config.included)} included files" if config.included else ""
             print(f"{args.config}: OK ({summary['users']} users, {summary['networks']} networks, "
                   f"{summary['domains']} domains{files})")
@@ -328,8 +328,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
     from .offline import decide_offline, to_json
-    from .store.readonly import ReadOnlyStore
     from .spam.build import build_engine
+    from .store.readonly import ReadOnlyStore
     config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)
     try:
@@ -448,6 +448,7 @@ def cmd_panel(args: argparse.Namespace) -> int:
 
 def _panel_passwd(args: argparse.Namespace) -> int:
     import getpass
+
     from .panel.auth import hash_password
     from .panel.settings import PanelUser
     if not args.name:

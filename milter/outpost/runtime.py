@@ -13,8 +13,8 @@ from typing import Optional
 from .config import Config
 from .core.idtoken import TokenCodec, read_secret
 from .core.policy import Policy
-from .store import open_store
 from .stats import StatsRecorder
+from .store import open_store
 from .store.base import Store
 
 log = logging.getLogger("outpost")
@@ -86,7 +86,8 @@ class Runtime:
         try:
             store = open_configured_store(config)
         except (ValueError, OSError) as exc:
-            raise StartupError(f"store {config.store}: {exc}") from None
+            from .store.redis import redact_url
+            raise StartupError(f"store {redact_url(config.store)}: {exc}") from None
         from .effects.dkim import DkimError
         from .effects.resolver import ResolverSettings, make_resolver
         from .effects.spf import SpfError

@@ -13,7 +13,8 @@ from typing import Any, Optional
 from .config import Config
 from .config.model import User
 from .core.keys import Target
-from .core.limits import LimitWindow, windows as limit_windows
+from .core.limits import LimitWindow
+from .core.limits import windows as limit_windows
 from .store.base import BucketState, Store
 
 
@@ -64,7 +65,7 @@ def locks_data(store: Store) -> list[dict[str, Any]]:
     """The locks in force, JSON-ready (``outpost locks --json``)."""
     now = store.now()
     out = []
-    for lk in sorted(store.list_locks(), key=lambda l: l.since):
+    for lk in sorted(store.list_locks(), key=lambda lock: lock.since):
         locked = Target.of_lock_key(lk.key)
         out.append({"key": lk.key, "user": locked.user,
                     "identity": None if locked.whole_user else locked.identity,
@@ -167,7 +168,7 @@ def top_data(config: Config, store: Store, limit: int = 20) -> list[dict[str, An
     rows = []
     by_name = {u.name: u for u in config.users}
     targets: list[tuple[Target, list[LimitWindow]]] = []
-    for key, messages in recent.items():
+    for key in recent:
         user_name, _, ident = key.partition("/")
         user = by_name.get(user_name)
         if user is None or not ident:

@@ -198,7 +198,7 @@ class StatsRecorder:
     def _flush_logged(self) -> None:
         try:
             self.flush()
-        except Exception:  # noqa: BLE001 - statistics never stop the worker
+        except Exception:  # statistics never stop the worker
             with self._mutex:
                 self.decision_errors += 1
             log.exception("message statistics flush failed")

@@ -29,11 +29,11 @@ def setup(tmp_path):
     secret.chmod(0o600)
     key, _ = keygen("example.com", "s1", "rsa", 2048, str(tmp_path))
 
-    def write(key_path: str, secret_path: Path = secret) -> Path:
+    def write(key_path: str, secret_path: Path = secret, store: str = f"sqlite:///{tmp_path}/state.db") -> Path:
         cfg = tmp_path / "outpost.yaml"
         cfg.write_text(textwrap.dedent(f"""\
             secret_file: {secret_path}
-            store: sqlite:///{tmp_path}/state.db
+            store: {store}
             report_abuse_to: abuse@example.net
             reports: {{spool_dir: {tmp_path}/reports, listener_auth: none}}
             domains:
@@ -95,3 +95,14 @@ def test_check_config_refuses_an_unsafe_dkim_key(setup):
     os.chmod(key, 0o640)
     out = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 2 and key in out.stderr and "chmod 600" in out.stderr, out
+
+
+def test_store_refused_at_start_without_its_password(setup):
+    """A Redis URL that redis-py refuses when the store is opened: the
+    startup error names the store with its password replaced by ``***``."""
+    tmp, key, write = setup
+    out = run_outpost(write(key, store="redis://:hunter2@127.0.0.1:1/0?socket_timeout=abc"))
+    assert out.returncode == 1, out.stderr
+    assert "cannot start" in out.stderr and "store redis://:***@127.0.0.1:1/0" in out.stderr, out.stderr
+    assert "hunter2" not in out.stderr
+    assert not (tmp / "o.sock").exists()

@@ -42,7 +42,8 @@ def test_one_local_user_only_and_no_connection_limit():
 def test_listener_auth_values():
     assert parse_config(BASE).reports.listener_auth == "sasl"
     assert parse_config(BASE + "reports: {listener_auth: none}\n").reports.listener_auth == "none"
-    assert "reports.listener_auth: 'open' is not one of: sasl, none" in error_of(BASE + "reports: {listener_auth: open}\n")
+    assert ("reports.listener_auth: 'open' is not one of: sasl, none"
+            in error_of(BASE + "reports: {listener_auth: open}\n"))
 
 
 @pytest.fixture

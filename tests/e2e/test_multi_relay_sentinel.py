@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from outpost.core.idtoken import TokenCodec, read_secret
@@ -75,7 +76,7 @@ CONFIG = textwrap.dedent(f"""\
 
 
 @pytest.fixture(scope="module")
-def cluster_and_relays(smtp_sink):  # noqa: F811
+def cluster_and_relays(smtp_sink):
     """The Sentinel cluster and two relays (Postfix + Outpost with 2 workers
     each, on one Sentinel-backed store), all started at once."""
     cluster = SentinelCluster(down_after_ms=1000, failover_timeout_ms=5000)
@@ -114,7 +115,7 @@ def relays(cluster_and_relays) -> list[tuple[PostfixInstance, Outpost]]:
 
 
 @pytest.fixture
-def sink(relays, smtp_sink):  # noqa: F811
+def sink(relays, smtp_sink):
     """The module's sink, emptied once both relays have nothing in flight
     (a message of an earlier test recorded later would count as this one's)."""
     for pf, _ in relays:

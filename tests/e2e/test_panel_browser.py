@@ -70,7 +70,7 @@ CONFIG = textwrap.dedent(f"""\
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):  # noqa: F811
+def outpost(postfix):
     proc = Outpost(postfix.milter_socket,
                    CONFIG.replace("POSTFIX_CONFIG", str(postfix.config_dir))).start()
     yield proc

@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from outpost.cli import main
 from outpost.config import parse_config
 from outpost.panel.app import Sessions
-from outpost.panel.auth import (LoginLimiter, check_hash_format, hash_password, verify_login,
-                                verify_password)
+from outpost.panel.auth import LoginLimiter, check_hash_format, hash_password, verify_login, verify_password
 
 from .conftest import panel_yaml
 
@@ -115,3 +116,14 @@ def test_panel_without_flask_says_what_to_install(tmp_path, capsys, monkeypatch)
     cfg.write_text(panel_yaml().replace("store: memory", f"store: sqlite:///{tmp_path}/s.db"))
     assert main(["panel", "-c", str(cfg)]) == 1
     assert "python3-waitress" in capsys.readouterr().err
+
+
+def test_panel_store_error_hides_the_password() -> None:
+    """A store the panel cannot open is named with its password as ``***``."""
+    from outpost.panel.serve import PanelStartError, build
+    cfg = parse_config(panel_yaml().replace("store: memory",
+                                            "store: redis://:hunter2@127.0.0.1:1/0?socket_timeout=abc"))
+    with pytest.raises(PanelStartError) as err:
+        build(cfg)
+    assert str(err.value).startswith("store redis://:***@127.0.0.1:1/0"), err.value
+    assert "hunter2" not in str(err.value)

@@ -294,18 +294,18 @@ def test_links_and_redirects_keep_the_url_prefix(app_panel) -> None:
     """Behind a proxy at /outpost (waitress' url_prefix sets SCRIPT_NAME)."""
     app, panel = app_panel
     c = app.test_client()
-    BASE = "http://localhost/outpost"
-    resp = c.get("/", base_url=BASE)
+    base = "http://localhost/outpost"
+    resp = c.get("/", base_url=base)
     assert resp.headers["Location"].startswith("/outpost/login")
-    page = c.get("/login", base_url=BASE)
+    page = c.get("/login", base_url=base)
     assert 'href="/outpost/static/panel.css"' in text(page)
     resp = c.post("/login", data={"name": "ops", "password": PASSWORD, "csrf": csrf_of(text(page))},
-                  base_url=BASE)
+                  base_url=base)
     assert resp.headers["Location"] == "/outpost/"
-    page = text(c.get("/identity/webfarm/a", base_url=BASE))
+    page = text(c.get("/identity/webfarm/a", base_url=base))
     assert 'href="/outpost/users/webfarm"' in page and 'value="/identity/webfarm/a"' in page
     resp = c.post("/lock", data={"csrf": csrf_of(page), "target": "webfarm/a", "action": "lock",
-                                 "reason": "r", "back": "/identity/webfarm/a"}, base_url=BASE)
+                                 "reason": "r", "back": "/identity/webfarm/a"}, base_url=base)
     assert resp.headers["Location"] == "/outpost/identity/webfarm/a"
 
 

@@ -65,9 +65,10 @@ METRICS_RESPAWN = 5.0     # delay before replacing a metrics process that failed
 #: new thread, and glibc gives a thread that meets another in malloc (SQLite
 #: calls run without the GIL) an arena of its own, up to 8 per core; free
 #: memory in one arena is not reused by the others and seldom returned.  In
-#: the soak (bench/soak.py, sqlite store) a worker's heap grew ~2 MB a minute
-#: that way while its Python objects and SQLite's memory stayed flat; with one
-#: arena it stays flat (the GIL serialises nearly all allocations anyway).
+#: the soak (bench/soak.py, sqlite store) a worker's heap kept growing that way
+#: while its Python objects and SQLite's memory stayed flat; with one arena it
+#: stays flat (the GIL serialises nearly all allocations anyway).  The figures:
+#: docs/benchmarks.rst, the soak.
 MALLOC_ARENAS = 1
 
 
@@ -197,14 +198,14 @@ def _clear_stale_socket(path: str) -> None:
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """``mallopt(M_ARENA_MAX, arenas)`` (glibc; see MALLOC_ARENAS), before the
     worker starts threads.  False where the C library has no such knob."""
-    M_ARENA_MAX = -8
+    m_arena_max = -8                    # glibc's malloc.h
     try:
         import ctypes
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    return bool(mallopt(m_arena_max, arenas))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -214,8 +215,8 @@ def _die_with_parent(parent: int) -> None:
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        pr_set_pdeathsig = 1            # linux/prctl.h
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the heartbeat thread checks the parent
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
     if os.getppid() != parent:          # the master died between fork and prctl
@@ -230,6 +231,7 @@ def _worker_main(config: Config, fd: int, parent: int, secrets: Optional[Secrets
     before it serves, the worker writes its pid to ``ready_fd`` (the
     master's readiness pipe)."""
     import Milter
+
     from .milter import FLAGS, Live, OutpostMilter
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -266,7 +268,7 @@ def _worker_main(config: Config, fd: int, parent: int, secrets: Optional[Secrets
                 os.kill(pid, signal.SIGTERM)
             try:
                 register()
-            except Exception:  # noqa: BLE001 - a failed heartbeat is retried next beat
+            except Exception:  # a failed heartbeat is retried next beat
                 log.warning("store heartbeat failed", exc_info=True)
             if metrics is not None:
                 metrics.sync_store(store)
@@ -406,7 +408,7 @@ class Master:
                                         self._pipe[1] if self._pipe else None)
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
-            except Exception:  # noqa: BLE001 - report and exit the child, never return into the master loop
+            except Exception:  # report and exit the child, never return into the master loop
                 log.exception("worker crashed")
             finally:
                 logging.shutdown()
@@ -517,7 +519,7 @@ class Master:
                 store.process_gone(socket.gethostname(), pid)
             finally:
                 store.close()
-        except Exception:  # noqa: BLE001 - slots are reclaimed lazily anyway
+        except Exception:  # slots are reclaimed lazily anyway
             log.warning("could not free the slots of worker %d", pid, exc_info=True)
 
     def _collect_ready(self, timeout: float) -> None:

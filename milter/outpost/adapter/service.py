@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import pwd
-import grp
 import socket
 import stat
 import time
@@ -163,7 +163,9 @@ def code_dirs() -> list[str]:
     """Where this Python's standard library and Outpost's packages are
     (modules are still imported after the drop: call this before it)."""
     import sysconfig
+
     import Milter
+
     import outpost
     return [sysconfig.get_paths()["stdlib"], os.path.dirname(os.path.dirname(outpost.__file__)),
             os.path.dirname(os.path.abspath(Milter.__file__))]

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Optional, Union, get_args
 
+from ..store.settings import OnStoreError
+
 if TYPE_CHECKING:
     from ..effects.dkim import DkimKey, DkimSettings
     from ..effects.dnslists import DnsListSettings
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
     from ..store.settings import StoreSettings
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
-from ..store.settings import OnStoreError
 
 # The enumerated settings: each Literal is the one list of its values (the
 # loader offers them in this order: "'x' is not one of: enforce, warn, off").
@@ -215,7 +215,7 @@ class LogSettings:
                                     ("facility", self.facility, tuple(LOG_FACILITIES))):
             if value not in choices:
                 raise ValueError(f"log.{key}: '{value}' is not one of: {', '.join(choices)}")
-        self.syslog_udp            # checks the address
+        _ = self.syslog_udp        # checks the address
 
     @property
     def facility_code(self) -> int:

@@ -22,12 +22,25 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Mapping, Optional,
 from ..core.addresses import idna_domain
 from ..store.settings import OnStoreError
 from .model import (
-    HeaderFromMode, Mode,
-    Config, DkimConfig, Domain, IdentityHeader, IPNetwork, Limits, LockPolicy, MetricsSettings, RateLimit,
-    SpamConfig, SpamPolicy, User, UserPolicy,
+    Config,
+    DkimConfig,
+    Domain,
+    HeaderFromMode,
+    IdentityHeader,
+    IPNetwork,
+    Limits,
+    LockPolicy,
+    LogSettings,
+    MetricsSettings,
+    Mode,
+    RateLimit,
+    SpamAction,
+    SpamConfig,
+    SpamPolicy,
+    User,
+    UserPolicy,
+    UserType,
 )
-from .model import LogSettings
-from .model import SpamAction, UserType
 from .source import DURATION_UNITS, ConfigError, Node, parse_text
 
 if TYPE_CHECKING:
@@ -48,8 +61,8 @@ HEADER_FROM_BOOLEANS = {False: "off"}
 
 POLICY_KEYS = {"mode", "header_from", "connection_limit", "limits", "user_limits", "lock",
                "abuse_contact", "spam"}
-SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights", "disabled", "bayes", "rules",
-             "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
+SPAM_KEYS = {"enabled", "max_scan", "max_scan_body", "max_scan_headers", "max_evidence_len", "weights",
+             "disabled", "bayes", "rules", "bulk", "blocklists", "spamassassin", "rspamd", "dnslists"}
 USER_KEYS = POLICY_KEYS | {"name", "type", "ips", "logins", "domains", "identity_headers"}
 
 
@@ -197,7 +210,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     reports = grab(lambda: _reports(opt("reports"), abuse_to, top.hostname), None) if abuse_to else None
     log = grab(lambda: _log(opt("log"), top.log_level), LogSettings())
     metrics = grab(lambda: _metrics(top.metrics) if top.metrics is not None else None, None)
-    from ..panel.settings import PanelSettings          # the panel: block (outpost panel)
+    from ..panel.settings import PanelSettings  # the panel: block (outpost panel)
     panel = grab(lambda: settings_from(top.panel, PanelSettings) if top.panel is not None else None, None)
     errors.extend(value_errors)
     if errors:
@@ -335,8 +348,8 @@ def _dkim_keys(node: Node, domain: str) -> tuple["DkimKey", ...]:
 
 
 def _dkim(node: Node, domains: tuple[Domain, ...]) -> DkimConfig:
-    from ..effects.dkim import DkimSettings
     from ..core.headers import STAMPED
+    from ..effects.dkim import DkimSettings
     fields = node.mapping({"canonicalization", "extra_headers", "min_rsa_bits", "sign_user_domain"})
     keys = tuple(k for d in domains for k in d.dkim)
     fixed: dict[str, Any] = {"keys": keys}

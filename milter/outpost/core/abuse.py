@@ -63,6 +63,6 @@ class AbuseReports:
                 evidence=tuple(getattr(verdict, "evidence", ())), reason=reason or kind,
                 lock_until=lock_until, reported_domain=msg.sender_domain, original=original,
                 remedy=remedy, report_to=user.policy.abuse_contact))
-        except Exception:  # noqa: BLE001 - a report must never turn into a mail failure
+        except Exception:  # a report must never turn into a mail failure
             log.exception("could not spool the abuse report (%s %s for %s)", kind, action,
                           msg.identity_key)

@@ -546,7 +546,7 @@ def zone_line(domain: str, selector: str, txt: str) -> str:
     return f"{selector}._domainkey.{domain.rstrip('.')}. IN TXT ( {zone_txt(txt)} )"
 
 
-def keygen(domain: str, selector: str, type: str = "rsa", bits: int = 2048,
+def keygen(domain: str, selector: str, type: DkimAlgorithm = "rsa", bits: int = 2048,
            directory: str = ".", *, overwrite: bool = False) -> tuple[str, str]:
     """Create a private key file ``<directory>/<domain>.<selector>.<type>.pem``
     (mode 0600, written atomically) and return ``(path, txt)`` where txt is

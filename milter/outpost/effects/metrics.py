@@ -29,14 +29,13 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, cast
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
 
     from ..config import Config
     from ..core.types import Decision, Message
-    from ..spam.engine import Verdict
     from ..store import Store
 
 log = logging.getLogger("outpost.metrics")
@@ -182,7 +181,7 @@ class WorkerMetrics:
         if children[1] is not None:
             children[1].inc()
         self.message_seconds.observe(msg.spent)
-        verdict = cast("Optional[Verdict]", msg.verdict)
+        verdict = msg.verdict
         if verdict is not None:
             self.spam_score.observe(float(verdict.score))
             for failure in getattr(verdict, "errors", ()):

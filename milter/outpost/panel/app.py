@@ -30,8 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from flask import (Flask, abort, flash, g, redirect, render_template, request, session,
-                   url_for)
+from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for
 
 from ..config import Config
 from ..core.headers import clean
@@ -205,7 +204,8 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
                               clean(name, 64), request.remote_addr)
                 abort(429, f"too many failed logins; try again in {span(wait)}")
             user = settings.user(name)
-            if verify_login(password, user.password_hash if user else None):
+            # verify_login runs for an unknown name too (same time either way)
+            if verify_login(password, user.password_hash if user else None) and user is not None:
                 limiter.succeeded(*keys)
                 session.clear()
                 session["sid"] = sid = sessions.new(user.name)

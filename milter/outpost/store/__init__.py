@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from .base import (Bucket, BucketState, FingerprintStats, HitResult, Lock, Store,
-                   StoreError)
+from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
 from .settings import ON_STORE_ERROR_MODES, StoreSettings
 from .url import StoreURL, parse_store_url
 

@@ -284,5 +284,5 @@ class Store(abc.ABC):
     def get_blob(self, name: str) -> Optional[bytes]:
         ...
 
-    def close(self) -> None:  # pragma: no cover - trivial
+    def close(self) -> None:  # noqa: B027 - an optional hook: stores without resources keep it  # pragma: no cover
         pass

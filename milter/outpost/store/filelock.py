@@ -37,7 +37,7 @@ def _flock_keeping_gil() -> Optional[Callable[[int, int], int]]:
     except (OSError, AttributeError):
         return None
     # Python ints pass as C ints and an int comes back by default; declaring
-    # argtypes (or use_errno) would triple the cost of the call.  The errno
+    # argtypes (or use_errno) would add a conversion to every call.  The errno
     # is not needed: on failure fcntl.flock runs and raises what went wrong.
     fn.restype = ctypes.c_int
     return fn

@@ -12,14 +12,32 @@ import time
 from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
-from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
-                   stat_buckets)
+from .base import (
+    STAT_PERIODS,
+    Bucket,
+    BucketState,
+    DecisionEntry,
+    FingerprintStats,
+    HitResult,
+    Lock,
+    Store,
+    stat_buckets,
+)
 from .locks import LockRecord
 from .owners import slot_owner
-from .windows import (WindowCounts, bucket_id, bucket_key_of, bucket_state, check_recipients,
-                      check_window, key_in_prefix, subwindow_expiry, validate_buckets,
-                      window_decide)
 from .settings import StoreSettings
+from .windows import (
+    WindowCounts,
+    bucket_id,
+    bucket_key_of,
+    bucket_state,
+    check_recipients,
+    check_window,
+    key_in_prefix,
+    subwindow_expiry,
+    validate_buckets,
+    window_decide,
+)
 
 
 class _FingerprintLog:
@@ -293,7 +311,7 @@ class MemoryStore(Store):
     def decision_read(self, limit: int) -> list[DecisionEntry]:
         with self._mutex:
             self._trim_decisions(self._clock())
-            out = []
+            out: list[DecisionEntry] = []
             for _t, entry in reversed(self._decisions):
                 if len(out) >= limit:
                     break

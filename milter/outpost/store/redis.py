@@ -41,7 +41,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib
@@ -49,12 +49,32 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
-                   StoreError, stat_buckets)
+from .base import (
+    STAT_PERIODS,
+    Bucket,
+    BucketState,
+    DecisionEntry,
+    FingerprintStats,
+    HitResult,
+    Lock,
+    Store,
+    StoreError,
+    stat_buckets,
+)
 from .owners import slot_owner
-from .windows import (EPSILON, SUBWINDOWS, WindowCounts, bucket_id, bucket_key_of, bucket_state,
-                      check_recipients, check_window, key_in_prefix, validate_buckets)
 from .settings import StoreSettings
+from .windows import (
+    EPSILON,
+    SUBWINDOWS,
+    WindowCounts,
+    bucket_id,
+    bucket_key_of,
+    bucket_state,
+    check_recipients,
+    check_window,
+    key_in_prefix,
+    validate_buckets,
+)
 
 _PRELUDE = """
 if redis.replicate_commands then redis.replicate_commands() end
@@ -704,8 +724,9 @@ class RedisStore(Store):
                  by: str = "auto", max_auto_unlocks: Optional[int] = None) -> Lock:
         if duration is not None and not duration > 0:
             raise ValueError(f"lock duration must be > 0 or None, got {duration}")
-        args = [key, self._hist_ms, reason, "" if duration is None else repr(float(duration)),
-                by, "" if max_auto_unlocks is None else int(max_auto_unlocks)]
+        args: list[Union[str, int]] = [key, self._hist_ms, reason,
+                                       "" if duration is None else repr(float(duration)),
+                                       by, "" if max_auto_unlocks is None else int(max_auto_unlocks)]
         with self._guard("set_lock"):
             fields = self._set_lock(keys=self._lock_keys(key), args=args)
         lock = self._lock(key, fields)
@@ -830,4 +851,5 @@ class RedisStore(Store):
     def get_blob(self, name: str) -> Optional[bytes]:
         with self._guard("get_blob"):
             value = self._r.get(f"{self._p}blob:{name}")
-        return None if value is None else bytes(value)
+        # redis-py types a reply as bytes | str; this client does not decode, so it is bytes
+        return None if value is None else bytes(cast(bytes, value))

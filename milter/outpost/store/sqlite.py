@@ -20,16 +20,36 @@ import time
 from types import TracebackType
 from typing import Iterator, Optional, Sequence
 
-from .base import (STAT_PERIODS, Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store,
-                   StoreError, stat_buckets)
+from .base import (
+    STAT_PERIODS,
+    Bucket,
+    BucketState,
+    DecisionEntry,
+    FingerprintStats,
+    HitResult,
+    Lock,
+    Store,
+    StoreError,
+    stat_buckets,
+)
 from .filelock import FileLock
 from .locks import LockRecord
 from .owners import slot_owner
 from .settings import StoreSettings
 from .slots import SlotTable
-from .windows import (SUBWINDOWS, WindowCounts, bucket_id, bucket_key_of, bucket_state,
-                      check_recipients, check_window, key_in_prefix, subwindow_expiry,
-                      validate_buckets, window_decide)
+from .windows import (
+    SUBWINDOWS,
+    WindowCounts,
+    bucket_id,
+    bucket_key_of,
+    bucket_state,
+    check_recipients,
+    check_window,
+    key_in_prefix,
+    subwindow_expiry,
+    validate_buckets,
+    window_decide,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rl_slot (
@@ -67,8 +87,8 @@ _POOL_SIZE = 16
 #: block allocated when the connection opens and are recycled, never freed;
 #: 16 pages cover the deepest transaction here (three B-tree indexes and a
 #: table), and the file stays in the OS page cache.  Measured with 8 threads
-#: adding fingerprints to a growing 50 MB file: glibc heap 9 MB -> 5 MB (free
-#: chunks 5 MB -> 2 MB), and slightly more writes per second.
+#: adding fingerprints to a growing file: a smaller glibc heap, and slightly
+#: more writes per second (docs/benchmarks.rst, the soak).
 _CACHE_PAGES = 16
 
 #: Locked identities a process keeps in memory to answer "not locked"

@@ -24,7 +24,6 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from .base import Bucket, BucketState, HitResult
 
-
 #: Subwindows per window (a subwindow is 1 s of a minute, 1 min of an hour).
 SUBWINDOWS = 60
 
