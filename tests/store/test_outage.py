@@ -4,6 +4,7 @@ re-creating the store, and the ``local`` fallback of ResilientStore."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Iterator
 
@@ -196,3 +197,49 @@ def test_heartbeat_pays_the_releases_without_traffic(own_redis: RedisServer) -> 
     store.process_alive("h", 2)                        # the next heartbeat reaches Redis
     assert shared_count(own_redis, "hb:", ip) == 0 and store.pending_releases == 0
     store.close()
+
+
+def watchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "outpost-store-watch"]
+
+
+def test_a_store_that_follows_failovers_is_watched_in_the_background(
+        own_redis: RedisServer) -> None:
+    """With the clock frozen (no ``retry_interval`` probe ever comes due),
+    the store that follows failovers (as a Sentinel one does) is back
+    right after Redis answers again, found by its background check; the
+    plain one stays on process memory until its ``retry_interval``
+    passes.  ``close`` stops the check of a store still down."""
+    settings = StoreSettings(key_prefix="watch:", on_store_error="local",
+                             connect_timeout=0.2, op_timeout=0.2)
+    clock = Clock()
+    followed = RedisStore(own_redis.url, settings)
+    followed.follows_failover = True                   # what a redis+sentinel:// store says
+    watched = ResilientStore(followed, settings, clock=clock)
+    plain = ResilientStore(RedisStore(own_redis.url, settings), settings, clock=clock)
+    bucket = [Bucket("u/watch", 5, 60.0)]
+    for store in (watched, plain):
+        assert store.hit(bucket).allowed and not store.degraded
+    own_redis.stop()
+    for store in (watched, plain):
+        assert store.hit(bucket).allowed and store.degraded       # served locally
+    assert len(watchers()) == 1                        # the plain store has none
+    own_redis.start()
+    deadline = time.monotonic() + 5
+    while watched.degraded:
+        assert time.monotonic() < deadline, "the background check did not find Redis back"
+        watched.hit(bucket)
+        time.sleep(0.02)
+    assert watched.outages == 1 and watched.primary.peek(bucket)[0].used >= 1
+    assert plain.hit(bucket).allowed and plain.degraded    # no probe due before retry_interval
+    clock.t += settings.retry_interval
+    assert plain.hit(bucket).allowed and not plain.degraded
+    deadline = time.monotonic() + 5
+    while watchers():                                  # it ends once the store is back
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    own_redis.stop()
+    assert watched.hit(bucket).allowed and watched.degraded and len(watchers()) == 1
+    watched.close()                                    # stops the check of a store still down
+    assert watchers() == []
+    plain.close()

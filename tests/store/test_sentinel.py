@@ -90,12 +90,13 @@ def cluster() -> Iterator[SentinelCluster]:
 
 def test_store_follows_a_failover_and_keeps_what_was_replicated(cluster: SentinelCluster) -> None:
     """SIGKILL the master: the store serves from process memory only until
-    the Sentinels have promoted the replica (plus at most one
-    ``retry_interval``), then goes on against the new master, where the
-    counts and the lock written before the kill are."""
-    retry = 0.2
-    store = open_store(cluster.url, StoreSettings(key_prefix="fo:", on_store_error="local",
-                                                  retry_interval=retry))
+    the Sentinels have promoted the replica (within a second of it, with
+    the default ``retry_interval`` of 5 s: the background check of a
+    store that follows a failover), then goes on against the new master,
+    where the counts and the lock written before the kill are."""
+    settings = StoreSettings(key_prefix="fo:", on_store_error="local")
+    assert settings.retry_interval == 5.0            # the default, not a test-only short one
+    store = open_store(cluster.url, settings)
     assert isinstance(store, ResilientStore) and isinstance(store.primary, RedisStore)
     bucket = [Bucket("alice/alice@example.com", 3, 600.0)]
     assert [store.hit(bucket).allowed for _ in range(4)] == [True, True, True, False]
@@ -107,12 +108,15 @@ def test_store_follows_a_failover_and_keeps_what_was_replicated(cluster: Sentine
     killed = cluster.kill_master()
     promoted = fell_back = back = None
     local_admitted = 0
+    slowest = 0.0
     deadline = killed + 30
     while back is None:
         assert time.monotonic() < deadline, "the store did not come back to the new master"
         if promoted is None and cluster.master_port() == cluster.replica.port:
             promoted = time.monotonic()
+        started = time.monotonic()
         result = store.hit(bucket)
+        slowest = max(slowest, time.monotonic() - started)
         if store.degraded:
             fell_back = fell_back or time.monotonic()
             local_admitted += result.allowed
@@ -123,11 +127,12 @@ def test_store_follows_a_failover_and_keeps_what_was_replicated(cluster: Sentine
         promoted = cluster.wait_for_failover()
     print(f"\nfailover: replica promoted {promoted - killed:.2f} s after the kill; "
           f"the store served from memory for {back - fell_back:.2f} s, "
-          f"{back - promoted:+.2f} s after the promotion; {local_admitted} admitted locally")
+          f"{back - promoted:+.2f} s after the promotion; {local_admitted} admitted locally; "
+          f"slowest call {slowest:.3f} s")
     # local memory admits at most the limit (one process) while the failover lasts
     assert local_admitted <= 3
-    # back no later than one retry_interval (+ the time one probe takes) after the promotion
-    assert back - promoted < retry + 1.0
+    # back within a small bound of the promotion, not up to retry_interval (5 s) later
+    assert back - promoted <= 1.5
     # the new master has everything written before the kill
     assert store.peek(bucket)[0].used == 3 and not store.hit(bucket).allowed
     lock = store.get_lock("bob/bob@example.com")

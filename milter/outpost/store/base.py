@@ -147,6 +147,12 @@ class Store(abc.ABC):
     """Abstract store; see module docstring."""
 
     url: str = ""
+    #: An outage of this store can end by a failover it follows by itself
+    #: (Redis behind Sentinel): while serving locally, a
+    #: :class:`~outpost.store.resilient.ResilientStore` then asks it in the
+    #: background, every :data:`~outpost.store.resilient.WATCH_INTERVAL`,
+    #: whether it answers again, instead of waiting for ``retry_interval``.
+    follows_failover: bool = False
 
     # -- clock ---------------------------------------------------------
     @abc.abstractmethod

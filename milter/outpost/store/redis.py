@@ -583,6 +583,7 @@ class RedisStore(Store):
         self._sentinel: Optional[Sentinel] = None
         if url.split(":", 1)[0].lower() in SENTINEL_SCHEMES:
             self._r, self._sentinel = _sentinel_client(parse_sentinel_url(url), s, **connection)
+            self.follows_failover = True
         else:
             try:
                 self._r = redis_lib.Redis.from_url(url, **connection)

@@ -23,6 +23,14 @@ What is lost or approximate while serving locally (each process on its own):
 After the shared store answers again, every call goes to it and the local
 state is ignored (it is cleared at the next outage so it does not carry
 stale counts into it).
+
+How soon that is: a call tries the shared store again at most every
+``retry_interval``; for a store that follows a failover by itself (Redis
+behind Sentinel, ``Store.follows_failover``) a background thread also asks
+it every :data:`WATCH_INTERVAL` (``Store.now``, off the message path) and,
+as soon as it answers, lets the next call try it: the fallback ends within
+about ``WATCH_INTERVAL`` of the Sentinels naming the new master, and no
+message waits for these checks.
 """
 
 from __future__ import annotations
@@ -48,6 +56,11 @@ log = logging.getLogger("outpost.store")
 #: go first; after ``heartbeat_ttl`` without heartbeats the shared store
 #: reclaims every slot of the process anyway).
 MAX_PENDING_RELEASES = 10000
+
+#: Seconds between the background checks of a store that follows a failover
+#: (at most ``retry_interval``): one Sentinel query and one connection
+#: attempt each, per process, only while the shared store is down.
+WATCH_INTERVAL = 0.2
 
 
 class ResilientStore(StoreWrapper):
@@ -80,6 +93,9 @@ class ResilientStore(StoreWrapper):
         self._shared_slots: dict[str, str] = {}
         #: slot -> ip of primary slots whose release failed (retried)
         self._pending_releases: dict[str, str] = {}
+        #: background check of a primary that follows a failover (see :meth:`_watch`)
+        self._watcher: Optional[threading.Thread] = None
+        self._closing = threading.Event()
 
     @property
     def primary(self) -> Store:
@@ -152,6 +168,11 @@ class ResilientStore(StoreWrapper):
             if first:
                 self.outages += 1
                 self.local = MemoryStore(self.settings)
+            if self.inner.follows_failover and not self._closing.is_set() and (
+                    self._watcher is None or not self._watcher.is_alive()):
+                self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                 name="outpost-store-watch")
+                self._watcher.start()
         if first:
             log.error("store %s unavailable, serving from process memory "
                       "(limits are per process until it is back): %s", self.url, exc)
@@ -166,7 +187,33 @@ class ResilientStore(StoreWrapper):
         log.warning("store %s is back; %d operations were served locally so far",
                     self.url, self.fallbacks)
 
+    def _watch(self) -> None:
+        """While degraded: ask the primary every :data:`WATCH_INTERVAL`
+        whether it answers; once it does, make the next call's probe due
+        now (that call, not this thread, ends the outage, so a primary that
+        fails it again stays one outage)."""
+        interval = min(WATCH_INTERVAL, self.settings.retry_interval)
+        while not self._closing.wait(interval):
+            with self._mutex:
+                if self._retry_at is None:      # a call found it back already
+                    self._watcher = None
+                    return
+            try:
+                self.inner.now()
+            except StoreError:
+                continue
+            with self._mutex:
+                if self._retry_at is not None:
+                    self._retry_at = min(self._retry_at, self._clock())
+                self._watcher = None
+            return
+
     def close(self) -> None:
+        self._closing.set()
+        with self._mutex:
+            watcher = self._watcher
+        if watcher is not None:
+            watcher.join()
         self.inner.close()
 
     def conn_acquire(self, ip: str, limit: int, slot: str) -> tuple[bool, int]:
