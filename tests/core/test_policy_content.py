@@ -15,7 +15,7 @@ from outpost.config import parse_config
 from outpost.core.policy import Policy
 from outpost.core.types import Action, Session
 from outpost.effects.dkim import Signer, keygen
-from outpost.spam.build import build_engine
+from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import SPAM, corpus_message
 

@@ -8,7 +8,7 @@ import pytest
 from outpost.config import parse_config
 from outpost.core.policy import Policy
 from outpost.core.types import Action, Session
-from outpost.spam.build import build_engine
+from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import HAM, SPAM, corpus_message
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 if TYPE_CHECKING:
     from ..effects.dkim import DkimKey, DkimSettings
-    from ..effects.dnslists import DnsListSettings
+    from ..spam.dnslists import DnsListSettings
     from ..effects.reports import ReportSettings
     from ..effects.resolver import ResolverSettings
     from ..effects.spf import SpfSettings
