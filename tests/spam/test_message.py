@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, TextAfterWindow,
+                                  address_domains, address_spans,
                                   html_to_text, make_url, normalise_host, parse_message)
 from tests.spam.helpers import build
 
@@ -273,3 +274,23 @@ def test_a_window_ending_in_many_parts_does_not_switch_the_watch_off():
     w = TextAfterWindow(_TOP, window)
     w.feed(b"--=_b1\r\nContent-Type: text/html\r\n\r\n<p>spam</p>\r\n")
     assert w.found
+
+
+# The pattern address_spans replaces: the same matches, found from each '@'.
+_OLD_ADDRESS_RE = __import__("re").compile(r"[\w.+-]{1,64}@([\w-]+(?:\.[\w-]+)+)")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["a", "b", ".", "+", "-", "_", "@", " ", "é", "x" * 70, "c.d", "\n"]),
+                max_size=60).map("".join))
+def test_address_spans_equal_the_regex(text):
+    assert [(s, e, d) for s, e, d in address_spans(text)] == \
+        [(m.start(), m.end(), m.group(1)) for m in _OLD_ADDRESS_RE.finditer(text)]
+    assert address_domains(text) == _OLD_ADDRESS_RE.findall(text)
+
+
+def test_address_spans_linear_on_long_words():
+    text = ("1" + "X" * 77 + "\r\n") * 8000 + "mail me: bob@example.org"
+    start = time.process_time()
+    assert address_domains(text) == ["example.org"]
+    assert time.process_time() - start < 0.1      # about 3 ms; the old pattern: 0.4 s

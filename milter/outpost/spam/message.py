@@ -44,6 +44,14 @@ _TRAILING_PUNCT = ".,;:!?)]}>'\""
 _WS_RE = re.compile(r"[ \t\r\f\v]+")
 _NL_RE = re.compile(r"\n\s*\n+")
 _HOST_OK_RE = re.compile(r"^[a-z0-9._-]+$|^\[[0-9a-f:.]+\]$")
+# An address in text: a local part of at most 64 characters (RFC 5321) and
+# a dotted domain.  Found from each '@' (see address_spans): a pattern that
+# starts with the local part tries every position of a long word (64 steps
+# each: 13 ms for smtp-source's 20 KB of filler, against 0.1 ms).
+MAX_LOCAL_PART = 64
+MAX_ADDRESSES = 1000        # addresses whose domains a check reads
+_AT_DOMAIN_RE = re.compile(r"@([\w-]+(?:\.[\w-]+)+)")
+_LOCAL_RUN_RE = re.compile(r"[\w.+-]*")
 
 
 def decode_bytes(data: bytes, charset: Optional[str]) -> str:
@@ -93,6 +101,30 @@ def decode_header_value(value: object) -> str:
         text = "".join(out) if len(chunks) > 1 else (out[0] if out else "")
     text = " ".join(text.split())
     return text[:MAX_HEADER_LEN]
+
+
+def address_spans(text: str) -> Iterator[tuple[int, int, str]]:
+    """``(start, end, domain)`` of each address in ``text``, in order and
+    not overlapping: what ``re.finditer`` gives for
+    ``[\\w.+-]{1,64}@([\\w-]+(?:\\.[\\w-]+)+)``, in time linear in the
+    text (each '@' looks back at most 64 characters)."""
+    if "@" not in text:
+        return
+    prev_end = 0
+    for m in _AT_DOMAIN_RE.finditer(text):
+        at = m.start()
+        lo = max(prev_end, at - MAX_LOCAL_PART)
+        run = _LOCAL_RUN_RE.match(text[lo:at][::-1]).end()   # type: ignore[union-attr]
+        if not run:                     # no local part (or it was the previous domain)
+            continue
+        prev_end = m.end()
+        yield at - run, prev_end, m.group(1)
+
+
+def address_domains(text: str, limit: int = MAX_ADDRESSES) -> list[str]:
+    """The domains of the first ``limit`` addresses in ``text`` (see
+    :func:`address_spans`)."""
+    return [dom for _, (_, _, dom) in zip(range(limit), address_spans(text))]
 
 
 def normalise_host(host: str) -> str:
@@ -150,6 +182,8 @@ def make_url(href: str, text: str = "") -> Optional[Url]:
 def urls_in_text(text: str, limit: int = MAX_URLS) -> list[Url]:
     """URLs written in plain text."""
     found: list[Url] = []
+    if "://" not in text and "www." not in text.lower():     # the pattern needs one
+        return found                                          # (20 KB: 0.9 ms -> 0.02)
     for m in _URL_RE.finditer(text):
         u = make_url(m.group(0).rstrip(_TRAILING_PUNCT))
         if u is not None:
