@@ -294,3 +294,64 @@ def test_address_spans_linear_on_long_words():
     start = time.process_time()
     assert address_domains(text) == ["example.org"]
     assert time.process_time() - start < 0.1      # about 3 ms; the old pattern: 0.4 s
+
+
+def _cpu(fn):
+    start = time.process_time()
+    result = fn()
+    return result, time.process_time() - start
+
+
+def test_mime_nested_deeper_than_the_stack_is_parsed():
+    # the email parser recurses once per level: 2 000 levels raised RecursionError
+    depth = 2000
+    body = b"".join(b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (i, i + 1)
+                    for i in range(depth))
+    raw = (b'From: a@example.org\r\nSubject: deep\r\nContent-Type: multipart/mixed; boundary="b0"'
+           b"\r\n\r\n" + body + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello\r\n" % depth)
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert v.header("subject") == "deep"
+    assert cpu < 0.5
+
+
+def test_message_rfc822_chain_deeper_than_the_stack_is_read_as_text():
+    inner = b"".join(b"Subject: level %d\r\nContent-Type: message/rfc822\r\n\r\n" % i
+                     for i in range(3000))
+    raw = b"From: a@example.org\r\nContent-Type: message/rfc822\r\n\r\n" + inner + \
+        b"Subject: end\r\n\r\nthe innermost words\r\n"
+    v = parse_message(raw)
+    assert v.header("from") == "a@example.org"
+
+
+def test_twenty_thousand_tiny_parts_cost_what_the_walk_reads():
+    parts = b"".join(b"--t\r\nContent-Type: text/plain\r\n\r\npart%d\r\n" % i for i in range(20_000))
+    raw = b'From: a@example.org\r\nContent-Type: multipart/mixed; boundary="t"\r\n\r\n' + parts
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert "part0" in v.text and "part199" in v.text     # the walk's MAX_PARTS leaves
+    assert "part5000" not in v.text
+    assert cpu < 0.1                                      # about 10 ms; all parts built: 0.5 s
+
+
+def test_wrong_boundaries_nested_are_parsed_again_at_most_once():
+    depth = 20
+    opens = b"".join(b'--w%d\r\nContent-Type: multipart/mixed; boundary="d%d"\r\n\r\n' % (i, i + 1)
+                     for i in range(depth))
+    raw = (b'From: a@example.org\r\nContent-Type: multipart/mixed; boundary="d0"\r\n\r\n' + opens
+           + b"--w%d\r\nContent-Type: text/plain\r\n\r\n" % depth + b"word " * 200_000)
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert "word" in v.text
+    assert cpu < 0.1                                      # about 30 ms; once per level: 0.3 s
+
+
+def test_html_past_the_tag_bound_keeps_its_words_and_links():
+    links = "".join(f'<p><a href="http://h{i}.example.net/x">site {i} word{i}</a></p>\n'
+                    for i in range(3000))
+    html = f"<html><body><script>var hidden = 1;</script>{links}</body></html>"
+    text, urls = html_to_text(html)
+    assert "word0" in text and "word2999" in text
+    assert "hidden" not in text and "<p>" not in text
+    hosts = {u.host for u in urls}
+    assert "h0.example.net" in hosts and len(urls) >= 500
+    assert next(u for u in urls if u.host == "h0.example.net").text == "site 0 word0"
+    _, cpu = _cpu(lambda: html_to_text(html * 10))
+    assert cpu < 0.25                                     # about 40 ms; all tags parsed: 0.6 s

@@ -12,6 +12,7 @@ import codecs
 import email
 import email.errors
 import email.header
+import email.parser
 import email.utils
 import hashlib
 import io
@@ -19,6 +20,7 @@ import re
 import zipfile
 from email import policy
 from email.message import Message
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
@@ -29,11 +31,15 @@ MAX_HEADERS = 1000          # header fields kept in the view
 MAX_HEADER_LEN = 8192       # characters kept of one decoded header value
 MAX_DEPTH = 20              # MIME nesting levels walked
 MAX_PARTS = 200             # MIME leaves looked at
+MAX_MULTIPARTS = 32         # multipart boundaries the parser honours (later ones: text)
+MAX_DELIMITERS = MAX_PARTS + MAX_MULTIPARTS + 16   # boundary lines parsed (see _bound_mime)
 MAX_URLS = 500              # URLs kept
 MAX_HREF_LEN = 2048         # characters kept of one URL
 MAX_ATTACHMENTS = 50        # attachments kept
 MAX_ZIP_MEMBERS = 100       # member names listed per zip attachment
 MAX_HTML_LEN = 500_000      # characters of raw HTML kept in the view
+MAX_HTML_TAGS = 1000        # tags parsed as HTML; the rest of the HTML loses its tags
+HTML_PIECE = 16384          # characters fed to the HTML parser at a time
 
 # A URL in plain text: a scheme, or a bare www. host.
 _URL_RE = re.compile(
@@ -43,6 +49,9 @@ _URL_RE = re.compile(
 _TRAILING_PUNCT = ".,;:!?)]}>'\""
 _WS_RE = re.compile(r"[ \t\r\f\v]+")
 _NL_RE = re.compile(r"\n\s*\n+")
+_TAG_RE = re.compile(r"<[^<>]{0,4096}>")                      # bounded: linear
+_SKIPPED_RE = re.compile(r"<(script|style)\b[^<>]{0,4096}>.{0,65536}?</\1\s*>",
+                         re.IGNORECASE | re.DOTALL)
 _HOST_OK_RE = re.compile(r"^[a-z0-9._-]+$|^\[[0-9a-f:.]+\]$")
 # An address in text: a local part of at most 64 characters (RFC 5321) and
 # a dotted domain.  Found from each '@' (see address_spans): a pattern that
@@ -205,8 +214,10 @@ class _HtmlToText(HTMLParser):
         self.links: list[tuple[str, list[str]]] = []
         self._skip = 0
         self._anchor: Optional[list[str]] = None
+        self.tags = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        self.tags += 1
         if tag in self._SKIP:
             self._skip += 1
             return
@@ -242,11 +253,20 @@ class _HtmlToText(HTMLParser):
 
 def html_to_text(html: str) -> tuple[str, list[Url]]:
     """Convert HTML to text (script/style dropped) and extract its links
-    (href with anchor text)."""
+    (href with anchor text).  ``html.parser`` costs about 6 µs a tag: after
+    ``MAX_HTML_TAGS`` tags the rest is converted by dropping its tags (and
+    its links are the URLs written in it), so 1 MB of links costs 20 ms,
+    not 200."""
     parser = _HtmlToText()
+    rest = ""
     try:
-        parser.feed(html)
-        parser.close()
+        for i in range(0, len(html), HTML_PIECE):
+            parser.feed(html[i:i + HTML_PIECE])
+            if parser.tags > MAX_HTML_TAGS:
+                rest = parser.rawdata + html[i + HTML_PIECE:]
+                break
+        else:
+            parser.close()
     except (AssertionError, ValueError):
         # html.parser is lenient; keep what was converted so far
         pass
@@ -256,6 +276,9 @@ def html_to_text(html: str) -> tuple[str, list[Url]]:
         u = make_url(href, "".join(anchor))
         if u is not None:
             urls.append(u)
+    if rest:
+        urls.extend(urls_in_text(rest, MAX_URLS))
+        text += "\n" + _squash(html_unescape(_TAG_RE.sub(" ", _SKIPPED_RE.sub(" ", rest))))
     return text, urls
 
 
@@ -267,12 +290,15 @@ def _squash(text: str) -> str:
 _GUESS_BOUNDARY_RE = re.compile(r"^--([^\s]{1,70})[ \t]*\r?$", re.MULTILINE)
 
 
-def _recover_multipart(part: Message) -> Optional[Message]:
+def _recover_multipart(part: Message, budget: list[int]) -> Optional[Message]:
     """A multipart part whose boundary is missing or wrong: guess the
-    boundary from the first ``--delimiter`` line and re-parse, or None."""
+    boundary from the first ``--delimiter`` line and re-parse, or None.
+    ``budget[0]``: characters that may still be parsed again (parts nested
+    in such parts would otherwise be parsed once per level)."""
     payload = part.get_payload()
-    if not isinstance(payload, str):
+    if not isinstance(payload, str) or len(payload) > budget[0]:
         return None
+    budget[0] -= len(payload)
     m = _GUESS_BOUNDARY_RE.search(payload)
     if not m or m.group(1) == part.get_boundary():
         return None
@@ -280,15 +306,16 @@ def _recover_multipart(part: Message) -> Optional[Message]:
     head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
         part.get_content_type().encode(), m.group(1).encode("ascii", "surrogateescape"))
     try:
-        return email.message_from_bytes(head + body, policy=policy.compat32)
-    except (UnicodeError, ValueError):
+        return email.message_from_bytes(_bound_mime(head + body), policy=policy.compat32)
+    except (UnicodeError, ValueError, RecursionError):
         return None
 
 
-def _walk(msg: Message, depth: int = 0) -> Iterator[Message]:
-    """Leaves of the MIME tree, depth-capped (deeper parts are ignored)."""
+def _walk(msg: Message, budget: list[int], depth: int = 0) -> Iterator[Message]:
+    """Leaves of the MIME tree, depth-capped (deeper parts are ignored);
+    ``budget``: see :func:`_recover_multipart`."""
     if not msg.is_multipart() and msg.get_content_maintype() == "multipart" and depth < MAX_DEPTH:
-        recovered = _recover_multipart(msg)
+        recovered = _recover_multipart(msg, budget)
         if recovered is not None and recovered.is_multipart():
             msg = recovered
     if msg.is_multipart():
@@ -298,7 +325,7 @@ def _walk(msg: Message, depth: int = 0) -> Iterator[Message]:
         if isinstance(payload, list):
             for sub in payload:
                 if isinstance(sub, Message):
-                    yield from _walk(sub, depth + 1)
+                    yield from _walk(sub, budget, depth + 1)
     else:
         yield msg
 
@@ -340,6 +367,41 @@ def _payload(part: Message) -> bytes:
     return data
 
 
+def _bound_mime(data: bytes) -> bytes:
+    """What the MIME parser is given: ``data`` with its multipart structure
+    bounded.  The ``email`` parser builds every part and recurses for
+    every nesting level (10 000 tiny parts: 0.24 s; about 1 000 levels:
+    RecursionError), while :func:`_walk` only looks at ``MAX_PARTS`` leaves
+    ``MAX_DEPTH`` levels deep.  So boundary declarations after the first
+    ``MAX_MULTIPARTS`` are disabled (``xboundary=``: those multiparts are
+    read as text), and the data is cut before the boundary line that would
+    open a part beyond the first ``MAX_DELIMITERS`` (parts the walk would
+    not reach).  Costs no Python per line: one search per declaration and,
+    only when there are that many ``--`` lines, one pass of a pattern."""
+    declared: list[bytes] = []
+    for m in _BOUNDARY_RE.finditer(data):
+        if len(declared) == MAX_MULTIPARTS:
+            data = data[:m.start()] + _BOUNDARY_RE.sub(rb"x\g<0>", data[m.start():])
+            break
+        declared.append(m.group(1) or m.group(2))
+    if declared and data.count(b"\n--") > MAX_DELIMITERS:
+        rx = re.compile(rb"\n--(?:" + b"|".join(re.escape(d) for d in set(declared)) + rb")")
+        for n, m in enumerate(rx.finditer(data)):
+            if n == MAX_DELIMITERS:
+                return data[:m.start() + 1]
+    return data
+
+
+def _parse_mime(data: bytes) -> Message:
+    """The MIME tree of ``data`` (bounded by :func:`_bound_mime`); nesting
+    the parser cannot follow (a chain of message/rfc822 parts deeper than
+    Python's stack) leaves the body to be read as text."""
+    try:
+        return email.message_from_bytes(_bound_mime(data), policy=policy.compat32)
+    except RecursionError:
+        return email.parser.BytesParser(policy=policy.compat32).parsebytes(data, headersonly=True)
+
+
 def parse_message(raw: bytes, total_size: Optional[int] = None,
                   max_scan: int = 1_000_000) -> MessageView:
     """Parse at most ``max_scan`` bytes of ``raw`` into a bounded view.
@@ -353,7 +415,7 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     size = len(raw) if total_size is None else max(total_size, len(raw))
     partial = size > max_scan
     data = raw[:max_scan]
-    msg = email.message_from_bytes(data, policy=policy.compat32)
+    msg = _parse_mime(data)
 
     headers = tuple(
         (str(k)[:200], decode_header_value(v))
@@ -365,7 +427,7 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     urls: list[Url] = []
     attachments: list[Attachment] = []
     text_budget = max_scan
-    for n, part in enumerate(_walk(msg)):
+    for n, part in enumerate(_walk(msg, [len(data)])):
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
