@@ -122,7 +122,10 @@ def long_line(size: int, word: bytes) -> tuple[bytes, bytes]:
 
 SHAPES: dict[str, Callable[[], tuple[bytes, bytes]]] = {
     "1 MB of one-letter words": lambda: one_letter_words(MB),
+    "1 MB of words, a URL at the end": lambda: text_message(
+        b"lorem ipsum dolor sit amet\r\n" * (MB // 28) + b"http://example.net/\r\n"),
     "100 000 URLs (text)": lambda: many_urls(100_000),
+    "100 000 unusable URLs": lambda: text_message(b"http://%%%%d/ www.%%%%d\r\n" * 100_000),
     "50 000 links (HTML)": lambda: many_html_links(50_000),
     "MIME nested 5 000 deep": lambda: nested_mime(5000),
     "message/rfc822 5 000 deep": lambda: rfc822_chain(5000),

@@ -355,3 +355,19 @@ def test_html_past_the_tag_bound_keeps_its_words_and_links():
     assert next(u for u in urls if u.host == "h0.example.net").text == "site 0 word0"
     _, cpu = _cpu(lambda: html_to_text(html * 10))
     assert cpu < 0.25                                     # about 40 ms; all tags parsed: 0.6 s
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["h", "t", "p", "s", "ſ", "f", "w", "W", ".", ":", "/", "://", "www.",
+                                 "http://", "ftp", " ", "x", "İ", "\n"]), max_size=40).map("".join))
+def test_url_matches_equal_the_pattern(text):
+    from outpost.spam.message import _URL_RE, _url_matches
+    assert [m.span() for m in _url_matches(text)] == [m.span() for m in _URL_RE.finditer(text)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"boundary", b"BOUNDARY", b"Boundary=", b'="', b"x", b" ", b"=",
+                                 b'"', b";", b"\r\n", b"boundary=b"]), max_size=30).map(b"".join))
+def test_boundary_params_equal_the_pattern(data):
+    from outpost.spam.message import _BOUNDARY_RE, _boundary_params
+    assert [m.span() for m in _boundary_params(data)] == [m.span() for m in _BOUNDARY_RE.finditer(data)]
