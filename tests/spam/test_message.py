@@ -321,6 +321,7 @@ def test_message_rfc822_chain_deeper_than_the_stack_is_read_as_text():
         b"Subject: end\r\n\r\nthe innermost words\r\n"
     v = parse_message(raw)
     assert v.header("from") == "a@example.org"
+    assert "the innermost words" in v.text
 
 
 def test_twenty_thousand_tiny_parts_cost_what_the_walk_reads():

@@ -34,7 +34,7 @@ MAX_HEADER_LEN = 8192       # characters kept of one decoded header value
 MAX_DEPTH = 20              # MIME nesting levels walked
 MAX_PARTS = 200             # MIME leaves looked at
 MAX_MULTIPARTS = 32         # multipart boundaries the parser honours (later ones: text)
-MAX_DELIMITERS = MAX_PARTS + MAX_MULTIPARTS + 16   # boundary lines parsed (see _bound_mime)
+MAX_DELIMITERS = 2 * (MAX_PARTS + MAX_MULTIPARTS)   # boundary lines parsed (see _bound_mime)
 MAX_URLS = 500              # URLs kept
 MAX_URL_CANDIDATES = 2000   # URL-like strings of a text looked at
 MAX_HREF_LEN = 2048         # characters kept of one URL
@@ -489,8 +489,9 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
-        if ctype.startswith("multipart/"):      # unparseable multipart: read as text
-            ctype = "text/plain"
+        if ctype.startswith("multipart/") or (ctype.startswith("message/")
+                                              and isinstance(part.get_payload(), str)):
+            ctype = "text/plain"                # unparseable multipart or message: read as text
         filename = _filename(part)
         disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html") and not filename \
