@@ -222,10 +222,13 @@ def bench_site(keep: bool) -> Iterator[tuple[Path, int]]:
             shutil.rmtree(root)
 
 
-def run_rounds(configs, args: argparse.Namespace, sizes: list[int]) -> None:
+def run_rounds(configs, args: argparse.Namespace, sizes: list, send=None) -> None:
     """Interleaved rounds, the order reversed every other round so machine
     noise hits all configurations alike; fills each ``cfg.rates[size]``.
-    A configuration needs ``name``, ``instance`` and ``rates``."""
+    A configuration needs ``name``, ``instance`` and ``rates``.  ``send``
+    (default :func:`run_source`, smtp-source) is called like it; a size
+    may then be any workload name it knows."""
+    send = send if send is not None else run_source
     width = max(len(cfg.name) for cfg in configs)
     for rnd in range(args.rounds):
         order = configs if rnd % 2 == 0 else configs[::-1]
@@ -234,14 +237,15 @@ def run_rounds(configs, args: argparse.Namespace, sizes: list[int]) -> None:
                 milter = getattr(cfg, "milter", None)
                 pid = milter.proc.pid if milter is not None and milter.proc is not None else None
                 before = tree_cpu(pid) if pid else 0.0
-                rate = run_source(cfg.instance, args, args.messages, size)
+                rate = send(cfg.instance, args, args.messages, size)
                 cfg.rates.setdefault(size, []).append(rate)
                 cpu = ""
                 if pid and hasattr(cfg, "cpu"):
                     per_msg = (tree_cpu(pid) - before) / args.messages * 1e6
                     cfg.cpu.setdefault(size, []).append(per_msg)
                     cpu = f"  milter CPU {per_msg:5.0f} µs/msg"
-                print(f"round {rnd + 1} {cfg.name:<{width}} {size:>6} B {rate:8.0f} msgs/s{cpu}",
+                label = f"{size:>6} B" if isinstance(size, int) else f"{size:>8}"
+                print(f"round {rnd + 1} {cfg.name:<{width}} {label} {rate:8.0f} msgs/s{cpu}",
                       flush=True)
 
 

@@ -40,6 +40,7 @@ APT_PACKAGES=(
     util-linux         # unshare: Sendmail test instances get their own hostname and /dev/log
     nsd                # a real authoritative DNS server on loopback for SPF, DKIM and DNS-list tests
     libopendkim11      # OpenDKIM's verifier library: every signature is checked by it too
+    opendkim           # bench/: OpenDKIM (signing only) as the baseline of the throughput benchmarks
     systemd            # systemd-analyze (verify, security) and systemd-socket-activate: the units' tests
     strace             # ... every system call of Outpost inside the unit's SystemCallFilter
     groff-base         # man pages: tests/docs renders outpost(8) and outpost.yaml(5)

@@ -328,7 +328,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
     from .offline import decide_offline, to_json
-    from .spam.build import build_engine
+    from .spam.from_config import build_engine
     from .store.readonly import ReadOnlyStore
     config, real = _state(args, shared=False)
     store = ReadOnlyStore(real)
@@ -347,7 +347,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .spam.bayes import train_from_dirs
-    from .spam.build import MODEL_BLOB
+    from .spam.from_config import MODEL_BLOB
     config, store = _state(args)
     model = train_from_dirs(args.spam, args.ham)
     data = model.to_bytes()

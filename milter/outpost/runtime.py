@@ -91,7 +91,7 @@ class Runtime:
         from .effects.dkim import DkimError
         from .effects.resolver import ResolverSettings, make_resolver
         from .effects.spf import SpfError
-        from .spam.build import build_engine
+        from .spam.from_config import build_engine
         resolver = make_resolver(config.dns or ResolverSettings())
         signer = spf = None
         try:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from outpost.cli import main
-from outpost.spam.build import MODEL_BLOB
+from outpost.spam.from_config import MODEL_BLOB
 from outpost.store import open_store
 from tests.corpus import HAM, SPAM, corpus_message
 

@@ -15,7 +15,7 @@ from outpost.effects.dkim import Signer
 from outpost.effects.resolver import make_resolver
 from outpost.effects.spf import SpfChecker
 from outpost.logs import Fields
-from outpost.spam.build import build_engine
+from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import SPAM, corpus_message
 from tests.services.dns import DnsServer

@@ -16,7 +16,7 @@ from outpost.core.policy import Policy
 from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action, Session
 from outpost.effects.dkim import Signer, keygen
-from outpost.spam.build import build_engine
+from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import SPAM, corpus_message
 

@@ -9,7 +9,7 @@ from outpost.config import parse_config
 from outpost.core.policy import Policy
 from outpost.core.transaction import Transaction, drive
 from outpost.core.types import Action
-from outpost.spam.build import build_engine
+from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 from tests.corpus import HAM, SPAM, corpus_message
 

@@ -13,7 +13,7 @@ from outpost.config import load_config
 config = load_config(sys.argv[1])
 print("parsed", len(config.users))
 import dns.resolver
-from outpost.effects.dnslists import DnsListChecker, DnsListSettings
+from outpost.spam.dnslists import DnsListChecker, DnsListSettings
 try:
     DnsListChecker(DnsListSettings(), dns.resolver.Resolver(configure=False))
 except ValueError as exc:

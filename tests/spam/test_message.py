@@ -12,16 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outpost.spam.message import (
-    MAX_DEPTH,
-    MAX_HEADER_LEN,
-    MAX_HEADERS,
-    TextAfterWindow,
-    html_to_text,
-    make_url,
-    normalise_host,
-    parse_message,
-)
+from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, TextAfterWindow,
+                                  address_domains, address_spans,
+                                  html_to_text, make_url, normalise_host, parse_message)
 from tests.spam.helpers import build
 
 
@@ -281,3 +274,101 @@ def test_a_window_ending_in_many_parts_does_not_switch_the_watch_off():
     w = TextAfterWindow(_TOP, window)
     w.feed(b"--=_b1\r\nContent-Type: text/html\r\n\r\n<p>spam</p>\r\n")
     assert w.found
+
+
+# The pattern address_spans replaces: the same matches, found from each '@'.
+_OLD_ADDRESS_RE = __import__("re").compile(r"[\w.+-]{1,64}@([\w-]+(?:\.[\w-]+)+)")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["a", "b", ".", "+", "-", "_", "@", " ", "é", "x" * 70, "c.d", "\n"]),
+                max_size=60).map("".join))
+def test_address_spans_equal_the_regex(text):
+    assert [(s, e, d) for s, e, d in address_spans(text)] == \
+        [(m.start(), m.end(), m.group(1)) for m in _OLD_ADDRESS_RE.finditer(text)]
+    assert address_domains(text) == _OLD_ADDRESS_RE.findall(text)
+
+
+def test_address_spans_linear_on_long_words():
+    text = ("1" + "X" * 77 + "\r\n") * 8000 + "mail me: bob@example.org"
+    start = time.process_time()
+    assert address_domains(text) == ["example.org"]
+    assert time.process_time() - start < 0.1      # about 3 ms; the old pattern: 0.4 s
+
+
+def _cpu(fn):
+    start = time.process_time()
+    result = fn()
+    return result, time.process_time() - start
+
+
+def test_mime_nested_deeper_than_the_stack_is_parsed():
+    # the email parser recurses once per level: 2 000 levels raised RecursionError
+    depth = 2000
+    body = b"".join(b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (i, i + 1)
+                    for i in range(depth))
+    raw = (b'From: a@example.org\r\nSubject: deep\r\nContent-Type: multipart/mixed; boundary="b0"'
+           b"\r\n\r\n" + body + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello\r\n" % depth)
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert v.header("subject") == "deep"
+    assert cpu < 0.5
+
+
+def test_message_rfc822_chain_deeper_than_the_stack_is_read_as_text():
+    inner = b"".join(b"Subject: level %d\r\nContent-Type: message/rfc822\r\n\r\n" % i
+                     for i in range(3000))
+    raw = b"From: a@example.org\r\nContent-Type: message/rfc822\r\n\r\n" + inner + \
+        b"Subject: end\r\n\r\nthe innermost words\r\n"
+    v = parse_message(raw)
+    assert v.header("from") == "a@example.org"
+    assert "the innermost words" in v.text
+
+
+def test_twenty_thousand_tiny_parts_cost_what_the_walk_reads():
+    parts = b"".join(b"--t\r\nContent-Type: text/plain\r\n\r\npart%d\r\n" % i for i in range(20_000))
+    raw = b'From: a@example.org\r\nContent-Type: multipart/mixed; boundary="t"\r\n\r\n' + parts
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert "part0" in v.text and "part199" in v.text     # the walk's MAX_PARTS leaves
+    assert "part5000" not in v.text
+    assert cpu < 0.1                                      # about 10 ms; all parts built: 0.5 s
+
+
+def test_wrong_boundaries_nested_are_parsed_again_at_most_once():
+    depth = 20
+    opens = b"".join(b'--w%d\r\nContent-Type: multipart/mixed; boundary="d%d"\r\n\r\n' % (i, i + 1)
+                     for i in range(depth))
+    raw = (b'From: a@example.org\r\nContent-Type: multipart/mixed; boundary="d0"\r\n\r\n' + opens
+           + b"--w%d\r\nContent-Type: text/plain\r\n\r\n" % depth + b"word " * 200_000)
+    v, cpu = _cpu(lambda: parse_message(raw))
+    assert "word" in v.text
+    assert cpu < 0.1                                      # about 30 ms; once per level: 0.3 s
+
+
+def test_html_past_the_tag_bound_keeps_its_words_and_links():
+    links = "".join(f'<p><a href="http://h{i}.example.net/x">site {i} word{i}</a></p>\n'
+                    for i in range(3000))
+    html = f"<html><body><script>var hidden = 1;</script>{links}</body></html>"
+    text, urls = html_to_text(html)
+    assert "word0" in text and "word2999" in text
+    assert "hidden" not in text and "<p>" not in text
+    hosts = {u.host for u in urls}
+    assert "h0.example.net" in hosts and len(urls) >= 500
+    assert next(u for u in urls if u.host == "h0.example.net").text == "site 0 word0"
+    _, cpu = _cpu(lambda: html_to_text(html * 10))
+    assert cpu < 0.25                                     # about 40 ms; all tags parsed: 0.6 s
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["h", "t", "p", "s", "ſ", "f", "w", "W", ".", ":", "/", "://", "www.",
+                                 "http://", "ftp", " ", "x", "İ", "\n"]), max_size=40).map("".join))
+def test_url_matches_equal_the_pattern(text):
+    from outpost.spam.message import _URL_RE, _url_matches
+    assert [m.span() for m in _url_matches(text)] == [m.span() for m in _URL_RE.finditer(text)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"boundary", b"BOUNDARY", b"Boundary=", b'="', b"x", b" ", b"=",
+                                 b'"', b";", b"\r\n", b"boundary=b"]), max_size=30).map(b"".join))
+def test_boundary_params_equal_the_pattern(data):
+    from outpost.spam.message import _BOUNDARY_RE, _boundary_params
+    assert [m.span() for m in _boundary_params(data)] == [m.span() for m in _BOUNDARY_RE.finditer(data)]

@@ -12,7 +12,7 @@ from ..store.settings import OnStoreError
 
 if TYPE_CHECKING:
     from ..effects.dkim import DkimKey, DkimSettings
-    from ..effects.dnslists import DnsListSettings
+    from ..spam.dnslists import DnsListSettings
     from ..effects.reports import ReportSettings
     from ..effects.resolver import ResolverSettings
     from ..effects.spf import SpfSettings

@@ -556,7 +556,7 @@ def _spam_config(node: Node) -> SpamConfig:
         out = replace(out, weights=tuple((k, v.float(minimum=0)) for k, v in fields["weights"].mapping().items()))
     if "disabled" in fields:
         out = replace(out, disabled=frozenset(fields["disabled"].str_list()))
-    from ..effects.dnslists import DnsListSettings
+    from ..spam.dnslists import DnsListSettings
     for key, cls in (("bayes", BayesCheckSettings), ("rules", RulesSettings), ("bulk", BulkSettings),
                      ("blocklists", BlocklistSettings), ("spamassassin", SpamdSettings),
                      ("rspamd", RspamdSettings), ("dnslists", DnsListSettings)):

@@ -277,6 +277,17 @@ _CRLF_TAIL_REVERSED = re.compile(rb"(?:\n\r)*")
 _CRLF_BLOCK = b"\r\n" * 32768
 
 
+def _strip_line_end_blanks(data: bytes) -> bytes:
+    """dkimpy's ``strip_trailing_whitespace`` (blanks before each CRLF
+    dropped) by splitting at CRLF: its pattern tries every byte (1 MB of
+    short words: 20 ms, this: 3 ms)."""
+    lines = data.split(b"\r\n")
+    last = lines.pop()
+    lines = [ln.rstrip(b" \t") for ln in lines]
+    lines.append(last)
+    return b"\r\n".join(lines)
+
+
 class BodyHasher:
     """The DKIM body hash (``bh=``) computed as the body streams in: the
     SHA-256 of ``canonicalize_body(canon, _crlf(body))`` without keeping the
@@ -332,9 +343,10 @@ class BodyHasher:
         self._flush()
         middle = data[start:cut]
         if self._relaxed:
-            if b" \r\n" in middle or b"\t\r\n" in middle:
-                middle = strip_trailing_whitespace(middle)
-            if b"\t" in middle or b"  " in middle:
+            space, tab = b" " in middle, b"\t" in middle     # one-byte searches first
+            if (space and b" \r\n" in middle) or (tab and b"\t\r\n" in middle):
+                middle = _strip_line_end_blanks(middle)
+            if tab or (space and b"  " in middle):
                 middle = compress_whitespace(middle)
         self._hash.update(middle)
         self._content = True

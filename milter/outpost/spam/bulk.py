@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 from ..core.addresses import read_addresses as getaddresses   # survives nested comments
 from ..store.base import FingerprintStats, Store, StoreError
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
+from .message import address_spans
 
 ON_ERROR = ("ignore", "tempfail")
 #: Version tag in every stored fingerprint: bump when normalisation changes.
@@ -60,6 +61,8 @@ SHINGLE_WORDS = 3
 MINHASH_BINS = 16
 #: Only the first words feed the MinHash (enough to recognise a campaign).
 MAX_SHINGLE_WORDS = 1000
+#: URLs of the text made words of the normalised text (later ones are dropped).
+MAX_TEXT_URLS = 200
 _MASK64 = (1 << 64) - 1
 _M1, _M2, _M3, _M4 = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
                       0xBF58476D1CE4E5B9)
@@ -68,7 +71,6 @@ _QUOTE_RE = re.compile(r"^[^\S\n]*>.*$", re.MULTILINE)      # blanks of one line
 _SIG_RE = re.compile(r"^-- ?$", re.MULTILINE)
 _ON_WROTE_RE = re.compile(r"^[^\n]{0,200}\bwrote:\s*$", re.MULTILINE | re.IGNORECASE)
 _URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"')\]]+", re.IGNORECASE)
-_EMAIL_RE = re.compile(r"[\w.+-]{1,64}@[\w-]+(?:\.[\w-]+)+")   # bounded local part: linear
 _GREETING_RE = re.compile(
     r"\b(dear|hi|hello|hey|hallo|hola|bonjour|good\s+(?:morning|afternoon|evening))"
     r"[ \t]+[^\n,!:;.]{1,40}?(?=[,!:;.\n]|$)")           # applied to lower-case text
@@ -131,14 +133,26 @@ def _hide_token(m: "re.Match[str]") -> str:
     return " # " if len(w) >= 25 or _HAS_DIGIT_RE.search(w) else w
 
 
+def _drop_addresses(text: str) -> str:
+    """``text`` with every e-mail address replaced by a blank."""
+    out, pos = [], 0
+    for start, end, _dom in address_spans(text):
+        out += [text[pos:start], " "]
+        pos = end
+    return "".join(out) + text[pos:] if out else text
+
+
 def _split_personal(text: str) -> tuple[str, str]:
     """(body, tail): the tail is the signature and quoted part."""
     cut = len(text)
-    for rx in (_SIG_RE, _ON_WROTE_RE):
-        m = rx.search(text)
+    # each pattern only where its literal occurs (the searches cost 1 ms on 20 KB)
+    for rx, literal in ((_SIG_RE, "--"), (_ON_WROTE_RE, "wrote:")):
+        m = rx.search(text) if literal in text or literal in text.lower() else None
         if m:
             cut = min(cut, m.start())
     body, tail = text[:cut], text[cut:]
+    if ">" not in body:
+        return body, tail + "\n"
     quoted = "\n".join(m.group(0) for m in _QUOTE_RE.finditer(body))
     return _QUOTE_RE.sub("", body), tail + "\n" + quoted
 
@@ -175,9 +189,13 @@ def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
     subject = _SUBJECT_PREFIX_RE.sub("", subject)
     s = (subject + "\n" + body).lower()
     if "://" in s or "www." in s:
-        s = _URL_RE.sub(lambda m: " " + _url_key(m.group(0)).replace("/", " ") + " ", s)
+        # URLs become host and path words; past MAX_TEXT_URLS they are dropped
+        # (urlsplit costs 15 µs a URL: 1 500 URLs in the text were 22 ms)
+        seen = iter(range(MAX_TEXT_URLS))
+        s = _URL_RE.sub(lambda m: " " + _url_key(m.group(0)).replace("/", " ") + " "
+                        if next(seen, None) is not None else " ", s)
     if "@" in s:
-        s = _EMAIL_RE.sub(" ", s)
+        s = _drop_addresses(s)
     s = _GREETING_RE.sub(lambda m: m.group(1), s)
     s = _LONG_WORD_RE.sub(_hide_token, s)
     s = _DIGITS_RE.sub("0", s)

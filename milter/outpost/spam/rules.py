@@ -13,7 +13,7 @@ from typing import Optional
 
 from ..core.addresses import read_address as parseaddr, read_addresses as getaddresses   # survive nested comments
 from .base import Check, Evidence, MessageView, ScanContext
-from .message import normalise_host
+from .message import address_domains, normalise_host
 
 # Second-level labels under which registrations happen (co.uk, com.au, …).
 _SLD = frozenset("co com net org gov edu ac or ne go gob mil nic ltd plc me".split())
@@ -73,7 +73,6 @@ MACRO_EXTS = frozenset("docm dotm xlsm xltm xlam pptm potm ppsm ppam sldm".split
 
 _HOSTLIKE_RE = re.compile(r"^(?:(?:https?|ftp)://(?:www\.)?|www\.)([a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,24})"
                           r"(?:[:/?#]\S*)?$", re.IGNORECASE)
-_EMAIL_IN_NAME_RE = re.compile(r"[\w.+-]{1,64}@([\w-]+(?:\.[\w-]+)+)")   # bounded: linear
 _FORM_RE = re.compile(r"<form\b", re.IGNORECASE)
 _PASSWORD_INPUT_RE = re.compile(r"<input\b[^>]*\btype\s*=\s*[\"']?password", re.IGNORECASE)
 
@@ -204,7 +203,7 @@ class FromDisplayAddrMismatch(Rule):
     def match(self, msg: MessageView) -> Optional[str]:
         name, addr = _from(msg)
         dom = addr_domain(addr)
-        for shown in _EMAIL_IN_NAME_RE.findall(name):
+        for shown in address_domains(name):
             shown = normalise_host(shown)
             if shown and dom and base_domain(shown) != base_domain(dom):
                 return "name shows %s, address %s" % (shown, dom)

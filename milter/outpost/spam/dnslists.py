@@ -38,8 +38,8 @@ import dns.name
 import dns.resolver
 import dns.reversename
 
-from outpost.effects.resolver import TtlCache, negative_ttl
-from outpost.spam.base import Check, Evidence, MessageView, ScanContext
+from ..effects.resolver import TtlCache, negative_ttl
+from .base import Check, Evidence, MessageView, ScanContext
 
 if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from outpost.effects.dnslists import DnsList, DnsListCheck, DnsListChecker, DnsListSettings
+from outpost.spam.dnslists import DnsList, DnsListCheck, DnsListChecker, DnsListSettings
 from outpost.effects.resolver import ResolverSettings, make_resolver
 from outpost.spam.base import MessageView, ScanContext, Url
 from tests.services.dns import DnsServer, silent_udp_port
