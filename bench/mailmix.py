@@ -12,7 +12,6 @@ and structure, in the corpus' proportions, in a fixed shuffled order.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 from tests.corpus import corpus_message

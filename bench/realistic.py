@@ -44,24 +44,29 @@ processes per message (median over rounds, from /proc).
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import socket
 import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-from bench.dkim_throughput import (DOMAIN, SELECTOR, Setup, check_signing,
-                                   make_key, opendkim_setup, start_setups, stop_setups)
+from bench.dkim_throughput import (
+    DOMAIN,
+    SELECTOR,
+    Setup,
+    check_signing,
+    make_key,
+    opendkim_setup,
+    start_setups,
+    stop_setups,
+)
 from bench.mailmix import corpus_mix
-from bench.throughput import (BenchError, bench_site, count_sent, run_rounds,
-                              run_source)
+from bench.throughput import BenchError, bench_site, count_sent, run_rounds, run_source
 
+REPO = Path(__file__).resolve().parents[1]
 CORPUS = "corpus"
 
 

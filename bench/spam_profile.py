@@ -21,7 +21,6 @@ import pstats
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from bench.mailmix import corpus_mix, filler
 from outpost.config import parse_config

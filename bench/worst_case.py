@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 from outpost.config import parse_config

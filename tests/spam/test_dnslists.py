@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from outpost.spam.dnslists import DnsList, DnsListCheck, DnsListChecker, DnsListSettings
 from outpost.effects.resolver import ResolverSettings, make_resolver
 from outpost.spam.base import MessageView, ScanContext, Url
+from outpost.spam.dnslists import DnsList, DnsListCheck, DnsListChecker, DnsListSettings
 from tests.services.dns import DnsServer, silent_udp_port
 
 DBL = "\n".join([

@@ -12,9 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outpost.spam.message import (MAX_DEPTH, MAX_HEADERS, MAX_HEADER_LEN, TextAfterWindow,
-                                  address_domains, address_spans,
-                                  html_to_text, make_url, normalise_host, parse_message)
+from outpost.spam.message import (
+    MAX_DEPTH,
+    MAX_HEADER_LEN,
+    MAX_HEADERS,
+    TextAfterWindow,
+    address_domains,
+    address_spans,
+    html_to_text,
+    make_url,
+    normalise_host,
+    parse_message,
+)
 from tests.spam.helpers import build
 
 

@@ -12,7 +12,6 @@ from ..store.settings import OnStoreError
 
 if TYPE_CHECKING:
     from ..effects.dkim import DkimKey, DkimSettings
-    from ..spam.dnslists import DnsListSettings
     from ..effects.reports import ReportSettings
     from ..effects.resolver import ResolverSettings
     from ..effects.spf import SpfSettings
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from ..spam.bayes import BayesCheckSettings
     from ..spam.blocklists import BlocklistSettings
     from ..spam.bulk import BulkSettings
+    from ..spam.dnslists import DnsListSettings
     from ..spam.external import RspamdSettings, SpamdSettings
     from ..spam.rules import RulesSettings
     from ..store.settings import StoreSettings

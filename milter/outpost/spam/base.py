@@ -91,5 +91,5 @@ class Check(abc.ABC):
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
         ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: checks without resources keep it
         pass

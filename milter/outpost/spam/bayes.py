@@ -364,7 +364,7 @@ class Model:
 def load_default_model(settings: BayesSettings = BayesSettings()) -> Model:
     """The model shipped with Outpost (trained on the 2002 SpamAssassin
     public corpus)."""
-    data = importlib.resources.files("outpost").joinpath("data", DEFAULT_MODEL_RESOURCE).read_bytes()
+    data = importlib.resources.files("outpost").joinpath("data").joinpath(DEFAULT_MODEL_RESOURCE).read_bytes()
     return Model.from_bytes(data, settings)
 
 

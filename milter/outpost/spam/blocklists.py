@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Union
 
-from ..core.addresses import read_addresses as getaddresses   # survives nested comments
+from ..core.addresses import read_addresses as getaddresses  # survives nested comments
 from .base import Check, Evidence, MessageView, ScanContext
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def load_list(path: str, allow_addresses: bool, max_entries: int) -> ListIndex:
     source = os.path.basename(path)
     count = 0
     try:
-        with open(path, "r", encoding="utf-8", errors="strict") as fh:
+        with open(path, encoding="utf-8", errors="strict") as fh:
             for lineno, line in enumerate(fh, 1):
                 if len(line) > MAX_LINE:
                     raise BlocklistError(f"{path}:{lineno}: line longer than {MAX_LINE} characters")

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
-from ..core.addresses import read_addresses as getaddresses   # survives nested comments
+from ..core.addresses import read_addresses as getaddresses  # survives nested comments
 from ..store.base import FingerprintStats, Store, StoreError
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
 from .message import address_spans

@@ -24,7 +24,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
 
@@ -177,18 +177,20 @@ class _Conversation:
         try:
             if self.settings.socket:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                address: object = self.settings.socket
+                address: Union[str, tuple[Any, ...]] = self.settings.socket
             else:
                 # an IP literal needs no resolver; a name is resolved by the
                 # system resolver (use /etc/hosts for names: DNS is unbounded)
+                flags: int = 0
                 try:
                     ipaddress.ip_address(self.settings.host)
                     flags = socket.AI_NUMERICHOST
                 except ValueError:
-                    flags = 0
+                    pass
                 infos = socket.getaddrinfo(self.settings.host, self.settings.port,
                                            type=socket.SOCK_STREAM, flags=flags)
-                family, _, _, _, address = infos[0]
+                family, _, _, _, sockaddr = infos[0]
+                address = sockaddr
                 sock = socket.socket(family, socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
             raise self.fail(f"cannot resolve or open socket: {exc}") from exc

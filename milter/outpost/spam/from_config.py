@@ -49,8 +49,8 @@ def build_engine(config: Config, store: Optional[Store], resolver=None) -> Optio
         from .blocklists import BlocklistCheck
         checks.append(BlocklistCheck(sc.blocklists))
     if sc.dnslists is not None and sc.dnslists.lists:
-        from .dnslists import DnsListCheck, DnsListChecker
         from ..effects.resolver import ResolverSettings, make_resolver
+        from .dnslists import DnsListCheck, DnsListChecker
         checks.append(DnsListCheck(DnsListChecker(
             sc.dnslists, resolver or make_resolver(config.dns or ResolverSettings()))))
     if sc.spamassassin is not None:

@@ -369,17 +369,20 @@ def _walk(msg: Message, budget: list[int], depth: int = 0) -> Iterator[Message]:
 
 
 def _filename(part: Message) -> str:
+    name: Optional[str]
     try:
         name = part.get_filename()
     except (ValueError, LookupError, TypeError):
         name = None
     if name is None:
         try:
-            name = part.get_param("name")
+            param = part.get_param("name")
         except (ValueError, LookupError, TypeError):
-            name = None
-        if isinstance(name, tuple):         # RFC 2231 triple
-            name = email.utils.collapse_rfc2231_value(name)
+            param = None
+        if isinstance(param, tuple):        # RFC 2231 triple
+            name = email.utils.collapse_rfc2231_value(param)
+        else:
+            name = param
     return decode_header_value(name)[:255] if name else ""
 
 
@@ -399,10 +402,10 @@ def _payload(part: Message) -> bytes:
         data = part.get_payload(decode=True)
     except (ValueError, TypeError, LookupError, AssertionError):
         data = None
-    if data is None:
-        raw = part.get_payload()
-        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-    return data
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
 def _boundary_params(data: bytes) -> Iterator["re.Match[bytes]"]:
@@ -701,7 +704,7 @@ class TextAfterWindow:
             if end < 0:
                 return -1
             pos = end + 1
-            if part in (b"\n", b"\r\n") or part.endswith((b"\n\n", b"\n\r\n")):
+            if (len(part) <= 2 and bytes(part) in (b"\n", b"\r\n")) or part.endswith((b"\n\n", b"\n\r\n")):
                 self._part = None
                 header = bytes(part)
                 msg = email.message_from_bytes(header, policy=policy.compat32)

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from ..core.addresses import read_address as parseaddr, read_addresses as getaddresses   # survive nested comments
+from ..core.addresses import read_address as parseaddr  # survive nested comments
+from ..core.addresses import read_addresses as getaddresses
 from .base import Check, Evidence, MessageView, ScanContext
 from .message import address_domains, normalise_host
 
