@@ -458,6 +458,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except OSError as exc:            # --maildir: the directory or a file cannot be read
         print(f"outpost: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: the MTA keeps the complaint, never bounces it
+        print(f"outpost: internal error, complaint not taken (the MTA retries): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     finally:
         store.close()
     return code
