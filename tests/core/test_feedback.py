@@ -231,3 +231,20 @@ def test_read_bounded_drains_the_rest():
     assert (data, more) == (b"a" * 100, True)
     assert stream.read() == b""
     assert read_bounded(io.BytesIO(b"abc"), 100) == (b"abc", False)
+
+
+def test_a_store_failure_leaves_nothing_counted(setup, codec, token):
+    """The store fails between the claim and the count: the error reaches the
+    command (exit 75, the MTA retries) and the retry counts the complaint."""
+    from outpost.store.base import StoreError
+    config, store, spool = setup
+
+    class Down(MemoryStore):
+        def record_event(self, key, window):
+            raise StoreError("connection refused")
+
+    raw = sample("rfc5965_full.eml", token)
+    with pytest.raises(StoreError):
+        handle(config, Down(), codec, spool, raw)
+    assert list_data(spool)["counted"] == []
+    assert "1 for the identity" in handle(config, store, codec, spool, raw).text
