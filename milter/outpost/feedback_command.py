@@ -83,8 +83,15 @@ class Spool:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
+    @staticmethod
+    def _mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:            # pruned by another run meanwhile
+            return 0.0
+
     def _prune(self, where: Path) -> None:
-        metas = sorted(where.glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+        metas = sorted(where.glob("*.json"), key=lambda p: (self._mtime(p), p.name))
         for meta in metas[:max(0, len(metas) - self.max_kept)]:
             meta.with_suffix(".eml").unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
