@@ -394,6 +394,79 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """``outpost feedback``: one complaint from standard input (a pipe from
+    the MTA), every message of ``--maildir DIR``, or ``list``.  Anything
+    that may pass (configuration, secret, store, spool) exits 75 so the MTA
+    keeps the complaint and retries; an unreadable complaint is kept (0)."""
+    from .core.idtoken import TokenCodec, read_secret
+    from .feedback_command import (
+        EX_TEMPFAIL,
+        Spool,
+        SpoolError,
+        handle,
+        list_data,
+        list_text,
+        maildir_files,
+        read_bounded,
+    )
+    from .runtime import open_shared_store
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"outpost: configuration error: {exc}", file=sys.stderr)
+        return 2 if args.action == "list" else EX_TEMPFAIL
+    spool = Spool(config.feedback)
+    if args.action == "list":
+        data = list_data(spool)
+        if args.json:
+            _print_json(data)
+        else:
+            print(list_text(data))
+        return 0
+    _setup_logging(config.log)
+    try:
+        codec = TokenCodec(read_secret(config.secret_file))
+    except (OSError, ValueError) as exc:
+        print(f"outpost: cannot read the secret: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    try:
+        if config.store.startswith("memory:"):
+            raise StoreError(f"store {config.store} is not shared state: complaints would be "
+                             f"counted where no relay sees them")
+        store = open_shared_store(config)
+    except (StoreError, ValueError, OSError) as exc:
+        print(f"outpost: store error, complaint not taken (the MTA retries): {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    code = 0
+    try:
+        if args.maildir:
+            for path in maildir_files(args.maildir):
+                with open(path, "rb") as fh:
+                    raw, truncated = read_bounded(fh, config.feedback.max_size)
+                out = handle(config, store, codec, spool, raw, truncated)
+                print(f"{path.name}: {out.text}")
+                code = max(code, out.code)
+        else:
+            raw, truncated = read_bounded(sys.stdin.buffer, config.feedback.max_size)
+            out = handle(config, store, codec, spool, raw, truncated)
+            print(out.text)
+            code = out.code
+    except (StoreError, SpoolError) as exc:
+        print(f"outpost: {exc}; complaint not taken (the MTA retries)", file=sys.stderr)
+        return EX_TEMPFAIL
+    except OSError as exc:            # --maildir: the directory or a file cannot be read
+        print(f"outpost: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: the MTA keeps the complaint, never bounces it
+        print(f"outpost: internal error, complaint not taken (the MTA retries): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    finally:
+        store.close()
+    return code
+
+
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
     from .effects.dkim import keygen, zone_line
     try:
@@ -557,6 +630,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=["list", "retry", "purge"])
     sp.add_argument("id", nargs="?", help="one report (default: all; purge: all failed ones)")
     sp.add_argument("--state", help="purge: only items in this state (default failed)")
+
+    sp = with_json(with_config(cmd(
+        "feedback", cmd_feedback, "take a receiver's complaint (ARF) from standard input or "
+                                  "--maildir DIR and count it against the identity; "
+                                  "'feedback list' lists kept and counted ones")))
+    sp.add_argument("action", nargs="?", choices=["read", "list"], default="read",
+                    help="read (default): take complaints; list: show the kept and counted ones")
+    sp.add_argument("--maildir", metavar="DIR",
+                    help="read every message of this Maildir (new/ and cur/) instead of stdin")
 
     dk = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="dkim_command", required=True)
     sp = dk.add_parser("keygen", help="create a DKIM key (mode 0600) and print the DNS record")

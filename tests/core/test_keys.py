@@ -9,8 +9,8 @@ from outpost.core.stamps import kept, occurrences
 def test_identity_and_user_keys():
     ident, whole = Target("webfarm", "1042"), Target("webfarm")
     assert (ident.lock_key, whole.lock_key) == ("webfarm/1042", "user:webfarm")
-    assert ident.event_keys == ("hits:webfarm/1042", "spam:webfarm/1042")
-    assert whole.event_keys == ("uhits:webfarm/", "uspam:webfarm/")
+    assert ident.event_keys == ("hits:webfarm/1042", "spam:webfarm/1042", "complaints:webfarm/1042")
+    assert whole.event_keys == ("uhits:webfarm/", "uspam:webfarm/", "ucomplaints:webfarm/")
     assert (ident.window_prefix, whole.window_prefix) == ("rl:id:webfarm/1042:", "rl:user:webfarm:")
     assert (str(ident), str(whole)) == ("webfarm/1042", "webfarm")
     assert str(WindowKey(ident, "rcpt", 3600)) == "rl:id:webfarm/1042:rcpt:3600"

@@ -80,6 +80,11 @@ class LockPolicy:
     # the same summed over all of the user's identities: lock the user as a whole
     user_after_spam: Optional[int] = 10
     user_after_limit_hits: Optional[int] = None
+    # receivers' complaints (``outpost feedback``): lock the identity after that
+    # many within `complaint_window` (None: off); the user as a whole likewise
+    after_complaints: Optional[int] = 3
+    user_after_complaints: Optional[int] = None
+    complaint_window: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,25 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class FeedbackSettings:
+    """``feedback:`` — receivers' complaints (ARF, ``outpost feedback``)."""
+
+    spool_dir: str = "/var/spool/outpost/feedback"   # kept reports, the record of counted ones
+    max_kept: int = 1000                # reports kept per kind (unattributed, counted); oldest go
+    max_size: int = 2_000_000           # bytes of one complaint read (more: kept truncated)
+    max_parts: int = 64                 # MIME parts (Content-Type fields) of one complaint
+    learn_from_complaints: bool = False  # feed a reported message in full to Bayes as spam
+
+    def __post_init__(self) -> None:
+        if not self.spool_dir.startswith("/"):
+            raise ValueError(f"feedback.spool_dir: '{self.spool_dir}' is not an absolute path")
+        for key, value, least in (("max_kept", self.max_kept, 1), ("max_size", self.max_size, 4096),
+                                  ("max_parts", self.max_parts, 4)):
+            if value < least:
+                raise ValueError(f"feedback.{key}: {value} is below the least allowed, {least}")
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str
     store: str
@@ -275,6 +299,7 @@ class Config:
     connection_prefix_v6: int = 64             # IPv6 clients are counted per this network
     metrics: Optional[MetricsSettings] = None  # None: no metrics endpoint
     panel: Optional["PanelSettings"] = None    # None: no panel: block (outpost panel)
+    feedback: FeedbackSettings = FeedbackSettings()   # outpost feedback (complaints)
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
 

@@ -25,6 +25,7 @@ from .model import (
     Config,
     DkimConfig,
     Domain,
+    FeedbackSettings,
     HeaderFromMode,
     IdentityHeader,
     IPNetwork,
@@ -137,6 +138,7 @@ class TopLevel:
     log: Optional[Node] = None
     metrics: Optional[Node] = None
     panel: Optional[Node] = None
+    feedback: Optional[Node] = None
 
 
 #: The top-level keys (the fields of :class:`TopLevel`).
@@ -212,6 +214,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     metrics = grab(lambda: _metrics(top.metrics) if top.metrics is not None else None, None)
     from ..panel.settings import PanelSettings  # the panel: block (outpost panel)
     panel = grab(lambda: settings_from(top.panel, PanelSettings) if top.panel is not None else None, None)
+    feedback = grab(lambda: settings_from(top.feedback, FeedbackSettings)
+                    if top.feedback is not None else FeedbackSettings(), FeedbackSettings())
     errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
@@ -241,6 +245,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         log=log,
         metrics=metrics,
         panel=panel,
+        feedback=feedback,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
@@ -440,18 +445,20 @@ def _limits(node: Node, base: Limits, per_message: bool) -> Limits:
 
 def _lock(node: Node, base: LockPolicy) -> LockPolicy:
     counts = ("after_limit_hits", "after_spam", "max_auto_unlocks", "user_after_spam",
-              "user_after_limit_hits")
-    fields = node.mapping({"window", "duration", *counts})
+              "user_after_limit_hits", "after_complaints", "user_after_complaints")
+    zero_off = ("after_complaints", "user_after_complaints")      # 0 also switches them off
+    fields = node.mapping({"window", "duration", "complaint_window", *counts})
     out = base
     for key in counts:
         if key in fields:
             value = fields[key].value
-            if value is None or (value is False and key != "max_auto_unlocks"):
+            if value is None or (value is False and key != "max_auto_unlocks") or (
+                    key in zero_off and value == 0 and value is not False):
                 out = replace(out, **_change(key, None))          # null, off, no, false: switched off
             else:
                 out = replace(out, **_change(key, fields[key].int(
                     minimum=0 if key == "max_auto_unlocks" else 1)))
-    for key in ("window", "duration"):
+    for key in ("window", "duration", "complaint_window"):
         if key in fields:
             out = replace(out, **_change(key, fields[key].duration()))
     return out

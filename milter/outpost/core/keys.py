@@ -7,9 +7,10 @@ empty, so the keys of a user as a whole are keys no identity can have:
 
 - ``user:NAME`` — the lock of user NAME as a whole (every identity);
   ``NAME/IDENTITY`` — the lock of one identity;
-- ``spam:NAME/IDENTITY``, ``hits:NAME/IDENTITY`` — spam verdicts and
-  rate-limit refusals of one identity;
-- ``uspam:NAME/``, ``uhits:NAME/`` — the same summed over all of the user's
+- ``spam:NAME/IDENTITY``, ``hits:NAME/IDENTITY``,
+  ``complaints:NAME/IDENTITY`` — spam verdicts, rate-limit refusals and
+  receivers' complaints (``outpost feedback``) of one identity;
+- ``uspam:NAME/``, ``uhits:NAME/``, ``ucomplaints:NAME/`` — the same summed over all of the user's
   identities (the trailing ``/`` ends the name, so a prefix reset of
   ``uspam:web/`` never touches ``uspam:webfarm/``);
 - ``rl:id:NAME/IDENTITY:WHAT:SECONDS``, ``rl:user:NAME:WHAT:SECONDS`` — a
@@ -23,11 +24,12 @@ from typing import Literal
 
 #: What a rate-limit window counts.
 Counted = Literal["msg", "rcpt"]
-#: What an abuse event is (a spam verdict or a rate-limit refusal).
-EventKind = Literal["spam", "limit"]
+#: What an abuse event is (a spam verdict, a rate-limit refusal, or a
+#: receiver's complaint about a message: ``outpost feedback``).
+EventKind = Literal["spam", "limit", "complaint"]
 
 USER_LOCK_PREFIX = "user:"
-_EVENT: dict[str, str] = {"spam": "spam", "limit": "hits"}
+_EVENT: dict[str, str] = {"spam": "spam", "limit": "hits", "complaint": "complaints"}
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,9 @@ class Target:
         return user_event_key(kind, self.user)
 
     @property
-    def event_keys(self) -> tuple[str, str]:
-        """The keys of both kinds of events (what an unlock clears)."""
-        return self.event_key("limit"), self.event_key("spam")
+    def event_keys(self) -> tuple[str, str, str]:
+        """The keys of every kind of event (what an unlock clears)."""
+        return self.event_key("limit"), self.event_key("spam"), self.event_key("complaint")
 
     @property
     def window_prefix(self) -> str:

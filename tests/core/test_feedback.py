@@ -1,0 +1,250 @@
+"""Receivers' complaints (ARF, RFC 5965): parsing real-shaped reports as the
+big mailbox providers send them (fixtures in ``tests/core/arf/``, with the
+token placeholder ``{TOKEN}``), hostile input, and the counting and locking
+of ``outpost feedback`` against a store."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from outpost.config import parse_config
+from outpost.core.feedback import ReportError, attribute, count_complaint, parse_report
+from outpost.core.idtoken import Origin, TokenCodec
+from outpost.feedback_command import EX_OK, Spool, handle, list_data, read_bounded
+from outpost.store.memory import MemoryStore
+
+from .conftest import CONFIG, SECRET
+
+ARF = Path(__file__).parent / "arf"
+ORIGIN = Origin(user="webfarm", identity="alice@example.com", client_ip="192.0.2.1",
+                queue_id="4XyZ1234", time=1764580000)
+
+
+def sample(name: str, token: str) -> bytes:
+    return (ARF / name).read_bytes().replace(b"{TOKEN}", token.encode()).replace(b"\n", b"\r\n")
+
+
+@pytest.fixture
+def token(codec) -> str:
+    return codec.seal(ORIGIN)
+
+
+@pytest.mark.parametrize("name,feedback_type,agent,full", [
+    ("rfc5965_full.eml", "abuse", "SomeGenerator/1.0", True),
+    ("rfc5965_headers.eml", "fraud", "SomeGenerator/1.0", False),
+    ("yahoo_like.eml", "abuse", "Yahoo!-Mail-Feedback/2.0", False),     # headers only, redacted
+    ("aol_like.eml", "abuse", "AOL SComp", True),
+    ("microsoft_jmrp.eml", "abuse", "Microsoft Junk Mail Reporting Program", True),
+])
+def test_provider_reports_are_attributed(codec, token, name, feedback_type, agent, full):
+    report = parse_report(sample(name, token))
+    assert report.arf
+    assert report.feedback_type == feedback_type
+    assert report.user_agent == agent
+    assert report.tokens[0] == token
+    assert (report.original is not None) == full
+    origin, why = attribute(report, codec)
+    assert origin == ORIGIN and why == ""
+
+
+def test_full_original_is_the_reported_message(token):
+    report = parse_report(sample("aol_like.eml", token))
+    assert report.original is not None
+    assert b"claim your free prize" in report.original
+    assert b"Subject: Your invoice 4711" in report.original
+
+
+def test_a_token_quoted_in_a_plain_complaint(codec, token):
+    # a human postmaster quoting the headers, quoted-printable with a soft break in the token
+    raw = sample("quoted_text.eml", token)
+    cut = raw.index(token.encode()) + 30
+    raw = raw[:cut] + b"=\r\n" + raw[cut:]
+    report = parse_report(raw)
+    assert not report.arf and report.feedback_type == ""
+    assert attribute(report, codec)[0] == ORIGIN
+
+
+def test_the_reports_own_header_is_not_believed(codec, token):
+    raw = b"X-Outpost-ID: " + token.encode() + b"\r\nSubject: hi\r\n\r\nno token here\r\n"
+    report = parse_report(raw)
+    assert report.tokens == ()
+    assert attribute(report, codec) == (None, "no X-Outpost-ID in the report")
+
+
+def test_forged_and_foreign_tokens_are_not_attributed(codec):
+    forged = base64.urlsafe_b64encode(b"\x01" + os.urandom(80)).rstrip(b"=").decode()
+    foreign = TokenCodec(b"another secret of sixteen bytes+").seal(ORIGIN)
+    for token in (forged, foreign):
+        origin, why = attribute(parse_report(sample("rfc5965_full.eml", token)), codec)
+        assert origin is None
+        assert "not made with this secret" in why
+
+
+def test_a_forged_token_first_does_not_hide_a_good_one(codec, token):
+    forged = base64.urlsafe_b64encode(b"\x01" + os.urandom(80)).rstrip(b"=").decode()
+    raw = sample("rfc5965_full.eml", token).replace(
+        b"X-Outpost-ID: ", b"X-Outpost-ID: " + forged.encode() + b"\r\nX-Outpost-ID: ", 1)
+    report = parse_report(raw)
+    assert report.tokens[:2] == (forged, token)
+    assert attribute(report, codec)[0] == ORIGIN
+
+
+# -- hostile input --------------------------------------------------------------------------
+
+def test_over_max_size_is_refused_before_parsing(token):
+    raw = sample("rfc5965_full.eml", token)
+    with pytest.raises(ReportError, match="max_size"):
+        parse_report(raw + b"x" * 5000, max_size=len(raw) + 4000)
+
+
+def test_deep_nesting_is_refused_quickly():
+    depth = 50_000
+    raw = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                   for i in range(depth))
+    start = time.monotonic()
+    with pytest.raises(ReportError, match="max_parts"):
+        parse_report(raw, max_size=len(raw))
+    assert time.monotonic() - start < 1.0
+
+
+def test_many_empty_parts_are_refused():
+    raw = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\n" * 100_000
+           + b"--b--\r\n")
+    with pytest.raises(ReportError, match="boundary lines"):
+        parse_report(raw, max_size=len(raw))
+
+
+def test_garbage_is_a_report_without_tokens(codec):
+    for raw in (b"", b"\x00\xff" * 1000, b"Content-Type: multipart/report\r\n\r\n--x\r\n",
+                b"Content-Type: message/rfc822\r\n\r\n", b":\r\n\r\n\r\n"):
+        assert attribute(parse_report(raw), codec)[0] is None
+
+
+# -- counting and locking ---------------------------------------------------------------------
+
+LOCKING = CONFIG.replace("lock: {after_limit_hits: 2,",
+                         "lock: {after_complaints: 3, complaint_window: 1d, after_limit_hits: 2,")
+
+
+def test_complaints_lock_the_identity_after_the_threshold():
+    config = parse_config(LOCKING, "core.yaml")
+    store = MemoryStore()
+    other = Origin("webfarm", "bob@example.com", "", "Q2", 1)
+    results = [count_complaint(config, store, ORIGIN) for _ in range(3)]
+    assert [r.identity_count for r in results] == [1, 2, 3]
+    assert [r.locked for r in results] == [(), (), ("webfarm/alice@example.com",)]
+    lock = store.get_lock("webfarm/alice@example.com")
+    assert lock is not None and lock.by == "complaints" and lock.reason == "3 complaints in 86400s"
+    assert lock.until is not None                                 # lock.duration: 1h
+    assert store.get_lock("webfarm/bob@example.com") is None
+    assert store.get_lock("user:webfarm") is None
+    counted = count_complaint(config, store, other)
+    assert (counted.identity_count, counted.user_count, counted.locked) == (1, 4, ())
+
+
+def test_user_threshold_and_monitor_mode():
+    config = parse_config(LOCKING.replace("after_complaints: 3,",
+                                          "after_complaints: 0, user_after_complaints: 2,"), "c.yaml")
+    assert config.defaults.lock.after_complaints is None              # 0 = off
+    store = MemoryStore()
+    count_complaint(config, store, ORIGIN)
+    got = count_complaint(config, store, Origin("webfarm", "bob@example.com", "", "Q3", 2))
+    assert got.locked == ("user:webfarm",)
+    assert store.get_lock("webfarm/alice@example.com") is None
+    watched = Origin("watched", "eve@example.com", "", "Q4", 3)
+    assert [count_complaint(config, store, watched).locked for _ in range(3)] == [(), (), ()]
+
+
+def test_defaults_and_config_errors():
+    config = parse_config(CONFIG, "core.yaml")
+    lock = config.defaults.lock
+    assert (lock.after_complaints, lock.user_after_complaints, lock.complaint_window) == (3, None, 86400)
+    assert config.feedback.spool_dir == "/var/spool/outpost/feedback"
+    assert config.feedback.learn_from_complaints is False
+    from outpost.config import ConfigError
+    with pytest.raises(ConfigError, match="spool_dir"):
+        parse_config(CONFIG + "feedback: {spool_dir: relative/dir}\n", "c.yaml")
+    with pytest.raises(ConfigError, match="after_complaints"):
+        parse_config(LOCKING.replace("after_complaints: 3", "after_complaints: -1"), "c.yaml")
+
+
+# -- the command's handling: counted once, kept when unattributable ----------------------------
+
+@pytest.fixture
+def setup(tmp_path):
+    config = parse_config(LOCKING + f"feedback: {{spool_dir: {tmp_path}/fb, max_kept: 3}}\n", "c.yaml")
+    return config, MemoryStore(), Spool(config.feedback)
+
+
+def test_the_same_report_counts_once(setup, codec, token):
+    config, store, spool = setup
+    raw = sample("rfc5965_full.eml", token)
+    first = handle(config, store, codec, spool, raw)
+    again = handle(config, store, codec, spool, raw)
+    assert first.code == again.code == EX_OK
+    assert "1 for the identity" in first.text
+    assert "counted before" in again.text
+    [item] = list_data(spool)["counted"]
+    assert (item["user"], item["identity"], item["queue_id"]) == ("webfarm", "alice@example.com", "4XyZ1234")
+
+
+def test_unattributable_reports_are_kept_and_bounded(setup, codec):
+    config, store, spool = setup
+    for i in range(5):
+        out = handle(config, store, codec, spool, b"Subject: complaint %d\r\n\r\nno token\r\n" % i)
+        assert out.code == EX_OK and "kept unattributed" in out.text
+    kept = list_data(spool)["unattributed"]
+    assert len(kept) == 3                                  # max_kept
+    assert {k["subject"] for k in kept} <= {f"complaint {i}" for i in range(5)}
+    assert len(list((spool.root / "unattributed").glob("*.eml"))) == 3
+    deep = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" * 500
+    out = handle(config, store, codec, spool, deep)
+    assert out.code == EX_OK and "unreadable: more than feedback.max_parts" in out.text
+
+
+def test_learning_from_a_full_report(tmp_path, codec, token):
+    from outpost.spam.bayes import Model
+    from outpost.spam.build import MODEL_BLOB
+    config = parse_config(CONFIG + f"feedback: {{spool_dir: {tmp_path}, learn_from_complaints: true}}\n",
+                          "c.yaml")
+    store = MemoryStore()
+    out = handle(config, store, codec, Spool(config.feedback), sample("aol_like.eml", token))
+    assert out.text.endswith("learned as spam")
+    model = Model.from_bytes(store.get_blob(MODEL_BLOB) or b"")
+    assert model.nspam == 1 and model.nham == 0 and len(model) > 10
+    # headers only: nothing to learn from
+    other = TokenCodec(SECRET).seal(Origin("webfarm", "bob@example.com", "", "Q9", 9))
+    out = handle(config, store, codec, Spool(config.feedback), sample("yahoo_like.eml", other))
+    assert "learned" not in out.text
+    assert Model.from_bytes(store.get_blob(MODEL_BLOB) or b"").nspam == 1
+
+
+def test_read_bounded_drains_the_rest():
+    stream = io.BytesIO(b"a" * 100 + b"b" * 300_000)
+    data, more = read_bounded(stream, 100)
+    assert (data, more) == (b"a" * 100, True)
+    assert stream.read() == b""
+    assert read_bounded(io.BytesIO(b"abc"), 100) == (b"abc", False)
+
+
+def test_a_store_failure_leaves_nothing_counted(setup, codec, token):
+    """The store fails between the claim and the count: the error reaches the
+    command (exit 75, the MTA retries) and the retry counts the complaint."""
+    from outpost.store.base import StoreError
+    config, store, spool = setup
+
+    class Down(MemoryStore):
+        def record_event(self, key, window):
+            raise StoreError("connection refused")
+
+    raw = sample("rfc5965_full.eml", token)
+    with pytest.raises(StoreError):
+        handle(config, Down(), codec, spool, raw)
+    assert list_data(spool)["counted"] == []
+    assert "1 for the identity" in handle(config, store, codec, spool, raw).text

@@ -1,0 +1,217 @@
+"""Complaints back to the identity, through a real Postfix: a message from an
+identity goes out through Postfix + Outpost, a receiver's ARF complaint
+about its delivered copy comes back to a Postfix alias that pipes it to
+``outpost feedback`` (as the documented ``abuse-fbl: "|outpost feedback …"``
+line does), and after ``lock.after_complaints`` the identity is locked and
+its next message refused while another identity of the same user is not.
+
+The complaint is posted with Postfix's sendmail(1) to the local alias; the
+inbound path has no Outpost here (``non_smtpd_milters`` off), as on an
+abuse mailbox's MX.  Postfix runs the pipe as ``nobody`` (default_privs):
+the configuration, the secret and the spool are made readable for it, and
+the command runs with an interpreter it can read (as
+``test_production_layout`` does); the store is an SQLite file both use."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from outpost.config.model import FeedbackSettings
+from outpost.feedback_command import Spool, list_data
+from outpost.spam.bayes import Model
+from outpost.spam.build import MODEL_BLOB
+from outpost.store import open_store
+from tests.services.local_submit import sendmail
+from tests.services.postfix import PostfixInstance
+from tests.services.serviceuser import service_python
+from tests.services.sink import SmtpSink
+from tests.services.smtp import build_message, send
+
+from .outpost_proc import ROOT, Outpost
+
+OUTPOST = Path(sys.executable).parent / "outpost"
+ALIAS = "abuse-fbl@feedback.example.net"
+CONFIG = textwrap.dedent("""\
+    hostname: relay.example.net
+    report_abuse_to: abuse@example.net
+    domains: [example.com]
+    defaults:
+      lock: {after_complaints: 2, complaint_window: 1d, duration: 1h}
+    users:
+      - name: webfarm
+        type: ip
+        ips: [203.0.113.0/28]
+        domains: [example.com]
+        identity_headers:
+          - {header: X-AuthUser}
+    feedback:
+      spool_dir: SPOOL
+      learn_from_complaints: true
+    """)
+
+
+@pytest.fixture(scope="module")
+def relay():
+    sink = SmtpSink().start()
+    tables = Path(tempfile.mkdtemp(prefix="outpost-fbl-"))
+    tables.chmod(0o755)
+    aliases = tables / "aliases"
+    spool = tables / "feedback"
+    pf = PostfixInstance(sink_port=sink.port, main_overrides={
+        "mydestination": "feedback.example.net", "local_transport": "local",
+        "alias_maps": f"texthash:{aliases}", "non_smtpd_milters": ""})
+    # the store, shared by the milter (root) and the pipe (nobody): an SQLite file
+    # owned by nobody (SQLite gives the WAL files root makes the database's owner)
+    state = tables / "state"
+    state.mkdir()
+    (state / "state.db").touch()
+    for path in (state, state / "state.db"):
+        shutil.chown(path, "nobody")
+    op = Outpost(pf.milter_socket, CONFIG.replace("SPOOL", str(spool)),
+                 store=f"sqlite:///{state}/state.db")
+    try:
+        # what the alias runs: `outpost feedback`, with an interpreter nobody can read
+        found = service_python()
+        if found is None:
+            pytest.skip("no interpreter whose standard library the pipe's user can read")
+        python, paths = found
+        command = tables / "outpost"
+        command.write_text(f"#!/bin/sh\nPYTHONPATH={os.pathsep.join([str(ROOT / 'milter'), *paths])} "
+                           f'exec {python} -m outpost "$@"\n')
+        command.chmod(0o755)
+        aliases.write_text(f'abuse-fbl "|{command} feedback -c {op.config_path}"\n')
+        # the pipe runs as nobody: it reads the configuration and the secret, writes the spool
+        op.dir.chmod(0o755)
+        op.config_path.chmod(0o644)
+        shutil.chown(op.secret_file, "nobody")
+        spool.mkdir()
+        shutil.chown(spool, "nobody")
+        pf.start()
+        op.start()
+        yield pf, op, sink, spool
+    finally:
+        op.stop(graceful=False)
+        pf.cleanup()
+        sink.stop()
+        shutil.rmtree(tables, ignore_errors=True)
+
+
+def send_as(pf, identity: str, subject: str):
+    msg = build_message("news@example.com", "someone@dest.example", subject=subject,
+                        body="Cheap watches, click now.\n", headers={"X-AuthUser": identity})
+    return send(pf.relay_port, xclient={"ADDR": "203.0.113.5"}, mail_from="news@example.com",
+                rcpt_tos=["someone@dest.example"], message=msg)
+
+
+def arf(delivered: bytes) -> bytes:
+    """A complaint as a feedback loop sends it (RFC 5965), the receiver's copy attached."""
+    b = "----=_Part_8120_2711346"
+    return (f"From: Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>\r\n"
+            f"To: {ALIAS}\r\nSubject: Email Feedback Report for IP 192.0.2.1\r\n"
+            f"MIME-Version: 1.0\r\n"
+            f'Content-Type: multipart/report; report-type="feedback-report";\r\n\tboundary="{b}"\r\n'
+            f"\r\n--{b}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            f"This is an email abuse report for an email message from example.com\r\n"
+            f"\r\n--{b}\r\nContent-Type: message/feedback-report\r\n\r\n"
+            f"Feedback-Type: abuse\r\nUser-Agent: Yahoo!-Mail-Feedback/2.0\r\nVersion: 0.1\r\n"
+            f"Original-Rcpt-To: redacted@yahoo.com\r\n"
+            f"\r\n--{b}\r\nContent-Type: message/rfc822\r\n\r\n").encode() \
+        + delivered.rstrip(b"\r\n") + f"\r\n\r\n--{b}--\r\n".encode()
+
+
+def listed(spool: Path) -> dict:
+    return list_data(Spool(FeedbackSettings(spool_dir=str(spool))))
+
+
+def locks(op) -> list:
+    store = open_store(op.store)
+    try:
+        return store.list_locks()
+    finally:
+        store.close()
+
+
+def cli(op, *args: str) -> dict:
+    out = subprocess.run([str(OUTPOST), *args, "-c", str(op.config_path), "--json"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def complain(pf, spool: Path, raw: bytes, counted: int, kept: int = 0) -> dict:
+    """Deliver the complaint to the alias; wait until the command recorded it."""
+    seen = len(pf.maillog())
+    got = sendmail(pf, raw, "-i", "-f", "feedback@arf.mail.yahoo.com", ALIAS)
+    assert got.returncode == 0, got.stderr
+    deadline = time.monotonic() + 20
+    while True:
+        log = pf.maillog()[seen:]
+        if "relay=local" in log:
+            assert "status=sent" in log, log           # not deferred (75) nor bounced
+            pf.drain()
+            got = listed(spool)
+            assert len(got["counted"]) == counted and len(got["unattributed"]) == kept, got
+            return got
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+
+
+def test_complaints_lock_the_identity_and_only_it(relay):
+    pf, op, sink, spool = relay
+    sink.clear()
+    assert send_as(pf, "alice@example.com", "one").accepted
+    assert send_as(pf, "alice@example.com", "two").accepted
+    first, second = sink.wait_for(2, timeout=20)
+
+    got = complain(pf, spool, arf(first.data), counted=1)
+    [item] = got["counted"]
+    assert (item["user"], item["identity"], item["identity_complaints"]) == (
+        "webfarm", "alice@example.com", 1)
+    assert item["feedback_type"] == "abuse" and item["locked"] == []
+    assert locks(op) == []
+
+    # the same complaint again (a retry, a duplicate report): not counted twice
+    complain(pf, spool, arf(first.data), counted=1)
+    assert locks(op) == []
+
+    got = complain(pf, spool, arf(second.data), counted=2)
+    assert sorted(i["identity_complaints"] for i in got["counted"]) == [1, 2]
+    [lock] = locks(op)
+    assert (lock.key, lock.by, lock.reason) == (
+        "webfarm/alice@example.com", "complaints", "2 complaints in 86400s")
+
+    refused = send_as(pf, "alice@example.com", "three")
+    assert not refused.accepted
+    assert refused.code == 451 and "suspended" in refused.text, refused
+    assert send_as(pf, "bob@example.com", "from bob").accepted     # another identity: untouched
+
+    # learn_from_complaints: the reported messages were fed to Bayes as spam
+    store = open_store(op.store)
+    try:
+        assert Model.from_bytes(store.get_blob(MODEL_BLOB) or b"").nspam == 2
+    finally:
+        store.close()
+
+
+def test_an_unattributable_complaint_is_kept(relay):
+    pf, op, sink, spool = relay
+    before = listed(spool)
+    forged = build_message("alice@example.com", "x@dest.example", subject="forged",
+                           headers={"X-Outpost-ID": "A" * 120})
+    complain(pf, spool, arf(forged), counted=len(before["counted"]),
+             kept=len(before["unattributed"]) + 1)
+    shown = cli(op, "feedback", "list")                    # the command's own listing
+    [kept] = shown["unattributed"]
+    assert kept["reason"].startswith("X-Outpost-ID not valid"), kept
+    assert kept["from"] == "Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>"
+    assert (spool / "unattributed" / f"{kept['id']}.eml").read_bytes().rstrip().endswith(b"2711346--")
