@@ -159,7 +159,7 @@ def learn_spam(store: Store, original: bytes) -> None:
     """Add a reported message to the operator's Bayes model (the blob
     ``outpost train`` writes) as spam; the milter uses it after a reload."""
     from .spam.bayes import Model, ModelError, outbound_view, tokenize
-    from .spam.build import MODEL_BLOB
+    from .spam.from_config import MODEL_BLOB
     blob = store.get_blob(MODEL_BLOB)
     try:
         model = Model.from_bytes(blob) if blob else Model()

@@ -210,7 +210,7 @@ def test_unattributable_reports_are_kept_and_bounded(setup, codec):
 
 def test_learning_from_a_full_report(tmp_path, codec, token):
     from outpost.spam.bayes import Model
-    from outpost.spam.build import MODEL_BLOB
+    from outpost.spam.from_config import MODEL_BLOB
     config = parse_config(CONFIG + f"feedback: {{spool_dir: {tmp_path}, learn_from_complaints: true}}\n",
                           "c.yaml")
     store = MemoryStore()

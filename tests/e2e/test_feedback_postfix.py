@@ -29,7 +29,7 @@ import pytest
 from outpost.config.model import FeedbackSettings
 from outpost.feedback_command import Spool, list_data
 from outpost.spam.bayes import Model
-from outpost.spam.build import MODEL_BLOB
+from outpost.spam.from_config import MODEL_BLOB
 from outpost.store import open_store
 from tests.services.local_submit import sendmail
 from tests.services.postfix import PostfixInstance
