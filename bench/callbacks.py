@@ -3,15 +3,18 @@ milter class against the do-nothing pymilter, called the way libmilter
 calls them through ``Milter.runmilter`` (negotiate, connect, MAIL, RCPT, six
 headers, one body chunk, end of message, close).
 
-Usage: ``python -m bench.callbacks [--messages 8000] [--rounds 5] [--body 2048]``
+Usage: ``python -m bench.callbacks [--messages 8000] [--rounds 5] [--body 2048]
+[--config bare|limits|full]``
 
 It isolates the Python each message costs from the MTA and the kernel
 (``bench/throughput.py`` measures the whole path through Postfix).  The
 context object handed to the callbacks stands in for pymilter's C
 ``milterContext``: it answers the macros Postfix sends and records nothing,
-so what is timed is the milter's own code.  Outpost runs the benchmark's
-bare configuration (mapping, domain policy, headers, the connection slot in
-a throw-away SQLite store, the log line written to a temporary file).  The
+so what is timed is the milter's own code.  Outpost runs one of the
+configurations of ``bench/outpost_throughput.sh`` (``bench/outpost_configs.sh``;
+by default bare: mapping, domain policy, headers, the connection slot in a
+throw-away SQLite store), the log line written to a temporary file.  The body
+is smtp-source's: ``X`` in lines of 80 bytes.  The
 configurations alternate round by round; each figure is the lowest of the
 rounds' medians (in µs), with the ratio to the do-nothing milter.  A last
 line times the policy core alone on the same message, driven by the one
@@ -25,9 +28,11 @@ import functools
 import logging
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import Milter
@@ -40,6 +45,7 @@ from outpost.core.idtoken import new_secret
 from outpost.core.transaction import Transaction, drive
 from outpost.runtime import Runtime
 
+REPO = Path(__file__).resolve().parents[1]
 STAGES = ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close")
 HEADERS = [
     ("Received", b"from bench.example.org (localhost [127.0.0.1])\n\tby relay.example.net (Postfix) "
@@ -133,21 +139,15 @@ def measure_core(runtime: Runtime, messages: int, body: bytes) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def outpost_factory(work: str) -> tuple[Callable, Runtime]:
+def outpost_factory(work: str, kind: str) -> tuple[Callable, Runtime]:
     secret = os.path.join(work, "secret")
     with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(new_secret())
     os.chmod(secret, 0o600)                  # a group/world-readable secret is refused
-    config = parse_config(f"""
-secret_file: {secret}
-store: sqlite:///{work}/bench.db
-report_abuse_to: abuse@example.net
-reports: {{enabled: false}}
-spam: {{enabled: false}}
-domains: [example.com]
-users:
-  - {{name: bench, type: ip, ips: [127.0.0.0/8], domains: [example.com], connection_limit: 1000}}
-""")
+    config = parse_config(subprocess.run(
+        ["bash", "-c", '. "$0"; outpost_config "$@"', str(REPO / "bench" / "outpost_configs.sh"),
+         kind, secret, os.path.join(work, "bench.db")],
+        check=True, capture_output=True, text=True).stdout)
     runtime = Runtime.build(config)
     return functools.partial(OutpostMilter, runtime), runtime
 
@@ -157,12 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=8000, help="messages per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--body", type=int, default=2048, help="body bytes (one chunk)")
+    parser.add_argument("--config", choices=("bare", "limits", "full"), default="bare",
+                        help="Outpost configuration (bench/outpost_configs.sh)")
     args = parser.parse_args(argv)
-    body = b"x" * args.body
+    line = b"X" * 78 + b"\r\n"                  # smtp-source's filler
+    body = (line * (args.body // len(line) + 1))[:args.body]
     with tempfile.TemporaryDirectory(prefix="outpost-callbacks-") as work:
         log = open(os.path.join(work, "outpost.log"), "w", encoding="utf-8")
         setup_logging("info", log)                    # as `outpost run` sets it up
-        outpost, runtime = outpost_factory(work)
+        outpost, runtime = outpost_factory(work, args.config)
         configs = {"noop": NoopMilter, "outpost": outpost}
         best: dict[str, dict[str, float]] = {name: {} for name in configs}
         core = float("inf")
@@ -179,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             runtime.close()
             logging.shutdown()
             log.close()
-    print(f"{args.messages} messages x {args.rounds} rounds, {args.body} B body; "
+    print(f"{args.config} configuration, {args.messages} messages x {args.rounds} rounds, "
+          f"{args.body} B body; "
           "µs per message: lowest of the rounds' medians")
     print(f"{'stage':<10}{'noop':>8}{'outpost':>10}{'difference':>12}")
     for stage in STAGES:
