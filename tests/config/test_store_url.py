@@ -72,3 +72,27 @@ def test_check_config_refuses_a_unix_socket_url(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "store: 'unix:///run/redis.sock' is not a store URL: unknown scheme 'unix'" in done.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://:hunter#2@10.0.0.1:26379/mymaster/0",
+    "redis+sentinel://:hunter?2@10.0.0.1:26379/mymaster/0",
+    "redis+sentinel://:hunter/2@10.0.0.1:26379/mymaster/0",
+    "redis://:hunter#2@10.0.0.1:6379/0",
+])
+def test_a_password_the_redaction_could_not_see_is_refused_unshown(url: str) -> None:
+    """A '#', '?' or '/' in the password: the store would read it, the
+    redaction (RFC 3986) would not find it; such a URL is refused, and none
+    of it is shown."""
+    with pytest.raises(StoreURLError) as exc:
+        parse_store_url(url)
+    assert "hunter" not in str(exc.value) and "2@" not in str(exc.value)
+    assert "percent-encode" in str(exc.value)
+    assert parse_store_url(url.replace("hunter#2", "hunter%232").replace("hunter?2", "hunter%3F2")
+                           .replace("hunter/2", "hunter%2F2"))
+
+
+def test_an_unknown_scheme_does_not_show_the_password() -> None:
+    with pytest.raises(StoreURLError) as exc:
+        parse_store_url("rediss+sentinal://:s3cret@10.0.0.1:26379/mymaster/0")
+    assert "s3cret" not in str(exc.value) and "unknown scheme 'rediss+sentinal'" in str(exc.value)

@@ -248,3 +248,14 @@ def test_a_store_failure_leaves_nothing_counted(setup, codec, token):
         handle(config, Down(), codec, spool, raw)
     assert list_data(spool)["counted"] == []
     assert "1 for the identity" in handle(config, store, codec, spool, raw).text
+
+
+def test_many_distinct_tokens_keep_the_first_few_in_order() -> None:
+    """Only MAX_TOKENS candidates are tried; tens of thousands of distinct
+    ones are collected in one linear pass (a list membership test per
+    token made 35 000 of them cost 21 s of CPU)."""
+    from outpost.core.feedback import MAX_TOKENS
+    tokens = [b"A%045d" % i for i in range(30000)]
+    raw = b"From: a@b\r\nSubject: x\r\n\r\n" + b"".join(b"X-Outpost-ID: %s\r\n" % t for t in tokens)
+    report = parse_report(raw)
+    assert report.tokens == tuple(t.decode() for t in tokens[:MAX_TOKENS])

@@ -132,11 +132,7 @@ def parse_report(raw: bytes, max_size: int = 2_000_000, max_parts: int = 64) -> 
         tokens += [m.decode("ascii") for m in TOKEN_RE.findall(text)]
     end = _HEADER_END_RE.search(raw)            # anywhere in the body, never the report's header
     tokens += [m.decode("ascii") for m in TOKEN_RE.findall(raw[end.end():] if end else b"")]
-    seen: list[str] = []
-    for t in tokens:
-        t = t.strip()
-        if t and t not in seen:
-            seen.append(t)
+    seen = list(dict.fromkeys(t for t in (t.strip() for t in tokens) if t))   # in order, linear
     return Report(
         arf=arf,
         feedback_type=clean(fields.get("Feedback-Type", "")).lower() if arf else "",

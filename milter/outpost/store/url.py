@@ -55,6 +55,7 @@ def parse_store_url(url: str) -> StoreURL:
     naming the URL and what was expected) for anything :func:`~outpost.store.open_store` cannot open."""
     if not isinstance(url, str):
         raise StoreURLError(repr(url), f"expected a string ({EXPECTED})")
+    _check_userinfo(url)
     if url == "memory":                  # `store: memory:` is not valid YAML unquoted
         url = "memory:"
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -76,7 +77,22 @@ def parse_store_url(url: str) -> StoreURL:
         except ValueError as exc:       # "store URL <redacted>: reason", never the password
             raise StoreURLError(_redacted(url), str(exc).partition(": ")[2] or str(exc)) from None
         return StoreURL("redis+sentinel" if scheme == "redis+sentinel" else "rediss+sentinel", url)
-    raise StoreURLError(repr(url), f"unknown scheme {scheme!r}; expected {EXPECTED}")
+    raise StoreURLError(_redacted(url), f"unknown scheme {scheme!r}; expected {EXPECTED}")
+
+
+def _check_userinfo(url: str) -> None:
+    """A user name or password holding an unescaped ``/``, ``?`` or ``#``
+    would be read by the store (which splits at the last ``@``) but not
+    seen by :func:`~outpost.store.redis.redact_url` (which follows RFC
+    3986), so it could be shown in errors and logs: refuse such a URL, and
+    show none of it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() in ("sqlite", "memory") or "@" not in rest:
+        return
+    if any(c in rest.rsplit("@", 1)[0] for c in "/?#"):
+        raise StoreURLError(f"{scheme}://… (not shown: it may hold a password)",
+                            "percent-encode '/', '?', '#' and '@' in a user name, a password "
+                            "or a query value (e.g. %2F, %3F, %23, %40)")
 
 
 def _check_redis(url: str) -> None:
