@@ -56,8 +56,9 @@ _TRAILING_PUNCT = ".,;:!?)]}>'\""
 _WS_RE = re.compile(r"[ \t\r\f\v]+")
 _NL_RE = re.compile(r"\n\s*\n+")
 _TAG_RE = re.compile(r"<[^<>]{0,4096}>")                      # bounded: linear
-_SKIPPED_RE = re.compile(r"<(script|style)\b[^<>]{0,4096}>.{0,65536}?</\1\s*>",
-                         re.IGNORECASE | re.DOTALL)
+_SKIPPED_OPEN_RE = re.compile(r"<(script|style)\b[^<>]{0,4096}>", re.IGNORECASE)
+_SKIPPED_CLOSE_RE = {"script": re.compile(r"</script\s*>", re.IGNORECASE),
+                     "style": re.compile(r"</style\s*>", re.IGNORECASE)}
 _HOST_OK_RE = re.compile(r"^[a-z0-9._-]+$|^\[[0-9a-f:.]+\]$")
 # An address in text: a local part of at most 64 characters (RFC 5321) and
 # a dotted domain.  Found from each '@' (see address_spans): a pattern that
@@ -316,8 +317,31 @@ def html_to_text(html: str) -> tuple[str, list[Url]]:
     if rest:
         urls.extend(urls_in_text(rest, MAX_URLS))
         rest = rest[:MAX_HTML_REST_TEXT]        # more text than any check reads: not converted
-        text += "\n" + _squash(html_unescape(_TAG_RE.sub(" ", _SKIPPED_RE.sub(" ", rest))))
+        text += "\n" + _squash(html_unescape(_TAG_RE.sub(" ", _drop_skipped(rest))))
     return text, urls
+
+
+def _drop_skipped(html: str) -> str:
+    """``html`` without its ``<script>`` and ``<style>`` elements, in one
+    pass: each opening tag is followed by one search for its closing tag;
+    once a kind has no closing tag left, its later openings are kept as
+    text (a regex with a lazy body rescanned the rest from every unclosed
+    ``<script>``: 15 s for 195 KB)."""
+    out: list[str] = []
+    pos = 0
+    unclosed: set[str] = set()
+    for m in _SKIPPED_OPEN_RE.finditer(html):
+        kind = m.group(1).lower()
+        if m.start() < pos or kind in unclosed:
+            continue
+        end = _SKIPPED_CLOSE_RE[kind].search(html, m.end())
+        if end is None:
+            unclosed.add(kind)
+            continue
+        out += [html[pos:m.start()], " "]
+        pos = end.end()
+    out.append(html[pos:])
+    return "".join(out)
 
 
 def _squash(text: str) -> str:
@@ -445,8 +469,9 @@ def _bound_mime(data: bytes) -> bytes:
     if disabled:
         cuts = [0] + disabled
         data = b"x".join(data[a:b] for a, b in zip(cuts, disabled + [len(data)]))
-    if declared and data.count(b"\n--") > MAX_DELIMITERS:
-        rx = re.compile(rb"\n--(?:" + b"|".join(re.escape(d) for d in set(declared)) + rb")")
+    # the email package also ends lines at a bare CR, so count those delimiters too
+    if declared and data.count(b"\n--") + data.count(b"\r--") > MAX_DELIMITERS:
+        rx = re.compile(rb"[\r\n]--(?:" + b"|".join(re.escape(d) for d in set(declared)) + rb")")
         for n, m in enumerate(rx.finditer(data)):
             if n == MAX_DELIMITERS:
                 return data[:m.start() + 1]
