@@ -170,6 +170,12 @@ def learn_spam(store: Store, original: bytes) -> None:
     store.put_blob(MODEL_BLOB, model.pruned(min_count=1, max_tokens=60_000).to_bytes())
 
 
+#: ARF feedback types that are no complaint about the mail: a receiver's
+#: "this is not spam" (RFC 6650) and authentication-failure reports (RFC 6591,
+#: DMARC), which carry the original headers too.  Kept, never counted.
+NOT_COMPLAINTS = frozenset({"not-spam", "auth-failure"})
+
+
 def handle(config: Config, store: Store, codec: TokenCodec, spool: Spool, raw: bytes,
            truncated: bool = False) -> Outcome:
     """Attribute and count one complaint, or keep it."""
@@ -186,6 +192,8 @@ def handle(config: Config, store: Store, codec: TokenCodec, spool: Spool, raw: b
         report, origin, why = None, None, f"unreadable: {type(exc).__name__}"
     if truncated:
         why = why and f"{why} (report larger than feedback.max_size, kept truncated)"
+    if origin is not None and report is not None and report.feedback_type in NOT_COMPLAINTS:
+        origin, why = None, f"feedback type {report.feedback_type}: not a complaint, not counted"
     if origin is None:
         ident = spool.keep(raw, {"received": now, "reason": why, "size": len(raw),
                                  **_summary(report)})

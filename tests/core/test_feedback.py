@@ -259,3 +259,21 @@ def test_many_distinct_tokens_keep_the_first_few_in_order() -> None:
     raw = b"From: a@b\r\nSubject: x\r\n\r\n" + b"".join(b"X-Outpost-ID: %s\r\n" % t for t in tokens)
     report = parse_report(raw)
     assert report.tokens == tuple(t.decode() for t in tokens[:MAX_TOKENS])
+
+
+def test_bare_cr_line_ends_count_towards_the_part_bound() -> None:
+    # the email package ends lines at a bare CR too; only LF ones were counted
+    raw = b'From: a@b\rContent-Type: multipart/mixed; boundary="x"\r\r' + b"--x\rContent-Type: text/plain\r\rh\r" * 200
+    with pytest.raises(ReportError):
+        parse_report(raw)
+
+
+@pytest.mark.parametrize("kind", ["not-spam", "auth-failure"])
+def test_reports_that_are_no_complaint_are_kept_not_counted(setup, codec, token, kind):
+    config, store, spool = setup
+    raw = sample("rfc5965_full.eml", token).replace(b"Feedback-Type: abuse",
+                                                   b"Feedback-Type: " + kind.encode())
+    out = handle(config, store, codec, spool, raw)
+    assert out.code == EX_OK and "not a complaint" in out.text
+    assert not list_data(spool)["counted"]
+    assert store.record_event("complaints:webfarm/alice@example.com", 86400) == 1   # nothing before

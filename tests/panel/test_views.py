@@ -342,3 +342,12 @@ def test_locks_page_lists_and_unlocks(operator, app_panel) -> None:
                                  "reason": "fixed", "back": "/locks"})
     assert panel.store.get_lock("user:acme") is None
     assert panel.store.get_lock("webfarm/bob@shop.example") is not None
+
+
+def test_a_lock_duration_the_form_does_not_offer_is_refused(operator, app_panel) -> None:
+    _, panel = app_panel
+    token = lock_form(operator)
+    resp = operator.post("/lock", data={"csrf": token, "target": "webfarm/alice@shop.example",
+                                        "action": "lock", "reason": "r", "duration": "1 yaer"})
+    assert resp.status_code == 400
+    assert panel.store.get_lock("webfarm/alice@shop.example") is None

@@ -33,8 +33,9 @@ log = logging.getLogger("outpost.feedback")
 
 #: a token quoted anywhere: ``X-Outpost-ID:`` then one (possibly folded) word
 TOKEN_RE = re.compile(rb"X-Outpost-ID:[ \t]*(?:\r?\n[ \t]+)?([A-Za-z0-9_-]{40,400})", re.I)
-_CONTENT_TYPE_RE = re.compile(rb"^content-type[ \t]*:", re.I | re.M)
-_BOUNDARY_LINE_RE = re.compile(rb"^--", re.M)
+# a line starts after LF or a bare CR (the email package ends lines at both)
+_CONTENT_TYPE_RE = re.compile(rb"(?:\A|[\r\n])content-type[ \t]*:", re.I)
+_BOUNDARY_LINE_RE = re.compile(rb"(?:\A|[\r\n])--")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 MAX_TOKENS = 8            # candidate tokens tried per report

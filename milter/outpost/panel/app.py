@@ -285,7 +285,12 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         who = account()
         try:
             if action == "lock":
-                duration = LOCK_DURATIONS.get(request.form.get("duration", ""), None)
+                # the form's default when not given; a value it does not offer is refused,
+                # never read as "until unlocked"
+                label = request.form.get("duration") or "until unlocked"
+                if label not in LOCK_DURATIONS:
+                    abort(400, f"unknown lock duration {label!r}")
+                duration = LOCK_DURATIONS[label]
                 text = lock(config, panel.store, target, duration,
                             clean(f"{reason} (by {who.name} in the panel)", 300))
             elif action == "unlock":
