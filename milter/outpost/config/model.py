@@ -39,10 +39,6 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFacility = Literal["mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4",
                       "local5", "local6", "local7"]
 
-USER_TYPES: tuple[str, ...] = get_args(UserType)
-HEADER_FROM_MODES: tuple[str, ...] = get_args(HeaderFromMode)
-MODES: tuple[str, ...] = get_args(Mode)
-STORE_ERROR_POLICIES: tuple[str, ...] = get_args(OnStoreError)
 LOG_TARGETS: tuple[str, ...] = get_args(LogTarget)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
@@ -105,7 +101,6 @@ class IdentityHeader:
         return got.strip() or None if got else None
 
 
-SPAM_ACTIONS: tuple[str, ...] = get_args(SpamAction)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Optional
 
 from ..config.model import Config, User
 from ..store.base import Store
+from . import headers as hdr
 from .idtoken import Origin, TokenCodec, TokenError
 from .keys import Target
 
@@ -37,7 +38,7 @@ TOKEN_RE = re.compile(rb"X-Outpost-ID:[ \t]*(?:\r?\n[ \t]+)?([A-Za-z0-9_-]{40,40
 _CONTENT_TYPE_RE = re.compile(rb"(?:\A|[\r\n])content-type[ \t]*:", re.I)
 _BOUNDARY_LINE_RE = re.compile(rb"(?:\A|[\r\n])--")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_UNSAFE = re.compile(f"(?:\t|{hdr.CONTROL.pattern})+")      # the project's control set, and tabs
 MAX_TOKENS = 8            # candidate tokens tried per report
 MAX_FIELD = 200           # characters kept of a reported field
 

@@ -8,22 +8,13 @@ from typing import TYPE_CHECKING, Optional
 
 from ..config.model import Config, User
 from . import headers as hdr
-from .addresses import header_from_address, split_address
 from .enforce import Enforcer
-from .stamps import Fields, Removals, kept
+from .stamps import Fields, Removals, from_domain, kept
 from .types import CONTINUE, Decision, Message, reject
 
 if TYPE_CHECKING:
     from ..effects.dkim import Signer
     from ..effects.spf import SpfChecker
-
-
-def from_domain(msg: Message) -> str:
-    """The header From domain ('' when there is none), parsed once."""
-    if msg.from_domain is None:
-        addr, _ = header_from_address([v for n, v in msg.headers if n.lower() == "from"])
-        msg.from_domain = split_address(addr or "")[1]
-    return msg.from_domain
 
 
 def signing_domain(config: Config, signer: "Signer", msg: Message, user: User) -> Optional[str]:

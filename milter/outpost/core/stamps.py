@@ -60,12 +60,17 @@ def would_header(msg: Optional[Message]) -> Fields:
     return (("X-Outpost-Would", hdr.safe_value("; ".join(msg.would))),)
 
 
+def from_domain(msg: Message) -> str:
+    """The header From domain ('' when there is none), parsed once."""
+    if msg.from_domain is None:
+        addr, _ = header_from_address([v for n, v in msg.headers if n.lower() == "from"])
+        msg.from_domain = split_address(addr or "")[1]
+    return msg.from_domain
+
+
 def stamped(session: Session, msg: Message, user: User, token: str, report_abuse_to: str) -> Fields:
     """The headers every accepted message carries (``headers.STAMPED``)."""
-    domain = msg.sender_domain
-    if not domain:
-        addr, _ = header_from_address([v for n, v in msg.headers if n.lower() == "from"])
-        domain = split_address(addr or "")[1]
+    domain = msg.sender_domain or from_domain(msg)
     return (
         ("X-Outpost-User", hdr.safe_value(user.name)),
         ("X-Outpost-Domain", hdr.safe_value(domain or "")),
