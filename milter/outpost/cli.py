@@ -438,18 +438,29 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as exc:
         print(f"outpost: store error, complaint not taken (the MTA retries): {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    reporter = None
+    if config.reports is not None:            # the abuse report of a lock complaints set
+        from .effects.reports import Spool as ReportSpool
+        from .effects.reports import SpoolError as ReportSpoolError
+        try:
+            reporter = ReportSpool.from_settings(config.reports).put
+        except (ReportSpoolError, OSError) as exc:
+            store.close()
+            print(f"outpost: reports.spool_dir: {exc}; complaint not taken (the MTA retries)",
+                  file=sys.stderr)
+            return EX_TEMPFAIL
     code = 0
     try:
         if args.maildir:
             for path in maildir_files(args.maildir):
                 with open(path, "rb") as fh:
                     raw, truncated = read_bounded(fh, config.feedback.max_size)
-                out = handle(config, store, codec, spool, raw, truncated)
+                out = handle(config, store, codec, spool, raw, truncated, reporter)
                 print(f"{path.name}: {out.text}")
                 code = max(code, out.code)
         else:
             raw, truncated = read_bounded(sys.stdin.buffer, config.feedback.max_size)
-            out = handle(config, store, codec, spool, raw, truncated)
+            out = handle(config, store, codec, spool, raw, truncated, reporter)
             print(out.text)
             code = out.code
     except (StoreError, SpoolError) as exc:
