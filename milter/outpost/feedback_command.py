@@ -208,16 +208,12 @@ def _summary(report: Optional[Report]) -> dict[str, Any]:
 def learn_spam(store: Store, original: bytes) -> None:
     """Add a reported message to the operator's Bayes model (the blob
     ``outpost train`` writes) as spam; the milter uses it after a reload."""
-    from .spam.bayes import Model, ModelError, outbound_view, tokenize
-    from .spam.from_config import MODEL_BLOB
-    blob = store.get_blob(MODEL_BLOB)
+    from .spam.bayes import ModelError
+    from .training import learn
     try:
-        model = Model.from_bytes(blob) if blob else Model()
+        learn(store, [(original, True)])
     except ModelError as exc:
         log.error("not learning from the complaint: the trained model is unreadable (%s)", exc)
-        return
-    model.learn(tokenize(outbound_view(original)), True)
-    store.put_blob(MODEL_BLOB, model.pruned(min_count=1, max_tokens=60_000).to_bytes())
 
 
 #: ARF feedback types that are no complaint about the mail: a receiver's
