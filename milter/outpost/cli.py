@@ -439,11 +439,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         EX_TEMPFAIL,
         Spool,
         SpoolError,
+        access_problems,
         handle,
         list_data,
         list_text,
         maildir_files,
         read_bounded,
+        running_as,
     )
     from .runtime import open_shared_store
     try:
@@ -460,6 +462,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             print(list_text(data))
         return 0
     _setup_logging(config.log)
+    problems = access_problems(config)
+    if problems:
+        print(f"outpost: feedback runs as {running_as()}, which {'; '.join(problems)}: run it as "
+              f"the user Outpost runs as (a pipe transport with user=outpost, see "
+              f"docs/operations.rst, \"Complaints (feedback loops)\"); complaint not taken "
+              f"(the MTA retries)", file=sys.stderr)
+        return EX_TEMPFAIL
     try:
         codec = TokenCodec(read_secret(config.secret_file))
     except (OSError, ValueError) as exc:

@@ -380,6 +380,49 @@ def complaint_lines(spool: Spool, target: Target, since: float, report: Report, 
     return tuple(lines[-MAX_LISTED:])
 
 
+def running_as() -> str:
+    """``user NAME (uid N)`` of this process."""
+    import pwd
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = "?"
+    return f"user {name} (uid {uid})"
+
+
+def access_problems(config: Config) -> list[str]:
+    """What the user this command runs as cannot do that taking a complaint
+    needs (the MTA runs the pipe as an unprivileged user: Postfix's
+    ``default_privs`` or the alias file's owner, Sendmail's ``DefaultUser``,
+    unless a pipe transport names ``user=outpost``): read the secret, write
+    ``feedback.spool_dir``, the SQLite store and its folder, and
+    ``reports.spool_dir``.  Empty when all is well."""
+    from .store.url import StoreURLError, parse_store_url
+    problems = []
+    if not os.access(config.secret_file, os.R_OK):
+        problems.append(f"cannot read secret_file {config.secret_file}")
+    need: list[tuple[str, str]] = [("feedback.spool_dir", config.feedback.spool_dir)]
+    try:
+        db = parse_store_url(config.store).path
+    except StoreURLError:
+        db = None
+    if db:
+        need.append(("the store's folder", os.path.dirname(os.path.abspath(db)) or "/"))
+        if os.path.exists(db):
+            need.append(("the store", db))
+    if config.reports is not None:
+        need.append(("reports.spool_dir", config.reports.spool_dir))
+    for what, path in need:
+        probe = path                      # a folder not made yet: its parent must be writable
+        while probe != "/" and not os.path.exists(probe):
+            probe = os.path.dirname(probe) or "/"
+        mode = os.W_OK | (os.X_OK if os.path.isdir(probe) else 0)
+        if not os.access(probe, mode):
+            problems.append(f"cannot write {what} {probe}")
+    return problems
+
+
 def maildir_files(path: str) -> list[Path]:
     """The messages of a Maildir (``new/`` and ``cur/``), or of a plain
     directory of message files."""
