@@ -402,7 +402,10 @@ def access_problems(config: Config) -> list[str]:
     problems = []
     if not os.access(config.secret_file, os.R_OK):
         problems.append(f"cannot read secret_file {config.secret_file}")
-    need: list[tuple[str, str]] = [("feedback.spool_dir", config.feedback.spool_dir)]
+    fb = config.feedback.spool_dir
+    need: list[tuple[str, str]] = [("feedback.spool_dir", fb)] + [
+        ("feedback.spool_dir", os.path.join(fb, sub)) for sub in (KEPT, COUNTED)
+        if os.path.isdir(os.path.join(fb, sub))]
     try:
         db = parse_store_url(config.store).path
     except StoreURLError:
@@ -411,8 +414,11 @@ def access_problems(config: Config) -> list[str]:
         need.append(("the store's folder", os.path.dirname(os.path.abspath(db)) or "/"))
         if os.path.exists(db):
             need.append(("the store", db))
-    if config.reports is not None:
-        need.append(("reports.spool_dir", config.reports.spool_dir))
+    if config.reports is not None:                  # a report is written to tmp/, moved to new/
+        need += [("reports.spool_dir", path) for path in
+                 [config.reports.spool_dir] + [os.path.join(config.reports.spool_dir, sub)
+                                               for sub in ("tmp", "new")]
+                 if path == config.reports.spool_dir or os.path.isdir(path)]
     for what, path in need:
         probe = path                      # a folder not made yet: its parent must be writable
         while probe != "/" and not os.path.exists(probe):

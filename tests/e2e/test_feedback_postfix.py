@@ -118,10 +118,11 @@ def relay():
         shutil.chown(op.secret_file, user)
         spool.mkdir()
         shutil.chown(spool, user)
-        (op.dir / "reports").mkdir(exist_ok=True)
-        shutil.chown(op.dir / "reports", user)
         pf.start()
         op.start()
+        # the report spool: made by the milter (root here; in production Outpost runs as outpost)
+        for path in [op.dir / "reports", *(op.dir / "reports").rglob("*")]:
+            shutil.chown(path, user)
         yield pf, op, sink, spool
     finally:
         op.stop(graceful=False)
@@ -213,6 +214,11 @@ def test_complaints_lock_the_identity_and_only_it(relay):
     [lock] = locks(op)
     assert (lock.key, lock.by, lock.reason) == (
         "webfarm/alice@example.com", "complaints", "2 complaints in 86400s")
+    # ... and reported to the abuse desk, as the automatic lock is
+    from outpost.effects.reports import Spool as ReportSpool
+    from outpost.effects.reports import list_items
+    reported = [i for i in list_items(ReportSpool(str(op.dir / "reports"))) if i.kind == "complaints"]
+    assert [i.identity for i in reported] == ["webfarm/alice@example.com"], reported
 
     refused = send_as(pf, "alice@example.com", "three")
     assert not refused.accepted
