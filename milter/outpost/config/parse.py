@@ -34,6 +34,7 @@ from .model import (
     LogSettings,
     MetricsSettings,
     Mode,
+    QuarantineSettings,
     RateLimit,
     SpamAction,
     SpamConfig,
@@ -139,6 +140,7 @@ class TopLevel:
     metrics: Optional[Node] = None
     panel: Optional[Node] = None
     feedback: Optional[Node] = None
+    quarantine: Optional[Node] = None
 
 
 #: The top-level keys (the fields of :class:`TopLevel`).
@@ -216,6 +218,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     panel = grab(lambda: settings_from(top.panel, PanelSettings) if top.panel is not None else None, None)
     feedback = grab(lambda: settings_from(top.feedback, FeedbackSettings)
                     if top.feedback is not None else FeedbackSettings(), FeedbackSettings())
+    quarantine = grab(lambda: settings_from(top.quarantine, QuarantineSettings)
+                      if top.quarantine is not None else QuarantineSettings(), QuarantineSettings())
     errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
@@ -246,6 +250,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         metrics=metrics,
         panel=panel,
         feedback=feedback,
+        quarantine=quarantine,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )
