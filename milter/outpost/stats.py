@@ -180,7 +180,12 @@ class StatsRecorder:
             pending, self._decisions = list(self._decisions), deque()
         if not pending:
             return True
-        entries = [e.entry() if isinstance(e, Answered) else e for e in pending]
+        try:
+            entries = [e.entry() if isinstance(e, Answered) else e for e in pending]
+        except Exception:                      # a bug: counted as lost, logged by _flush_logged
+            with self._mutex:
+                self.decisions_dropped += len(pending)
+            raise
         try:
             self.store.decision_add(entries)
         except StoreError as exc:
