@@ -4,6 +4,7 @@ roles, audit lines, and what each page shows from the store."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -351,3 +352,28 @@ def test_a_lock_duration_the_form_does_not_offer_is_refused(operator, app_panel)
                                         "action": "lock", "reason": "r", "duration": "1 yaer"})
     assert resp.status_code == 400
     assert panel.store.get_lock("webfarm/alice@shop.example") is None
+
+
+def test_concurrent_wrong_logins_are_counted_atomically(tmp_path, make_app, config) -> None:
+    # a real SQLite store; the unknown name is checked against a full-cost
+    # scrypt hash (~0.1 s), so every thread is inside its check at once:
+    # counting after the check let all of them through
+    from outpost.store.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "outpost.db"), config.store_settings)
+    app, _ = make_app(store=store)
+    clients = [app.test_client() for _ in range(8)]
+    tokens = [csrf_of(c.get("/login").get_data(as_text=True)) for c in clients]
+    start = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def attempt(c, token: str) -> None:
+        start.wait(timeout=10)
+        codes.append(c.post("/login", data={"name": "nobody", "password": "wrong",
+                                            "csrf": token}).status_code)
+    threads = [threading.Thread(target=attempt, args=ct) for ct in zip(clients, tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(codes) == [401] * 3 + [429] * 5        # login_attempts: 3
+    store.close()
