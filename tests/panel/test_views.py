@@ -12,6 +12,7 @@ import pytest
 from outpost.config import ConfigError, parse_config
 from outpost.core.idtoken import Origin, TokenCodec
 from outpost.store.base import DecisionEntry
+from outpost.store.wrapper import StoreWrapper
 
 from .conftest import PASSWORD, SECRET, csrf_of, log_in, panel_yaml
 
@@ -377,3 +378,48 @@ def test_concurrent_wrong_logins_are_counted_atomically(tmp_path, make_app, conf
         t.join(timeout=30)
     assert sorted(codes) == [401] * 3 + [429] * 5        # login_attempts: 3
     store.close()
+
+
+class CountingStore(StoreWrapper):
+    """Counts the decision-log entries asked for and returned."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.asked = self.read = 0
+
+    def decision_read(self, limit: int, offset: int = 0):
+        got = super().decision_read(limit, offset)
+        self.asked += limit
+        self.read += len(got)
+        return got
+
+
+def test_a_page_reads_at_most_page_read_entries_of_the_log(operator, app_panel) -> None:
+    from outpost.panel.data import PAGE, PAGE_READ
+    _, panel = app_panel
+    n = 3 * PAGE_READ
+    # oldest first: the refusal 4Q0005 is beyond the first PAGE_READ entries
+    panel.store.decision_add([entry(i, action="reject" if i == 5 else "accept",
+                                    reason="spam" if i == 5 else "")
+                              for i in range(1, n + 1)])
+    counting = panel.store = CountingStore(panel.store)
+    csrf = csrf_of(text(operator.get("/blocked")))
+    requests = [lambda: operator.get("/blocked"), lambda: operator.get("/blocked?all=1"),
+                lambda: operator.get("/blocked?q=nothing-matches"),
+                lambda: operator.get(f"/blocked?from={2 * PAGE_READ}"),
+                lambda: operator.get("/users/webfarm"),
+                lambda: operator.get("/identity/webfarm/alice@shop.example"),
+                lambda: operator.post("/whois", data={"csrf": csrf, "token": "x"})]
+    for request in requests:
+        counting.asked = counting.read = 0
+        assert request().status_code == 200
+        assert 0 < counting.read <= counting.asked <= PAGE_READ
+    page = text(operator.get("/blocked?all=1"))
+    assert f"4Q{n:04d}" in page and f"4Q{n - 2 * PAGE + 1:04d}" in page
+    assert f"4Q{n - 2 * PAGE:04d}" not in page and f"from={2 * PAGE}" in page
+    page = text(operator.get("/blocked"))                 # refusals only: none in the newest
+    assert "0 found" in page and f"from={PAGE_READ}" in page
+    page = text(operator.get(f"/blocked?from={2 * PAGE_READ}"))
+    assert "4Q0005" in page
+    page = text(operator.get(f"/blocked?from={n}"))
+    assert "0 found" in page and ">older<" not in page     # the end of the log

@@ -260,7 +260,8 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
     def blocked():
         every = request.args.get("all") == "1"
         return render_template("blocked.html",
-                               d=panel.decisions(request.args.get("q", "")[:200], not every, _page()),
+                               d=panel.decisions(request.args.get("q", "")[:200], not every,
+                                                 _offset()),
                                whois=None)
 
     @app.post("/whois")
@@ -268,7 +269,7 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         token = request.form.get("token", "")[:500]
         result = panel.whois(token)
         audit_line("whois", token, "", result.get("error") or f"{result['user']}/{result['identity']}")
-        return render_template("blocked.html", d=panel.decisions("", True, 1), whois=result)
+        return render_template("blocked.html", d=panel.decisions("", True, 0), whois=result)
 
     # -- operator actions -----------------------------------------------------------------
     @app.post("/lock")
@@ -391,6 +392,14 @@ def _page() -> int:
         return max(1, min(int(request.args.get("page", "1")), 100000))
     except ValueError:
         return 1
+
+
+def _offset() -> int:
+    """Where in the decision log a page starts (``from``, 0: the newest)."""
+    try:
+        return max(0, min(int(request.args.get("from", "0")), 10 ** 7))
+    except ValueError:
+        return 0
 
 
 #: A path of this panel to return to (no scheme, host, backslash, blank or

@@ -823,10 +823,13 @@ class RedisStore(Store):
     #: entries added meanwhile neither repeat nor hide older ones).
     decision_chunk = 2000
 
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
         out: list[DecisionEntry] = []
         top, skip = "+inf", 0           # next page: scores <= top, after skipping ``skip``
+        offset = max(0, int(offset))
         while len(out) < limit:
+            if offset:                  # by position (skipped entries may share a score)
+                top, skip = "+inf", offset + len(out)
             want = min(self.decision_chunk, limit - len(out))
             with self._guard("decision_read"):
                 flat = self._decision_read(keys=[f"{self._p}dlog"],
