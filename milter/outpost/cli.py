@@ -287,9 +287,23 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from .effects.quarantine import PostfixQuarantine, QuarantineError
-    q = PostfixQuarantine(args.postfix_config)
+    from .effects.quarantine import PostfixQuarantine, QuarantineError, RequestQueue, apply_requests
+    asks = RequestQueue(args.requests) if args.requests and args.action != "apply" else None
+    q = PostfixQuarantine(args.postfix_config, asks)
     try:
+        if args.action == "apply":
+            if not args.requests:
+                print("outpost: apply needs --requests DIR (panel.quarantine_spool)",
+                      file=sys.stderr)
+                return 2
+            try:
+                done = apply_requests(args.requests, q)
+            except (OSError, ValueError) as exc:
+                print(f"outpost: {args.requests}: {exc}", file=sys.stderr)
+                return 1
+            for name, error in done:
+                print(f"{name}: {error or 'ok'}")
+            return 1 if any(error for _, error in done) else 0
         if args.action == "list":
             held = q.list()
             if args.json:
@@ -658,11 +672,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")
-    sp.add_argument("action", choices=["list", "release", "delete"])
+    sp.add_argument("action", choices=["list", "release", "delete", "apply"])
     sp.add_argument("queue_id", nargs="?")
     with_json(sp)
     sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
                     help="the Postfix instance's configuration directory (default /etc/postfix)")
+    sp.add_argument("--requests", metavar="DIR",
+                    help="the request directory (panel.quarantine_spool): release and "
+                         "delete leave a request there (no root needed); apply, as root, "
+                         "runs postsuper for the requests waiting there")
 
     sp = with_config(cmd("panel", cmd_panel, "serve the web panel (see docs/panel.rst); "
                                              "'panel passwd NAME' prints a password hash"))

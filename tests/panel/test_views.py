@@ -280,6 +280,7 @@ def test_store_errors_give_a_503_page(make_app) -> None:
      + "A" * 43 + "='}]", "role"),
     ("users: [{name: x, password_hash: plain}]", "password_hash"),
     ("colour: red", "unknown key"),
+    ("quarantine_spool: spool/q", "absolute path"),
 ])
 def test_bad_panel_blocks_are_refused(bad: str, needle: str) -> None:
     text_ = panel_yaml().split("panel:")[0] + "panel:\n  " + bad + "\n"
@@ -423,3 +424,30 @@ def test_a_page_reads_at_most_page_read_entries_of_the_log(operator, app_panel) 
     assert "4Q0005" in page
     page = text(operator.get(f"/blocked?from={n}"))
     assert "0 found" in page and ">older<" not in page     # the end of the log
+
+
+def test_quarantine_actions_go_through_the_request_directory(tmp_path, make_app) -> None:
+    # panel.quarantine_spool: the release is asked of the root side
+    # (outpost quarantine apply), answered here as that side would
+    from outpost.effects.quarantine import PostfixQuarantine, apply_requests
+    spool = tmp_path / "q"
+    app, _ = make_app(parse_config(panel_yaml(postfix_config=str(tmp_path / "no-postfix"),
+                                              quarantine_spool=str(spool))))
+    c = app.test_client()
+    log_in(c, "ops")
+    csrf = csrf_of(text(c.get("/locks")))
+    answered: list = []
+
+    def root_side() -> None:
+        while not answered:
+            try:
+                answered.extend(apply_requests(str(spool), PostfixQuarantine(str(tmp_path / "no-postfix"))))
+            except FileNotFoundError:
+                pass
+    t = threading.Thread(target=root_side)
+    t.start()
+    resp = c.post("/quarantine", data={"csrf": csrf, "action": "release", "queue_id": "ABCDEF123",
+                                       "reason": "ticket 1"}, follow_redirects=True)
+    t.join(30)
+    assert [name for name, _ in answered] == ["release.ABCDEF123"]
+    assert "no-postfix" in text(resp)           # postsuper's own error, shown to the operator

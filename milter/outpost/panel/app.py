@@ -381,8 +381,9 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
     def _quarantine():
         if not settings.postfix_config:
             abort(404, "no quarantine: set panel.postfix_config to the Postfix instance's directory")
-        from ..effects.quarantine import PostfixQuarantine
-        return PostfixQuarantine(settings.postfix_config)
+        from ..effects.quarantine import PostfixQuarantine, RequestQueue
+        requests = RequestQueue(settings.quarantine_spool) if settings.quarantine_spool else None
+        return PostfixQuarantine(settings.postfix_config, requests)
 
     return app
 
