@@ -63,10 +63,11 @@ def _dry_run(config, path: str) -> int:
 
 
 def _shown_store(url: str) -> str:
-    if url.startswith(("redis://", "rediss://")):
-        from .store.redis import redact_url
+    from .store.url import redact_url  # every scheme: a Sentinel URL has passwords too
+    try:
         return redact_url(url)
-    return url
+    except ValueError:
+        return "(unparsable store URL)"
 
 
 def _print_json(obj) -> None:
@@ -116,8 +117,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warning = config.reports.listener_warning()
             if warning is not None:
                 warnings.append(f"{args.config}: {warning}")
-        from .store.url import parse_store_url
-        db = parse_store_url(config.store).path          # the sqlite file, else None
+        from .store.url import StoreURL, parse_store_url
+        url = config.store                               # parsed by the loader: a StoreURL
+        db = (url if isinstance(url, StoreURL) else parse_store_url(url)).path  # sqlite file, else None
         if args.strict and db is not None and not os.path.exists(db):
             # Not created here: check-config may run as another user (root, in
             # ExecStartPre) than the service, which must own the database.
@@ -138,7 +140,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 finally:
                     store.close()
             except (StoreError, ValueError, OSError) as exc:
-                from .store.redis import redact_url
+                from .store.url import redact_url
                 store_errors.append(f"store {redact_url(config.store)}: {exc}")
     summary = None
     if config is not None:
