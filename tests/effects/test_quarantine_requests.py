@@ -8,8 +8,7 @@ import threading
 
 import pytest
 
-from outpost.effects.quarantine import (PostfixQuarantine, QuarantineError, RequestQueue,
-                                        apply_requests)
+from outpost.effects.quarantine import PostfixQuarantine, QuarantineError, RequestQueue, apply_requests
 
 
 def test_a_failed_request_is_answered_with_postsuper_s_error(tmp_path) -> None:

@@ -12,7 +12,6 @@ from outpost.cli import main
 from outpost.config import parse_config
 from outpost.panel.app import Sessions
 from outpost.panel.auth import LoginLimiter, check_hash_format, hash_password, verify_login, verify_password
-
 from outpost.store.memory import MemoryStore
 
 from .conftest import panel_yaml
