@@ -343,7 +343,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
-    from .offline import decide_offline, to_json
+    from .offline import ScanInputError, decide_offline, to_json
     from .spam.from_config import build_engine
     from .store.readonly import ReadOnlyStore
     config, real = _state(args, shared=False)
@@ -355,8 +355,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     policy = Policy(config, store, codec, engine=build_engine(config, store))
     with open(args.file, "rb") as fh:
         raw = fh.read()
-    report = decide_offline(policy, raw, login=args.login, client_ip=args.client_ip,
-                          sender=args.sender, recipients=args.rcpt or ())
+    try:
+        report = decide_offline(policy, raw, login=args.login, client_ip=args.client_ip,
+                                sender=args.sender, recipients=args.rcpt or ())
+    except ScanInputError as exc:
+        print(f"outpost: {args.file}: {exc}", file=sys.stderr)
+        return 2
     print(to_json(report) if args.json else report.format())
     return 0 if not report.decision.blocks else 1
 
@@ -633,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--login", help="SMTP AUTH login")
     sp.add_argument("--client-ip", help="client address")
     sp.add_argument("--from", dest="sender", help="envelope sender (default: the From address)")
-    sp.add_argument("--rcpt", action="append", help="recipient (repeatable; default: the To address)")
+    sp.add_argument("--rcpt", action="append",
+                    help="recipient (repeatable; default: the addresses of the To header)")
     with_json(sp)
 
     sp = with_config(cmd("train", cmd_train, "train the Bayes classifier on your own mail"))
