@@ -64,3 +64,11 @@ def test_apply_takes_only_request_names_and_follows_no_symbolic_link(tmp_path) -
     assert (victim / "release.ABCDEF1").exists()
     with pytest.raises(ValueError):
         apply_requests(str(q), PostfixQuarantine("/x", RequestQueue(str(q))))
+
+
+def test_a_request_that_cannot_be_removed_is_reported_once(tmp_path) -> None:
+    q = tmp_path / "q"
+    (q / "requests" / "release.ABCDEF1").mkdir(parents=True)    # a directory, not a file
+    (q / "results").mkdir()
+    done = apply_requests(str(q), PostfixQuarantine(str(tmp_path / "no-postfix")))
+    assert [name for name, _ in done] == ["release.ABCDEF1"] and done[0][1]

@@ -173,10 +173,12 @@ def apply_requests(path: str, quarantine: "PostfixQuarantine") -> list[tuple[str
     try:
         results = _open_dir(os.path.join(path, "results"))
         try:
+            seen: set[str] = set()         # a name that could not be removed comes back
             while len(done) < MAX_REQUESTS:
-                names = sorted(os.listdir(requests))[:MAX_REQUESTS - len(done)]
+                names = sorted(set(os.listdir(requests)) - seen)[:MAX_REQUESTS - len(done)]
                 if not names:
                     break
+                seen.update(names)
                 for name in names:
                     done += _apply_one(name, requests, results, quarantine)
         finally:
