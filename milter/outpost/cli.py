@@ -63,10 +63,11 @@ def _dry_run(config, path: str) -> int:
 
 
 def _shown_store(url: str) -> str:
-    if url.startswith(("redis://", "rediss://")):
-        from .store.redis import redact_url
+    from .store.url import redact_url  # every scheme: a Sentinel URL has passwords too
+    try:
         return redact_url(url)
-    return url
+    except ValueError:
+        return "(unparsable store URL)"
 
 
 def _print_json(obj) -> None:
@@ -116,8 +117,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             warning = config.reports.listener_warning()
             if warning is not None:
                 warnings.append(f"{args.config}: {warning}")
-        from .store.url import parse_store_url
-        db = parse_store_url(config.store).path          # the sqlite file, else None
+        from .store.url import StoreURL, parse_store_url
+        url = config.store                               # parsed by the loader: a StoreURL
+        db = (url if isinstance(url, StoreURL) else parse_store_url(url)).path  # sqlite file, else None
         if args.strict and db is not None and not os.path.exists(db):
             # Not created here: check-config may run as another user (root, in
             # ExecStartPre) than the service, which must own the database.
@@ -138,7 +140,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 finally:
                     store.close()
             except (StoreError, ValueError, OSError) as exc:
-                from .store.redis import redact_url
+                from .store.url import redact_url
                 store_errors.append(f"store {redact_url(config.store)}: {exc}")
     summary = None
     if config is not None:
@@ -302,10 +304,26 @@ def _decision_recorder(args: argparse.Namespace):
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from .effects.quarantine import PostfixQuarantine, QuarantineError
-    recorder = _decision_recorder(args) if args.action in ("release", "delete") else None
-    q = PostfixQuarantine(args.postfix_config, recorder)
+    from .effects.quarantine import PostfixQuarantine, QuarantineError, RequestQueue, apply_requests
+    asks = RequestQueue(args.requests) if args.requests and args.action != "apply" else None
+    # The copy for training is kept where postsuper runs: here, or by 'apply' (root).
+    keeps = args.action == "apply" or (args.action in ("release", "delete") and asks is None)
+    recorder = _decision_recorder(args) if keeps else None
+    q = PostfixQuarantine(args.postfix_config, recorder, asks)
     try:
+        if args.action == "apply":
+            if not args.requests:
+                print("outpost: apply needs --requests DIR (panel.quarantine_spool)",
+                      file=sys.stderr)
+                return 2
+            try:
+                done = apply_requests(args.requests, q)
+            except (OSError, ValueError) as exc:
+                print(f"outpost: {args.requests}: {exc}", file=sys.stderr)
+                return 1
+            for name, error in done:
+                print(f"{name}: {error or 'ok'}")
+            return 1 if any(error for _, error in done) else 0
         if args.action == "list":
             held = q.list()
             if args.json:
@@ -345,7 +363,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_scan(args: argparse.Namespace) -> int:
     from .core.idtoken import TokenCodec, read_secret
     from .core.policy import Policy
-    from .offline import decide_offline, to_json
+    from .offline import ScanInputError, decide_offline, to_json
     from .spam.from_config import build_engine
     from .store.readonly import ReadOnlyStore
     config, real = _state(args, shared=False)
@@ -357,8 +375,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     policy = Policy(config, store, codec, engine=build_engine(config, store))
     with open(args.file, "rb") as fh:
         raw = fh.read()
-    report = decide_offline(policy, raw, login=args.login, client_ip=args.client_ip,
-                          sender=args.sender, recipients=args.rcpt or ())
+    try:
+        report = decide_offline(policy, raw, login=args.login, client_ip=args.client_ip,
+                                sender=args.sender, recipients=args.rcpt or ())
+    except ScanInputError as exc:
+        print(f"outpost: {args.file}: {exc}", file=sys.stderr)
+        return 2
     print(to_json(report) if args.json else report.format())
     return 0 if not report.decision.blocks else 1
 
@@ -672,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--login", help="SMTP AUTH login")
     sp.add_argument("--client-ip", help="client address")
     sp.add_argument("--from", dest="sender", help="envelope sender (default: the From address)")
-    sp.add_argument("--rcpt", action="append", help="recipient (repeatable; default: the To address)")
+    sp.add_argument("--rcpt", action="append",
+                    help="recipient (repeatable; default: the addresses of the To header)")
     with_json(sp)
 
     sp = with_config(cmd("train", cmd_train, "train the Bayes classifier on your own mail"))
@@ -716,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("quarantine", cmd_quarantine, "list, release or delete messages Outpost quarantined "
                                            "(Postfix hold queue)")
-    sp.add_argument("action", choices=["list", "release", "delete"])
+    sp.add_argument("action", choices=["list", "release", "delete", "apply"])
     sp.add_argument("queue_id", nargs="?")
     with_json(sp)
     sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
@@ -725,6 +748,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="configuration whose quarantine.training_dir keeps released and deleted "
                          f"messages for training (default $OUTPOST_CONFIG, else {DEFAULT_CONFIG} "
                          "if it exists)")
+    sp.add_argument("--requests", metavar="DIR",
+                    help="the request directory (panel.quarantine_spool): release and "
+                         "delete leave a request there (no root needed); apply, as root, "
+                         "runs postsuper for the requests waiting there")
 
     sp = with_config(cmd("panel", cmd_panel, "serve the web panel (see docs/panel.rst); "
                                              "'panel passwd NAME' prints a password hash"))

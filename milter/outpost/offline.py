@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .core.addresses import header_from_address, split_address
+from .core.addresses import header_from_address, read_addresses, split_address
 from .core.policy import Policy
 from .core.transaction import Transaction, drive
 from .core.types import Decision
@@ -18,6 +18,37 @@ from .core.types import Decision
 if TYPE_CHECKING:
     from .spam.base import Evidence
     from .spam.engine import CheckFailure
+
+
+#: The To header ``outpost scan`` reads its default recipients from: at most
+#: this many characters (``email.utils.getaddresses`` takes about a second
+#: for 64 KiB of the worst input) and this many addresses.
+MAX_TO_CHARS = 65536
+MAX_SCAN_RECIPIENTS = 1000
+
+
+class ScanInputError(ValueError):
+    """The message cannot be scanned as asked (the text says why and what to do)."""
+
+
+def header_recipients(values: Sequence[str]) -> list[str]:
+    """The addresses of the To header(s) ``values`` (``email.utils.getaddresses``:
+    ``Name <a@x>, b@y`` gives ``a@x`` and ``b@y``), bounded; ScanInputError
+    when the header is too long, holds too many addresses or cannot be read."""
+    size = sum(len(v) for v in values)
+    if size > MAX_TO_CHARS:
+        raise ScanInputError(f"the To header is {size} characters long (outpost scan reads at most "
+                             f"{MAX_TO_CHARS}); give the recipients with --rcpt")
+    if not values:
+        return []
+    pairs = read_addresses(list(values))
+    if not pairs and any(v.strip() for v in values):
+        raise ScanInputError("the To header cannot be read as addresses; give the recipients with --rcpt")
+    addrs = [addr for _name, addr in pairs if addr]
+    if len(addrs) > MAX_SCAN_RECIPIENTS:
+        raise ScanInputError(f"the To header holds {len(addrs)} addresses (outpost scan takes at most "
+                             f"{MAX_SCAN_RECIPIENTS}); give the recipients with --rcpt")
+    return addrs
 
 
 @dataclass
@@ -77,14 +108,15 @@ def decide_offline(policy: Policy, raw: bytes, *, login: Optional[str] = None,
                    client_ip: Optional[str] = None, sender: Optional[str] = None,
                    recipients: Sequence[str] = ()) -> OfflineReport:
     """The decision on the message ``raw`` from ``sender`` (default: the
-    header From) to ``recipients`` (default: the first To, or
-    ``recipient@invalid``)."""
+    header From) to ``recipients`` (default: the addresses of the To
+    header, see :func:`header_recipients`, or ``recipient@invalid``)."""
     tx = Transaction.of_message(raw, "", login=login, client_ip=client_ip, queue_id="SCAN")
     if sender is None:
         addr, _ = header_from_address([v for n, v in tx.headers if n.lower() == "from"])
         sender = addr or ""
     if not recipients:
-        recipients = [split_address(v)[0] for n, v in tx.headers if n.lower() == "to"][:1] or ["recipient@invalid"]
+        to = [v for n, v in tx.headers if n.lower() == "to"]
+        recipients = [split_address(a)[0] for a in header_recipients(to)] or ["recipient@invalid"]
     out = drive(policy, Transaction(sender=f"<{sender}>", recipients=[f"<{r}>" for r in recipients],
                                     headers=tx.headers, body=tx.body, login=login, client_ip=client_ip,
                                     queue_id="SCAN"))

@@ -86,7 +86,7 @@ class Runtime:
         try:
             store = open_configured_store(config)
         except (ValueError, OSError) as exc:
-            from .store.redis import redact_url
+            from .store.url import redact_url
             raise StartupError(f"store {redact_url(config.store)}: {exc}") from None
         from .effects.dkim import DkimError
         from .effects.resolver import ResolverSettings, make_resolver

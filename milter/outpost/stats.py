@@ -191,7 +191,7 @@ class StatsRecorder:
         except StoreError as exc:
             with self._mutex:
                 self.decision_errors += 1
-                kept = deque(entries[-MAX_PENDING_DECISIONS:])
+                kept: deque[Union[Answered, DecisionEntry]] = deque(entries[-MAX_PENDING_DECISIONS:])
                 self.decisions_dropped += len(entries) - len(kept)
                 for e in self._decisions:
                     if len(kept) >= MAX_PENDING_DECISIONS:

@@ -76,3 +76,27 @@ def test_train_stores_the_model_and_the_engine_uses_it(setup, capsys, tmp_path):
     assert store.get_blob(MODEL_BLOB)
     from outpost.spam.bayes import Model
     assert Model.from_bytes(store.get_blob(MODEL_BLOB)).nspam == 5
+
+
+def test_scan_takes_every_address_of_the_to_header(setup, capsys):
+    tmp, cfg = setup
+    with open(cfg, "a") as fh:
+        fh.write("defaults: {limits: {recipients: ['2/1h']}}\n")
+    msg = tmp / "m.eml"
+
+    def scan(to: str) -> tuple[int, str, str]:
+        msg.write_bytes(b"From: Alice <alice@example.com>\r\nTo: " + to.encode() + b"\r\n"
+                        b"Subject: lunch\r\n\r\nSee you at noon.\r\n")
+        code = main(["scan", str(msg), "-c", str(cfg), "--login", "alice@example.com", "--json"])
+        out, err = capsys.readouterr()
+        return code, out, err
+    code, out, _ = scan("Bob Smith <bob@dest.example>")          # the address, not the whole value
+    assert code == 0 and json.loads(out)["action"] == "accept"
+    code, out, _ = scan('"Smith, Bob" <bob@dest.example>, carol@dest.example, Dave <dave@dest.example>')
+    doc = json.loads(out)
+    assert code == 1 and doc["reason"] == "rate_limit", doc                # 3 recipients of 2/1h
+    many = ", ".join(f"User {i} <u{i}@dest.example>" for i in range(10000))
+    code, out, err = scan(many)                                  # refused at once, with what to do
+    assert code == 2 and out == "" and "--rcpt" in err and "To header" in err
+    code, out, err = scan(", ".join(f"u{i}@d.example" for i in range(1001)))
+    assert code == 2 and "1001 addresses" in err and "--rcpt" in err

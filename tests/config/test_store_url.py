@@ -96,3 +96,41 @@ def test_an_unknown_scheme_does_not_show_the_password() -> None:
     with pytest.raises(StoreURLError) as exc:
         parse_store_url("rediss+sentinal://:s3cret@10.0.0.1:26379/mymaster/0")
     assert "s3cret" not in str(exc.value) and "unknown scheme 'rediss+sentinal'" in str(exc.value)
+
+
+def test_redact_url_lives_beside_the_parser_and_is_still_importable_from_redis():
+    from outpost.store import redact_url as from_package
+    from outpost.store.redis import redact_url as from_redis
+    from outpost.store.url import redact_url
+    assert redact_url is from_redis is from_package
+    assert redact_url("redis://:s3cret@h:1/0") == "redis://:***@h:1/0"
+    # the dry run's line shows every scheme redacted (a Sentinel URL has passwords too)
+    from outpost.cli import _shown_store
+    shown = _shown_store("redis+sentinel://:pw@h1:1,h2:2/m/0?sentinel_password=sp")
+    assert "pw" not in shown.replace("sentinel_password", "") and "sp" not in shown.split("?")[1]
+
+
+def test_the_store_url_is_parsed_once_from_config_to_open_store(monkeypatch, tmp_path):
+    import pickle
+
+    import outpost.store
+    import outpost.store.redis
+    import outpost.store.url
+    sentinel_url = "redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/mymaster/0"
+    configs = {url: parse_config(f"store: '{url}'\n{BASE}", "t.yaml")
+               for url in ("memory:", f"sqlite://{tmp_path}/s.db", sentinel_url)}
+    for url, config in configs.items():
+        assert isinstance(config.store, StoreURL) and config.store == url and config.store.text == url
+        assert pickle.loads(pickle.dumps(config.store)).scheme == config.store.scheme
+    assert configs[sentinel_url].store.sentinel.service == "mymaster"
+    assert configs[sentinel_url].store.redacted() == "redis+sentinel://:***@127.0.0.1:1,127.0.0.1:2/mymaster/0"
+
+    def again(*args):
+        raise AssertionError("the store URL was parsed again")
+    monkeypatch.setattr(outpost.store, "parse_store_url", again)
+    monkeypatch.setattr(outpost.store.url, "parse_store_url", again)
+    monkeypatch.setattr(outpost.store.redis, "parse_sentinel_url", again)
+    for config in configs.values():
+        open_store(config.store, config.store_settings).close()   # redis connects lazily
+    with pytest.raises(AttributeError):
+        configs["memory:"].store.scheme = "sqlite"

@@ -206,6 +206,33 @@ def test_workers_dying_at_start_are_respawned_with_back_off(tmp_path):
             proc.stop(graceful=False)
 
 
+def test_a_report_sender_dying_at_start_is_restarted_with_back_off(tmp_path):
+    """A report sender that cannot start (its spool folder replaced by a
+    file) is restarted after a doubling delay, not at once in a loop; the
+    reports stay spooled for when it can."""
+    spool = tmp_path / "reports"
+    config = START_CONFIG.replace("reports: {enabled: false}",
+                                  f"reports: {{spool_dir: {spool}, smtp: {{port: 9}}, "
+                                  f"listener_auth: none}}")
+    proc = Outpost(tmp_path / "o.sock", config.replace("tempfail", "local"), workers=1,
+                   store=f"sqlite:///{tmp_path}/state.db").start()
+    try:
+        workers = {int(w) for w in __import__("re").findall(r"worker (\d+) serving", proc.log())}
+        [sender] = [p for p in wait_until(lambda: [p for p in proc.children() if p not in workers],
+                                          what="the report sender")]
+        shutil.rmtree(spool)
+        spool.write_text("not a folder")
+        os.kill(sender, signal.SIGKILL)
+        time.sleep(2.0)        # an observation window: without back-off one restart per 0.2 s
+        deaths = proc.log().count("report sender ")
+        assert 2 <= deaths <= 5, proc.log()[-3000:]
+        assert "starting a new one in 0.4 s" in proc.log(), proc.log()[-3000:]
+        assert proc.stop() == 0
+    finally:
+        if proc.proc.running:
+            proc.stop(graceful=False)
+
+
 def cli(outpost, *args):
     import subprocess
     return subprocess.run([*outpost.proc.argv[:3], *args, "-c", str(outpost.config_path)],

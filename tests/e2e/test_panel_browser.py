@@ -22,8 +22,10 @@ taken here: into the test's directory, or to refresh the README's copy::
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -267,3 +269,62 @@ def test_release_from_quarantine_whois_and_reports(browser, panel_url, outpost, 
         assert "holder" in page.inner_text("table.log")
     finally:
         context.close()
+
+
+def _as_user(name: str, code: str) -> subprocess.Popen:
+    """``code`` run by the system Python as the user ``name`` (no root, no
+    supplementary group), with only the Outpost sources on its path."""
+    milter = str(Path(__file__).resolve().parents[2] / "milter")
+    return subprocess.Popen(["setpriv", f"--reuid={name}", f"--regid={name}", "--clear-groups",
+                             "/usr/bin/python3", "-c",
+                             f"import sys; sys.path.insert(0, {milter!r})\n" + textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_release_by_the_unprivileged_panel_user(outpost, postfix, sink, tmp_path):
+    # postsuper runs only as root: as the panel's user "outpost" a release
+    # leaves a request that `outpost quarantine apply` (outpost-quarantine.path,
+    # as root) applies; here the test (root) plays the path unit
+    import pwd
+    user = pwd.getpwnam("outpost")
+    held = send(postfix.submission_port, xclient={"LOGIN": "holder@example.com"},
+                mail_from="holder@example.com", rcpt_tos=["friend@dest.example"], message=SPAM)
+    assert held.accepted and held.queue_id in postfix.hold_queue(), held
+    spool = Path(tempfile.mkdtemp(prefix="outpost-quarantine-", dir="/tmp"))
+    try:
+        os.chown(spool, user.pw_uid, user.pw_gid)         # as the package's postinst makes it
+        direct = _as_user("outpost", f"""
+            from outpost.effects.quarantine import PostfixQuarantine, QuarantineError
+            try:
+                PostfixQuarantine({str(postfix.config_dir)!r}).release({held.queue_id!r})
+            except QuarantineError as exc:
+                print(exc)""")
+        assert "superuser" in direct.communicate(timeout=30)[0]        # the problem
+        asks = _as_user("outpost", f"""
+            from outpost.effects.quarantine import PostfixQuarantine, QuarantineError, RequestQueue
+            q = PostfixQuarantine("/nonexistent", RequestQueue({str(spool)!r}, timeout=30))
+            q.release({held.queue_id!r})
+            print("released")""")
+
+        def apply(name: str) -> bool:
+            if not (spool / "requests" / name).exists():
+                return False
+            done = subprocess.run([sys.executable, "-m", "outpost", "quarantine", "apply",
+                                   "--requests", str(spool), "--postfix-config",
+                                   str(postfix.config_dir)], capture_output=True, text=True,
+                                  timeout=30)
+            assert f"{name}: " in done.stdout, done
+            return True
+        wait_until(lambda: apply(f"release.{held.queue_id}"), 30, "the release request")
+        out, err = asks.communicate(timeout=30)
+        assert asks.returncode == 0, err
+        assert out == "released\n", out
+        assert (spool / "requests").stat().st_uid == user.pw_uid
+        assert not list((spool / "requests").iterdir()) and not list((spool / "results").iterdir())
+        assert held.queue_id not in postfix.hold_queue()
+        postfix.flush()
+        wait_until(lambda: any(m.headers("X-Outpost-Class") == ["spam"] for m in sink.messages),
+                   30, "the released message at the sink")
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+

@@ -75,6 +75,8 @@ def test_package_contents(built):
                  "/usr/share/doc/outpost/copyright",
                  "/usr/lib/python3/dist-packages/outpost/data/default_model.bin",
                  "/lib/systemd/system/outpost-panel.service",
+                 "/lib/systemd/system/outpost-quarantine.service",
+                 "/lib/systemd/system/outpost-quarantine.path",
                  "/usr/lib/python3/dist-packages/outpost/panel/templates/base.html",
                  "/usr/lib/python3/dist-packages/outpost/panel/static/panel.css"):
         assert path in files, path

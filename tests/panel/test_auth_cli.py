@@ -12,6 +12,7 @@ from outpost.cli import main
 from outpost.config import parse_config
 from outpost.panel.app import Sessions
 from outpost.panel.auth import LoginLimiter, check_hash_format, hash_password, verify_login, verify_password
+from outpost.store.memory import MemoryStore
 
 from .conftest import panel_yaml
 
@@ -38,26 +39,27 @@ def test_hash_and_verify() -> None:
 
 def test_limiter_window() -> None:
     clock = Clock()
-    lim = LoginLimiter(2, 60.0, clock=clock)
-    lim.failed("ip:a", "user:x")
-    assert lim.blocked("ip:a") == 0
-    lim.failed("ip:a", "user:y")
-    assert lim.blocked("ip:a") == 60.0 and lim.blocked("user:x") == 0
+    lim = LoginLimiter(MemoryStore(clock=clock), 2, 60.0)
+    assert lim.attempt("ip:a", "user:x") == 0
+    assert lim.attempt("ip:a", "user:y") == 0
+    assert 60.0 <= lim.attempt("ip:a") <= 62.0           # 2 per 60 s (1 s subwindows)
+    assert lim.attempt("user:x") == 0                    # other keys are free
     clock.t += 30
-    assert lim.blocked("ip:a", "user:z") == 30.0
-    clock.t += 30.5
-    assert lim.blocked("ip:a") == 0
-    lim.failed("ip:b")
-    lim.failed("ip:b")
+    assert lim.attempt("ip:a", "user:z") > 0             # refused: nothing counted for user:z
+    assert lim.attempt("user:z") == 0
+    clock.t += 32
+    assert lim.attempt("ip:a") == 0
+    assert lim.attempt("ip:b") == 0 and lim.attempt("ip:b") == 0
     lim.succeeded("ip:b")
-    assert lim.blocked("ip:b") == 0
+    assert lim.attempt("ip:b") == 0
 
 
-def test_limiter_bounds_its_keys() -> None:
-    lim = LoginLimiter(1, 60.0, max_keys=3)
-    for n in range(10):
-        lim.failed(f"ip:{n}")
-    assert lim.blocked("ip:9") > 0 and lim.blocked("ip:0") == 0
+def test_limiter_keys_never_overlap_on_reset() -> None:
+    # ':' and '/' are quoted: forgetting "user:a" keeps "user:a:b" (and IPv6 prefixes)
+    lim = LoginLimiter(MemoryStore(clock=Clock()), 1, 60.0)
+    assert lim.attempt("user:a:b") == 0 and lim.attempt("ip:::1:2") == 0
+    lim.succeeded("user:a", "ip:::1")
+    assert lim.attempt("user:a:b") > 0 and lim.attempt("ip:::1:2") > 0
 
 
 def test_sessions_end_after_their_lifetime() -> None:

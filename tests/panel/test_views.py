@@ -4,6 +4,7 @@ roles, audit lines, and what each page shows from the store."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from outpost.config import ConfigError, parse_config
 from outpost.core.idtoken import Origin, TokenCodec
 from outpost.store.base import DecisionEntry
+from outpost.store.wrapper import StoreWrapper
 
 from .conftest import PASSWORD, SECRET, csrf_of, log_in, panel_yaml
 
@@ -278,6 +280,7 @@ def test_store_errors_give_a_503_page(make_app) -> None:
      + "A" * 43 + "='}]", "role"),
     ("users: [{name: x, password_hash: plain}]", "password_hash"),
     ("colour: red", "unknown key"),
+    ("quarantine_spool: spool/q", "absolute path"),
 ])
 def test_bad_panel_blocks_are_refused(bad: str, needle: str) -> None:
     text_ = panel_yaml().split("panel:")[0] + "panel:\n  " + bad + "\n"
@@ -351,3 +354,100 @@ def test_a_lock_duration_the_form_does_not_offer_is_refused(operator, app_panel)
                                         "action": "lock", "reason": "r", "duration": "1 yaer"})
     assert resp.status_code == 400
     assert panel.store.get_lock("webfarm/alice@shop.example") is None
+
+
+def test_concurrent_wrong_logins_are_counted_atomically(tmp_path, make_app, config) -> None:
+    # a real SQLite store; the unknown name is checked against a full-cost
+    # scrypt hash (~0.1 s), so every thread is inside its check at once:
+    # counting after the check let all of them through
+    from outpost.store.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "outpost.db"), config.store_settings)
+    app, _ = make_app(store=store)
+    clients = [app.test_client() for _ in range(8)]
+    tokens = [csrf_of(c.get("/login").get_data(as_text=True)) for c in clients]
+    start = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def attempt(c, token: str) -> None:
+        start.wait(timeout=10)
+        codes.append(c.post("/login", data={"name": "nobody", "password": "wrong",
+                                            "csrf": token}).status_code)
+    threads = [threading.Thread(target=attempt, args=ct) for ct in zip(clients, tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(codes) == [401] * 3 + [429] * 5        # login_attempts: 3
+    store.close()
+
+
+class CountingStore(StoreWrapper):
+    """Counts the decision-log entries asked for and returned."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.asked = self.read = 0
+
+    def decision_read(self, limit: int, offset: int = 0):
+        got = super().decision_read(limit, offset)
+        self.asked += limit
+        self.read += len(got)
+        return got
+
+
+def test_a_page_reads_at_most_page_read_entries_of_the_log(operator, app_panel) -> None:
+    from outpost.panel.data import PAGE, PAGE_READ
+    _, panel = app_panel
+    n = 3 * PAGE_READ
+    # oldest first: the refusal 4Q0005 is beyond the first PAGE_READ entries
+    panel.store.decision_add([entry(i, action="reject" if i == 5 else "accept",
+                                    reason="spam" if i == 5 else "")
+                              for i in range(1, n + 1)])
+    counting = panel.store = CountingStore(panel.store)
+    csrf = csrf_of(text(operator.get("/blocked")))
+    requests = [lambda: operator.get("/blocked"), lambda: operator.get("/blocked?all=1"),
+                lambda: operator.get("/blocked?q=nothing-matches"),
+                lambda: operator.get(f"/blocked?from={2 * PAGE_READ}"),
+                lambda: operator.get("/users/webfarm"),
+                lambda: operator.get("/identity/webfarm/alice@shop.example"),
+                lambda: operator.post("/whois", data={"csrf": csrf, "token": "x"})]
+    for request in requests:
+        counting.asked = counting.read = 0
+        assert request().status_code == 200
+        assert 0 < counting.read <= counting.asked <= PAGE_READ
+    page = text(operator.get("/blocked?all=1"))
+    assert f"4Q{n:04d}" in page and f"4Q{n - 2 * PAGE + 1:04d}" in page
+    assert f"4Q{n - 2 * PAGE:04d}" not in page and f"from={2 * PAGE}" in page
+    page = text(operator.get("/blocked"))                 # refusals only: none in the newest
+    assert "0 found" in page and f"from={PAGE_READ}" in page
+    page = text(operator.get(f"/blocked?from={2 * PAGE_READ}"))
+    assert "4Q0005" in page
+    page = text(operator.get(f"/blocked?from={n}"))
+    assert "0 found" in page and ">older<" not in page     # the end of the log
+
+
+def test_quarantine_actions_go_through_the_request_directory(tmp_path, make_app) -> None:
+    # panel.quarantine_spool: the release is asked of the root side
+    # (outpost quarantine apply), answered here as that side would
+    from outpost.effects.quarantine import PostfixQuarantine, apply_requests
+    spool = tmp_path / "q"
+    app, _ = make_app(parse_config(panel_yaml(postfix_config=str(tmp_path / "no-postfix"),
+                                              quarantine_spool=str(spool))))
+    c = app.test_client()
+    log_in(c, "ops")
+    csrf = csrf_of(text(c.get("/locks")))
+    answered: list = []
+
+    def root_side() -> None:
+        while not answered:
+            try:
+                answered.extend(apply_requests(str(spool), PostfixQuarantine(str(tmp_path / "no-postfix"))))
+            except FileNotFoundError:
+                pass
+    t = threading.Thread(target=root_side)
+    t.start()
+    resp = c.post("/quarantine", data={"csrf": csrf, "action": "release", "queue_id": "ABCDEF123",
+                                       "reason": "ticket 1"}, follow_redirects=True)
+    t.join(30)
+    assert [name for name, _ in answered] == ["release.ABCDEF123"]
+    assert "no-postfix" in text(resp)           # postsuper's own error, shown to the operator

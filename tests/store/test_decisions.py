@@ -39,6 +39,19 @@ def test_log_keeps_the_newest_max_decisions(make_store) -> None:
     assert [e.queue_id for e in store.decision_read(100)] == ["Q7", "Q6", "Q5", "Q4", "Q3"]
 
 
+def test_log_pages_by_offset(make_store, monkeypatch, backend) -> None:
+    store = make_store()
+    store.decision_add([entry(n) for n in range(3)])      # one call: one score in Redis
+    store.decision_add([entry(n) for n in range(3, 7)])
+    assert [e.queue_id for e in store.decision_read(3, offset=2)] == ["Q4", "Q3", "Q2"]
+    assert [e.queue_id for e in store.decision_read(10, offset=5)] == ["Q1", "Q0"]
+    assert store.decision_read(10, offset=7) == []
+    if backend in ("redis", "sentinel"):                  # a page over several chunks
+        inner = getattr(store, "inner", store)
+        monkeypatch.setattr(inner, "decision_chunk", 2)
+        assert [e.queue_id for e in store.decision_read(4, offset=1)] == ["Q5", "Q4", "Q3", "Q2"]
+
+
 def test_empty_log(store: Store) -> None:
     assert store.decision_read(50) == []
     store.decision_add([])

@@ -371,6 +371,9 @@ class Master:
     workers: dict[int, int] = field(default_factory=dict)     # pid → generation
     generation: int = 0
     sender: Optional[int] = None                              # pid of the report sender
+    _sender_born: float = 0.0                                 # its start (monotonic)
+    _sender_delay: float = 0.0                                # its restart back-off, seconds
+    _sender_at: float = 0.0                                   # no new sender before this
     metrics_sock: Optional[socket.socket] = None              # the metrics listener
     metrics_dir: Optional[str] = None                         # the workers' metric files
     metrics_pid: Optional[int] = None                         # pid of the metrics process
@@ -425,8 +428,10 @@ class Master:
         if len(current) < self.nworkers and time.monotonic() >= self._respawn_at:
             for _ in range(self.nworkers - len(current)):
                 self.spawn()
-        if self.sender is None and self.config.reports is not None:
+        if (self.sender is None and self.config.reports is not None
+                and time.monotonic() >= self._sender_at):
             self.sender = self.spawn("sender")
+            self._sender_born = time.monotonic()
         if (self.metrics_pid is None and self.metrics_sock is not None
                 and time.monotonic() >= self._metrics_at):
             self.metrics_pid = self.spawn("metrics")
@@ -470,6 +475,7 @@ class Master:
         self.secrets = secrets
         self.generation += 1
         self._respawn_delay = self._respawn_at = 0.0     # a new configuration starts at once
+        self._sender_delay = self._sender_at = 0.0
         self.fill()
         for pid in old:
             _kill(pid, signal.SIGTERM)
@@ -488,7 +494,13 @@ class Master:
             if pid == self.sender:
                 self.sender = None
                 if "stop" not in self._flags and status != 0:
-                    log.error("report sender %d died (status %d); starting a new one", pid, status)
+                    # died young: back off as for workers (no fork storm; reports stay spooled)
+                    lived = time.monotonic() - self._sender_born
+                    self._sender_delay = (min(RESPAWN_MAX, max(RESPAWN_MIN, 2 * self._sender_delay))
+                                          if lived < STABLE else RESPAWN_MIN)
+                    self._sender_at = time.monotonic() + self._sender_delay
+                    log.error("report sender %d died (status %d) after %.1f s; starting a new one "
+                              "in %.1f s", pid, status, lived, self._sender_delay)
                 continue
             if pid == self.metrics_pid:
                 self.metrics_pid = None

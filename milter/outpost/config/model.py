@@ -287,7 +287,7 @@ class QuarantineSettings:
 @dataclass(frozen=True)
 class Config:
     listen: str
-    store: str
+    store: str      # loaded: a store.url.StoreURL (a str, parsed once; open_store opens it as is)
     hostname: str
     secret_file: str
     report_abuse_to: str

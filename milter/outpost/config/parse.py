@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ..effects.dkim import DkimKey
     from ..effects.reports import ReportSettings
     from ..effects.spf import SpfSettings
+    from ..store.url import StoreURL
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -88,12 +89,13 @@ def _socket_spec(spec: str, node: Node) -> str:
     return spec
 
 
-def _store_url(text: str, node: Node) -> str:
+def _store_url(text: str, node: Node) -> "StoreURL":
     """The one store-URL parser (:func:`outpost.store.url.parse_store_url`),
-    with the error located."""
+    with the error located; the parsed URL is kept (``config.store``) and
+    opened as it is."""
     from ..store.url import StoreURLError, parse_store_url
     try:
-        return parse_store_url(text).text
+        return parse_store_url(text)
     except StoreURLError as exc:
         raise node.error(f"{exc.shown} is not a store URL: {exc.reason}") from None
 

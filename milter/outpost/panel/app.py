@@ -11,7 +11,8 @@ Security (docs/panel.rst, "Security"):
   after login; the cookie is HttpOnly, SameSite=Strict, and Secure with
   ``panel.secure_cookies``;
 * every POST carries the session's CSRF token (403 without it);
-* failed logins are limited per client address and per account name (429);
+* failed logins are limited per client address and per account name (429),
+  counted atomically in the shared store before the password is checked;
 * every action writes one audit line (logger ``outpost.panel.audit``: who,
   role, what, target, reason, result);
 * pages show only what Outpost decided and stamped, never a message body.
@@ -109,7 +110,7 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         MAX_FORM_MEMORY_SIZE=64 * 1024,
     )
     sessions = Sessions(settings.session_lifetime, now)
-    limiter = LoginLimiter(settings.login_attempts, settings.login_window)
+    limiter = LoginLimiter(panel.store, settings.login_attempts, settings.login_window)
     app.extensions["outpost_panel"] = {"panel": panel, "sessions": sessions, "limiter": limiter}
     app.jinja_env.globals.update(clock=clock_text, span=span, durations=list(LOCK_DURATIONS),
                                  has_reports=config.reports is not None,
@@ -198,7 +199,7 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
             password = request.form.get("password", "")[:1024]
             client = "ip:" + (request.remote_addr or "-")
             keys = (client, "user:" + name)
-            wait = limiter.blocked(*keys)
+            wait = limiter.attempt(*keys)          # counted now, before the check
             if wait > 0:
                 audit.warning("panel audit: login refused (too many failures): name=%r ip=%s",
                               clean(name, 64), request.remote_addr)
@@ -212,7 +213,6 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
                 g.panel_session = sessions.get(sid)
                 audit_line("login", user.name, "", "ok")
                 return redirect(_back(request.args.get("next", "")))
-            limiter.failed(*keys)
             audit.warning("panel audit: login failed: name=%r ip=%s", clean(name, 64),
                           request.remote_addr)
             error, status = "wrong name or password", 401
@@ -260,7 +260,8 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
     def blocked():
         every = request.args.get("all") == "1"
         return render_template("blocked.html",
-                               d=panel.decisions(request.args.get("q", "")[:200], not every, _page()),
+                               d=panel.decisions(request.args.get("q", "")[:200], not every,
+                                                 _offset()),
                                whois=None)
 
     @app.post("/whois")
@@ -268,7 +269,7 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         token = request.form.get("token", "")[:500]
         result = panel.whois(token)
         audit_line("whois", token, "", result.get("error") or f"{result['user']}/{result['identity']}")
-        return render_template("blocked.html", d=panel.decisions("", True, 1), whois=result)
+        return render_template("blocked.html", d=panel.decisions("", True, 0), whois=result)
 
     # -- operator actions -----------------------------------------------------------------
     @app.post("/lock")
@@ -380,8 +381,13 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
     def _quarantine():
         if not settings.postfix_config:
             abort(404, "no quarantine: set panel.postfix_config to the Postfix instance's directory")
-        from ..effects.quarantine import PostfixQuarantine
+        from ..effects.quarantine import PostfixQuarantine, RequestQueue
         from ..training import DecisionSpool  # released: ham, deleted: spam (train --from-quarantine)
+        if settings.quarantine_spool:
+            # postsuper and postcat need root: the root side (outpost quarantine
+            # apply) releases, deletes and keeps the copies for training.
+            return PostfixQuarantine(settings.postfix_config,
+                                     requests=RequestQueue(settings.quarantine_spool))
         return PostfixQuarantine(settings.postfix_config, DecisionSpool(config.quarantine))
 
     return app
@@ -392,6 +398,14 @@ def _page() -> int:
         return max(1, min(int(request.args.get("page", "1")), 100000))
     except ValueError:
         return 1
+
+
+def _offset() -> int:
+    """Where in the decision log a page starts (``from``, 0: the newest)."""
+    try:
+        return max(0, min(int(request.args.get("from", "0")), 10 ** 7))
+    except ValueError:
+        return 0
 
 
 #: A path of this panel to return to (no scheme, host, backslash, blank or

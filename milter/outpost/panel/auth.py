@@ -11,10 +11,10 @@ import functools
 import hashlib
 import hmac
 import os
-import threading
-import time
-from collections import OrderedDict, deque
-from typing import Callable, Optional
+import urllib.parse
+from typing import Optional
+
+from ..store.base import Bucket, Store
 
 #: scrypt cost: 2**14 with r=8 takes 16 MB and about 0.1 s a check on one
 #: core (the cost of one login; logins are rate-limited).
@@ -85,51 +85,36 @@ def verify_login(password: str, stored: Optional[str]) -> bool:
 
 
 class LoginLimiter:
-    """Failed logins per key (client address, account name) in a sliding
-    window; at most ``max_keys`` keys are tracked (the oldest go)."""
+    """Login attempts per key (client address, account name), counted in the
+    shared store with its atomic check-and-count (:meth:`Store.hit
+    <outpost.store.base.Store.hit>`, the rate limits' GCRA buckets).
 
-    def __init__(self, attempts: int, window: float, max_keys: int = 10000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    An attempt is counted *before* its password is checked, in one step with
+    the check, so concurrent attempts (threads of one panel, or several
+    panels on one store) can never all pass a check that none has counted
+    yet; a successful login forgets the counts of its keys.  ``attempts``
+    may be tried at once, then one more every ``window / attempts``
+    seconds."""
+
+    #: Prefix of the store keys (the rest is quoted: no ``:`` or ``/`` in it,
+    #: so resetting one key never takes another, see ``Store.reset``).
+    PREFIX = "panel-login:"
+
+    def __init__(self, store: Store, attempts: int, window: float) -> None:
+        self.store = store
         self.attempts = attempts
         self.window = window
-        self.max_keys = max_keys
-        self._clock = clock
-        self._mutex = threading.Lock()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures.get(key)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-        return times
+    def _key(self, key: str) -> str:
+        return self.PREFIX + urllib.parse.quote(key, safe="")
 
-    def blocked(self, *keys: str) -> float:
-        """Seconds until a login for these keys may be tried (0: now)."""
-        with self._mutex:
-            now = self._clock()
-            wait = 0.0
-            for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.attempts:
-                    wait = max(wait, times[0] + self.window - now)
-            return wait
-
-    def failed(self, *keys: str) -> None:
-        with self._mutex:
-            now = self._clock()
-            for key in keys:
-                times = self._recent(key, now)
-                times.append(now)
-                self._failures[key] = times
-                self._failures.move_to_end(key)
-                while len(self._failures) > self.max_keys:
-                    self._failures.popitem(last=False)
+    def attempt(self, *keys: str) -> float:
+        """Count one attempt for every key and return 0, or count nothing
+        and return the seconds until one may be tried (StoreError when the
+        store cannot answer: no login then)."""
+        result = self.store.hit([Bucket(self._key(k), self.attempts, self.window) for k in keys])
+        return 0.0 if result.allowed else max(result.retry_after, 0.001)
 
     def succeeded(self, *keys: str) -> None:
-        with self._mutex:
-            for key in keys:
-                self._failures.pop(key, None)
+        for key in keys:
+            self.store.reset(self._key(key))

@@ -17,9 +17,11 @@ from ..stats import recent_identities, summary
 from ..store.base import STAT_PERIODS, DecisionEntry, Store
 from .charts import Series, bar_chart
 
-#: Decision-log entries a page reads at most (the log keeps
-#: ``store_options.max_decisions``).
-MAX_READ = 20000
+#: Decision-log entries one page request reads at most (the log keeps
+#: ``store_options.max_decisions``, 20 000 by default): the user, identity
+#: and whois pages look at the newest this many, the decision list searches
+#: this many per page from where the previous page stopped.
+PAGE_READ = 1000
 #: Rows a page of a list shows.
 PAGE = 50
 
@@ -152,7 +154,7 @@ class Panel:
         if user is None:
             return None
         [usage] = usage_data(self.config, self.store, name)
-        log = [e for e in self.store.decision_read(MAX_READ) if e.user == name]
+        log = [e for e in self.store.decision_read(PAGE_READ) if e.user == name]
         recent = {k.partition("/")[2]: n for k, n in
                   recent_identities(self.store.stat_read("m", 60)).items()
                   if k.partition("/")[0] == name}
@@ -182,7 +184,7 @@ class Panel:
                           _labels("h", self.store.now(), 24),
                           _user_series(self.store, name))
         return {"user": user, "usage": usage["windows"], "identities": identities,
-                "lock": user_lock, "chart": chart, "decisions": log[:20],
+                "lock": user_lock, "chart": chart, "decisions": log[:20], "read": PAGE_READ,
                 "networks": [str(n) for n in user.ips], "logins": list(user.logins),
                 "domains": sorted(user.domains)}
 
@@ -204,29 +206,37 @@ class Panel:
                           _labels("m", self.store.now(), 60),
                           [Series("messages", "accept", minutes)],
                           limit=(f"{limit[0]} (per-minute share)", limit[1]) if limit else None)
-        log = [e for e in self.store.decision_read(MAX_READ)
+        log = [e for e in self.store.decision_read(PAGE_READ)
                if e.user == user_name and e.identity == ident]
         return {"user": user_name, "identity": ident, "key": key, "usage": usage["windows"],
                 "lock": self.store.get_lock(key), "chart": chart, "decisions": log[:50],
-                "total_logged": len(log), "last_hour": sum(minutes)}
+                "total_logged": len(log), "read": PAGE_READ, "last_hour": sum(minutes)}
 
     def locks(self) -> list[dict]:
         return locks_data(self.store)
 
     # -- decision log -------------------------------------------------------------------
-    def decisions(self, query: str = "", blocked_only: bool = True, page: int = 1) -> dict:
+    def decisions(self, query: str = "", blocked_only: bool = True, start: int = 0) -> dict:
+        """The matching entries among the :data:`PAGE_READ` entries of the
+        log from position ``start`` (0: the newest), at most ``2 * PAGE``;
+        ``next`` is where the following page starts (None: the log ends)."""
         q = query.strip().lower()
-        rows = []
-        for e in self.store.decision_read(MAX_READ):
+        start = max(0, start)
+        rows: list[DecisionEntry] = []
+        read = self.store.decision_read(PAGE_READ, offset=start)
+        end = start + len(read)
+        for i, e in enumerate(read):
             if blocked_only and not e.blocked:
                 continue
             if q and not _matches(e, q):
                 continue
             rows.append(e)
-        start = (max(page, 1) - 1) * PAGE * 2
-        return {"rows": rows[start:start + PAGE * 2], "total": len(rows), "page": max(page, 1),
-                "pages": max(1, -(-len(rows) // (PAGE * 2))), "query": query,
-                "blocked_only": blocked_only}
+            if len(rows) == PAGE * 2:
+                end = start + i + 1
+                break
+        more = end < start + len(read) or len(read) == PAGE_READ
+        return {"rows": rows, "start": start, "end": end, "next": end if more else None,
+                "query": query, "blocked_only": blocked_only}
 
     def whois(self, token: str) -> dict:
         token = token.strip()
@@ -237,7 +247,7 @@ class Panel:
             origin = self.codec.open(token)       # type: ignore[attr-defined]
         except TokenError as exc:
             return {"error": str(exc), "token": token}
-        found = [e for e in self.store.decision_read(MAX_READ) if e.token == token][:1]
+        found = [e for e in self.store.decision_read(PAGE_READ) if e.token == token][:1]
         return {"token": token, "user": origin.user, "identity": origin.identity,
                 "client_ip": origin.client_ip or "-", "queue_id": origin.queue_id or "-",
                 "time": clock(origin.time), "decision": found[0] if found else None}

@@ -35,7 +35,7 @@ def build(config: Config, settings: Optional[PanelSettings] = None):
     try:
         store = open_shared_store(config)
     except (ValueError, OSError) as exc:
-        from ..store.redis import redact_url
+        from ..store.url import redact_url
         raise PanelStartError(f"store {redact_url(config.store)}: {exc}") from None
     if config.store.startswith("memory:"):
         log.warning("store %s is this process' memory: the panel sees nothing of the relays "

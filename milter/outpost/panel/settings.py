@@ -56,6 +56,10 @@ class PanelSettings:
     #: Postfix configuration directory whose hold queue is the quarantine
     #: (the Quarantine page; empty: no such page).
     postfix_config: str = ""
+    #: Release and delete through this request directory, applied by
+    #: ``outpost quarantine apply`` as root (postsuper runs only as root);
+    #: empty: run postsuper directly (the panel must then run as root).
+    quarantine_spool: str = ""
     #: Threads serving requests.
     threads: int = 4
     #: Path prefix when the reverse proxy serves the panel below a path (``/outpost``).
@@ -74,6 +78,8 @@ class PanelSettings:
             raise ValueError("panel.login_attempts must be 1..1000")
         if not 1 <= self.threads <= 64:
             raise ValueError("panel.threads must be 1..64")
+        if self.quarantine_spool and not self.quarantine_spool.startswith("/"):
+            raise ValueError("panel.quarantine_spool must be an absolute path")
         if self.url_prefix and (not self.url_prefix.startswith("/") or self.url_prefix.endswith("/")):
             raise ValueError("panel.url_prefix must start with / and not end with / (e.g. /outpost)")
 

@@ -26,17 +26,20 @@ from typing import Optional, Union
 
 from .base import Bucket, BucketState, FingerprintStats, HitResult, Lock, Store, StoreError
 from .settings import ON_STORE_ERROR_MODES, StoreSettings
-from .url import StoreURL, parse_store_url
+from .url import StoreURL, parse_store_url, redact_url
 
 __all__ = ["Bucket", "BucketState", "FingerprintStats", "HitResult", "Lock", "Store",
-           "StoreError", "StoreSettings", "ON_STORE_ERROR_MODES", "StoreURL", "open_store", "parse_store_url"]
+           "StoreError", "StoreSettings", "ON_STORE_ERROR_MODES", "StoreURL", "open_store", "parse_store_url",
+           "redact_url"]
 
 
 def open_store(url: Union[str, StoreURL], settings: Optional[StoreSettings] = None) -> Store:
     """Open the store named by ``url`` (see the module docstring).
 
-    Raises ValueError for a URL :func:`~outpost.store.url.parse_store_url`
-    refuses, and :class:`StoreError` when a sqlite database cannot be
+    ``url`` is best the :class:`~outpost.store.url.StoreURL` the
+    configuration holds (``config.store``): it is opened as parsed; a plain
+    string is parsed here.  Raises ValueError for a URL
+    :func:`~outpost.store.url.parse_store_url` refuses, and :class:`StoreError` when a sqlite database cannot be
     created.  A Redis store connects lazily: an unreachable server shows up
     as StoreError on the first operation.
     """
@@ -52,6 +55,6 @@ def open_store(url: Union[str, StoreURL], settings: Optional[StoreSettings] = No
         store = SqliteStore(parsed.path, settings)
     else:                                       # redis, rediss, redis+sentinel, rediss+sentinel
         from .redis import RedisStore
-        store = RedisStore(parsed.text, settings)
+        store = RedisStore(parsed, settings)
     from .resilient import ResilientStore
     return ResilientStore(store, settings)

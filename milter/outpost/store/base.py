@@ -278,8 +278,9 @@ class Store(abc.ABC):
         answered messages)."""
 
     @abc.abstractmethod
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
-        """Up to ``limit`` newest entries of the decision log, newest first."""
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
+        """Up to ``limit`` newest entries of the decision log, newest first,
+        after skipping the ``offset`` newest (a page of the log)."""
 
     # -- small named blobs (operator-trained spam model, …) ------------------
     @abc.abstractmethod

@@ -7,6 +7,7 @@ fallback of :class:`~outpost.store.resilient.ResilientStore`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -308,15 +309,12 @@ class MemoryStore(Store):
         while log and log[0][0] <= cutoff:
             log.popleft()
 
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
         with self._mutex:
             self._trim_decisions(self._clock())
-            out: list[DecisionEntry] = []
-            for _t, entry in reversed(self._decisions):
-                if len(out) >= limit:
-                    break
-                out.append(entry)
-            return out
+            newest = reversed(self._decisions)
+            return [entry for _t, entry in itertools.islice(newest, max(0, offset),
+                                                            max(0, offset) + max(0, limit))]
 
     # -- blobs -------------------------------------------------------------------------
     def put_blob(self, name: str, data: bytes) -> None:

@@ -42,7 +42,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union, cast
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote
 
 import redis as redis_lib
 from redis.backoff import NoBackoff
@@ -63,6 +63,7 @@ from .base import (
 )
 from .owners import slot_owner
 from .settings import StoreSettings
+from .url import redact_url
 from .windows import (
     EPSILON,
     SUBWINDOWS,
@@ -403,21 +404,6 @@ return 1
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password (also a ``sentinel_password`` in the
-    query) replaced by ``***`` (for logs and errors)."""
-    parts = original = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(k == "sentinel_password" for k, _ in query):
-        parts = parts._replace(query=urlencode(
-            [(k, "***" if k == "sentinel_password" else v) for k, v in query], safe="*/"))
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{netloc}")
-    return url if parts == original else urlunsplit(parts)
-
-
 #: URL schemes of a Redis behind Sentinel (``rediss+``: TLS to the Redis
 #: servers; the Sentinels themselves are spoken to in plain text).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -582,11 +568,13 @@ class RedisStore(Store):
             retry_on_timeout=False, health_check_interval=0)
         self._sentinel: Optional[Sentinel] = None
         if url.split(":", 1)[0].lower() in SENTINEL_SCHEMES:
-            self._r, self._sentinel = _sentinel_client(parse_sentinel_url(url), s, **connection)
+            # a StoreURL (open_store) carries the target its parse found
+            target = getattr(url, "sentinel", None) or parse_sentinel_url(url)
+            self._r, self._sentinel = _sentinel_client(target, s, **connection)
             self.follows_failover = True
         else:
             try:
-                self._r = redis_lib.Redis.from_url(url, **connection)
+                self._r = redis_lib.Redis.from_url(str(url), **connection)
             except ValueError as exc:
                 raise ValueError(f"bad redis store URL {self.url}: {exc}") from exc
         self._p = s.key_prefix
@@ -823,10 +811,13 @@ class RedisStore(Store):
     #: entries added meanwhile neither repeat nor hide older ones).
     decision_chunk = 2000
 
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
         out: list[DecisionEntry] = []
         top, skip = "+inf", 0           # next page: scores <= top, after skipping ``skip``
+        offset = max(0, int(offset))
         while len(out) < limit:
+            if offset:                  # by position (skipped entries may share a score)
+                top, skip = "+inf", offset + len(out)
             want = min(self.decision_chunk, limit - len(out))
             with self._guard("decision_read"):
                 flat = self._decision_read(keys=[f"{self._p}dlog"],

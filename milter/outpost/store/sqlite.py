@@ -482,11 +482,12 @@ class SqliteStore(Store):
             db.execute("DELETE FROM decision WHERE id <= (SELECT max(id) FROM decision) - ?", (keep,))
             db.execute("DELETE FROM decision WHERE t <= ?", (now - self.settings.decision_ttl,))
 
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
         now = time.time()
         with self._conn() as db:
-            rows = db.execute("SELECT data FROM decision WHERE t > ? ORDER BY id DESC LIMIT ?",
-                              (now - self.settings.decision_ttl, max(0, int(limit)))).fetchall()
+            rows = db.execute("SELECT data FROM decision WHERE t > ? ORDER BY id DESC LIMIT ? OFFSET ?",
+                              (now - self.settings.decision_ttl, max(0, int(limit)),
+                               max(0, int(offset)))).fetchall()
         return [DecisionEntry.from_json(data) for (data,) in rows]
 
     def put_blob(self, name: str, data: bytes) -> None:

@@ -15,9 +15,11 @@ what it returns.  One branch per scheme:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:                        # the redis module imports the redis library
+    from .redis import SentinelTarget
 
 StoreScheme = Literal["memory", "sqlite", "redis", "rediss", "redis+sentinel", "rediss+sentinel"]
 
@@ -36,18 +38,58 @@ class StoreURLError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class StoreURL:
-    """A valid store URL.  ``text`` is the URL as given (with any password:
-    :func:`~outpost.store.redis.redact_url` it before logging)."""
+class StoreURL(str):
+    """A valid store URL, parsed once: the configuration's ``store`` holds
+    one and :func:`~outpost.store.open_store` opens it without parsing it
+    again.  It is the URL text itself (a ``str``, with any password:
+    :meth:`redacted` before logging), with what parsing found: ``scheme``,
+    ``path`` (sqlite: the database file, absolute) and ``sentinel``
+    (``redis+sentinel``: the :class:`~outpost.store.redis.SentinelTarget`).
+    Immutable like the string."""
 
     scheme: StoreScheme
-    text: str
-    #: sqlite: the database file (absolute).
-    path: Optional[str] = None
+    path: Optional[str]
+    sentinel: Optional["SentinelTarget"]
 
-    def __str__(self) -> str:
-        return self.text
+    def __new__(cls, scheme: StoreScheme, text: str, path: Optional[str] = None,
+                sentinel: Optional["SentinelTarget"] = None) -> "StoreURL":
+        self = super().__new__(cls, text)
+        for name, value in (("scheme", scheme), ("path", path), ("sentinel", sentinel)):
+            object.__setattr__(self, name, value)
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"StoreURL is immutable (cannot set {name})")
+
+    def __reduce__(self) -> Any:
+        return (StoreURL, (self.scheme, str(self), self.path, self.sentinel))
+
+    @property
+    def text(self) -> str:
+        """The URL as given (a plain ``str``)."""
+        return str.__str__(self)
+
+    def redacted(self) -> str:
+        """The URL as it may be shown (:func:`redact_url`)."""
+        try:
+            return redact_url(self.text)
+        except ValueError:
+            return "(unparsable store URL)"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (also a ``sentinel_password`` in the
+    query) replaced by ``***`` (for logs and errors)."""
+    parts = original = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "sentinel_password" for k, _ in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k == "sentinel_password" else v) for k, v in query], safe="*/"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    return url if parts == original else urlunsplit(parts)
 
 
 def parse_store_url(url: str) -> StoreURL:
@@ -73,17 +115,18 @@ def parse_store_url(url: str) -> StoreURL:
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         from .redis import parse_sentinel_url
         try:
-            parse_sentinel_url(url)
+            target = parse_sentinel_url(url)
         except ValueError as exc:       # "store URL <redacted>: reason", never the password
             raise StoreURLError(_redacted(url), str(exc).partition(": ")[2] or str(exc)) from None
-        return StoreURL("redis+sentinel" if scheme == "redis+sentinel" else "rediss+sentinel", url)
+        return StoreURL("redis+sentinel" if scheme == "redis+sentinel" else "rediss+sentinel", url,
+                        sentinel=target)
     raise StoreURLError(_redacted(url), f"unknown scheme {scheme!r}; expected {EXPECTED}")
 
 
 def _check_userinfo(url: str) -> None:
     """A user name or password holding an unescaped ``/``, ``?`` or ``#``
     would be read by the store (which splits at the last ``@``) but not
-    seen by :func:`~outpost.store.redis.redact_url` (which follows RFC
+    seen by :func:`redact_url` (which follows RFC
     3986), so it could be shown in errors and logs: refuse such a URL, and
     show none of it."""
     scheme, sep, rest = url.partition("://")
@@ -113,7 +156,6 @@ def _check_redis(url: str) -> None:
 
 
 def _redacted(url: str) -> str:
-    from .redis import redact_url
     try:
         return repr(redact_url(url))
     except ValueError:

@@ -105,8 +105,8 @@ class StoreWrapper(Store):
     def decision_add(self, entries: Sequence[DecisionEntry]) -> None:
         self._forward(Store.decision_add, entries)
 
-    def decision_read(self, limit: int) -> list[DecisionEntry]:
-        return self._forward(Store.decision_read, limit)
+    def decision_read(self, limit: int, offset: int = 0) -> list[DecisionEntry]:
+        return self._forward(Store.decision_read, limit, offset)
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._forward(Store.put_blob, name, data)

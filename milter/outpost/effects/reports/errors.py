@@ -26,8 +26,11 @@ class SenderLocked(ReportError):
 
 class DeliveryError(ReportError):
     """The relay did not accept a report (connection, TLS, AUTH or SMTP
-    reply).  ``permanent`` is True for a 5xx reply."""
+    reply).  ``permanent`` is True for a 5xx reply; ``relay`` when the relay
+    itself is unavailable (no session, 421, the connection lost), not this
+    report refused: the sender then backs off as a whole."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, relay: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.relay = relay

@@ -1,7 +1,17 @@
 """The one report sender per host: turns spooled events into reports
 (rate-limited per identity, per user and in all, and aggregated) and
 delivers them over SMTP with per-item exponential back-off.  All state is in
-the spool directory."""
+the spool directory.
+
+Back-off (bounded by ``retry_max``, each delay shortened by up to
+:data:`JITTER` at random, so that senders and reports that failed together
+do not retry together): a report that was not accepted waits
+``retry_initial * 2**(attempts-1)``; when the relay itself is unavailable
+(no session, a 421 reply, the connection lost) the sender stops the pass and
+waits as a whole, the delay doubling with each failure, and keeps that wait
+in ``spool_dir/.relay-backoff`` so that a sender restarted meanwhile (a
+reload, a crash) waits too; ``outpost reports retry`` ends it.  Reports stay
+in the spool all the while."""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import random
 import smtplib
 import ssl
 import threading
@@ -28,6 +39,10 @@ log = logging.getLogger("outpost.reports")
 
 #: tmp/ files older than this are left-overs of a crashed writer
 STALE_TMP = 3600.0
+#: Each back-off delay is shortened by up to this share, at random.
+JITTER = 0.25
+#: The relay back-off kept across restarts of the sender.
+RELAY_STATE = ".relay-backoff"
 
 
 @dataclass
@@ -62,7 +77,7 @@ class _Connection:
             smtp = smtplib.SMTP(s.host, s.port, local_hostname=self.settings.hostname,
                                 timeout=s.timeout)
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"connect {s.host}:{s.port}: {exc}") from exc
+            raise DeliveryError(f"connect {s.host}:{s.port}: {exc}", relay=True) from exc
         try:
             smtp.ehlo()
             if s.starttls:
@@ -73,7 +88,7 @@ class _Connection:
         except (OSError, smtplib.SMTPException) as exc:
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 smtp.close()
-            raise DeliveryError(f"session setup with {s.host}:{s.port}: {exc}") from exc
+            raise DeliveryError(f"session setup with {s.host}:{s.port}: {exc}", relay=True) from exc
         self.smtp = smtp
         return smtp
 
@@ -87,14 +102,15 @@ class _Connection:
         except smtplib.SMTPRecipientsRefused as exc:
             self.close()
             code, msg = next(iter(exc.recipients.values()))
-            raise DeliveryError(f"RCPT TO <{to}>: {code} {msg!r}", permanent=code >= 500) from exc
+            raise DeliveryError(f"RCPT TO <{to}>: {code} {msg!r}", permanent=code >= 500,
+                                relay=code == 421) from exc
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise DeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}",
-                                permanent=exc.smtp_code >= 500) from exc
-        except (OSError, smtplib.SMTPException) as exc:
+                                permanent=exc.smtp_code >= 500, relay=exc.smtp_code == 421) from exc
+        except (OSError, smtplib.SMTPException) as exc:      # disconnected, timed out
             self.close()
-            raise DeliveryError(f"transaction: {exc}") from exc
+            raise DeliveryError(f"transaction: {exc}", relay=True) from exc
         if refused:   # one recipient: cannot happen without an exception
             raise DeliveryError(f"refused: {refused!r}")
 
@@ -126,6 +142,7 @@ class ReportSender:
         self._forever = False          # run_forever keeps the lock between passes
         self._needs_recovery = True
         self._retry_mark = 0.0         # mtime of .retry seen last
+        self._relay_loaded = False     # the relay back-off read from RELAY_STATE
         self._pruned_at = 0.0
 
     # -- the sender lock ------------------------------------------------
@@ -170,6 +187,7 @@ class ReportSender:
         seconds.  While another sender holds the lock this one waits as a
         stand-by.  Errors of one pass are logged and the loop goes on."""
         self._forever = True
+        failed_passes = 0
         try:
             while not stop.is_set():
                 try:
@@ -178,10 +196,16 @@ class ReportSender:
                     stop.wait(self.settings.poll_interval)
                     continue
                 except (ReportError, OSError):
-                    log.exception("report sender pass failed")
-                else:
-                    if stats.sent or stats.failed or stats.deferred or stats.corrupt:
-                        log.info("reports: %s", stats)
+                    failed_passes += 1
+                    wait = min(self.settings.retry_max,
+                               self.settings.poll_interval * 2 ** min(failed_passes, 30))
+                    log.exception("report sender pass failed (%d in a row); next pass in %.1f s",
+                                  failed_passes, wait)
+                    stop.wait(wait * (1 - JITTER * random.random()))
+                    continue
+                failed_passes = 0
+                if stats.sent or stats.failed or stats.deferred or stats.corrupt:
+                    log.info("reports: %s", stats)
                 stop.wait(self.settings.poll_interval)
         finally:
             self._forever = False
@@ -192,6 +216,7 @@ class ReportSender:
     def _pass(self, stats: SendStats, now: Optional[float]) -> None:
         self._ingest(stats, time.time() if now is None else now)
         self._fold(stats, time.time() if now is None else now)
+        self._load_relay()
         self._check_retry_mark()
         self._send(stats, now)
         self._prune_rate(time.time() if now is None else now)
@@ -207,6 +232,33 @@ class ReportSender:
             self._retry_mark = mark
             self._relay_retry_at = 0.0
             self._relay_failures = 0
+            self._save_relay()
+
+    def _load_relay(self) -> None:
+        """The relay back-off a previous sender left (once per sender)."""
+        if self._relay_loaded:
+            return
+        self._relay_loaded = True
+        try:
+            with open(self.spool.dir(RELAY_STATE), encoding="ascii") as fh:
+                state = json.load(fh)
+            self._relay_failures = max(0, int(state["failures"]))
+            self._relay_retry_at = float(state["retry_at"])
+            self._retry_mark = float(state.get("retry_mark", 0.0))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s unreadable (%s); no relay back-off", self.spool.dir(RELAY_STATE), exc)
+
+    def _save_relay(self) -> None:
+        path = self.spool.dir(RELAY_STATE)
+        if not self._relay_failures:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        data = json.dumps({"failures": self._relay_failures, "retry_at": self._relay_retry_at,
+                           "retry_mark": self._retry_mark})
+        self.spool.write_atomic(path, [data.encode("ascii")])
 
     def _prune_rate(self, now: float) -> None:
         """Drop rate files of identities without a report in the window
@@ -468,8 +520,11 @@ class ReportSender:
 
     # -- delivery ----------------------------------------------------------------
     def _backoff(self, attempts: int) -> float:
+        """``retry_initial * 2**(attempts-1)``, at most ``retry_max``, shortened
+        by up to :data:`JITTER` at random."""
         s = self.settings
-        return min(s.retry_max, s.retry_initial * (2 ** min(max(attempts - 1, 0), 30)))
+        delay = min(s.retry_max, s.retry_initial * (2 ** min(max(attempts - 1, 0), 30)))
+        return delay * (1 - JITTER * random.random())
 
     def _send(self, stats: SendStats, now_arg: Optional[float]) -> None:
         sp = self.spool
@@ -528,20 +583,16 @@ class ReportSender:
                 meta, data = sp.read_report(sending)
                 try:
                     conn.open()
-                except DeliveryError as exc:
-                    self._reschedule(rid, sending, meta, data, exc, clock(), stats)
-                    self._relay_failures += 1
-                    self._relay_retry_at = clock() + self._backoff(self._relay_failures)
-                    log.warning("report relay unavailable (%s); next try in %.0f s",
-                                exc, self._relay_retry_at - clock())
-                    self._expire(stats, clock())
-                    return
-                self._relay_failures = 0
-                try:
                     conn.send(str(meta["from"]), str(meta["to"]), data, bool(meta.get("eightbit")))
                 except DeliveryError as exc:
                     self._reschedule(rid, sending, meta, data, exc, clock(), stats)
+                    if exc.relay:
+                        self._relay_down(exc, stats, clock)
+                        return
                     continue
+                if self._relay_failures:
+                    self._relay_failures = 0
+                    self._save_relay()
                 with sp.locked():
                     os.unlink(sending)
                     fsync_dir(sp.dir("sending"))
@@ -550,6 +601,16 @@ class ReportSender:
                          meta.get("subject"), meta.get("message_id"))
         finally:
             conn.close()
+
+    def _relay_down(self, exc: DeliveryError, stats: SendStats, clock: Callable[[], float]) -> None:
+        """The relay is unavailable: no more reports this pass, and none
+        until the relay back-off has passed (kept across restarts)."""
+        self._relay_failures += 1
+        self._relay_retry_at = clock() + self._backoff(self._relay_failures)
+        self._save_relay()
+        log.warning("report relay unavailable (%s); next try in %.0f s",
+                    exc, self._relay_retry_at - clock())
+        self._expire(stats, clock())
 
     def _reschedule(self, rid: str, sending: str, meta: dict[str, Any], data: bytes,
                     exc: DeliveryError, now: float, stats: SendStats) -> None:
