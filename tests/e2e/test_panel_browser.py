@@ -302,7 +302,7 @@ def test_release_by_the_unprivileged_panel_user(outpost, postfix, sink, tmp_path
         assert "superuser" in direct.communicate(timeout=30)[0]        # the problem
         asks = _as_user("outpost", f"""
             from outpost.effects.quarantine import PostfixQuarantine, QuarantineError, RequestQueue
-            q = PostfixQuarantine("/nonexistent", RequestQueue({str(spool)!r}, timeout=30))
+            q = PostfixQuarantine("/nonexistent", requests=RequestQueue({str(spool)!r}, timeout=30))
             q.release({held.queue_id!r})
             print("released")""")
 

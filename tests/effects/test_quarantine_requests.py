@@ -14,7 +14,7 @@ from outpost.effects.quarantine import PostfixQuarantine, QuarantineError, Reque
 def test_a_failed_request_is_answered_with_postsuper_s_error(tmp_path) -> None:
     # postsuper refuses a Postfix configuration directory that does not exist
     root_side = PostfixQuarantine(str(tmp_path / "no-postfix"))
-    asking = PostfixQuarantine("/nonexistent", RequestQueue(str(tmp_path / "q"), timeout=30))
+    asking = PostfixQuarantine("/nonexistent", requests=RequestQueue(str(tmp_path / "q"), timeout=30))
     errors: list[str] = []
 
     def ask() -> None:
@@ -38,7 +38,7 @@ def test_a_failed_request_is_answered_with_postsuper_s_error(tmp_path) -> None:
 
 def test_an_unanswered_request_is_withdrawn(tmp_path) -> None:
     clock = iter([0.0, 0.0, 99.0]).__next__
-    asking = PostfixQuarantine("/nonexistent", RequestQueue(str(tmp_path), timeout=5, clock=clock))
+    asking = PostfixQuarantine("/nonexistent", requests=RequestQueue(str(tmp_path), timeout=5, clock=clock))
     with pytest.raises(QuarantineError, match="not applied within 5s.*withdrawn"):
         asking.release("ABCDEF123")
     assert not list((tmp_path / "requests").iterdir())
@@ -63,7 +63,7 @@ def test_apply_takes_only_request_names_and_follows_no_symbolic_link(tmp_path) -
         apply_requests(str(q), PostfixQuarantine(str(tmp_path / "no-postfix")))
     assert (victim / "release.ABCDEF1").exists()
     with pytest.raises(ValueError):
-        apply_requests(str(q), PostfixQuarantine("/x", RequestQueue(str(q))))
+        apply_requests(str(q), PostfixQuarantine("/x", requests=RequestQueue(str(q))))
 
 
 def test_a_request_that_cannot_be_removed_is_reported_once(tmp_path) -> None:
