@@ -109,7 +109,7 @@ class Clock:
         return self.t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine(text: str):
     """The engine of a configuration, built once (loading the model takes
     seconds); its bulk check keeps its fingerprints in a store of its own."""

@@ -315,7 +315,7 @@ class VolumeSettings:
     @property
     def decay(self) -> float:
         """What a window's weight in the baseline is multiplied by per window after it."""
-        return 0.5 ** (self.window / self.half_life)
+        return float(0.5 ** (self.window / self.half_life))
 
     @property
     def ttl(self) -> float:

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
+from . import volume as vol
 from .base import (
     STAT_PERIODS,
     Bucket,
@@ -25,7 +26,6 @@ from .base import (
     VolumeSpec,
     stat_buckets,
 )
-from . import volume as vol
 from .locks import LockRecord
 from .owners import slot_owner
 from .settings import StoreSettings

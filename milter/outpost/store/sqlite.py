@@ -20,6 +20,7 @@ import time
 from types import TracebackType
 from typing import Iterator, Optional, Sequence
 
+from . import volume as vol
 from .base import (
     STAT_PERIODS,
     Bucket,
@@ -34,7 +35,6 @@ from .base import (
     VolumeSpec,
     stat_buckets,
 )
-from . import volume as vol
 from .filelock import FileLock
 from .locks import LockRecord
 from .owners import slot_owner
