@@ -131,3 +131,13 @@ def test_the_baseline_with_an_exact_clock() -> None:
     clock.t += 1200.0 + 86400.0 + 600.0                # idle past the ttl: forgotten
     fresh = store.volume_add("farm/amy", [], 1, spec)
     assert fresh.baseline == (0.0, 0.0, 0.0, 0.0) and fresh.since == math.floor(clock.t)
+
+
+def test_reset_forgets_the_record_of_that_identity_only(store: Store) -> None:
+    for key in ("farm/amy", "farm/amyx", "farm/bob"):
+        store.volume_add(key, ["d1"], 1, HOUR)
+    assert store.reset("vol:farm/amy") == 1                 # not farm/amyx
+    assert store.volume_add("farm/amy", ["d1"], 1, HOUR).messages == 1
+    assert store.volume_add("farm/amyx", ["d1"], 1, HOUR).messages == 2
+    assert store.reset("hits:farm/bob") == 0 and store.reset("rl:id:farm/bob:") == 0
+    assert store.volume_add("farm/bob", ["d1"], 1, HOUR).messages == 2

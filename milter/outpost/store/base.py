@@ -244,7 +244,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reset(self, key_prefix: str) -> int:
-        """Forget the buckets and events under ``key_prefix``: a key equal
+        """Forget the buckets, events and volume records (named
+        ``vol:<key>`` here) under ``key_prefix``: a key equal
         to it or continuing it after ``:``; a prefix ending in ``:`` or ``/``
         takes every key that starts with it (``hits:webfarm/a`` never takes
         ``hits:webfarm/alice``; see :func:`~outpost.store.windows.key_in_prefix`).

@@ -29,6 +29,7 @@ from .base import (
 from .locks import LockRecord
 from .owners import slot_owner
 from .settings import StoreSettings
+from .volume import VOLUME_PREFIX
 from .windows import (
     WindowCounts,
     bucket_id,
@@ -182,7 +183,10 @@ class MemoryStore(Store):
     def reset(self, key_prefix: str) -> int:
         with self._mutex:
             dropped = 0
-            for table, key_of in ((self._buckets, bucket_key_of), (self._events, str)):
+            tables: tuple[tuple[dict, Callable[[str], str]], ...] = (
+                (self._buckets, bucket_key_of), (self._events, str),
+                (self._volume, lambda k: VOLUME_PREFIX + k))
+            for table, key_of in tables:
                 for key in [k for k in table if key_in_prefix(key_of(k), key_prefix)]:
                     del table[key]
                     dropped += 1

@@ -43,7 +43,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union, cast
+from typing import Any, Callable, Iterator, Optional, Sequence, Union, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis as redis_lib
@@ -67,7 +67,7 @@ from .base import (
 )
 from .owners import slot_owner
 from .settings import StoreSettings
-from .volume import check_domains
+from .volume import VOLUME_PREFIX, check_domains
 from .windows import (
     EPSILON,
     SUBWINDOWS,
@@ -745,12 +745,17 @@ class RedisStore(Store):
                 for b, flat in zip(buckets, flats)]
 
     def reset(self, key_prefix: str) -> int:
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)
         dropped = 0
+        # (kind, the part of key_prefix matched after it, the reset name of a key after the kind)
+        kinds: list[tuple[str, str, Callable[[str], str]]] = [
+            ("rl:", key_prefix, bucket_key_of), ("ev:", key_prefix, str)]
+        if key_prefix.startswith(VOLUME_PREFIX) or VOLUME_PREFIX.startswith(key_prefix):
+            kinds.append(("vol:", key_prefix[len(VOLUME_PREFIX):], lambda k: VOLUME_PREFIX + k))
         with self._guard("reset"):
-            for kind, key_of in (("rl:", bucket_key_of), ("ev:", str)):
+            for kind, rest, key_of in kinds:
                 head = len(self._p) + len(kind)
                 batch: list[bytes] = []
+                escaped = _GLOB_SPECIAL.sub(r"\\\1", rest)
                 for name in self._r.scan_iter(match=f"{self._p}{kind}{escaped}*", count=500):
                     if not key_in_prefix(key_of(name.decode("utf-8", "replace")[head:]), key_prefix):
                         continue                 # webfarm/alice when resetting webfarm/a

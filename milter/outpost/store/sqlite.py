@@ -293,7 +293,12 @@ class SqliteStore(Store):
                         "SELECT DISTINCT key FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
                     if key_in_prefix(key, key_prefix)]
             db.executemany("DELETE FROM event WHERE key = ?", [(key,) for key in keys])
-            return len(ids) + len(keys)
+            volumes = [key for (key,) in db.execute(
+                           "SELECT key FROM volume WHERE (? || key) LIKE ? ESCAPE '\\'",
+                           (vol.VOLUME_PREFIX, pattern))
+                       if key_in_prefix(vol.VOLUME_PREFIX + key, key_prefix)]
+            db.executemany("DELETE FROM volume WHERE key = ?", [(key,) for key in volumes])
+            return len(ids) + len(keys) + len(volumes)
 
     # -- events -------------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:

@@ -28,6 +28,10 @@ from .base import VOLUME_HASH_MAX, VolumeCounts, VolumeSpec
 
 Record = dict[str, Any]
 
+#: What :meth:`~outpost.store.base.Store.reset` prefixes to a record's key
+#: (``vol:user/identity``, :attr:`outpost.core.keys.Target.volume_reset`).
+VOLUME_PREFIX = "vol:"
+
 
 def check_domains(domains: Sequence[str], spec: VolumeSpec) -> list[str]:
     """The domain hashes a message counts: at most ``spec.max_domains``,
