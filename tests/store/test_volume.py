@@ -141,3 +141,13 @@ def test_reset_forgets_the_record_of_that_identity_only(store: Store) -> None:
     assert store.volume_add("farm/amyx", ["d1"], 1, HOUR).messages == 2
     assert store.reset("hits:farm/bob") == 0 and store.reset("rl:id:farm/bob:") == 0
     assert store.volume_add("farm/bob", ["d1"], 1, HOUR).messages == 2
+
+
+def test_the_read_only_store_of_outpost_scan_reads_but_never_writes() -> None:
+    from outpost.store.readonly import ReadOnlyStore
+    real = MemoryStore()
+    real.volume_add("farm/amy", ["d1"], 1, HOUR)
+    ro = ReadOnlyStore(real)
+    assert ro.volume_add("farm/amy", ["d2"], 1, HOUR).messages == 2
+    assert ro.volume_add("farm/amy", ["d2"], 1, HOUR).messages == 2
+    assert real.volume_add("farm/amy", [], 0, HOUR, dry_run=True).messages == 2
