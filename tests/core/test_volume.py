@@ -187,6 +187,7 @@ def test_lock_action_locks_the_identity_only() -> None:
     decisions = [send(policy, "amy", n) for n in range(7)]
     d = decisions[6]
     assert d.action is Action.TEMPFAIL and "Sending from amy is suspended" in d.reply.text
+    assert d.reason == "locked"                          # the one locked reply, as at RCPT
     lock = store.get_lock("farm/amy")
     assert lock is not None and lock.reason.startswith("volume spike: baseline 0.0 msgs")
     assert [(r.kind, r.action) for r in reports] == [("volume", "lock")]

@@ -164,7 +164,7 @@ class Limits:
                                 identity=target.identity)
 
     def lock(self, msg: Message, user: User, reason: str, kind: str = "lock") -> Optional[Lock]:
-        """Lock the message's identity now (the user's lock ``duration`` and
+        """Lock the message's identity now (``volume.action: lock``) (the user's lock ``duration`` and
         ``max_auto_unlocks``) unless it is locked already, and report it as
         ``kind``; the lock, or None when the store failed (logged)."""
         lock = user.policy.lock

@@ -74,7 +74,7 @@ class Policy:
         self.limits = Limits(config, store, self.enforce, self.reports)
         self.content = (ContentCheck(engine, self.enforce, self.reports, self.limits.record_event)
                         if engine is not None else None)
-        self.volume = (VolumeCheck(config.volume, store, self.enforce, self.reports, self.limits.lock)
+        self.volume = (VolumeCheck(config.volume, store, self.enforce, self.reports, self.limits)
                        if config.volume is not None else None)
         # The checks of each stage, in order; the first that blocks answers.
         self.mail_checks: tuple[Check, ...] = (self._user_connection_limit, self._sender_domain)
@@ -374,7 +374,7 @@ class Policy:
         extreme one is held, deferred or locks the identity (:mod:`.volume`)."""
         if self.volume is None or self._to_contacts_only(msg):
             return None
-        return self.volume.check(msg, user, user.policy.abuse_contact or self.config.report_abuse_to)
+        return self.volume.check(msg, user)
 
     def _content(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         if self.content is None:

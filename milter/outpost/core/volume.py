@@ -21,16 +21,16 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..config.model import User, VolumeSettings
-from ..store.base import Lock, Store, VolumeCounts, VolumeSpec
+from ..store.base import Store, VolumeCounts, VolumeSpec
 from .enforce import Enforcer, StoreUnavailable, store_down
 from .types import Decision, Message, reject
 
 if TYPE_CHECKING:
-    from ..spam.base import Evidence
     from .abuse import AbuseReports
+    from .limits import Limits
 
 log = logging.getLogger("outpost.policy")
 
@@ -113,20 +113,19 @@ class VolumeCheck:
     """Counts each message in its identity's record and acts on a spike."""
 
     def __init__(self, settings: VolumeSettings, store: Store, enforce: Enforcer,
-                 reports: "AbuseReports",
-                 lock: Callable[[Message, User, str, str], Optional[Lock]]) -> None:
+                 reports: "AbuseReports", limits: "Limits") -> None:
         self.settings = settings
         self.store = store
         self.enforce = enforce
         self.reports = reports
-        self.lock = lock
+        self.limits = limits             # the lock (action ``lock``) and its reply
         self.spec = spec(settings)
 
-    def check(self, msg: Message, user: User, contact: str) -> Optional[Decision]:
+    def check(self, msg: Message, user: User) -> Optional[Decision]:
         """Count ``msg``; on a spike keep its evidence in ``msg.volume_evidence``
         (the content verdict adds it) and, when extreme, apply the action:
         ``tempfail`` and ``lock`` answer 451 here, ``hold`` is noted in
-        ``msg.volume_hold`` for :meth:`hold`.  ``contact``: whom a locked sender is told to write to."""
+        ``msg.volume_hold`` for :meth:`hold`."""
         if self.reports.own_report(msg):
             return None
         hashes = domain_hashes(msg.recipients, self.spec.max_domains)
@@ -142,8 +141,7 @@ class VolumeCheck:
             return None
         from ..spam.base import Evidence
         summary = got.summary(self.settings.window)
-        evidence: "Evidence" = Evidence(EVIDENCE, got.points, summary)
-        msg.volume_evidence = (evidence,)
+        msg.volume_evidence = (Evidence(EVIDENCE, got.points, summary),)
         action = self.settings.action if got.extreme else "none"
         log.info("volume spike from %s (+%.1f%s): %s", msg.identity_key, got.points,
                  f", {action}" if action != "none" else "", summary)
@@ -152,14 +150,15 @@ class VolumeCheck:
         if action == "hold":
             msg.volume_hold = summary         # after the content verdict: :meth:`hold`
             return None
-        w = duration(self.settings.window)
         if action == "lock":
-            d = reject("451", "4.7.1", f"Sending from {msg.identity} is suspended because of "
-                                       f"suspected abuse; contact {contact}", REASON)
-            if self.enforce.block(msg, user, d).blocks:
-                self.lock(msg, user, f"volume spike: {summary}", "volume")
-                return d
-            return None
+            if self.enforce.monitoring(user):
+                msg.would.append(f"lock ({REASON}: {summary})")
+                return None
+            if self.limits.lock(msg, user, f"volume spike: {summary}", "volume") is not None:
+                msg.lock_decision = None                # look again: the locked reply, as at RCPT
+                return self.limits.lock_decision(msg, user)
+            # the store could not lock it: defer this message at least
+        w = duration(self.settings.window)
         d = self.enforce.block(msg, user, reject(
             "451", "4.7.1", f"Unusual volume from {msg.identity}: {counts.messages} messages to "
                             f"{counts.domains} domains in {w}; deferred, please try again later",
