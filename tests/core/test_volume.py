@@ -227,3 +227,27 @@ def test_settings_are_checked() -> None:
         replace(SETTINGS, extreme=4)
     with pytest.raises(ValueError):
         replace(SETTINGS, half_life=60.0)
+
+
+@pytest.mark.parametrize("on_error", ["tempfail", "accept"])
+def test_a_store_that_fails_the_volume_update(on_error: str) -> None:
+    """The store's error policy applies: ``tempfail`` answers 451 4.3.0 (never
+    an unfiltered accept), ``accept`` lets the message through uncounted."""
+    from outpost.store.base import StoreError
+
+    class Down(MemoryStore):
+        calls = 0
+
+        def volume_add(self, *args, **kwargs):
+            Down.calls += 1
+            raise StoreError("volume down")
+
+    config = parse_config(f"on_store_error: {on_error}\n" + CONFIG)
+    policy = Policy(config, Down(), TokenCodec(b"k" * 32), engine=engine(CONFIG))
+    d = send(policy, "amy", 1)
+    assert Down.calls == 1
+    if on_error == "tempfail":
+        assert d.action is Action.TEMPFAIL and str(d.reply) == (
+            "451 4.3.0 Temporary local problem; please try again later")
+    else:
+        assert d.action is Action.ACCEPT and "volume_spike" not in evidence(d)
