@@ -193,6 +193,63 @@ def volume_burst(step: object, postfix, sink: SmtpSink, abuse_desk: SmtpSink) ->
         print(f"     > {line}")
 
 
+def arf_report(delivered: bytes, rcpt: str) -> bytes:
+    """An ARF complaint (RFC 5965) as a receiver's feedback loop sends it,
+    around the copy of our message it received."""
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    report = EmailMessage(policy=SMTP)
+    report["From"] = "Feedback Loop <fbl@dest.example>"
+    report["To"] = "abuse@example.net"
+    report["Subject"] = "FW: abuse report"
+    report["MIME-Version"] = "1.0"
+    report.set_content("This is an email abuse report for an email message received from "
+                       "relay.example.net.\n")
+    report.make_mixed()
+    report.replace_header("Content-Type", "multipart/report; report-type=feedback-report")
+    report.set_boundary("arf-demo-boundary")
+    fields = EmailMessage(policy=SMTP)
+    fields.set_content(f"Feedback-Type: abuse\r\nUser-Agent: DemoFBL/1.0\r\nVersion: 1\r\n"
+                       f"Original-Rcpt-To: <{rcpt}>\r\nSource-IP: 127.0.0.1\r\n")
+    fields.replace_header("Content-Type", "message/feedback-report")
+    report.attach(fields)
+    original = EmailMessage(policy=SMTP)
+    original.set_content(delivered, maintype="message", subtype="rfc822", cte="8bit")
+    report.attach(original)
+    return report.as_bytes()
+
+
+def complaint_step(n: int, postfix, sink: SmtpSink, config: Path, env: dict) -> None:
+    """A receiver complains about one of alice's messages: the ARF report is
+    piped to ``outpost feedback`` (as an alias or pipe transport would) and
+    attributed to the identity that sent it through the message's X-Outpost-ID."""
+    title(n, "a receiver's feedback loop complains about one of alice's messages")
+    before = len(sink.messages)
+    r = send(postfix.submission_port, login="alice@example.com", password="secret-pw",
+             mail_from="alice@example.com", rcpt_tos=["carol@dest.example"],
+             message=build_message("Alice <alice@example.com>", "carol@dest.example",
+                                   subject="Our newsletter"))
+    outcome(r)
+    if not r.accepted:
+        return
+    delivered = sink.wait_for(before + 1, timeout=20)[-1]
+    print(f"   carol's provider sends an ARF report with the delivered copy "
+          f"(X-Outpost-ID {delivered.headers('X-Outpost-ID')[0][:24]}…) to the abuse address;")
+    print(f"   the alias pipes it to Outpost:  {DIM}$ outpost feedback < report.eml{RESET}")
+    fb = subprocess.run([sys.executable, "-m", "outpost", "feedback", "-c", str(config)],
+                        input=arf_report(delivered.data, "carol@dest.example"), env=env,
+                        capture_output=True, timeout=60)
+    colour = GREEN if fb.returncode == 0 else RED
+    print(f"     {colour}{(fb.stdout or fb.stderr).decode(errors='replace').strip()}{RESET}"
+          f"  (exit {fb.returncode})")
+    print(f"   {DIM}$ outpost feedback list{RESET}")
+    listed = subprocess.run([sys.executable, "-m", "outpost", "feedback", "list", "-c", str(config)],
+                            env=env, capture_output=True, text=True, timeout=30)
+    print(textwrap.indent((listed.stdout or listed.stderr).rstrip(), "     "))
+    print(f"   {DIM}(lock.after_complaints, 3 in a day by default, locks the identity and "
+          f"reports it to the abuse desk){RESET}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mta", default="postfix", choices=["postfix", "sendmail"])
@@ -217,6 +274,7 @@ def main() -> int:
                       f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n"
                       f"reports: {{spool_dir: {work}/reports, poll_interval: 0.5, "
                       f"smtp: {{host: 127.0.0.1, port: {abuse_desk.port}}}, listener_auth: none}}\n"
+                      f"feedback: {{spool_dir: {work}/feedback}}\n"
                       f"panel: {{listen: '127.0.0.1:{panel_port}', users: [{{name: demo, role: operator, "
                       f"password_hash: '{hash_password(panel_password)}'}}]}}\n"
                       + CONFIG)
@@ -323,13 +381,15 @@ def main() -> int:
                 if line.startswith(METRICS_SHOWN):
                     print(f"     {line}")
 
+        complaint_step(7, postfix, sink, config, env)
+
         print(f"\n{BOLD}Outpost's log (one line per message):{RESET}")
         for line in outpost.log().splitlines():
             if "outpost.message" in line:
                 print("   " + line.split("outpost.message: ", 1)[-1])
 
         panel_url = f"http://127.0.0.1:{panel_port}"
-        title(7, "the web panel (outpost panel) on the same store")
+        title(8, "the web panel (outpost panel) on the same store")
         panel_log = open(work / "panel.log", "wb")
         panel = subprocess.Popen([sys.executable, "-m", "outpost", "panel", "-c", str(config)],
                                  env=env, stdout=panel_log, stderr=subprocess.STDOUT)

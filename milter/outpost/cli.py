@@ -286,9 +286,25 @@ def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decision_recorder(args: argparse.Namespace):
+    """The training folder release and delete keep the decision in
+    (``quarantine.training_dir``), from ``-c`` (or $OUTPOST_CONFIG, else the
+    default file when it exists); None, with a note, without a configuration."""
+    from .training import DecisionSpool
+    path = args.config or os.environ.get("OUTPOST_CONFIG")
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            print(f"outpost: note: no configuration ({DEFAULT_CONFIG}), so this decision is not "
+                  f"kept for 'outpost train --from-quarantine'", file=sys.stderr)
+            return None
+        path = DEFAULT_CONFIG
+    return DecisionSpool(load_config(path).quarantine)
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     from .effects.quarantine import PostfixQuarantine, QuarantineError
-    q = PostfixQuarantine(args.postfix_config)
+    recorder = _decision_recorder(args) if args.action in ("release", "delete") else None
+    q = PostfixQuarantine(args.postfix_config, recorder)
     try:
         if args.action == "list":
             held = q.list()
@@ -314,10 +330,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return 2
         if args.action == "release":
             q.release(args.queue_id)
-            print(f"released {args.queue_id}")
+            print(f"released {args.queue_id}"
+                  + (" (kept as ham for outpost train --from-quarantine)" if recorder else ""))
         else:
             q.delete(args.queue_id)
-            print(f"deleted {args.queue_id}")
+            print(f"deleted {args.queue_id}"
+                  + (" (kept as spam for outpost train --from-quarantine)" if recorder else ""))
         return 0
     except QuarantineError as exc:
         print(f"outpost: {exc}", file=sys.stderr)
@@ -346,9 +364,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .spam.bayes import train_from_dirs
+    from .spam.bayes import ModelError, train_from_dirs
     from .spam.from_config import MODEL_BLOB
+    if args.from_quarantine == bool(args.spam or args.ham) or (
+            not args.from_quarantine and not (args.spam and args.ham)):
+        print("outpost: train needs --spam DIR and --ham DIR, or --from-quarantine alone",
+              file=sys.stderr)
+        return 2
     config, store = _state(args)
+    if args.from_quarantine:
+        from .training import DecisionSpool, TrainingError
+        try:
+            got = DecisionSpool(config.quarantine).train(store)
+        except (TrainingError, OSError, ModelError) as exc:
+            print(f"outpost: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            store.close()
+        print(f"learned {got.ham} released message(s) as ham and {got.spam} deleted message(s) "
+              f"as spam into the model in {store.url} (reload Outpost to use it)")
+        return 0
     model = train_from_dirs(args.spam, args.ham)
     data = model.to_bytes()
     store.put_blob(MODEL_BLOB, data)
@@ -404,11 +439,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         EX_TEMPFAIL,
         Spool,
         SpoolError,
+        access_problems,
         handle,
         list_data,
         list_text,
         maildir_files,
         read_bounded,
+        running_as,
     )
     from .runtime import open_shared_store
     try:
@@ -425,6 +462,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             print(list_text(data))
         return 0
     _setup_logging(config.log)
+    problems = access_problems(config)
+    if problems:
+        print(f"outpost: feedback runs as {running_as()}, which {'; '.join(problems)}: run it as "
+              f"the user Outpost runs as (a pipe transport with user=outpost, see "
+              f"docs/operations.rst, \"Complaints (feedback loops)\"); complaint not taken "
+              f"(the MTA retries)", file=sys.stderr)
+        return EX_TEMPFAIL
     try:
         codec = TokenCodec(read_secret(config.secret_file))
     except (OSError, ValueError) as exc:
@@ -438,18 +482,29 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     except (StoreError, ValueError, OSError) as exc:
         print(f"outpost: store error, complaint not taken (the MTA retries): {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    reporter = None
+    if config.reports is not None:            # the abuse report of a lock complaints set
+        from .effects.reports import Spool as ReportSpool
+        from .effects.reports import SpoolError as ReportSpoolError
+        try:
+            reporter = ReportSpool.from_settings(config.reports).put
+        except (ReportSpoolError, OSError) as exc:
+            store.close()
+            print(f"outpost: reports.spool_dir: {exc}; complaint not taken (the MTA retries)",
+                  file=sys.stderr)
+            return EX_TEMPFAIL
     code = 0
     try:
         if args.maildir:
             for path in maildir_files(args.maildir):
                 with open(path, "rb") as fh:
                     raw, truncated = read_bounded(fh, config.feedback.max_size)
-                out = handle(config, store, codec, spool, raw, truncated)
+                out = handle(config, store, codec, spool, raw, truncated, reporter)
                 print(f"{path.name}: {out.text}")
                 code = max(code, out.code)
         else:
             raw, truncated = read_bounded(sys.stdin.buffer, config.feedback.max_size)
-            out = handle(config, store, codec, spool, raw, truncated)
+            out = handle(config, store, codec, spool, raw, truncated, reporter)
             print(out.text)
             code = out.code
     except (StoreError, SpoolError) as exc:
@@ -621,10 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
     with_json(sp)
 
     sp = with_config(cmd("train", cmd_train, "train the Bayes classifier on your own mail"))
-    sp.add_argument("--spam", action="append", required=True, metavar="DIR",
+    sp.add_argument("--spam", action="append", metavar="DIR",
                     help="directory of spam messages, one per file (repeatable)")
-    sp.add_argument("--ham", action="append", required=True, metavar="DIR",
+    sp.add_argument("--ham", action="append", metavar="DIR",
                     help="directory of legitimate messages (repeatable)")
+    sp.add_argument("--from-quarantine", action="store_true",
+                    help="instead: add the messages released from the quarantine (ham) and "
+                         "deleted from it (spam) since the last run to the stored model")
 
     sp = with_json(with_config(cmd("reports", cmd_reports, "list, retry or purge spooled abuse reports")))
     sp.add_argument("action", choices=["list", "retry", "purge"])
@@ -663,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_json(sp)
     sp.add_argument("--postfix-config", default="/etc/postfix", metavar="DIR",
                     help="the Postfix instance's configuration directory (default /etc/postfix)")
+    sp.add_argument("-c", "--config", default=None,
+                    help="configuration whose quarantine.training_dir keeps released and deleted "
+                         f"messages for training (default $OUTPOST_CONFIG, else {DEFAULT_CONFIG} "
+                         "if it exists)")
 
     sp = with_config(cmd("panel", cmd_panel, "serve the web panel (see docs/panel.rst); "
                                              "'panel passwd NAME' prints a password hash"))

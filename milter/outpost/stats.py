@@ -28,12 +28,14 @@ Counter names (one schema, read by :func:`summary`):
 These counts live in the store and are meant for the command line and the
 panel; the Prometheus counters of the adapter are separate.
 
-The same recorder keeps each answered message's :class:`DecisionEntry`
-(time, queue id, user, identity, action, reason, score, evidence, X-Outpost-ID;
-never content) and adds them to the store's decision log at the same flush
-(``outpost panel``'s recent decisions and blocked-message log).  At most
-:data:`MAX_PENDING_DECISIONS` wait for a flush: while the store fails the
-oldest are dropped and counted (``decisions_dropped``).
+The same recorder keeps what each answered message's :class:`DecisionEntry`
+is made of (time, queue id, user, identity, action, reason, score, evidence,
+X-Outpost-ID; never content) and adds the entries to the store's decision log
+at the same flush (``outpost panel``'s recent decisions and blocked-message
+log); the entries are cleaned and built there, on the flush thread, not in
+the milter callback.  At most :data:`MAX_PENDING_DECISIONS` wait for a flush:
+while the store fails the oldest are dropped and counted
+(``decisions_dropped``, exported as ``outpost_decisions_dropped_total``).
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from typing import Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 from .core.headers import clean
 from .core.types import Action, Decision, Message
 from .store.base import DECISION_FIELD_MAX, DecisionEntry, Store, StoreError
+
+if TYPE_CHECKING:
+    from .spam.engine import Verdict
 
 log = logging.getLogger("outpost.stats")
 
@@ -59,25 +64,54 @@ _BLOCKS = (Action.REJECT, Action.TEMPFAIL, Action.DISCARD)
 MAX_PENDING_DECISIONS = 5000
 
 
+class Answered(NamedTuple):
+    """What the decision-log entry of an answered message is made of, taken
+    in the callback (references, no copies, none of the content); the entry
+    itself is built at the flush (:meth:`entry`)."""
+
+    time: float
+    decision: Decision
+    queue_id: str
+    user: Optional[str]
+    identity: str
+    login: Optional[str]
+    client_ip: Optional[str]
+    sender: str
+    recipients: int
+    verdict: Optional["Verdict"]
+    spam_class: Optional[str]
+    token: str
+
+    @classmethod
+    def of(cls, msg: Message, decision: Decision, queue_id: str = "",
+           when: Optional[float] = None) -> "Answered":
+        return cls(time.time() if when is None else when, decision, queue_id or msg.queue_id,
+                   msg.user_name, msg.identity, msg.login, msg.client_ip, msg.sender,
+                   len(msg.recipients), msg.verdict, msg.spam_class, msg.token)
+
+    def entry(self) -> DecisionEntry:
+        """The decision-log entry (cleaned, bounded)."""
+        def text(value: Optional[str]) -> str:
+            return clean(value, DECISION_FIELD_MAX) if value else ""
+        decision, verdict = self.decision, self.verdict
+        evidence = getattr(verdict, "evidence", ()) or ()
+        score = getattr(verdict, "score", None)
+        return DecisionEntry(
+            time=self.time, action=decision.action.value, reason=text(decision.reason),
+            queue_id=text(self.queue_id), user=text(self.user),
+            identity=text(self.identity), login=text(self.login), client_ip=text(self.client_ip),
+            sender=text(self.sender), recipients=self.recipients,
+            score=round(float(score), 2) if score is not None else None,
+            spam_class=text(self.spam_class),
+            evidence=tuple(text(f"{e.name}({e.points:.1f})") for e in evidence[:5]),
+            token=text(self.token), reply=text(str(decision.reply)) if decision.reply else "",
+            quarantine=text(decision.quarantine))
+
+
 def decision_entry(msg: Message, decision: Decision, queue_id: str = "",
                    when: Optional[float] = None) -> DecisionEntry:
     """The decision-log entry of one answered message (cleaned, bounded)."""
-    def text(value: Optional[str]) -> str:
-        return clean(value, DECISION_FIELD_MAX) if value else ""
-    verdict = msg.verdict
-    evidence = getattr(verdict, "evidence", ()) or ()
-    score = getattr(verdict, "score", None)
-    return DecisionEntry(
-        time=time.time() if when is None else when,
-        action=decision.action.value, reason=text(decision.reason),
-        queue_id=text(queue_id or msg.queue_id), user=text(msg.user_name),
-        identity=text(msg.identity), login=text(msg.login), client_ip=text(msg.client_ip),
-        sender=text(msg.sender), recipients=len(msg.recipients),
-        score=round(float(score), 2) if score is not None else None,
-        spam_class=text(msg.spam_class),
-        evidence=tuple(text(f"{e.name}({e.points:.1f})") for e in evidence[:5]),
-        token=text(msg.token), reply=text(str(decision.reply)) if decision.reply else "",
-        quarantine=text(decision.quarantine))
+    return Answered.of(msg, decision, queue_id, when).entry()
 
 
 class StatsRecorder:
@@ -89,7 +123,7 @@ class StatsRecorder:
         self._mutex = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._recent: Counter[str] = Counter()
-        self._decisions: deque[DecisionEntry] = deque()
+        self._decisions: deque[Union[Answered, DecisionEntry]] = deque()   # entries kept after a failure
         self._failing = False
         self._dlog_failing = False
         #: decision-log entries dropped (store failing too long)
@@ -99,11 +133,11 @@ class StatsRecorder:
 
     def record(self, msg: Message, decision: Decision, queue_id: str = "") -> None:
         """Count one message that got its final answer (``decision``) and
-        keep its decision-log entry."""
+        keep what its decision-log entry is made of (built at the flush)."""
         action = decision.action
         if action is Action.CONTINUE:          # reset, aborted, closed: no answer
             return
-        entry = decision_entry(msg, decision, queue_id)
+        entry = Answered.of(msg, decision, queue_id)
         with self._mutex:
             if len(self._decisions) >= MAX_PENDING_DECISIONS:
                 self._decisions.popleft()
@@ -143,9 +177,15 @@ class StatsRecorder:
 
     def _flush_decisions(self) -> bool:
         with self._mutex:
-            entries, self._decisions = list(self._decisions), deque()
-        if not entries:
+            pending, self._decisions = list(self._decisions), deque()
+        if not pending:
             return True
+        try:
+            entries = [e.entry() if isinstance(e, Answered) else e for e in pending]
+        except Exception:                      # a bug: counted as lost, logged by _flush_logged
+            with self._mutex:
+                self.decisions_dropped += len(pending)
+            raise
         try:
             self.store.decision_add(entries)
         except StoreError as exc:

@@ -55,6 +55,8 @@ AMBIGUOUS = [
     "Bob <bob@example.com",
     "Bob> <bob@example.com>",
     "Bob\\ <bob@example.com>",
+    "bob@example.com(\\(c)",                     # a quoted-pair in a comment
+    "Bob (a\\) <ceo@evil.example>) <bob@example.com>",
     "<@route.example:bob@example.com>",
     "Bob <bob@example.com (c)>",
     '"bob"@example.com',

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from outpost.config import parse_config
-from outpost.core.feedback import ReportError, attribute, count_complaint, parse_report
+from outpost.core.feedback import ReportError, attribute, count_complaint, parse_report, verified_original
 from outpost.core.idtoken import Origin, TokenCodec
 from outpost.feedback_command import EX_OK, Spool, handle, list_data, read_bounded
 from outpost.store.memory import MemoryStore
@@ -48,16 +48,18 @@ def test_provider_reports_are_attributed(codec, token, name, feedback_type, agen
     assert report.feedback_type == feedback_type
     assert report.user_agent == agent
     assert report.tokens[0] == token
-    assert (report.original is not None) == full
+    assert report.full == full
     origin, why = attribute(report, codec)
     assert origin == ORIGIN and why == ""
+    assert (verified_original(report, codec, origin) is not None) == full
 
 
-def test_full_original_is_the_reported_message(token):
+def test_full_original_is_the_reported_message(codec, token):
     report = parse_report(sample("aol_like.eml", token))
-    assert report.original is not None
-    assert b"claim your free prize" in report.original
-    assert b"Subject: Your invoice 4711" in report.original
+    original = verified_original(report, codec, ORIGIN)
+    assert original is not None
+    assert b"claim your free prize" in original
+    assert b"Subject: Your invoice 4711" in original
 
 
 def test_a_token_quoted_in_a_plain_complaint(codec, token):
@@ -277,3 +279,162 @@ def test_reports_that_are_no_complaint_are_kept_not_counted(setup, codec, token,
     assert out.code == EX_OK and "not a complaint" in out.text
     assert not list_data(spool)["counted"]
     assert store.record_event("complaints:webfarm/alice@example.com", 86400) == 1   # nothing before
+
+
+# -- counted once per reported message, whatever fails part way --------------------------------
+
+class FailOnce(MemoryStore):
+    """A store whose ``method`` fails (once) on its ``at``-th call."""
+
+    def __init__(self, method: str, at: int, exc: Exception) -> None:
+        super().__init__()
+        self.method, self.at, self.exc, self.calls = method, at, exc, 0
+
+    def _maybe_fail(self, name: str) -> None:
+        if name == self.method:
+            self.calls += 1
+            if self.calls == self.at:
+                raise self.exc
+
+    def record_event(self, key, window):
+        self._maybe_fail("record_event")
+        return super().record_event(key, window)
+
+    def hit(self, buckets, dry_run=False):
+        self._maybe_fail("hit")
+        return super().hit(buckets, dry_run)
+
+    def set_lock(self, *args, **kwargs):
+        self._maybe_fail("set_lock")
+        return super().set_lock(*args, **kwargs)
+
+
+def test_a_store_error_part_way_is_not_counted_twice_on_retry(setup, codec, token):
+    """The identity's count was recorded, the user's count failed: exit 75
+    and the MTA's retry of the same report completes the count without
+    counting the identity again."""
+    from outpost.store.base import StoreError
+    config, _, spool = setup
+    store = FailOnce("record_event", 2, StoreError("connection reset"))
+    raw = sample("rfc5965_full.eml", token)
+    with pytest.raises(StoreError):
+        handle(config, store, codec, spool, raw)
+    assert [i["state"] for i in list_data(spool)["counting"]] == ["counting"]
+    out = handle(config, store, codec, spool, raw)
+    assert "1 for the identity, 1 for the user" in out.text
+    assert store.record_event("complaints:webfarm/alice@example.com", 86400) == 2   # 1 before
+    assert list_data(spool)["counting"] == []
+    # another receiver's report about the same message: counted once, as documented
+    other = raw.replace(b"User-Agent: SomeGenerator/1.0", b"User-Agent: OtherLoop/2.0")
+    assert "counted before" in handle(config, store, codec, spool, other).text
+
+
+def test_a_lock_that_failed_part_way_is_set_by_the_retry(setup, codec):
+    from outpost.store.base import StoreError
+    config, _, spool = setup
+    store = FailOnce("set_lock", 1, StoreError("read-only replica"))
+    raws = [sample("rfc5965_full.eml", codec.seal(Origin("webfarm", "alice@example.com", "",
+                                                          f"Q{i}", i))) for i in range(3)]
+    for raw in raws[:2]:
+        handle(config, store, codec, spool, raw)
+    with pytest.raises(StoreError):
+        handle(config, store, codec, spool, raws[2])                # the third: lock fails
+    out = handle(config, store, codec, spool, raws[2])
+    assert "3 for the identity" in out.text and "locked webfarm/alice@example.com" in out.text
+    assert store.record_event("complaints:webfarm/alice@example.com", 86400) == 4
+
+
+def test_two_relays_sharing_the_store_count_a_message_once(tmp_path, codec, token):
+    config = parse_config(LOCKING, "c.yaml")
+    store = MemoryStore()
+    spools = [Spool(parse_config(LOCKING + f"feedback: {{spool_dir: {tmp_path}/{n}}}\n",
+                                 "c.yaml").feedback) for n in ("a", "b")]
+    raw = sample("rfc5965_full.eml", token)
+    assert "1 for the identity" in handle(config, store, codec, spools[0], raw).text
+    out = handle(config, store, codec, spools[1], raw)
+    assert "counted before (the store holds its claim)" in out.text
+    assert list_data(spools[1]) == {"unattributed": [], "counted": [], "counting": []}
+
+
+@pytest.mark.parametrize("method", ["hit", "record_event"])
+def test_an_internal_error_keeps_the_report_and_blocks_no_retry(setup, codec, token, method):
+    """Not a store error (a fault of ours): the report is kept (not lost),
+    the answer is 75 (the MTA retries), nothing in ``counted/`` blocks the
+    retry (no record before the store's claim; after it, the progress the
+    retry resumes), and the retry that counts it drops the kept copy."""
+    from outpost.feedback_command import EX_TEMPFAIL
+    config, _, spool = setup
+    store = FailOnce(method, 1, RuntimeError("a bug"))
+    raw = sample("rfc5965_full.eml", token)
+    out = handle(config, store, codec, spool, raw)
+    assert out.code == EX_TEMPFAIL and "internal error" in out.text and "RuntimeError" in out.text
+    data = list_data(spool)
+    assert data["counted"] == []
+    assert [i["state"] for i in data["counting"]] == ([] if method == "hit" else ["counting"])
+    assert [k["reason"] for k in data["unattributed"]] == [
+        "internal error while counting it: RuntimeError: a bug"]
+    out = handle(config, store, codec, spool, raw)
+    assert out.code == EX_OK and "1 for the identity" in out.text
+    assert list_data(spool)["unattributed"] == list_data(spool)["counting"] == []
+
+
+def _with_attached(head_token: str, attached_token: str) -> bytes:
+    """A report whose header block carries ``head_token`` and whose attached
+    message (with a body) carries ``attached_token`` ('' : none)."""
+    inner = (b"From: <alice@example.com>\r\nSubject: unrelated\r\n"
+             + (b"X-Outpost-ID: " + attached_token.encode() + b"\r\n" if attached_token else b"")
+             + b"\r\nthe body of some other message\r\n")
+    return (b"From: <fbl@example.org>\r\nSubject: complaint\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\r\n\r\n"
+            b"--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n"
+            b"User-Agent: T/1\r\nVersion: 1\r\n\r\n"
+            b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: <alice@example.com>\r\n"
+            b"X-Outpost-ID: " + head_token.encode() + b"\r\n\r\n"
+            b"--b\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--b--\r\n")
+
+
+def test_only_the_verified_reported_message_is_learned(tmp_path, codec, token):
+    """The attribution came from the header block: an attached message
+    without a token, with a forged one or with another message's token is
+    not what was reported and is never learned from."""
+    from outpost.spam.from_config import MODEL_BLOB
+    config = parse_config(CONFIG + f"feedback: {{spool_dir: {tmp_path}, learn_from_complaints: true}}\n",
+                          "c.yaml")
+    store = MemoryStore()
+    another = codec.seal(Origin("webfarm", "bob@example.com", "", "Q7", 7))
+    forged = TokenCodec(b"another secret of sixteen bytes+").seal(ORIGIN)
+    for n, attached in enumerate(("", forged, another)):
+        mine = codec.seal(Origin("webfarm", "alice@example.com", "", f"N{n}", n))
+        report = parse_report(_with_attached(mine, attached))
+        origin, _ = attribute(report, codec)
+        assert origin is not None and origin.queue_id == f"N{n}"
+        assert verified_original(report, codec, origin) is None
+        out = handle(config, store, codec, Spool(config.feedback), _with_attached(mine, attached))
+        assert "counted complaint" in out.text and "learned" not in out.text
+    assert store.get_blob(MODEL_BLOB) is None
+    out = handle(config, store, codec, Spool(config.feedback), _with_attached(token, token))
+    assert out.text.endswith("learned as spam")
+
+
+def test_a_complaint_lock_sends_an_abuse_report(setup, codec):
+    """The lock set by complaints is reported as the automatic lock is,
+    naming the complaints counted and the window."""
+    config, store, spool = setup
+    events = []
+    origins = [Origin("webfarm", "alice@example.com", "192.0.2.1", f"QID{i}", 1764580000 + i)
+               for i in range(3)]
+    outs = [handle(config, store, codec, spool, sample("rfc5965_full.eml", codec.seal(o)),
+                   reporter=events.append) for o in origins]
+    assert "locked webfarm/alice@example.com" in outs[2].text
+    [event] = events
+    assert (event.kind, event.action, event.user, event.identity) == (
+        "complaints", "lock", "webfarm", "alice@example.com")
+    assert event.reason == "3 complaints in 86400s"
+    assert event.lock_until is not None and event.remedy == "outpost unlock webfarm/alice@example.com"
+    assert [line.split(" about queue id ")[1].split(" ")[0] for line in event.evidence] == [
+        "QID0", "QID1", "QID2"]
+    assert all("abuse, reported by" in line for line in event.evidence)
+    from outpost.effects.reports import ReportSettings, render_report
+    text = render_report(event, ReportSettings(to="abuse@example.net", from_addr="outpost@example.net"),
+                         now=event.arrival_time).data.decode()
+    assert "locked until" in text and "3 complaints in 86400s" in text and "QID1" in text

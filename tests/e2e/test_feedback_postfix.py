@@ -1,16 +1,18 @@
 """Complaints back to the identity, through a real Postfix: a message from an
 identity goes out through Postfix + Outpost, a receiver's ARF complaint
-about its delivered copy comes back to a Postfix alias that pipes it to
-``outpost feedback`` (as the documented ``abuse-fbl: "|outpost feedback …"``
-line does), and after ``lock.after_complaints`` the identity is locked and
-its next message refused while another identity of the same user is not.
+about its delivered copy comes back to Postfix, which hands it to the
+shipped pipe transport (``contrib/postfix/master-feedback.cf``: ``pipe``
+with ``user=outpost``, routed by a transport map), and after
+``lock.after_complaints`` the identity is locked and its next message
+refused while another identity of the same user is not.
 
-The complaint is posted with Postfix's sendmail(1) to the local alias; the
-inbound path has no Outpost here (``non_smtpd_milters`` off), as on an
-abuse mailbox's MX.  Postfix runs the pipe as ``nobody`` (default_privs):
-the configuration, the secret and the spool are made readable for it, and
-the command runs with an interpreter it can read (as
-``test_production_layout`` does); the store is an SQLite file both use."""
+The complaint is posted with Postfix's sendmail(1); the inbound path has no
+Outpost here (``non_smtpd_milters`` off), as on an abuse mailbox's MX.  The
+transport runs the command as ``outpost``: the configuration, the secret,
+the spool and the SQLite store are that user's, and the command runs with
+an interpreter it can read (as ``test_production_layout`` does).  An alias
+pipe (``abuse-nobody: "|outpost feedback …"``), which Postfix runs as
+``nobody``, is answered "try again later" with the reason."""
 
 from __future__ import annotations
 
@@ -32,15 +34,16 @@ from outpost.spam.bayes import Model
 from outpost.spam.from_config import MODEL_BLOB
 from outpost.store import open_store
 from tests.services.local_submit import sendmail
-from tests.services.postfix import PostfixInstance
-from tests.services.serviceuser import service_python
+from tests.services.postfix import PostfixInstance, parse_master_cf
+from tests.services.serviceuser import ensure_user, service_python
 from tests.services.sink import SmtpSink
 from tests.services.smtp import build_message, send
 
 from .outpost_proc import ROOT, Outpost
 
 OUTPOST = Path(sys.executable).parent / "outpost"
-ALIAS = "abuse-fbl@feedback.example.net"
+ALIAS = "abuse-fbl@feedback.example.net"             # routed to the pipe transport
+NOBODY_ALIAS = "abuse-nobody@feedback.example.net"    # an alias pipe: runs as nobody
 CONFIG = textwrap.dedent("""\
     hostname: relay.example.net
     report_abuse_to: abuse@example.net
@@ -60,27 +63,44 @@ CONFIG = textwrap.dedent("""\
     """)
 
 
+class FeedbackPostfix(PostfixInstance):
+    """The harness's Postfix plus the shipped pipe transport, its command and
+    configuration paths pointed at this test's."""
+
+    command = Path("/usr/bin/outpost")
+    outpost_config = Path("/etc/outpost/outpost.yaml")
+
+    def master_cf(self):
+        text = (self.contrib_dir / "master-feedback.cf").read_text()
+        text = text.replace("/usr/bin/outpost", str(self.command)).replace(
+            "/etc/outpost/outpost.yaml", str(self.outpost_config))
+        return super().master_cf() + parse_master_cf(text)
+
+
 @pytest.fixture(scope="module")
 def relay():
     sink = SmtpSink().start()
     tables = Path(tempfile.mkdtemp(prefix="outpost-fbl-"))
     tables.chmod(0o755)
     aliases = tables / "aliases"
+    transport = tables / "transport"
     spool = tables / "feedback"
-    pf = PostfixInstance(sink_port=sink.port, main_overrides={
+    pf = FeedbackPostfix(sink_port=sink.port, main_overrides={
         "mydestination": "feedback.example.net", "local_transport": "local",
-        "alias_maps": f"texthash:{aliases}", "non_smtpd_milters": ""})
-    # the store, shared by the milter (root) and the pipe (nobody): an SQLite file
-    # owned by nobody (SQLite gives the WAL files root makes the database's owner)
+        "alias_maps": f"texthash:{aliases}", "transport_maps": f"texthash:{transport}",
+        "non_smtpd_milters": ""})
+    user = ensure_user("outpost").pw_name                 # the pipe transport's user=outpost
+    # the store, shared by the milter (root) and the pipe (outpost): an SQLite file
+    # owned by outpost (SQLite gives the WAL files root makes the database's owner)
     state = tables / "state"
     state.mkdir()
     (state / "state.db").touch()
     for path in (state, state / "state.db"):
-        shutil.chown(path, "nobody")
+        shutil.chown(path, user)
     op = Outpost(pf.milter_socket, CONFIG.replace("SPOOL", str(spool)),
                  store=f"sqlite:///{state}/state.db")
     try:
-        # what the alias runs: `outpost feedback`, with an interpreter nobody can read
+        # what the transport runs: `outpost feedback`, with an interpreter outpost can read
         found = service_python()
         if found is None:
             pytest.skip("no interpreter whose standard library the pipe's user can read")
@@ -89,15 +109,20 @@ def relay():
         command.write_text(f"#!/bin/sh\nPYTHONPATH={os.pathsep.join([str(ROOT / 'milter'), *paths])} "
                            f'exec {python} -m outpost "$@"\n')
         command.chmod(0o755)
-        aliases.write_text(f'abuse-fbl "|{command} feedback -c {op.config_path}"\n')
-        # the pipe runs as nobody: it reads the configuration and the secret, writes the spool
+        pf.command, pf.outpost_config = command, op.config_path
+        transport.write_text(f"{ALIAS} outpost-feedback:\n")
+        aliases.write_text(f'abuse-nobody "|{command} feedback -c {op.config_path}"\n')
+        # the pipe runs as outpost: it reads the configuration and the secret, writes the spools
         op.dir.chmod(0o755)
         op.config_path.chmod(0o644)
-        shutil.chown(op.secret_file, "nobody")
+        shutil.chown(op.secret_file, user)
         spool.mkdir()
-        shutil.chown(spool, "nobody")
+        shutil.chown(spool, user)
         pf.start()
         op.start()
+        # the report spool: made by the milter (root here; in production Outpost runs as outpost)
+        for path in [op.dir / "reports", *(op.dir / "reports").rglob("*")]:
+            shutil.chown(path, user)
         yield pf, op, sink, spool
     finally:
         op.stop(graceful=False)
@@ -156,7 +181,7 @@ def complain(pf, spool: Path, raw: bytes, counted: int, kept: int = 0) -> dict:
     deadline = time.monotonic() + 20
     while True:
         log = pf.maillog()[seen:]
-        if "relay=local" in log:
+        if "relay=outpost-feedback" in log:
             assert "status=sent" in log, log           # not deferred (75) nor bounced
             pf.drain()
             got = listed(spool)
@@ -189,6 +214,11 @@ def test_complaints_lock_the_identity_and_only_it(relay):
     [lock] = locks(op)
     assert (lock.key, lock.by, lock.reason) == (
         "webfarm/alice@example.com", "complaints", "2 complaints in 86400s")
+    # ... and reported to the abuse desk, as the automatic lock is
+    from outpost.effects.reports import Spool as ReportSpool
+    from outpost.effects.reports import list_items
+    reported = [i for i in list_items(ReportSpool(str(op.dir / "reports"))) if i.kind == "complaints"]
+    assert [i.identity for i in reported] == ["webfarm/alice@example.com"], reported
 
     refused = send_as(pf, "alice@example.com", "three")
     assert not refused.accepted
@@ -215,3 +245,23 @@ def test_an_unattributable_complaint_is_kept(relay):
     assert kept["reason"].startswith("X-Outpost-ID not valid"), kept
     assert kept["from"] == "Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>"
     assert (spool / "unattributed" / f"{kept['id']}.eml").read_bytes().rstrip().endswith(b"2711346--")
+
+
+def test_an_alias_pipe_run_as_nobody_is_told_why_and_retried(relay):
+    """The alias pipe runs as nobody, which cannot write the store and the
+    spool: exit 75 (deferred, nothing lost) with the reason in the maillog."""
+    pf, op, sink, spool = relay
+    before = listed(spool)
+    seen = len(pf.maillog())
+    got = sendmail(pf, b"Subject: complaint\r\n\r\nX-Outpost-ID: none\r\n", "-i", "-f",
+                   "feedback@arf.mail.yahoo.com", NOBODY_ALIAS)
+    assert got.returncode == 0, got.stderr
+    deadline = time.monotonic() + 20
+    while "status=deferred" not in (log := pf.maillog()[seen:]):
+        assert "status=sent" not in log and "status=bounced" not in log, log
+        assert time.monotonic() < deadline, log
+        time.sleep(0.05)
+    assert "feedback runs as user nobody" in log and "cannot write feedback.spool_dir" in log, log
+    assert "run it as the user Outpost runs as" in log
+    pf.postsuper("-d", "ALL", "deferred")
+    assert listed(spool) == before

@@ -94,7 +94,7 @@ def _postfix_logged(postfix, line: str, timeout: float = 15.0) -> None:
 def test_message_line_is_mail_info_with_postfix_queue_id(postfix, outpost, receiver, sink):
     r, msgid = _send(postfix, headers={"X-AuthUser": "carol"})
     assert r.accepted, r
-    m = receiver.wait_for(rb"<22>outpost\[(\d+)\]: outpost\.message: ([0-9A-Za-z]+): qid=\2 "
+    m = receiver.wait_for(rb"<22>outpost\[(\d+)\]: outpost\.message: ([0-9A-Za-z]+): "
                           rb"ip=203\.0\.113\.5 .*identity=carol .*action=accept reason=ok .*ms=[\d.]+$")
     pid, qid = int(m.group(1)), m.group(2).decode()
     assert pid in outpost.children()                        # a worker's own pid, not the master's

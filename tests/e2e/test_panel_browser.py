@@ -61,6 +61,7 @@ CONFIG = textwrap.dedent(f"""\
         logins: [holder@example.com]
         domains: [example.com]
         spam: {{on_spam: quarantine}}
+    quarantine: {{training_dir: TRAINING_DIR}}
     panel:
       postfix_config: POSTFIX_CONFIG
       users:
@@ -70,9 +71,12 @@ CONFIG = textwrap.dedent(f"""\
 
 
 @pytest.fixture(scope="module")
-def outpost(postfix):
+def outpost(postfix, tmp_path_factory):
+    training = tmp_path_factory.mktemp("training")        # released messages kept for training
     proc = Outpost(postfix.milter_socket,
-                   CONFIG.replace("POSTFIX_CONFIG", str(postfix.config_dir))).start()
+                   CONFIG.replace("POSTFIX_CONFIG", str(postfix.config_dir))
+                   .replace("TRAINING_DIR", str(training))).start()
+    proc.training = training
     yield proc
     proc.stop()
 
@@ -227,7 +231,7 @@ def test_viewer_cannot_change_anything_and_posts_need_the_csrf_token(browser, pa
     assert "refused: viewer" in audit and "csrf-refused" in audit
 
 
-def test_release_from_quarantine_whois_and_reports(browser, panel_url, postfix, sink):
+def test_release_from_quarantine_whois_and_reports(browser, panel_url, outpost, postfix, sink):
     held = send(postfix.submission_port, xclient={"LOGIN": "holder@example.com"},
                 mail_from="holder@example.com", rcpt_tos=["friend@dest.example"], message=SPAM)
     assert held.accepted, held
@@ -246,6 +250,7 @@ def test_release_from_quarantine_whois_and_reports(browser, panel_url, postfix, 
         row.locator("input[name=reason]").fill("false positive, ticket 9")
         row.locator("button[value=release]").click()
         assert f"released {held.queue_id}" in page.inner_text("p.flash")
+        assert list((outpost.training / "released").glob(f"*-{held.queue_id}.eml"))   # kept as ham
         postfix.flush()
         got = sink.wait_for(2, timeout=30)
         assert any(m.headers("X-Outpost-Class") == ["spam"] for m in got)

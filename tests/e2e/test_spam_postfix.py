@@ -103,11 +103,29 @@ def test_quarantined_message_is_held_and_release_delivers_it(postfix, outpost, s
     assert held["sender"] == "holder@example.com" and held["recipients"] == ["bob@dest.example"]
     assert ["X-Outpost-Class", "spam"] in held["outpost_headers"] and held["size"] > 0
     assert sink.messages == []
-    out = cli(outpost, "quarantine", "release", qid, "--postfix-config", str(postfix.config_dir))
+    # the operator's decisions are kept for training (-c: quarantine.training_dir)
+    training = outpost.dir / "training"
+    cfg = outpost.dir / "cli.yaml"
+    cfg.write_text(outpost.config_path.read_text() + f"quarantine: {{training_dir: {training}}}\n")
+    out = cli(outpost, "quarantine", "release", qid, "--postfix-config", str(postfix.config_dir),
+              "-c", str(cfg))
     assert out.returncode == 0, out.stderr
+    assert "kept as ham" in out.stdout
     postfix.flush()
     [m] = sink.wait_for(1, timeout=30)
     assert m.headers("X-Outpost-Class") == ["spam"] and m.headers("X-Outpost-User") == ["holder"]
+    [kept] = (training / "released").glob(f"*-{qid}.eml")
+    copy = kept.read_bytes().replace(b"\r\n", b"\n")
+    assert b"X-Outpost-Class: spam" in copy
+    assert m.data.replace(b"\r\n", b"\n").rstrip()[-300:] in copy          # the body, whole
+    r = submit(postfix, "holder@example.com", corpus_message("spam", SPAM, "holder@example.com"))
+    out = cli(outpost, "quarantine", "delete", r.queue_id, "--postfix-config",
+              str(postfix.config_dir), "-c", str(cfg))
+    assert out.returncode == 0 and "kept as spam" in out.stdout, out.stderr
+    assert r.queue_id not in postfix.hold_queue()
+    out = cli(outpost, "train", "--from-quarantine", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "learned 1 released message(s) as ham and 1 deleted message(s) as spam" in out.stdout
 
 
 def test_five_spam_verdicts_lock_the_identity(postfix, outpost, sink):

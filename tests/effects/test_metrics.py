@@ -177,6 +177,37 @@ def test_store_fallbacks_and_degraded_state_follow_the_resilient_store():
         store.close()
 
 
+def test_decision_log_losses_are_exported_and_never_counted_twice():
+    """The recorder's dropped entries and failed flushes (a real recorder
+    over a store whose decision log fails) reach the counters."""
+    from outpost.core.types import Action, Decision, Message
+    from outpost.stats import MAX_PENDING_DECISIONS, StatsRecorder
+    from outpost.store.base import StoreError
+    from outpost.store.memory import MemoryStore
+
+    class Failing(MemoryStore):
+        def decision_add(self, entries):
+            raise StoreError("down")
+
+    rec = StatsRecorder(Failing())
+    m, reg = worker_metrics()
+    m.sync_decisions(rec)
+    assert reg.get_sample_value("outpost_decisions_dropped_total") == 0
+    assert reg.get_sample_value("outpost_decision_log_errors_total") == 0
+    for n in range(MAX_PENDING_DECISIONS + 7):
+        rec.record(Message(user_name="webfarm"), Decision(Action.ACCEPT), f"Q{n}")
+    assert not rec.flush()
+    m.sync_decisions(rec)
+    m.sync_decisions(rec)
+    assert reg.get_sample_value("outpost_decisions_dropped_total") == 7
+    assert reg.get_sample_value("outpost_decision_log_errors_total") == 1
+    rec.record(Message(user_name="webfarm"), Decision(Action.ACCEPT), "Q")
+    assert not rec.flush()
+    m.sync_decisions(rec)
+    assert reg.get_sample_value("outpost_decisions_dropped_total") == 8
+    assert reg.get_sample_value("outpost_decision_log_errors_total") == 2
+
+
 # -- shared state read at scrape time ---------------------------------------------------------
 
 def test_locks_are_counted_by_scope_and_setter_and_cached(tmp_path):

@@ -109,6 +109,24 @@ def test_recorder_writes_entries_at_flush_only() -> None:
     assert got.evidence == ("bulk_fingerprint(4.0)",) and got.reply == "550 5.7.1 spam"
 
 
+def test_recorder_builds_entries_at_the_flush_not_in_the_callback(monkeypatch) -> None:
+    """The fields are cleaned and the entry built on the flush thread: the
+    callback that records the message does none of that work."""
+    import outpost.stats as stats
+    calls = []
+    real = stats.clean
+    monkeypatch.setattr(stats, "clean", lambda *a: calls.append(a) or real(*a))
+    store = MemoryStore()
+    rec = StatsRecorder(store)
+    msg = Message(sender="a@example.com", user_name="webfarm", identity="alice\r\nx", token="T")
+    rec.record(msg, Decision(Action.ACCEPT, reason="ok"), "4XyZ")
+    assert calls == []
+    msg.identity = "changed later"                         # the entry is the message as answered
+    assert rec.flush() and calls
+    [got] = store.decision_read(10)
+    assert (got.queue_id, got.identity, got.user, got.token) == ("4XyZ", "alice x", "webfarm", "T")
+
+
 class FailingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()

@@ -272,6 +272,8 @@ def _worker_main(config: Config, fd: int, parent: int, secrets: Optional[Secrets
                 log.warning("store heartbeat failed", exc_info=True)
             if metrics is not None:
                 metrics.sync_store(store)
+                if runtime.stats is not None:
+                    metrics.sync_decisions(runtime.stats)
 
     try:
         register()

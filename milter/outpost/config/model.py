@@ -325,6 +325,22 @@ class VolumeSettings:
 
 
 @dataclass(frozen=True)
+class QuarantineSettings:
+    """``quarantine:`` — what operators decide about quarantined messages,
+    kept for ``outpost train --from-quarantine`` (released: ham, deleted: spam)."""
+
+    training_dir: str = "/var/spool/outpost/training"   # released/, deleted/, learned/
+    keep: float = 30 * 86400.0          # a decided message is kept this long (learned or not)
+    max_kept: int = 1000                # messages kept per folder; the oldest go
+
+    def __post_init__(self) -> None:
+        if not self.training_dir.startswith("/"):
+            raise ValueError(f"quarantine.training_dir: '{self.training_dir}' is not an absolute path")
+        if not self.keep > 0 or self.max_kept < 1:
+            raise ValueError("quarantine.keep must be > 0 and quarantine.max_kept at least 1")
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str
     store: str
@@ -352,6 +368,7 @@ class Config:
     panel: Optional["PanelSettings"] = None    # None: no panel: block (outpost panel)
     feedback: FeedbackSettings = FeedbackSettings()   # outpost feedback (complaints)
     volume: Optional[VolumeSettings] = None    # None: no volume anomalies (volume: absent or off)
+    quarantine: QuarantineSettings = QuarantineSettings()
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from
 

@@ -34,6 +34,7 @@ from .model import (
     LogSettings,
     MetricsSettings,
     Mode,
+    QuarantineSettings,
     RateLimit,
     SpamAction,
     SpamConfig,
@@ -141,6 +142,7 @@ class TopLevel:
     panel: Optional[Node] = None
     feedback: Optional[Node] = None
     volume: Optional[Node] = None
+    quarantine: Optional[Node] = None
 
 
 #: The top-level keys (the fields of :class:`TopLevel`).
@@ -219,6 +221,8 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     feedback = grab(lambda: settings_from(top.feedback, FeedbackSettings)
                     if top.feedback is not None else FeedbackSettings(), FeedbackSettings())
     volume = grab(lambda: _volume(top.volume) if top.volume is not None else None, None)
+    quarantine = grab(lambda: settings_from(top.quarantine, QuarantineSettings)
+                      if top.quarantine is not None else QuarantineSettings(), QuarantineSettings())
     errors.extend(value_errors)
     if errors:
         raise ConfigError(errors[0], errors)
@@ -250,6 +254,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         panel=panel,
         feedback=feedback,
         volume=volume,
+        quarantine=quarantine,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
     )

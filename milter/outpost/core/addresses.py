@@ -171,11 +171,11 @@ def _lex(value: str) -> list[tuple[str, str]]:
             while j < n:
                 ch = value[j]
                 if ch == "\\":
-                    j += 1
-                    if j == n:
-                        break
-                    ch = "_"                  # an escaped character is text
-                elif ch == "(":
+                    # A quoted-pair in a comment: the email package honours it,
+                    # receivers' simpler readers (e.g. DMARC's) end the comment
+                    # at the escaped parenthesis.  Read alike by none: refused.
+                    raise _Refused("a backslash in a comment")
+                if ch == "(":
                     depth += 1
                     if depth > MAX_COMMENT_DEPTH:
                         raise _Refused("comments nested too deeply")

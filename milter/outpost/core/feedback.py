@@ -22,11 +22,12 @@ import re
 from dataclasses import dataclass
 from email import policy as email_policy
 from email.message import Message
-from typing import Optional
+from typing import Any, Callable, MutableMapping, Optional
 
 from ..config.model import Config, User
-from ..store.base import Store
+from ..store.base import Lock, Store
 from . import headers as hdr
+from .autolock import lock_past_threshold
 from .idtoken import Origin, TokenCodec, TokenError
 from .keys import Target
 
@@ -68,7 +69,15 @@ class Report:
     subject: str                  # of the complaint itself
     sender: str                   # From of the complaint (the feedback loop)
     tokens: tuple[str, ...]       # candidate X-Outpost-ID values, most trusted first
-    original: Optional[bytes]     # the reported message in full, when attached with a body
+    #: the attached messages (``message/rfc822`` with a body) that carry an
+    #: X-Outpost-ID in their own header: (their tokens, the message), at most
+    #: MAX_TOKENS; serialised only when one is learned from
+    attached: tuple[tuple[tuple[str, ...], Message], ...] = ()
+
+    @property
+    def full(self) -> bool:
+        """Whether a reported message with our token is attached in full."""
+        return bool(self.attached)
 
 
 def check_bounds(raw: bytes, max_size: int, max_parts: int) -> None:
@@ -111,7 +120,7 @@ def parse_report(raw: bytes, max_size: int = 2_000_000, max_parts: int = 64) -> 
            and str(msg.get_param("report-type", "")).lower() == "feedback-report")
     fields = Message()
     tokens: list[str] = []
-    original: Optional[bytes] = None
+    attached: list[tuple[tuple[str, ...], Message]] = []
     quoted: list[bytes] = []
     for part in parts:
         ctype = part.get_content_type()
@@ -120,10 +129,12 @@ def parse_report(raw: bytes, max_size: int = 2_000_000, max_parts: int = 64) -> 
         elif ctype == "message/rfc822":
             inner = part.get_payload()
             if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-                tokens += _header_tokens(inner[0])
+                own = _header_tokens(inner[0])
+                tokens += own
                 body = inner[0].get_payload()
-                if original is None and body and (not isinstance(body, str) or body.strip()):
-                    original = inner[0].as_bytes(policy=email_policy.compat32)
+                if (own and len(attached) < MAX_TOKENS and body
+                        and (not isinstance(body, str) or body.strip())):
+                    attached.append((tuple(own[:MAX_TOKENS]), inner[0]))
         elif ctype == "text/rfc822-headers":
             head = _text(part, max_size).decode("utf-8", "surrogateescape")
             tokens += _header_tokens(email.parser.HeaderParser(
@@ -147,7 +158,7 @@ def parse_report(raw: bytes, max_size: int = 2_000_000, max_parts: int = 64) -> 
         subject=clean(msg.get("Subject", "")),
         sender=clean(msg.get("From", "")),
         tokens=tuple(seen[:MAX_TOKENS]),
-        original=original,
+        attached=tuple(attached),
     )
 
 
@@ -165,6 +176,22 @@ def attribute(report: Report, codec: TokenCodec) -> tuple[Optional[Origin], str]
     return None, why
 
 
+def verified_original(report: Report, codec: TokenCodec, origin: Origin) -> Optional[bytes]:
+    """The attached reported message whose own ``X-Outpost-ID`` the codec
+    opens to ``origin`` (the attribution), as bytes; None when no attached
+    message is verified so (a message attached beside a token found
+    elsewhere, or with a forged or another message's token, is never
+    learned from)."""
+    for tokens, message in report.attached:
+        for token in tokens:
+            try:
+                if codec.open(token) == origin:
+                    return message.as_bytes(policy=email_policy.compat32)
+            except TokenError:
+                continue
+    return None
+
+
 @dataclass(frozen=True)
 class Counted:
     """A complaint counted against an identity and its user."""
@@ -173,6 +200,7 @@ class Counted:
     identity_count: int           # complaints of the identity within the window
     user_count: int               # of the user, all identities together
     locked: tuple[str, ...]       # lock keys this complaint set
+    locks: tuple[Lock, ...] = ()  # the locks this complaint set (this run: for the abuse report)
 
 
 def find_user(config: Config, name: str) -> Optional[User]:
@@ -182,30 +210,42 @@ def find_user(config: Config, name: str) -> Optional[User]:
     return None
 
 
-def count_complaint(config: Config, store: Store, origin: Origin) -> Counted:
+def count_complaint(config: Config, store: Store, origin: Origin,
+                    progress: Optional[MutableMapping[str, Any]] = None,
+                    checkpoint: Callable[[], None] = lambda: None) -> Counted:
     """Count the complaint for the identity and for the user as a whole (in
     ``lock.complaint_window``), and lock one or the other past its
     threshold (``lock.after_complaints``, ``lock.user_after_complaints``),
     as the automatic lock does (``by`` = ``complaints``), unless the user is
     in monitor mode or already locked.  A :class:`~outpost.store.base.StoreError`
-    propagates (the caller answers "try again later")."""
+    propagates (the caller answers "try again later").
+
+    ``progress`` holds what an earlier, interrupted run of this same
+    complaint did (``identity_count``, ``user_count``, ``locked``); a step
+    found there is not done again, each step done is added to it and
+    ``checkpoint()`` called (the caller saves it), so a retry after a store
+    error part way never counts the complaint twice."""
+    done: MutableMapping[str, Any] = {} if progress is None else progress
     user = find_user(config, origin.user)
     lock = (user.policy if user is not None else config.defaults).lock
     identity = Target(origin.user, origin.identity)
     whole = Target(origin.user)
-    counts = []
-    locked: list[str] = []
-    for threshold, target in ((lock.after_complaints, identity), (lock.user_after_complaints, whole)):
-        count = store.record_event(target.event_key("complaint"), lock.complaint_window)
-        counts.append(count)
-        if user is None or not threshold or count < threshold or user.policy.mode == "monitor":
+    steps = (("identity_count", lock.after_complaints, identity),
+             ("user_count", lock.user_after_complaints, whole))
+    for name, _, target in steps:
+        if name not in done:
+            done[name] = store.record_event(target.event_key("complaint"), lock.complaint_window)
+            checkpoint()
+    locks: list[Lock] = []
+    for name, threshold, target in steps:
+        if target.lock_key in done.setdefault("locked", []):
             continue
-        if store.get_lock(target.lock_key) is not None:
-            continue                     # already locked (e.g. by an operator): keep that lock
-        whose = " of all its identities" if target.whole_user else ""
-        got = store.set_lock(target.lock_key,
-                             f"{count} complaints{whose} in {int(lock.complaint_window)}s",
-                             lock.duration, by="complaints", max_auto_unlocks=lock.max_auto_unlocks)
-        log.warning("locked %s: %s (until %s)", got.key, got.reason, got.until or "operator unlock")
-        locked.append(got.key)
-    return Counted(identity, counts[0], counts[1], tuple(locked))
+        got = lock_past_threshold(store, target, int(done[name]), threshold, "complaints",
+                                  lock.complaint_window, lock, by="complaints",
+                                  monitoring=user is None or user.policy.mode == "monitor")
+        if got is not None:
+            done["locked"].append(got.key)
+            checkpoint()
+            locks.append(got)
+    return Counted(identity, int(done["identity_count"]), int(done["user_count"]),
+                   tuple(done["locked"]), tuple(locks))

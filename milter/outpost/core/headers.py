@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 
 #: Headers Outpost stamps; any copy arriving from the client is a forgery.
@@ -68,8 +67,6 @@ def fold(value: str, width: int = _LINE) -> str:
     return "\n\t".join(lines)
 
 
-@functools.lru_cache(maxsize=1024)
 def safe_value(value: str, limit: int = MAX_VALUE) -> str:
-    """Clean then fold: what to pass to ``addheader``.  Cached: most stamped
-    values (user names, domains, addresses) repeat from message to message."""
+    """Clean then fold: what to pass to ``addheader``."""
     return fold(clean(value, limit))

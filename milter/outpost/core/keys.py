@@ -126,3 +126,9 @@ def event_key(kind: EventKind, user: str, identity: str) -> str:
 def user_event_key(kind: EventKind, user: str) -> str:
     """Key of the ``kind`` events of all of the user's identities."""
     return f"u{_EVENT[kind]}:{user}/"
+
+
+def complaint_claim_key(digest: str) -> str:
+    """The store's claim of one reported message (``outpost feedback``):
+    ``fbclaim:DIGEST``, a window of limit 1, so a message is counted once."""
+    return f"fbclaim:{digest}"

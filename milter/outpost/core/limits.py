@@ -16,6 +16,7 @@ from typing import Optional
 from ..config.model import Config, RateLimit, User
 from ..store.base import Bucket, Lock, Store, StoreError
 from .abuse import AbuseReports
+from .autolock import lock_past_threshold
 from .enforce import Enforcer, StoreUnavailable, store_down
 from .keys import Counted, EventKind, Target, WindowKey
 from .types import CONTINUE, Decision, Message, Reply, reject
@@ -148,17 +149,13 @@ class Limits:
                 continue
             try:
                 count = self.store.record_event(target.event_key(kind), lock.window)
-                if count < threshold or self.enforce.monitoring(user):
-                    continue
-                if self.store.get_lock(target.lock_key) is not None:
-                    continue                    # already locked (e.g. by an operator): keep that lock
-                whose = " of all its identities" if target.whole_user else ""
-                got = self.store.set_lock(target.lock_key, f"{count} {label}{whose} in {int(lock.window)}s",
-                                          lock.duration, max_auto_unlocks=lock.max_auto_unlocks)
+                got = lock_past_threshold(self.store, target, count, threshold, label, lock.window,
+                                          lock, monitoring=self.enforce.monitoring(user))
             except StoreError as exc:
                 log.error("could not record the %s event of %s: %s", kind, target.lock_key, exc)
                 continue
-            log.warning("locked %s: %s (until %s)", target.lock_key, got.reason, got.until or "operator unlock")
+            if got is None:
+                continue
             self.reports.report("lock", "lock", msg, user, reason=got.reason, lock_until=got.until,
                                 remedy=f"outpost unlock {msg.identity_key if target.identity else user.name}",
                                 identity=target.identity)

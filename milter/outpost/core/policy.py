@@ -430,14 +430,15 @@ class Policy:
                     msg: Optional[Message] = None) -> None:
         """The one log line per message (``msg``, or the session's current
         one): its fields as one dict (:class:`~outpost.logs.Fields`), written
-        as ``key=value`` text or as JSON keys by the configured format."""
+        as ``key=value`` text or as JSON keys by the configured format.  The
+        queue id is the record's (``extra``): the line's ``QID:`` prefix, the
+        JSON ``qid`` key, the journal's ``QUEUE_ID``; not a field again."""
         msg = msg if msg is not None else session.message
         if msg is None or not msglog.isEnabledFor(logging.INFO):
             return
         verdict = msg.verdict
         evidence = verdict.evidence if verdict is not None else ()
         msglog.info(Fields({
-            "qid": queue_id,
             "ip": session.client_ip or "",
             "login": hdr.clean(msg.login, 200) if msg.login else "",
             "user": hdr.clean(msg.user_name, 200) if msg.user_name else "",

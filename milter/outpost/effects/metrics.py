@@ -124,6 +124,11 @@ class WorkerMetrics:
                                        "Store operations served from process memory "
                                        "(on_store_error: local).", **kw)
         self.store_outages = Counter("outpost_store_outages", "Store outages seen by the workers.", **kw)
+        self.decisions_dropped = Counter("outpost_decisions_dropped",
+                                         "Decision-log entries dropped: the store failed while "
+                                         "more were waiting than a worker keeps.", **kw)
+        self.decision_log_errors = Counter("outpost_decision_log_errors",
+                                           "Flushes of the decision log to the store that failed.", **kw)
         self.store_degraded = Gauge("outpost_store_degraded_workers",
                                     "Workers currently bypassing the shared store.",
                                     multiprocess_mode="livesum", **kw)
@@ -142,6 +147,7 @@ class WorkerMetrics:
         for check, policy in checks:
             self.check_failures.labels(label(check), label(policy))
         self._seen = (0, 0)                     # store fallbacks, outages already counted
+        self._decisions_seen = (0, 0)           # decision-log entries dropped, failed flushes
         self._degraded = 0
         self._lock = threading.Lock()
         # Labelled children by label values (labels() costs more than the
@@ -215,6 +221,19 @@ class WorkerMetrics:
         if degraded != self._degraded:
             self._degraded = degraded
             self.store_degraded.set(degraded)
+
+    def sync_decisions(self, stats) -> None:
+        """Export the decision log's losses (:class:`~outpost.stats.StatsRecorder`'s
+        ``decisions_dropped`` and ``decision_errors``; the recorder counts them,
+        on its flush thread)."""
+        with self._lock:
+            seen_d, seen_e = self._decisions_seen
+            dropped, errors = stats.decisions_dropped, stats.decision_errors
+            self._decisions_seen = (max(dropped, seen_d), max(errors, seen_e))
+        if dropped > seen_d:
+            self.decisions_dropped.inc(dropped - seen_d)
+        if errors > seen_e:
+            self.decision_log_errors.inc(errors - seen_e)
 
 
 # -- the endpoint side ---------------------------------------------------------------------

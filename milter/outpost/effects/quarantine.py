@@ -5,6 +5,10 @@ message in its *hold* queue, Sendmail in its quarantine queue.  These
 functions list, release and delete held messages through the MTA's own tools
 (``postqueue -j``, ``postcat``, ``postsuper -H`` / ``-d``), so nothing here
 touches queue files directly.
+
+With a recorder (``quarantine.training_dir``: :class:`~outpost.training.DecisionSpool`)
+a released message is kept as ham and a deleted one, copied before it goes,
+as spam, for ``outpost train --from-quarantine``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from ..training import DecisionSpool
 
 _QUEUE_ID = re.compile(r"^[0-9A-Za-z]{6,32}$")
 
@@ -53,8 +60,10 @@ def _check_id(queue_id: str) -> str:
 class PostfixQuarantine:
     """The hold queue of one Postfix instance (``config_dir``: its main.cf dir)."""
 
-    def __init__(self, config_dir: str = "/etc/postfix") -> None:
+    def __init__(self, config_dir: str = "/etc/postfix",
+                 recorder: Optional["DecisionSpool"] = None) -> None:
         self.config_dir = config_dir
+        self.recorder = recorder
 
     def _cmd(self, tool: str, *args: str) -> list[str]:
         return [tool, "-c", self.config_dir, *args]
@@ -89,9 +98,46 @@ class PostfixQuarantine:
                              size=int(item.get("message_size", 0)), outpost=ours))
         return held
 
-    def release(self, queue_id: Optional[str] = None) -> None:
-        """Release one held message (or all with None) back to delivery."""
-        _run(self._cmd("postsuper", "-H", _check_id(queue_id) if queue_id else "ALL"))
+    def message(self, queue_id: str) -> bytes:
+        """The held message as it would be delivered (header and body)."""
+        argv = self._cmd("postcat", "-h", "-b", "-q", _check_id(queue_id))
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=30.0)
+        except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+            raise QuarantineError(f"{' '.join(argv)}: {exc}") from exc
+        if done.returncode != 0:
+            raise QuarantineError(f"{' '.join(argv)} failed: "
+                                  f"{done.stderr.decode(errors='replace').strip() or done.returncode}")
+        return done.stdout
+
+    def _record(self, queue_id: str, spam: bool) -> None:
+        """Keep the decision for training (before the message leaves the hold queue)."""
+        if self.recorder is None:
+            return
+        from ..training import TrainingError
+        try:
+            self.recorder.record(queue_id, self.message(queue_id), spam)
+        except TrainingError as exc:
+            raise QuarantineError(f"{exc}; {queue_id} left in the hold queue (fix the folder, or "
+                                  f"act without -c / quarantine.training_dir)") from None
+
+    def release(self, queue_id: Optional[str] = None) -> tuple[str, ...]:
+        """Release one held message (or all with None) back to delivery;
+        the queue ids released."""
+        if queue_id is not None:
+            self._record(_check_id(queue_id), False)
+            _run(self._cmd("postsuper", "-H", queue_id))
+            return (queue_id,)
+        if self.recorder is None:
+            _run(self._cmd("postsuper", "-H", "ALL"))
+            return ("ALL",)
+        done = []
+        for held in self.list():                 # each one recorded, then released
+            self._record(held.queue_id, False)
+            _run(self._cmd("postsuper", "-H", held.queue_id))
+            done.append(held.queue_id)
+        return tuple(done)
 
     def delete(self, queue_id: str) -> None:
-        _run(self._cmd("postsuper", "-d", _check_id(queue_id), "hold"))
+        self._record(_check_id(queue_id), True)
+        _run(self._cmd("postsuper", "-d", queue_id, "hold"))

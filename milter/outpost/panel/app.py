@@ -381,7 +381,8 @@ def create_app(config: Config, panel: Panel, settings: Optional[PanelSettings] =
         if not settings.postfix_config:
             abort(404, "no quarantine: set panel.postfix_config to the Postfix instance's directory")
         from ..effects.quarantine import PostfixQuarantine
-        return PostfixQuarantine(settings.postfix_config)
+        from ..training import DecisionSpool  # released: ham, deleted: spam (train --from-quarantine)
+        return PostfixQuarantine(settings.postfix_config, DecisionSpool(config.quarantine))
 
     return app
 
