@@ -56,6 +56,11 @@ CONFIG = textwrap.dedent("""\
         type: login
         logins: [alice@example.com]
         domains: [example.com]
+    volume:                                # volume anomalies per identity
+      baseline: {messages: 1, recipients: 1, domains: 1, new_domains: 1}
+      spike: 3
+      extreme: 6
+      action: hold
     """)
 
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") \
@@ -133,6 +138,59 @@ def panel_entries(url: str, password: str, timeout: float = 30.0) -> str:
         page = resp.read().decode()
     found = re.search(r"<p>(\d+) entr", page)
     return found.group(1) if found else "?"
+
+
+def volume_burst(step: object, postfix, sink: SmtpSink, abuse_desk: SmtpSink) -> None:
+    """A hijacked web-farm mailbox sends a burst: ``volume_spike`` evidence,
+    then the message held; another identity of the same user is untouched;
+    the abuse desk's report names the baseline and the burst."""
+    title(step, "a web-farm mailbox (X-AuthUser: shop) is hijacked and sends a burst")  # type: ignore[arg-type]
+    start = len(sink.messages)
+    lines, held = [], None
+    for n in range(1, 9):
+        rcpt = f"lead@prospect{n}.example"
+        msg = build_message("shop@example.com", rcpt, subject=f"Invoice {n} overdue",
+                            body=f"Please find invoice {n} at the link below.\n",
+                            headers={"X-AuthUser": "shop"})
+        r = send(postfix.relay_port, source_address="127.0.0.77", mail_from="shop@example.com",
+                 rcpt_tos=[rcpt], message=msg)
+        if r.accepted and r.queue_id in postfix.hold_queue():
+            held = (n, r)
+            break
+        lines.append((n, rcpt, r))
+    sink.wait_for(start + len([x for x in lines if x[2].accepted]), timeout=20)
+    for n, rcpt, r in lines:
+        got = [m for m in sink.messages if m.rcpt_tos == (rcpt,)]
+        evidence = got[0].headers("X-Outpost-Evidence") if got else []
+        print(f"   message {n} to {rcpt}: {r.code} {'delivered' if got else r.text}"
+              + (f", X-Outpost-Evidence: {evidence[0]}" if evidence else ""))
+    if held is None:
+        print(f"   {RED}no message was held{RESET}")
+        return
+    n, r = held
+    print(f"   message {n}: {GREEN}{r.code}{RESET} accepted, then {BOLD}held{RESET} by the MTA "
+          f"(queue id {r.queue_id}; outpost quarantine list|release|delete)")
+    rcpt = "reader@blog.example"
+    r = send(postfix.relay_port, source_address="127.0.0.77", mail_from="shop@example.com", rcpt_tos=[rcpt],
+             message=build_message("shop@example.com", rcpt, subject="New post",
+                                   headers={"X-AuthUser": "blog"}))
+    got = sink.wait_for(len(sink.messages) + 1, timeout=20)[-1] if r.accepted else None
+    evidence = got.headers("X-Outpost-Evidence") if got is not None else []
+    print(f"   another identity of webfarm (X-AuthUser: blog): {r.code} "
+          f"{'delivered, ' + (evidence[0] if evidence else 'no evidence') if got else r.text}")
+    deadline = time.monotonic() + 30                 # the report sender passes every 0.5 s
+    found = []
+    while not found and time.monotonic() < deadline:
+        found = [m.message for m in abuse_desk.messages if (m.message["X-Outpost-Report"] or "")
+                 .startswith("volume;")]
+        time.sleep(0.2)
+    if not found:
+        print(f"   {RED}no volume report arrived{RESET}")
+        return
+    text = next(p for p in found[0].walk() if p.get_content_type() == "text/plain").get_content()
+    print(f"   the abuse desk got: {found[0]['Subject']}")
+    for line in [ln.strip() for ln in text.splitlines() if "baseline" in ln][:2]:
+        print(f"     > {line}")
 
 
 def arf_report(delivered: bytes, rcpt: str) -> bytes:
@@ -294,6 +352,8 @@ def main() -> int:
             for name, value in fields.items():
                 print(f"     | {name}: {value}")
             print(f"     (and the original message as {original.get_content_type()})")
+
+        volume_burst("4b", postfix, sink, abuse_desk)
 
         title(5, "the abuse desk looks at the last hour (every worker's counts, from the store)")
         print(f"   {DIM}$ outpost stats{RESET}")

@@ -110,9 +110,11 @@ def unlock(config: Config, store: Store, identity: str) -> tuple[str, int]:
 
 def reset(config: Config, store: Store, text: str) -> str:
     """Clear the rate-limit windows and event counts of an identity or of a
-    user as a whole."""
+    user as a whole (and an identity's volume record: its baseline starts again)."""
     which = target(config, text)
     n = store.reset(which.window_prefix) + sum(store.reset(k) for k in which.event_keys)
+    if which.volume_reset:
+        n += store.reset(which.volume_reset)
     return f"reset {n} counters of {'user' if which.whole_user else 'identity'} {which}"
 
 

@@ -94,3 +94,19 @@ def test_unlock_and_reset_of_a_do_not_touch_alice(tmp_path, capsys):
     assert store.record_event("spam:webfarm/alice", 600.0) == 3
     assert store.record_event("spam:webfarm/a", 600.0) == 1
     store.close()
+
+
+def test_reset_of_an_identity_forgets_its_volume_record(tmp_path, capsys):
+    """After a hijacked mailbox is cleaned up, ``outpost reset`` lets it start
+    again: its burst no longer counts (another identity's record stays)."""
+    from outpost.store.base import VolumeSpec
+    cfg = write_config(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    store = open_store(f"sqlite:///{tmp_path}/state.db", StoreSettings(on_store_error="tempfail"))
+    spec = VolumeSpec(window=600.0, decay=0.5, ttl=3600.0)
+    for ident in ("a", "alice", "a", "alice"):
+        store.volume_add(f"webfarm/{ident}", ["d1"], 1, spec)
+    assert main(["reset", "webfarm/a", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out == "reset 1 counters of identity webfarm/a\n"
+    assert store.volume_add("webfarm/a", ["d1"], 1, spec).messages == 1
+    assert store.volume_add("webfarm/alice", ["d1"], 1, spec).messages == 3
+    store.close()

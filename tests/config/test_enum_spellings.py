@@ -47,6 +47,7 @@ ENUMS = [
     ("log", "format", ("text", "json"), lambda c: c.log.format),
     ("log", "level", ("debug", "info", "warning", "error"), lambda c: c.log.level),
     ("log", "facility", ("mail", "daemon", "user", "local0", "local7"), lambda c: c.log.facility),
+    ("volume", "action", ("none", "hold", "tempfail", "lock"), lambda c: c.volume.action),
 ]
 
 
@@ -64,6 +65,8 @@ def config_with(where: str, key: str, spelling: str) -> str:
         return f"relay: {{egress_ips: [198.51.100.7]}}\nspf: {{{item}}}\n{BASE}"
     if where == "log":
         return f"log: {{{item}}}\n{BASE}"
+    if where == "volume":
+        return f"volume: {{{item}}}\n{BASE}"
     if where in ("spamassassin", "bulk"):
         return f"spam:\n  {where}: {{{item}}}\n{BASE}"
     raise AssertionError(where)

@@ -33,6 +33,7 @@ HeaderFromMode = Literal["enforce", "warn", "off"]
 Mode = Literal["enforce", "monitor"]
 SpamAction = Literal["accept", "quarantine", "tempfail", "reject"]
 SpamClass = Literal["ham", "unsure", "spam"]
+VolumeAction = Literal["none", "hold", "tempfail", "lock"]
 LogTarget = Literal["stderr", "syslog", "journal"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -269,6 +270,61 @@ class FeedbackSettings:
 
 
 @dataclass(frozen=True)
+class VolumeBaseline:
+    """``volume.baseline``: per window, the baseline of an identity seen for
+    the first time, and the least any identity's baseline counts as."""
+
+    messages: float = 2.0
+    recipients: float = 6.0
+    domains: float = 3.0
+    new_domains: float = 3.0
+
+    def __post_init__(self) -> None:
+        for key in ("messages", "recipients", "domains", "new_domains"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0")
+
+    def values(self) -> tuple[float, float, float, float]:
+        return (self.messages, self.recipients, self.domains, self.new_domains)
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """``volume:`` — volume anomalies per identity (:mod:`outpost.core.volume`)."""
+
+    window: float = 600.0               # seconds counted together
+    half_life: float = 7 * 86400.0      # of the baseline (an exponentially weighted average)
+    baseline: VolumeBaseline = VolumeBaseline()
+    spike: float = 5.0                  # a window over spike x its baseline: evidence
+    extreme: float = 15.0               # over extreme x its baseline: the action
+    points: float = 2.0                 # evidence points at the spike, + this per doubling
+    max_points: float = 4.0
+    action: VolumeAction = "none"
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.window <= 86400.0:
+            raise ValueError(f"window must be 1s..1d, got {self.window}")
+        if not self.half_life >= self.window:
+            raise ValueError("half_life must be at least the window")
+        if not 1.0 < self.spike <= self.extreme:
+            raise ValueError(f"need 1 < spike ({self.spike}) <= extreme ({self.extreme})")
+        if not 0 < self.points <= self.max_points <= 100:
+            raise ValueError(f"need 0 < points ({self.points}) <= max_points "
+                             f"({self.max_points}) <= 100")
+
+    @property
+    def decay(self) -> float:
+        """What a window's weight in the baseline is multiplied by per window after it."""
+        return float(0.5 ** (self.window / self.half_life))
+
+    @property
+    def ttl(self) -> float:
+        """An identity idle this long is forgotten (its baseline has decayed
+        to 1/32 by then): five half-lives, at least two windows."""
+        return max(5 * self.half_life, 2 * self.window)
+
+
+@dataclass(frozen=True)
 class QuarantineSettings:
     """``quarantine:`` — what operators decide about quarantined messages,
     kept for ``outpost train --from-quarantine`` (released: ham, deleted: spam)."""
@@ -311,6 +367,7 @@ class Config:
     metrics: Optional[MetricsSettings] = None  # None: no metrics endpoint
     panel: Optional["PanelSettings"] = None    # None: no panel: block (outpost panel)
     feedback: FeedbackSettings = FeedbackSettings()   # outpost feedback (complaints)
+    volume: Optional[VolumeSettings] = None    # None: no volume anomalies (volume: absent or off)
     quarantine: QuarantineSettings = QuarantineSettings()
     source: str = ""                           # file it was read from
     included: tuple[str, ...] = ()             # files read through users_from / domains_from

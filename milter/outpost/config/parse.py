@@ -42,6 +42,7 @@ from .model import (
     User,
     UserPolicy,
     UserType,
+    VolumeSettings,
 )
 from .source import DURATION_UNITS, ConfigError, Node, parse_text
 
@@ -142,6 +143,7 @@ class TopLevel:
     metrics: Optional[Node] = None
     panel: Optional[Node] = None
     feedback: Optional[Node] = None
+    volume: Optional[Node] = None
     quarantine: Optional[Node] = None
 
 
@@ -220,6 +222,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
     panel = grab(lambda: settings_from(top.panel, PanelSettings) if top.panel is not None else None, None)
     feedback = grab(lambda: settings_from(top.feedback, FeedbackSettings)
                     if top.feedback is not None else FeedbackSettings(), FeedbackSettings())
+    volume = grab(lambda: _volume(top.volume) if top.volume is not None else None, None)
     quarantine = grab(lambda: settings_from(top.quarantine, QuarantineSettings)
                       if top.quarantine is not None else QuarantineSettings(), QuarantineSettings())
     errors.extend(value_errors)
@@ -252,6 +255,7 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         metrics=metrics,
         panel=panel,
         feedback=feedback,
+        volume=volume,
         quarantine=quarantine,
         source=file,
         included=tuple(path for path, _ in domain_files + user_files),
@@ -519,6 +523,17 @@ def _reports(node: Node, abuse_to: str, hostname: Optional[str]) -> Optional["Re
     if "hostname" not in given and hostname:
         fixed["hostname"] = hostname
     return settings_from(node, ReportSettings, ignore={"enabled"}, **fixed)
+
+
+def _volume(node: Node) -> Optional[VolumeSettings]:
+    """``volume:`` → VolumeSettings (``volume:`` alone: the defaults); None
+    with ``enabled: false``."""
+    if node.value is None:
+        return VolumeSettings()
+    given = node.mapping() if node.is_mapping() else {}
+    if "enabled" in given and not given["enabled"].bool():
+        return None
+    return settings_from(node, VolumeSettings, ignore={"enabled"})
 
 
 _HOST_PORT = re.compile(r"^(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+|localhost)):(\d{1,5})$")

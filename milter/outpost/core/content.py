@@ -86,7 +86,8 @@ class ContentCheck:
     def content_verdict(self, session: Session, msg: Message, user: User,
                         queue_id: str = "") -> "Verdict":
         """The engine's verdict on the message (score, evidence).  A header
-        block over ``max_scan_headers`` is evidence (``header_padding``); a
+        block over ``max_scan_headers`` is evidence (``header_padding``), and
+        so is a volume spike of its identity (``volume_spike``, :mod:`.volume`); a
         message whose content could not be seen (:meth:`unscannable`)
         is classed ``unscannable``, never ham (:meth:`unscannable_action`)."""
         from ..spam.base import ScanContext
@@ -95,7 +96,8 @@ class ContentCheck:
         ctx = ScanContext(user=user.name, identity=msg.identity, sender=msg.sender,
                           recipients=tuple(msg.recipients), client_ip=session.client_ip,
                           login=msg.login, queue_id=queue_id or None)
-        verdict = self.engine.scan(view, ctx, self.engine.header_padding(msg.header_bytes))
+        verdict = self.engine.scan(view, ctx, self.engine.header_padding(msg.header_bytes)
+                                   + msg.volume_evidence)
         msg.verdict = verdict
         msg.spam_class = user.policy.spam.classify(verdict.score)
         msg.unscannable = self.unscannable(msg, view)

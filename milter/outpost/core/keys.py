@@ -14,13 +14,18 @@ empty, so the keys of a user as a whole are keys no identity can have:
   identities (the trailing ``/`` ends the name, so a prefix reset of
   ``uspam:web/`` never touches ``uspam:webfarm/``);
 - ``rl:id:NAME/IDENTITY:WHAT:SECONDS``, ``rl:user:NAME:WHAT:SECONDS`` — a
-  rate-limit window (:class:`WindowKey`; WHAT is ``msg`` or ``rcpt``).
+  rate-limit window (:class:`WindowKey`; WHAT is ``msg`` or ``rcpt``);
+- ``NAME/IDENTITY`` is also the key of an identity's volume record
+  (``Store.volume_add``), which ``Store.reset`` names ``vol:NAME/IDENTITY``
+  (:data:`VOLUME_PREFIX`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from ..store.volume import VOLUME_PREFIX  # what Store.reset prefixes to a volume record's key
 
 #: What a rate-limit window counts.
 Counted = Literal["msg", "rcpt"]
@@ -61,6 +66,12 @@ class Target:
     def event_keys(self) -> tuple[str, str, str]:
         """The keys of every kind of event (what an unlock clears)."""
         return self.event_key("limit"), self.event_key("spam"), self.event_key("complaint")
+
+    @property
+    def volume_reset(self) -> str:
+        """What ``Store.reset`` is given to forget this identity's volume
+        record ('' for a user as a whole: it has none)."""
+        return f"{VOLUME_PREFIX}{identity_key(self.user, self.identity)}" if self.identity else ""
 
     @property
     def window_prefix(self) -> str:

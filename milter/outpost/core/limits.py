@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config.model import Config, RateLimit, User
-from ..store.base import Bucket, Store, StoreError
+from ..store.base import Bucket, Lock, Store, StoreError
 from .abuse import AbuseReports
 from .autolock import lock_past_threshold
 from .enforce import Enforcer, StoreUnavailable, store_down
@@ -159,3 +159,23 @@ class Limits:
             self.reports.report("lock", "lock", msg, user, reason=got.reason, lock_until=got.until,
                                 remedy=f"outpost unlock {msg.identity_key if target.identity else user.name}",
                                 identity=target.identity)
+
+    def lock(self, msg: Message, user: User, reason: str, kind: str = "lock") -> Optional[Lock]:
+        """Lock the message's identity now (``volume.action: lock``) (the user's lock ``duration`` and
+        ``max_auto_unlocks``) unless it is locked already, and report it as
+        ``kind``; the lock, or None when the store failed (logged)."""
+        lock = user.policy.lock
+        target = Target(user.name, msg.identity)
+        try:
+            held = self.store.get_lock(target.lock_key)
+            if held is not None:
+                return held
+            got = self.store.set_lock(target.lock_key, reason, lock.duration,
+                                      max_auto_unlocks=lock.max_auto_unlocks)
+        except StoreError as exc:
+            log.error("could not lock %s: %s", target.lock_key, exc)
+            return None
+        log.warning("locked %s: %s (until %s)", target.lock_key, got.reason, got.until or "operator unlock")
+        self.reports.report(kind, "lock", msg, user, reason=got.reason, lock_until=got.until,
+                            remedy=f"outpost unlock {msg.identity_key}", identity=target.identity)
+        return got

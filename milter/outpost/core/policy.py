@@ -8,7 +8,8 @@ slots, rate-limit windows, locks) lives in the store.
 This module is the sequence of SMTP stages; each stage runs its checks in
 order until one blocks.  The checks live by concern: :mod:`.limits` (rate
 limits, locks, the automatic lock), :mod:`.content` (the content verdict
-and the spam action), :mod:`.sender_auth` (DKIM, SPF), :mod:`.stamps`
+and the spam action), :mod:`.volume` (volume anomalies per identity),
+:mod:`.sender_auth` (DKIM, SPF), :mod:`.stamps`
 (header removals and the headers added), :mod:`.abuse` (abuse reports).
 """
 
@@ -34,6 +35,7 @@ from .idtoken import Origin, TokenCodec
 from .limits import Limits
 from .mapping import UserIndex, connection_key, parse_client_ip
 from .types import CONTINUE, Action, Decision, Message, Session, reject
+from .volume import VolumeCheck
 
 if TYPE_CHECKING:
     from ..effects.dkim import Signer
@@ -72,13 +74,15 @@ class Policy:
         self.limits = Limits(config, store, self.enforce, self.reports)
         self.content = (ContentCheck(engine, self.enforce, self.reports, self.limits.record_event)
                         if engine is not None else None)
+        self.volume = (VolumeCheck(config.volume, store, self.enforce, self.reports, self.limits)
+                       if config.volume is not None else None)
         # The checks of each stage, in order; the first that blocks answers.
         self.mail_checks: tuple[Check, ...] = (self._user_connection_limit, self._sender_domain)
         self.rcpt_checks: tuple[Check, ...] = (self._early_lock_and_limit, self._max_recipients)
         self.contact_rcpt_checks: tuple[Check, ...] = (self._max_recipients,)   # never locked out
         self.end_checks: tuple[Check, ...] = (
             self._local_recipients, self._late_lock, self._header_from, self._seal, self._spf,
-            self._content, self._rate_limits)
+            self._volume, self._content, self._volume_hold, self._rate_limits)
 
     def user_of(self, msg: Message) -> Optional[User]:
         return self.index.by_name.get(msg.user_name) if msg.user_name else None
@@ -364,12 +368,26 @@ class Policy:
             return None
         return sender_auth.check_spf(self.spf, self.enforce, msg, user)
 
+    def _volume(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
+        """Count the message in its identity's volume (not one only to the
+        abuse contacts): a spike is evidence for :meth:`_content`; an
+        extreme one is held, deferred or locks the identity (:mod:`.volume`)."""
+        if self.volume is None or self._to_contacts_only(msg):
+            return None
+        return self.volume.check(msg, user)
+
     def _content(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         if self.content is None:
             return None
         verdict = self.content.content_verdict(session, msg, user, msg.queue_id)
         d, msg.quarantine = self.content.spam_action(msg, user, verdict, msg.token)
         return d
+
+    def _volume_hold(self, session: Session, msg: Message, user: User) -> None:
+        """Hold what :meth:`_volume` found extreme (``volume.action: hold``)
+        and the content verdict let through."""
+        if self.volume is not None:
+            self.volume.hold(msg, user)
 
     def _rate_limits(self, session: Session, msg: Message, user: User) -> Optional[Decision]:
         """Count the message (not a quarantined one, not one only to the

@@ -11,6 +11,7 @@ from .headers import clean
 
 if TYPE_CHECKING:
     from ..effects.dkim import BodyHasher
+    from ..spam.base import Evidence
     from ..spam.engine import Verdict
     from ..spam.message import TextAfterWindow
 
@@ -100,6 +101,8 @@ class Message:
     unscannable: str = ""                # why the scan could not see the content ('' if it could)
     from_domain: Optional[str] = None                         # header From domain, once parsed
     verdict: Optional["Verdict"] = None                       # the spam engine's verdict
+    volume_evidence: tuple["Evidence", ...] = ()              # core/volume.py: added to the verdict
+    volume_hold: str = ""                # core/volume.py: held for its volume, and why
     spam_class: Optional[str] = None
     dkim_d: str = ""                     # the DKIM signature made: d= and s= (selectors, comma-separated)
     dkim_s: str = ""

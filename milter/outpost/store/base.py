@@ -80,6 +80,50 @@ class FingerprintStats:
     members: int      # distinct identities that sent it
 
 
+@dataclass(frozen=True)
+class VolumeSpec:
+    """How :meth:`Store.volume_add` keeps an identity's volume record:
+    counts of the current ``window`` (seconds; windows are aligned on
+    multiples of it), a baseline per window that is an exponentially
+    weighted average of closed windows (``decay`` is what a window's weight
+    is multiplied by per window that follows: ``0.5 ** (window /
+    half_life)``), at most ``max_domains`` distinct recipient domains
+    counted per window and ``max_recent`` domains remembered (one not among
+    them is *new*).  A record idle for ``ttl`` seconds is forgotten."""
+
+    window: float
+    decay: float
+    ttl: float
+    max_domains: int = 100
+    max_recent: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.window > 0 or not self.ttl > 0:
+            raise ValueError(f"volume window and ttl must be > 0, got {self.window}, {self.ttl}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"volume decay must be in [0, 1), got {self.decay}")
+        if not (1 <= self.max_domains <= 10000 and 1 <= self.max_recent <= 10000):
+            raise ValueError("volume max_domains and max_recent must be 1..10000")
+
+
+#: Longest domain hash :meth:`Store.volume_add` takes (characters).
+VOLUME_HASH_MAX = 16
+
+
+@dataclass(frozen=True)
+class VolumeCounts:
+    """An identity's volume (:meth:`Store.volume_add`): the current
+    window's counts, this message included, and the baseline per window
+    (0.0 for an identity seen for the first time)."""
+
+    messages: int
+    recipients: int
+    domains: int            # distinct recipient domains (at most ``max_domains``)
+    new_domains: int        # domains not among the identity's recent ones
+    baseline: tuple[float, float, float, float]   # per window: messages, recipients, domains, new domains
+    since: float            # store time the record began, whole seconds (now for a new identity)
+
+
 #: Periods of the message statistics (``stat_add`` / ``stat_read``): name ->
 #: (bucket width in seconds, buckets kept).  ``m``: per minute for an hour,
 #: ``h``: per hour for a day.
@@ -200,7 +244,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def reset(self, key_prefix: str) -> int:
-        """Forget the buckets and events under ``key_prefix``: a key equal
+        """Forget the buckets, events and volume records (named
+        ``vol:<key>`` here) under ``key_prefix``: a key equal
         to it or continuing it after ``:``; a prefix ending in ``:`` or ``/``
         takes every key that starts with it (``hits:webfarm/a`` never takes
         ``hits:webfarm/alice``; see :func:`~outpost.store.windows.key_in_prefix`).
@@ -245,6 +290,18 @@ class Store(abc.ABC):
         """:meth:`fingerprint_add` for several ``(fp, member, recipients)`` at
         once (a backend may do them in one transaction)."""
         return [self.fingerprint_add(fp, member, recipients, window) for fp, member, recipients in items]
+
+    # -- volume per identity (core/volume.py) ----------------------------------
+    @abc.abstractmethod
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        """Count one message of identity ``key`` to ``recipients``
+        recipients in ``domains`` (short hashes of its distinct recipient
+        domains, at most ``spec.max_domains`` are used) in the identity's
+        volume record (see :class:`VolumeSpec`), in one atomic step; return
+        the counts with this message (``dry_run``: as if counted, nothing
+        is written).  The record has a fixed upper size: two lists of at
+        most ``max_domains`` and ``max_recent`` hashes and eight numbers."""
 
     # -- message statistics (outpost stats / top) ------------------------------
     @abc.abstractmethod

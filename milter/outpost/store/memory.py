@@ -13,6 +13,7 @@ import time
 from collections import Counter, deque
 from typing import Callable, Optional, Sequence
 
+from . import volume as vol
 from .base import (
     STAT_PERIODS,
     Bucket,
@@ -22,11 +23,14 @@ from .base import (
     HitResult,
     Lock,
     Store,
+    VolumeCounts,
+    VolumeSpec,
     stat_buckets,
 )
 from .locks import LockRecord
 from .owners import slot_owner
 from .settings import StoreSettings
+from .volume import VOLUME_PREFIX
 from .windows import (
     WindowCounts,
     bucket_id,
@@ -82,6 +86,7 @@ class MemoryStore(Store):
         self._lock_touched: dict[str, float] = {}
         self._fingerprints: dict[str, tuple[_FingerprintLog, float]] = {}
         self._blobs: dict[str, bytes] = {}
+        self._volume: dict[str, tuple[vol.Record, float]] = {}     # key -> (record, expires)
         self._stats: dict[tuple[str, int], Counter[str]] = {}
         self._conns: dict[str, set[str]] = {}
         self._decisions: deque[tuple[float, DecisionEntry]] = deque(
@@ -106,6 +111,7 @@ class MemoryStore(Store):
         for fp, (fplog, window) in list(self._fingerprints.items()):
             if not fplog.entries or fplog.entries[-1][0] <= now - window:
                 del self._fingerprints[fp]
+        self._volume = {k: v for k, v in self._volume.items() if v[1] > now}
         for key, rec in list(self._locks.items()):
             rec, _changed = rec.settle(now)
             self._locks[key] = rec
@@ -178,7 +184,10 @@ class MemoryStore(Store):
     def reset(self, key_prefix: str) -> int:
         with self._mutex:
             dropped = 0
-            for table, key_of in ((self._buckets, bucket_key_of), (self._events, str)):
+            tables: tuple[tuple[dict, Callable[[str], str]], ...] = (
+                (self._buckets, bucket_key_of), (self._events, str),
+                (self._volume, lambda k: VOLUME_PREFIX + k))
+            for table, key_of in tables:
                 for key in [k for k in table if key_in_prefix(key_of(k), key_prefix)]:
                     del table[key]
                     dropped += 1
@@ -251,6 +260,21 @@ class MemoryStore(Store):
             self._fingerprints[fp] = (log, window)
             return FingerprintStats(messages=len(log.entries), recipients=log.recipients,
                                     members=len(log.members))
+
+    # -- volume per identity -----------------------------------------------------------
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        check_recipients(recipients)
+        hashes = vol.check_domains(domains, spec)
+        with self._mutex:
+            now = self._clock()
+            self._sweep(now)
+            stored = self._volume.get(key)
+            rec, counts = vol.apply(stored[0] if stored and stored[1] > now else None, now,
+                                    hashes, recipients, spec)
+            if not dry_run:
+                self._volume[key] = (rec, now + spec.ttl)
+            return counts
 
     # -- message statistics --------------------------------------------------------------
     def stat_add(self, counts: Sequence[tuple[str, int]],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from .base import Bucket, DecisionEntry, FingerprintStats, HitResult, Lock, Store
+from .base import Bucket, DecisionEntry, FingerprintStats, HitResult, Lock, Store, VolumeCounts, VolumeSpec
 from .memory import MemoryStore
 from .wrapper import StoreWrapper
 
@@ -12,8 +12,9 @@ from .wrapper import StoreWrapper
 class ReadOnlyStore(StoreWrapper):
     """Reads the real store but writes nothing: limits are checked with
     ``dry_run``, events and locks are not recorded, connection slots are not
-    taken, and bulk fingerprints are counted in a private memory store (so
-    ``bulk_*`` evidence reflects this message alone).  Closing it leaves the
+    taken, volume records are read, not written (``dry_run``), and bulk
+    fingerprints are counted in a private memory store (so ``bulk_*``
+    evidence reflects this message alone).  Closing it leaves the
     real store open."""
 
     def __init__(self, real: Store) -> None:
@@ -58,6 +59,10 @@ class ReadOnlyStore(StoreWrapper):
     def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
                              window: float) -> list[FingerprintStats]:
         return self.scratch.fingerprint_add_many(items, window)
+
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        return self.inner.volume_add(key, domains, recipients, spec, dry_run=True)
 
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:

@@ -28,6 +28,8 @@ Keys (``P`` is ``StoreSettings.key_prefix``, default ``outpost:``):
 ``P dlog``                     sorted set: the decision log, ``seq|JSON`` by
                                server time (at most ``max_decisions``, none
                                older than ``decision_ttl``)
+``P vol:<key>``                string: an identity's volume record (JSON, see
+                               :mod:`outpost.store.volume`), expires when idle
 ``P blob:<name>``              string: blob
 ``P conn:<ip>``                set: connection slots ``host:pid:n``
 ``P alive:<host>:<pid>``       heartbeat of a process (TTL ``heartbeat_ttl``)
@@ -41,7 +43,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union, cast
+from typing import Any, Callable, Iterator, Optional, Sequence, Union, cast
 from urllib.parse import parse_qsl, unquote
 
 import redis as redis_lib
@@ -59,11 +61,14 @@ from .base import (
     Lock,
     Store,
     StoreError,
+    VolumeCounts,
+    VolumeSpec,
     stat_buckets,
 )
 from .owners import slot_owner
 from .settings import StoreSettings
 from .url import redact_url
+from .volume import VOLUME_PREFIX, check_domains
 from .windows import (
     EPSILON,
     SUBWINDOWS,
@@ -295,6 +300,65 @@ local ms = math.ceil(window * 1000) + 1
 redis.call('PEXPIRE', z, ms)
 redis.call('PEXPIRE', agg, ms)
 return redis.call('HMGET', agg, '#m', '#r', '#u')
+"""
+
+# The rule of outpost.store.volume.apply, in Lua (the record as cjson).  KEYS:
+# record.  ARGV: dry_run, window, decay, ttl ms, max domains, max recent,
+# recipients, then the domain hashes.  Returns m, r, domains, new, the four
+# baselines and since.
+_VOLUME = _PRELUDE + """
+local now = clock()
+local window, decay = tonumber(ARGV[2]), tonumber(ARGV[3])
+local maxd, maxk = tonumber(ARGV[5]), tonumber(ARGV[6])
+local w = math.floor(now / window)
+local rec = nil
+local raw = redis.pcall('GET', KEYS[1])
+if type(raw) == 'string' then
+  local ok, got = pcall(cjson.decode, raw)
+  if ok and type(got) == 'table' and type(got.b) == 'table' and #got.b == 4 then rec = got end
+end
+if not rec then rec = {w = w, m = 0, r = 0, n = 0, d = {}, k = {}, q = 0, b = {0, 0, 0, 0}, s = math.floor(now)} end
+if w > rec.w then
+  local closed = {rec.m, rec.r, #rec.d, rec.n}
+  for i = 1, 4 do rec.b[i] = rec.b[i] * decay + closed[i] * (1 - decay) end
+  local idle = w - rec.w - 1
+  if idle > 0 then
+    local f = decay ^ idle
+    for i = 1, 4 do rec.b[i] = rec.b[i] * f end
+  end
+  rec.w, rec.m, rec.r, rec.n, rec.d = w, 0, 0, 0, {}
+end
+rec.m = rec.m + 1
+rec.r = rec.r + tonumber(ARGV[7])
+local inwin, held = {}, 0
+for _, h in ipairs(rec.d) do inwin[h] = true end
+for _ in pairs(rec.k) do held = held + 1 end
+for i = 8, #ARGV do
+  local h = ARGV[i]
+  if not inwin[h] and #rec.d < maxd then
+    rec.d[#rec.d + 1] = h
+    inwin[h] = true
+  end
+  if rec.k[h] == nil then
+    rec.n = rec.n + 1
+    held = held + 1
+  end
+  rec.q = rec.q + 1
+  rec.k[h] = rec.q
+end
+while held > maxk do
+  local oldest, seq = nil, nil
+  for h, q in pairs(rec.k) do
+    if seq == nil or q < seq then oldest, seq = h, q end
+  end
+  rec.k[oldest] = nil
+  held = held - 1
+end
+if ARGV[1] ~= '1' then
+  redis.call('SET', KEYS[1], cjson.encode(rec), 'PX', ARGV[4])
+end
+return {rec.m, rec.r, #rec.d, rec.n, fmt(rec.b[1]), fmt(rec.b[2]), fmt(rec.b[3]), fmt(rec.b[4]),
+        fmt(rec.s)}
 """
 
 # ARGV: key prefix ("P st:"), max recent names, number of counts, number of
@@ -585,6 +649,7 @@ class RedisStore(Store):
         self._get_lock, self._set_lock = reg(_GET_LOCK), reg(_SET_LOCK)
         self._remove_lock, self._list_locks = reg(_REMOVE_LOCK), reg(_LIST_LOCKS)
         self._fingerprint = reg(_FINGERPRINT)
+        self._volume = reg(_VOLUME)
         self._acquire, self._count = reg(_CONN_ACQUIRE), reg(_CONN_COUNT)
         self._alive, self._gone = reg(_ALIVE), reg(_GONE)
         self._stat_add, self._stat_read = reg(_STAT_ADD), reg(_STAT_READ)
@@ -668,12 +733,17 @@ class RedisStore(Store):
                 for b, flat in zip(buckets, flats)]
 
     def reset(self, key_prefix: str) -> int:
-        escaped = _GLOB_SPECIAL.sub(r"\\\1", key_prefix)
         dropped = 0
+        # (kind, the part of key_prefix matched after it, the reset name of a key after the kind)
+        kinds: list[tuple[str, str, Callable[[str], str]]] = [
+            ("rl:", key_prefix, bucket_key_of), ("ev:", key_prefix, str)]
+        if key_prefix.startswith(VOLUME_PREFIX) or VOLUME_PREFIX.startswith(key_prefix):
+            kinds.append(("vol:", key_prefix[len(VOLUME_PREFIX):], lambda k: VOLUME_PREFIX + k))
         with self._guard("reset"):
-            for kind, key_of in (("rl:", bucket_key_of), ("ev:", str)):
+            for kind, rest, key_of in kinds:
                 head = len(self._p) + len(kind)
                 batch: list[bytes] = []
+                escaped = _GLOB_SPECIAL.sub(r"\\\1", rest)
                 for name in self._r.scan_iter(match=f"{self._p}{kind}{escaped}*", count=500):
                     if not key_in_prefix(key_of(name.decode("utf-8", "replace")[head:]), key_prefix):
                         continue                 # webfarm/alice when resetting webfarm/a
@@ -750,6 +820,21 @@ class RedisStore(Store):
                 args=[member, int(recipients), repr(float(window)),
                       self.settings.max_fingerprint_entries])
         return FingerprintStats(messages=int(m), recipients=int(r), members=int(u))
+
+    # -- volume per identity --------------------------------------------------------------------
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        check_recipients(recipients)
+        hashes = check_domains(domains, spec)
+        with self._guard("volume_add"):
+            m, r, d, n, b1, b2, b3, b4, since = self._volume(
+                keys=[f"{self._p}vol:{key}"],
+                args=["1" if dry_run else "0", repr(float(spec.window)), repr(float(spec.decay)),
+                      int(math.ceil(spec.ttl * 1000)), spec.max_domains, spec.max_recent,
+                      int(recipients), *hashes])
+        return VolumeCounts(messages=int(m), recipients=int(r), domains=int(d), new_domains=int(n),
+                            baseline=(float(b1), float(b2), float(b3), float(b4)),
+                            since=float(since))
 
     # -- message statistics ---------------------------------------------------------------------
     def stat_add(self, counts: Sequence[tuple[str, int]],

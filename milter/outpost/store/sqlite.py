@@ -20,6 +20,7 @@ import time
 from types import TracebackType
 from typing import Iterator, Optional, Sequence
 
+from . import volume as vol
 from .base import (
     STAT_PERIODS,
     Bucket,
@@ -30,6 +31,8 @@ from .base import (
     Lock,
     Store,
     StoreError,
+    VolumeCounts,
+    VolumeSpec,
     stat_buckets,
 )
 from .filelock import FileLock
@@ -72,6 +75,9 @@ CREATE TABLE IF NOT EXISTS stat (
     expires REAL NOT NULL, PRIMARY KEY (period, idx, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS stat_expires ON stat (expires);
 CREATE TABLE IF NOT EXISTS blob (name TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS volume (
+    key TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS volume_expires ON volume (expires);
 CREATE TABLE IF NOT EXISTS decision (id INTEGER PRIMARY KEY, t REAL NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_t ON decision (t);
 """
@@ -201,6 +207,7 @@ class SqliteStore(Store):
         db.execute("DELETE FROM rl_slot WHERE expires <= ?", (now,))
         db.execute("DELETE FROM event WHERE expires <= ?", (now,))
         db.execute("DELETE FROM fingerprint WHERE expires <= ?", (now,))
+        db.execute("DELETE FROM volume WHERE expires <= ?", (now,))
         for (key,) in db.execute("SELECT key FROM lock WHERE locked = 1 "
                                  "AND until IS NOT NULL AND until <= ?", (now,)).fetchall():
             self._settle(db, key, now)
@@ -286,7 +293,12 @@ class SqliteStore(Store):
                         "SELECT DISTINCT key FROM event WHERE key LIKE ? ESCAPE '\\'", (pattern,))
                     if key_in_prefix(key, key_prefix)]
             db.executemany("DELETE FROM event WHERE key = ?", [(key,) for key in keys])
-            return len(ids) + len(keys)
+            volumes = [key for (key,) in db.execute(
+                           "SELECT key FROM volume WHERE (? || key) LIKE ? ESCAPE '\\'",
+                           (vol.VOLUME_PREFIX, pattern))
+                       if key_in_prefix(vol.VOLUME_PREFIX + key, key_prefix)]
+            db.executemany("DELETE FROM volume WHERE key = ?", [(key,) for key in volumes])
+            return len(ids) + len(keys) + len(volumes)
 
     # -- events -------------------------------------------------------------------------
     def record_event(self, key: str, window: float) -> int:
@@ -417,6 +429,28 @@ class SqliteStore(Store):
             "SELECT count(*), coalesce(sum(recipients), 0), count(DISTINCT member) "
             "FROM fingerprint WHERE fp = ?", (fp,)).fetchone()
         return FingerprintStats(messages=messages, recipients=rcpts, members=members)
+
+    # -- volume per identity ----------------------------------------------------------------------
+    @staticmethod
+    def _volume_record(db: sqlite3.Connection, key: str, now: float) -> Optional[vol.Record]:
+        row = db.execute("SELECT data FROM volume WHERE key = ? AND expires > ?", (key, now)).fetchone()
+        return vol.load(row[0]) if row is not None else None
+
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        check_recipients(recipients)
+        hashes = vol.check_domains(domains, spec)
+        if dry_run:
+            with self._conn() as db:
+                now = time.time()
+                return vol.apply(self._volume_record(db, key, now), now, hashes, recipients, spec)[1]
+        with self._tx() as db:
+            now = time.time()
+            rec, counts = vol.apply(self._volume_record(db, key, now), now, hashes, recipients, spec)
+            db.execute("INSERT OR REPLACE INTO volume (key, data, expires) VALUES (?, ?, ?)",
+                       (key, vol.dump(rec), now + spec.ttl))
+            self._sweep(db, now)
+            return counts
 
     # -- blobs ----------------------------------------------------------------------------------
     # -- message statistics (period "r": the recent names of a minute) ----------------------------

@@ -15,7 +15,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar, cast
 
-from .base import Bucket, BucketState, DecisionEntry, FingerprintStats, HitResult, Lock, Store
+from .base import (
+    Bucket,
+    BucketState,
+    DecisionEntry,
+    FingerprintStats,
+    HitResult,
+    Lock,
+    Store,
+    VolumeCounts,
+    VolumeSpec,
+)
 
 if TYPE_CHECKING:                  # Python 3.10+; annotations only (3.9 runs this too)
     from typing import Concatenate, ParamSpec
@@ -90,6 +100,10 @@ class StoreWrapper(Store):
     def fingerprint_add_many(self, items: Sequence[tuple[str, str, int]],
                              window: float) -> list[FingerprintStats]:
         return self._forward(Store.fingerprint_add_many, items, window)
+
+    def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
+                   dry_run: bool = False) -> VolumeCounts:
+        return self._forward(Store.volume_add, key, domains, recipients, spec, dry_run)
 
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:
