@@ -34,7 +34,8 @@ MAX_HEADER_LEN = 8192       # characters kept of one decoded header value
 MAX_DEPTH = 20              # MIME nesting levels walked
 MAX_PARTS = 200             # MIME leaves looked at
 MAX_MULTIPARTS = 32         # multipart boundaries the parser honours (later ones: text)
-MAX_DELIMITERS = 2 * (MAX_PARTS + MAX_MULTIPARTS)   # boundary lines parsed (see _bound_mime)
+MAX_DELIMITERS = 2 * (MAX_PARTS + MAX_MULTIPARTS)   # lines starting with a boundary looked at
+MAX_PART_HEADER = 16384     # bytes of a part's header block parsed (later lines: its body)
 MAX_URLS = 500              # URLs kept
 MAX_URL_CANDIDATES = 2000   # URL-like strings of a text looked at
 MAX_HREF_LEN = 2048         # characters kept of one URL
@@ -349,47 +350,163 @@ def _squash(text: str) -> str:
     return _NL_RE.sub("\n\n", "\n".join(lines)).strip()
 
 
-_GUESS_BOUNDARY_RE = re.compile(r"^--([^\s]{1,70})[ \t]*\r?$", re.MULTILINE)
+_GUESS_BOUNDARY_RE = re.compile(rb"^--([^\s]{1,70})[ \t]*\r?$", re.MULTILINE)
+# The lines of a header block as the email package reads them (its
+# ``headerRE``): a field, a continuation or a ``From `` line, each ended by
+# CRLF, CR or LF (or the end of the data).  Linear: the name class excludes
+# ':', so a line is tried once.
+_HEAD_LINES_RE = re.compile(
+    rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z))*")
+_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
+_DELIM_TAIL_RE = re.compile(rb"(--)?[ \t]*(?:\r\n|\r|\n|\Z)")
+_HEADER_PARSER = email.parser.BytesHeaderParser(policy=policy.compat32)
 
 
-def _recover_multipart(part: Message, budget: list[int]) -> Optional[Message]:
-    """A multipart part whose boundary is missing or wrong: guess the
-    boundary from the first ``--delimiter`` line and re-parse, or None.
-    ``budget[0]``: characters that may still be parsed again (parts nested
-    in such parts would otherwise be parsed once per level)."""
-    payload = part.get_payload()
-    if not isinstance(payload, str) or len(payload) > budget[0]:
-        return None
-    budget[0] -= len(payload)
-    m = _GUESS_BOUNDARY_RE.search(payload)
-    if not m or m.group(1) == part.get_boundary():
-        return None
-    body = payload.encode("utf-8", "surrogateescape")
-    head = b'Content-Type: %s; boundary="%s"\r\n\r\n' % (
-        part.get_content_type().encode(), m.group(1).encode("ascii", "surrogateescape"))
-    try:
-        return email.message_from_bytes(_bound_mime(head + body), policy=policy.compat32)
-    except (UnicodeError, ValueError, RecursionError):
-        return None
+class _Budget:
+    """What one message's MIME walk may still spend (see :func:`_walk`)."""
+
+    __slots__ = ("multiparts", "delimiters", "guess")
+
+    def __init__(self, size: int) -> None:
+        self.multiparts = MAX_MULTIPARTS    # multipart bodies split at their boundary
+        self.delimiters = MAX_DELIMITERS    # lines starting with a boundary looked at
+        self.guess = size                   # bytes searched again for a guessed boundary
 
 
-def _walk(msg: Message, budget: list[int], depth: int = 0) -> Iterator[Message]:
-    """Leaves of the MIME tree, depth-capped (deeper parts are ignored);
-    ``budget``: see :func:`_recover_multipart`."""
-    if not msg.is_multipart() and msg.get_content_maintype() == "multipart" and depth < MAX_DEPTH:
-        recovered = _recover_multipart(msg, budget)
-        if recovered is not None and recovered.is_multipart():
-            msg = recovered
-    if msg.is_multipart():
+def _split_head(data: bytes, default_type: str = "",
+                max_head: Optional[int] = None) -> tuple[Message, bytes]:
+    """A part as the email package reads it: its header fields (parsed by
+    the package, compat32) and its body, the bytes after the blank line
+    (or from the first line that is not a header line).  Header lines past
+    ``max_head`` bytes are left in the body (read as text)."""
+    end = _HEAD_LINES_RE.match(data, 0, max_head or len(data)).end()    # type: ignore[union-attr]
+    if max_head and end >= max_head:
+        end = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end)) + 1
+    msg = _HEADER_PARSER.parsebytes(data[:end]) if end else Message()
+    if default_type:
+        msg.set_default_type(default_type)
+    blank = _LINE_END_RE.match(data, end)
+    body = data[blank.end() if blank else end:]
+    pushed_back = msg.get_payload()             # a last "From " line starts the body
+    if pushed_back:
+        msg.set_payload(None)
+        return msg, pushed_back.encode("ascii", "surrogateescape") + body
+    return msg, body
+
+
+def _delimiter_lines(body: bytes, boundary: bytes, budget: _Budget) -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, close)`` of each delimiter line of ``boundary`` in
+    ``body``, in order: a line ``--boundary``, or ``--boundary--`` when
+    ``close``, then blanks (the email package's ``boundaryre``); ``end`` is
+    the next line's start.  Lines are found with ``bytes.find`` of the
+    boundary after a line end, so other lines cost no Python; each line that
+    starts with the boundary spends one of ``budget.delimiters`` (past it,
+    the multipart ends there)."""
+    marker = b"--" + boundary
+    starts = heapq.merge(_find_all(body, b"\n" + marker, 1), _find_all(body, b"\r" + marker, 1),
+                         [0] if body.startswith(marker) else [])
+    for start in starts:
+        if budget.delimiters <= 0:
+            yield start, len(body), True
+            return
+        budget.delimiters -= 1
+        m = _DELIM_TAIL_RE.match(body, start + len(marker))
+        if m is not None:
+            yield start, m.end(), bool(m.group(1))
+
+
+def _find_all(data: bytes, needle: bytes, shift: int) -> Iterator[int]:
+    pos = data.find(needle)
+    while pos >= 0:
+        yield pos + shift
+        pos = data.find(needle, pos + 1)
+
+
+def _before_line_end(body: bytes, start: int) -> int:
+    """Where the text before the line starting at ``start`` ends: the line
+    end before a delimiter belongs to the delimiter (RFC 2046)."""
+    if body.endswith(b"\r\n", 0, start):
+        return start - 2
+    if start and body[start - 1] in b"\r\n":
+        return start - 1
+    return start
+
+
+def _split_multipart(body: bytes, boundary: bytes,
+                     budget: _Budget) -> tuple[Optional[Iterator[tuple[bytes, int]]], bytes]:
+    """The parts of a multipart body, as the email package splits them
+    (preamble and epilogue dropped, repeated delimiter lines make no empty
+    part, no closing delimiter: the last part runs to the end), found
+    lazily, each with the length of its last line end (it belongs to the
+    delimiter, RFC 2046, but the package keeps it in a multipart); or, when no opening delimiter precedes the first closing one,
+    None and what the package then reads as text (the body up to that
+    closing line)."""
+    lines = _delimiter_lines(body, boundary, budget)
+    first = next(lines, None)
+    if first is None:
+        return None, body
+    if first[2]:
+        return None, body[:first[0]]
+
+    def parts(pos: int) -> Iterator[tuple[bytes, int]]:
+        for start, end, close in lines:
+            if start > pos:
+                yield body[pos:start], start - _before_line_end(body, start)
+                if close:
+                    return
+            pos = end                   # a delimiter line right after another: no part
+        yield body[pos:], len(body) - _before_line_end(body, len(body))    # no closing line
+    return parts(first[1]), b""
+
+
+def _text_leaf(msg: Message, body: bytes) -> Message:
+    msg.set_payload(body.decode("ascii", "surrogateescape"))
+    return msg
+
+
+def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0) -> Iterator[Message]:
+    """The leaves of the MIME tree of ``msg`` (its header fields) and
+    ``body``, split lazily: the walk stops when its reader does (the first
+    ``MAX_PARTS`` leaves are read), so later parts cost nothing.  Parts
+    nested deeper than ``MAX_DEPTH`` are ignored, except a ``message/*``
+    chain, whose rest is read as text there (as is a delivery status); after ``MAX_MULTIPARTS``
+    multiparts, further ones are read as text; a multipart whose boundary
+    is missing or wrong is split at the boundary of its first ``--``
+    line if it has one (``budget.guess``: bytes searched so, at most the
+    data once in all).  Depth is bounded, so no ``RecursionError``."""
+    maintype = msg.get_content_maintype()
+    if maintype == "multipart":
         if depth >= MAX_DEPTH:
             return
-        payload = msg.get_payload()
-        if isinstance(payload, list):
-            for sub in payload:
-                if isinstance(sub, Message):
-                    yield from _walk(sub, budget, depth + 1)
+        if budget.multiparts <= 0:
+            yield _text_leaf(msg, body)
+            return
+        budget.multiparts -= 1
+        declared = msg.get_boundary()
+        bnd = declared.encode("utf-8", "surrogateescape") if declared else b""
+        parts, text = _split_multipart(body, bnd, budget) if bnd else (None, body)
+        if parts is None and len(text) <= budget.guess:
+            budget.guess -= len(text)
+            m = _GUESS_BOUNDARY_RE.search(text)
+            if m and m.group(1) != bnd:
+                parts, _ = _split_multipart(text, m.group(1), budget)
+        if parts is None:
+            yield _text_leaf(msg, text)
+            return
+        digest = msg.get_content_type() == "multipart/digest"
+        for part, eol in parts:
+            sub, sub_body = _split_head(part, "message/rfc822" if digest else "", MAX_PART_HEADER)
+            if eol and sub.get_content_maintype() != "multipart":
+                sub_body = sub_body[:-eol]
+            yield from _walk(sub, sub_body, budget, depth + 1)
+    elif maintype == "message":
+        if depth >= MAX_DEPTH or msg.get_content_type() == "message/delivery-status":
+            yield _text_leaf(msg, body)
+            return
+        sub, sub_body = _split_head(body, "", MAX_PART_HEADER)
+        yield from _walk(sub, sub_body, budget, depth + 1)
     else:
-        yield msg
+        yield _text_leaf(msg, body)
 
 
 def _filename(part: Message) -> str:
@@ -448,46 +565,6 @@ def _boundary_params(data: bytes) -> Iterator["re.Match[bytes]"]:
         pos = lower.find(b"boundary", pos)
 
 
-def _bound_mime(data: bytes) -> bytes:
-    """What the MIME parser is given: ``data`` with its multipart structure
-    bounded.  The ``email`` parser builds every part and recurses for
-    every nesting level (10 000 tiny parts: 0.24 s; about 1 000 levels:
-    RecursionError), while :func:`_walk` only looks at ``MAX_PARTS`` leaves
-    ``MAX_DEPTH`` levels deep.  So boundary declarations after the first
-    ``MAX_MULTIPARTS`` are disabled (``xboundary=``: those multiparts are
-    read as text), and the data is cut before the boundary line that would
-    open a part beyond the first ``MAX_DELIMITERS`` (parts the walk would
-    not reach).  Costs no Python per line: one search per declaration and,
-    only when there are that many ``--`` lines, one pass of a pattern."""
-    declared: list[bytes] = []
-    disabled: list[int] = []
-    for m in _boundary_params(data):
-        if len(declared) < MAX_MULTIPARTS:
-            declared.append(m.group(1) or m.group(2))
-        else:
-            disabled.append(m.start())
-    if disabled:
-        cuts = [0] + disabled
-        data = b"x".join(data[a:b] for a, b in zip(cuts, disabled + [len(data)]))
-    # the email package also ends lines at a bare CR, so count those delimiters too
-    if declared and data.count(b"\n--") + data.count(b"\r--") > MAX_DELIMITERS:
-        rx = re.compile(rb"[\r\n]--(?:" + b"|".join(re.escape(d) for d in set(declared)) + rb")")
-        for n, m in enumerate(rx.finditer(data)):
-            if n == MAX_DELIMITERS:
-                return data[:m.start() + 1]
-    return data
-
-
-def _parse_mime(data: bytes) -> Message:
-    """The MIME tree of ``data`` (bounded by :func:`_bound_mime`); nesting
-    the parser cannot follow (a chain of message/rfc822 parts deeper than
-    Python's stack) leaves the body to be read as text."""
-    try:
-        return email.message_from_bytes(_bound_mime(data), policy=policy.compat32)
-    except RecursionError:
-        return email.parser.BytesParser(policy=policy.compat32).parsebytes(data, headersonly=True)
-
-
 def parse_message(raw: bytes, total_size: Optional[int] = None,
                   max_scan: int = 1_000_000) -> MessageView:
     """Parse at most ``max_scan`` bytes of ``raw`` into a bounded view.
@@ -501,7 +578,7 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     size = len(raw) if total_size is None else max(total_size, len(raw))
     partial = size > max_scan
     data = raw[:max_scan]
-    msg = _parse_mime(data)
+    msg, body = _split_head(data)
 
     headers = tuple(
         (str(k)[:200], decode_header_value(v))
@@ -513,7 +590,7 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     urls: list[Url] = []
     attachments: list[Attachment] = []
     text_budget = max_scan
-    for n, part in enumerate(_walk(msg, [len(data)])):
+    for n, part in enumerate(_walk(msg, body, _Budget(len(data)))):
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
