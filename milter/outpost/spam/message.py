@@ -46,7 +46,7 @@ MAX_IDNA_CHARS = 2000       # characters of non-ASCII URL hosts converted per me
 MAX_ATTACHMENTS = 50        # attachments kept
 MAX_ZIP_MEMBERS = 100       # member names listed per zip attachment
 MAX_HTML_LEN = 500_000      # characters of raw HTML kept in the view
-MAX_HTML_TAGS = 1000        # tags parsed as HTML; the rest of the HTML loses its tags
+MAX_HTML_TAGS = 2000        # tags ('<': start, end, comment) parsed as HTML; the rest loses its tags
 HTML_PIECE = 16384          # characters fed to the HTML parser at a time
 MAX_HTML_REST_TEXT = 200_000   # characters of HTML past MAX_HTML_TAGS made text (the
                                # checks read 100 000 of the text; links: from all of it)
@@ -365,10 +365,8 @@ class _HtmlToText(HTMLParser):
         self.links: list[tuple[str, list[str]]] = []
         self._skip = 0
         self._anchor: Optional[list[str]] = None
-        self.tags = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
-        self.tags += 1
         if tag in self._SKIP:
             self._skip += 1
             return
@@ -417,13 +415,13 @@ def _html_to_text(html: str, budget: Optional[HostBudget] = None) -> tuple[str, 
     ``MAX_URLS`` links parsed, then (past ``MAX_HTML_TAGS``) at most
     ``MAX_URLS`` URLs written in the rest."""
     parser = _HtmlToText()
+    cut = _nth(html, "<", MAX_HTML_TAGS)
     rest = ""
     try:
-        for i in range(0, len(html), HTML_PIECE):
-            parser.feed(html[i:i + HTML_PIECE])
-            if parser.tags > MAX_HTML_TAGS:
-                rest = parser.rawdata + html[i + HTML_PIECE:]
-                break
+        for i in range(0, cut, HTML_PIECE):
+            parser.feed(html[i:min(i + HTML_PIECE, cut)])
+        if cut < len(html):
+            rest = parser.rawdata + html[cut:]
         else:
             parser.close()
     except (AssertionError, ValueError):
@@ -437,6 +435,19 @@ def _html_to_text(html: str, budget: Optional[HostBudget] = None) -> tuple[str, 
         rest = rest[:MAX_HTML_REST_TEXT]        # more text than any check reads: not converted
         text += "\n" + _squash(html_unescape(_TAG_RE.sub(" ", _drop_skipped(rest))))
     return text, urls
+
+
+def _nth(text: str, char: str, n: int) -> int:
+    """Where the ``n + 1``-th ``char`` of ``text`` is (``len(text)`` if
+    there are not that many): the HTML parser gets the text before it, so
+    the tag bound is exact (counted after each 16 KB piece, it let 2 200
+    short tags through, 13 ms more)."""
+    pos = -1
+    for _ in range(n + 1):
+        pos = text.find(char, pos + 1)
+        if pos < 0:
+            return len(text)
+    return pos
 
 
 def _drop_skipped(html: str) -> str:
