@@ -16,6 +16,7 @@ from outpost.spam.message import (
     MAX_DEPTH,
     MAX_HEADER_LEN,
     MAX_HEADERS,
+    MAX_HTML_TAGS,
     MAX_IDNA_CHARS,
     MAX_PART_HEADER,
     MAX_URLS,
@@ -169,6 +170,19 @@ def test_a_single_part_body_is_not_read_line_by_line(monkeypatch):
     v = parse_message(mixed)
     assert v.text.count("lorem") == 15_000 and v.attachments[0].size == len(body) - 2
     assert len(lines) < 100
+
+
+def test_the_html_tag_bound_is_exact(monkeypatch):
+    # counted after each 16 KB piece, the bound let 2 200 short tags through
+    import outpost.spam.message as message
+    starts = []
+    real = message._HtmlToText.handle_starttag
+    monkeypatch.setattr(message._HtmlToText, "handle_starttag",
+                        lambda self, *a: starts.append(1) or real(self, *a))
+    html = "<b><i>x</i></b>" * 5000 + '<p>the end <a href="http://late.example/">here</a>'
+    text, urls = html_to_text(html)
+    assert len(starts) * 2 <= MAX_HTML_TAGS          # each start tag here comes with an end tag
+    assert text.endswith("the end here") and [u.host for u in urls] == ["late.example"]
 
 
 def test_a_part_header_past_its_bound_is_read_as_text():
