@@ -224,13 +224,13 @@ def test_mime_split_equals_the_email_package(pieces):
     # the parts as the email package splits them (a guard for the lazy
     # splitter; multiparts without any delimiter are guessed again by the
     # splitter, so they are left out here)
-    from outpost.spam.message import _Budget, _split_head, _walk
+    from outpost.spam.message import _Budget, _payload, _split_head, _walk
     data = b"".join(pieces)
     expected = _email_leaves(data)
     if any(t.startswith("multipart/") for t, _ in expected):
         return
     msg, body = _split_head(data)
-    got = [(p.get_content_type(), p.get_payload(decode=True)) for p in _walk(msg, body, _Budget(len(data)))]
+    got = [(p.get_content_type(), _payload(p, b)) for p, b in _walk(msg, body, _Budget(len(data)))]
     assert got == expected
 
 

@@ -591,15 +591,10 @@ def _split_multipart(body: bytes, boundary: bytes,
     return parts(first[1]), b""
 
 
-def _text_leaf(msg: Message, body: bytes) -> Message:
-    msg.set_payload(body.decode("ascii", "surrogateescape"))
-    return msg
-
-
 def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0,
-          eol: int = 0) -> Iterator[Message]:
+          eol: int = 0) -> Iterator[tuple[Message, bytes]]:
     """The leaves of the MIME tree of ``msg`` (its header fields) and
-    ``body``, split lazily: the walk stops when its reader does (the first
+    ``body``, each with its body (still transfer-encoded), split lazily: the walk stops when its reader does (the first
     ``MAX_PARTS`` leaves are read), so later parts cost nothing.  Parts
     nested deeper than ``MAX_DEPTH`` are ignored, except a ``message/*``
     chain, whose rest is read as text there (as is a delivery status); after ``MAX_MULTIPARTS``
@@ -615,7 +610,7 @@ def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0,
         if depth >= MAX_DEPTH:
             return
         if budget.multiparts <= 0:
-            yield _text_leaf(msg, body)
+            yield msg, body
             return
         budget.multiparts -= 1
         declared = msg.get_boundary()
@@ -627,7 +622,7 @@ def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0,
             if m and m.group(1) != bnd:
                 parts, _ = _split_multipart(text, m.group(1), budget)
         if parts is None:
-            yield _text_leaf(msg, text)
+            yield msg, text
             return
         digest = msg.get_content_type() == "multipart/digest"
         for part, eol in parts:
@@ -635,12 +630,12 @@ def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0,
             yield from _walk(sub, sub_body, budget, depth + 1, eol)
     elif maintype == "message":
         if depth >= MAX_DEPTH or msg.get_content_type() == "message/delivery-status":
-            yield _text_leaf(msg, body[:len(body) - eol])
+            yield msg, body[:len(body) - eol]
             return
         sub, sub_body = _split_head(body, "", MAX_PART_HEADER)
         yield from _walk(sub, sub_body, budget, depth + 1, eol)
     else:
-        yield _text_leaf(msg, body[:len(body) - eol])
+        yield msg, body[:len(body) - eol]
 
 
 def _filename(part: Message) -> str:
@@ -672,15 +667,21 @@ def _zip_members(data: bytes) -> tuple[str, ...]:
     return tuple(n[:255] for n in names[:MAX_ZIP_MEMBERS])
 
 
-def _payload(part: Message) -> bytes:
+_ENCODED = ("quoted-printable", "base64", "x-uuencode", "uuencode", "uue", "x-uue")
+
+
+def _payload(part: Message, body: bytes) -> bytes:
+    """The decoded ``body`` of a leaf, as ``get_payload(decode=True)``
+    gives it; a body without a transfer encoding is given as it is (the
+    package would decode it to text and encode it back: three passes)."""
+    if str(part.get("content-transfer-encoding", "")).lower() not in _ENCODED:
+        return body
+    part.set_payload(body.decode("ascii", "surrogateescape"))
     try:
         data = part.get_payload(decode=True)
     except (ValueError, TypeError, LookupError, AssertionError):
         data = None
-    if isinstance(data, bytes):
-        return data
-    raw = part.get_payload()
-    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+    return data if isinstance(data, bytes) else body
 
 
 def _boundary_params(data: bytes) -> Iterator["re.Match[bytes]"]:
@@ -725,18 +726,17 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     hosts = HostBudget()
     attachments: list[Attachment] = []
     text_budget = max_scan
-    for n, part in enumerate(_walk(msg, body, _Budget(len(data)))):
+    for n, (part, raw_body) in enumerate(_walk(msg, body, _Budget(len(data)))):
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
-        if ctype.startswith("multipart/") or (ctype.startswith("message/")
-                                              and isinstance(part.get_payload(), str)):
+        if ctype.startswith(("multipart/", "message/")):
             ctype = "text/plain"                # unparseable multipart or message: read as text
         filename = _filename(part)
         disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html") and not filename \
             and disposition != "attachment"
-        body = _payload(part)
+        body = _payload(part, raw_body)
         if is_text and text_budget > 0:
             decoded = decode_bytes(body, part.get_content_charset())[:text_budget]
             if ctype == "text/html":
