@@ -519,8 +519,8 @@ def _split_head(data: bytes, default_type: str = "",
     blank = _LINE_END_RE.match(data, end)
     body = data[blank.end() if blank else end:]
     pushed_back = msg.get_payload()             # a last "From " line starts the body
-    if pushed_back:
-        msg.set_payload(None)
+    if isinstance(pushed_back, str) and pushed_back:
+        msg.set_payload("")
         return msg, pushed_back.encode("ascii", "surrogateescape") + body
     return msg, body
 
