@@ -21,6 +21,7 @@ http://tracker.example/t/
 198.51.100.0/24
 2001:db8:bad::/48
 Bücher.example
+faß.example
 """
 
 SENDER_LIST = """\
@@ -88,6 +89,9 @@ def check(lists: tuple[Path, Path]) -> BlocklistCheck:
     ("http://[2001:db8:bad::5]/", True),
     ("http://[2001:db8:900d::5]/", False),
     ("http://xn--bcher-kva.example/", True),       # punycode of the Unicode entry
+    ("http://FAß.example/", True),                 # IDNA 2008, as the entry: xn--fa-hia.example
+    ("http://xn--fa-hia.example/", True),
+    ("http://fass.example/", False),               # IDNA 2003 mapped ß to ss
     ("http://good.example/", False),
 ])
 def test_url_matching(check: BlocklistCheck, href: str, listed: bool) -> None:

@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Optional, Union
 
 from ..core.addresses import read_addresses as getaddresses  # survives nested comments
 from .base import Check, Evidence, MessageView, ScanContext
+from .message import idna_host
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,7 @@ def normalise_name(name: str) -> str:
     if not name or any(c.isspace() for c in name) or "" in name.split("."):
         return ""
     if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            return ""
+        name = idna_host(name)          # as the URL hosts of messages
     return name
 
 
