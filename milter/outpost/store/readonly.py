@@ -59,6 +59,10 @@ class ReadOnlyStore(StoreWrapper):
                              window: float) -> list[FingerprintStats]:
         return self.scratch.fingerprint_add_many(items, window)
 
+    def fingerprint_add_message(self, fps: Sequence[str], member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
+        return self.scratch.fingerprint_add_message(fps, member, recipients, window)
+
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:
         pass

@@ -91,6 +91,10 @@ class StoreWrapper(Store):
                              window: float) -> list[FingerprintStats]:
         return self._forward(Store.fingerprint_add_many, items, window)
 
+    def fingerprint_add_message(self, fps: Sequence[str], member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
+        return self._forward(Store.fingerprint_add_message, fps, member, recipients, window)
+
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:
         self._forward(Store.stat_add, counts, recent)
