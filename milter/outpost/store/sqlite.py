@@ -151,12 +151,16 @@ class SqliteStore(Store):
         still count, in one transaction under the writer lock, so that
         exactly one process copies them and the limits go on across the
         upgrade."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            names = {name for (name,) in db.execute(
+        def tables() -> set[str]:
+            return {name for (name,) in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
                 "AND name IN ('rl_slot', 'rl_subwindow')")}
-            if names == {"rl_slot"}:
+
+        if tables() != {"rl_slot"}:             # new, or upgraded: nothing to write
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if tables() == {"rl_slot"}:
                 for statement in _RL_SUBWINDOW.split(";"):
                     if statement.strip():
                         db.execute(statement)
