@@ -4,7 +4,7 @@ calls them through ``Milter.runmilter`` (negotiate, connect, MAIL, RCPT, six
 headers, one body chunk, end of message, close).
 
 Usage: ``python -m bench.callbacks [--messages 8000] [--rounds 5] [--body 2048]
-[--config bare|limits|full|everything] [--clock wall|cpu]``
+[--config bare|limits|full|everything] [--clock wall|cpu] [--store-trips]``
 
 It isolates the Python each message costs from the MTA and the kernel
 (``bench/throughput.py`` measures the whole path through Postfix).  The
@@ -21,6 +21,12 @@ configurations alternate round by round; each figure is the lowest of the
 rounds' medians (in µs), with the ratio to the do-nothing milter.  A last
 line times the policy core alone on the same message, driven by the one
 transaction driver (``outpost.core.transaction.drive``) without pymilter.
+
+``--store-trips`` times nothing: it counts, stage by stage (two RCPTs), the
+store calls a message makes and what SQLite itself executes for them
+(``sqlite3`` trace callback on every connection of the store: transactions,
+reads, writes; and the takes of the writer lock), then one flush of the
+statistics and decision log (every 2 s in a worker).
 """
 
 from __future__ import annotations
@@ -122,6 +128,136 @@ def one_message(body: bytes, times: dict[str, list[float]]) -> None:
         times[stage].append(b - a)
 
 
+#: The body of ``--store-trips``: text, so that the bulk check has content
+#: fingerprints to count (smtp-source's ``X`` lines normalise to nothing).
+TEXT_BODY = (
+    b"Hello team,\r\n\r\nThe quarterly report is ready for review. Please read the summary "
+    b"and the budget tables before Thursday's meeting, and send me your comments on the "
+    b"hiring plan and the new office lease.\r\n\r\nThe full document is at "
+    b"https://docs.example.org/reports/q3-summary\r\n\r\nThanks,\r\nAlex\r\n")
+
+TRIP_STAGES = ("connect", "mail", "rcpt 1", "rcpt 2", "headers+body", "eom", "close")
+
+
+class StoreTrips:
+    """Counts, per stage, the store calls of a :class:`~outpost.runtime.Runtime`
+    and the statements SQLite executes for them (its trace callback)."""
+
+    COLUMNS = ("calls", "transactions", "writer lock", "statements", "reads", "writes")
+
+    def __init__(self, runtime: Runtime) -> None:
+        from outpost.store.base import Store
+        from outpost.store.sqlite import SqliteStore
+        self.stage = "setup"
+        self.counts: dict[str, dict[str, int]] = {}
+        self.calls: dict[str, dict[str, int]] = {}
+        store = runtime.store
+        inner = getattr(store, "inner", store)           # under the ResilientStore
+        names = [n for n, v in vars(Store).items()
+                 if callable(v) and not n.startswith("_") and n not in ("close",)]
+        for name in names:
+            if hasattr(inner, name):
+                setattr(inner, name, self._counted(name, getattr(inner, name)))
+        if isinstance(inner, SqliteStore):
+            connect, acquire = inner._connect, inner._writer.acquire
+
+            def traced_connect():
+                db = connect()
+                db.set_trace_callback(self._statement)
+                return db
+
+            def counted_acquire():
+                self._add("writer lock")
+                acquire()
+
+            inner._connect = traced_connect               # type: ignore[method-assign]
+            inner._writer.acquire = counted_acquire       # type: ignore[method-assign]
+            with inner._pool_mutex:                        # every connection from now on is traced
+                pool, inner._pool = inner._pool, []
+            for db in pool:
+                db.close()
+
+    def _add(self, column: str, n: int = 1) -> None:
+        row = self.counts.setdefault(self.stage, dict.fromkeys(self.COLUMNS, 0))
+        row[column] += n
+
+    def _counted(self, name: str, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            self._add("calls")
+            per = self.calls.setdefault(self.stage, {})
+            per[name] = per.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return call
+
+    def _statement(self, sql: str) -> None:
+        word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        if word == "BEGIN":
+            self._add("transactions")
+        elif word in ("SELECT", "WITH"):
+            self._add("statements")
+            self._add("reads")
+        elif word in ("INSERT", "UPDATE", "DELETE", "REPLACE"):
+            self._add("statements")
+            self._add("writes")
+
+    def message(self, body: bytes) -> None:
+        """One connection with one message to two recipients (as
+        :func:`one_message`, each stage counted)."""
+        ctx = Context()
+        self.stage = "connect"
+        Milter.negotiate_callback(ctx, [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
+        Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 40000))
+        self.stage = "mail"
+        ctx.getpriv().envfrom_bytes(b"<bench@example.com>")
+        self.stage = "rcpt 1"
+        ctx.getpriv().envrcpt_bytes(b"<rcpt@example.net>")
+        self.stage = "rcpt 2"
+        ctx.getpriv().envrcpt_bytes(b"<rcpt2@example.net>")
+        self.stage = "headers+body"
+        for name, value in HEADERS:
+            ctx.getpriv().header_bytes(name, value)
+        ctx.getpriv().eoh()
+        ctx.getpriv().body(body)
+        self.stage = "eom"
+        rc = ctx.getpriv().eom()
+        self.stage = "close"
+        Milter.close_callback(ctx)
+        if rc != Milter.CONTINUE:
+            raise SystemExit(f"end of message answered {rc}, not CONTINUE: the benchmark is broken")
+
+
+def store_trips(runtime: Runtime, factory: Callable, messages: int, body: bytes,
+                config: str) -> None:
+    """Print what the store does per message and per statistics flush."""
+    Milter.factory = factory
+    for _ in range(20):                                   # warm-up: pool, first sweep
+        one_message(body, {s: [] for s in STAGES})
+    runtime.stats.flush()
+    trips = StoreTrips(runtime)
+    for _ in range(messages):
+        trips.message(body)
+    trips.stage = "flush (2 s)"
+    runtime.stats.flush()
+    print(f"{config} configuration, {runtime.store.url}: store work per message "
+          f"(mean of {messages} messages to 2 recipients) and per flush of the statistics")
+    head = f"{'stage':<14}" + "".join(f"{c:>14}" for c in StoreTrips.COLUMNS) + "   store calls"
+    print(head)
+    print("-" * len(head))
+    total = dict.fromkeys(StoreTrips.COLUMNS, 0)
+    for stage in TRIP_STAGES + ("flush (2 s)",):
+        per = 1 if stage.startswith("flush") else messages
+        row = trips.counts.get(stage, dict.fromkeys(StoreTrips.COLUMNS, 0))
+        calls = ", ".join(f"{n} {k / per:g}" for k, n in
+                          sorted(((v, k) for k, v in trips.calls.get(stage, {}).items()), reverse=True))
+        if per == messages:
+            for c in total:
+                total[c] += row[c]
+        else:
+            print(f"{'per message':<14}" + "".join(f"{total[c] / messages:>14.2f}" for c in total))
+        print(f"{stage:<14}" + "".join(f"{row[c] / per:>14.2f}" for c in StoreTrips.COLUMNS)
+              + f"   {calls}")
+
+
 def measure(factory: Callable, messages: int, body: bytes) -> dict[str, float]:
     """Median µs per stage over ``messages`` messages."""
     Milter.factory = factory
@@ -187,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Outpost configuration (bench/outpost_configs.sh)")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: the thread's CPU time (for a loaded machine)")
+    parser.add_argument("--store-trips", action="store_true",
+                        help="count the store calls and SQLite statements per stage instead")
     args = parser.parse_args(argv)
     global clock
     clock = CLOCKS[args.clock]
@@ -196,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         log = open(os.path.join(work, "outpost.log"), "w", encoding="utf-8")
         setup_logging("info", log)                    # as `outpost run` sets it up
         outpost, runtime = outpost_factory(work, args.config)
+        if args.store_trips:
+            try:
+                store_trips(runtime, outpost, min(args.messages, 1000), TEXT_BODY, args.config)
+            finally:
+                runtime.close()
+                logging.shutdown()
+                log.close()
+            return 0
         configs = {"noop": NoopMilter, "outpost": outpost}
         best: dict[str, dict[str, float]] = {name: {} for name in configs}
         core = float("inf")

@@ -7,7 +7,15 @@ With ``--op hit`` (the default) each operation is one ``Store.hit()`` over
 two buckets (a per-minute and a per-hour limit of one of 200 users; limits
 high enough that everything is admitted, so every call writes).  With
 ``--op slot`` it is what every SMTP connection costs: ``conn_acquire()``
-then ``conn_release()`` of a slot for one of 200 client IPs.  Runs memory, sqlite (temp file) and Redis
+then ``conn_release()`` of a slot for one of 200 client IPs.  With ``--op
+message`` it is the store's part of one message with everything on: at
+RCPT ``hit(dry_run=True)`` over the four buckets of the limits of
+``bench/outpost_configs.sh``, at the end the bulk check's
+``fingerprint_add_message()`` of six new fingerprints (mail that differs),
+then ``hit()`` over the four buckets;
+``message-pairs`` is the same with the bulk check's former call, twelve
+``fingerprint_add_many()`` items (each fingerprint also under a key of its
+sender), which runs on earlier versions too (``PYTHONPATH=OTHER/milter``).  Runs memory, sqlite (temp file) and Redis
 (a throw-away ``redis-server`` on loopback unless ``--redis-url``), then
 Redis behind Sentinel: a throw-away master + replica + 3 Sentinels, once
 through ``redis+sentinel://`` and once straight to the same master
@@ -31,6 +39,7 @@ difference (the cost of the volume update).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import socket
@@ -44,8 +53,10 @@ from tests.services.redis import RedisServer
 from tests.services.sentinel import SentinelCluster
 
 
-def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:
-    """Run ``op`` for ``seconds``; return how many were made."""
+def run(url: str, seconds: float, seed: int, op: str = "hit", cpu: "list[float] | None" = None) -> int:
+    """Run ``op`` for ``seconds``; return how many were made (and append
+    this process' CPU seconds to ``cpu``)."""
+    cpu0 = time.process_time()
     store = open_store(url, StoreSettings(key_prefix="bench:", on_store_error="tempfail"))
     users = [(Bucket(f"bench/u{i}", 10**9, 60.0), Bucket(f"bench/u{i}", 10**9, 3600.0))
              for i in range(200)]
@@ -54,7 +65,9 @@ def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         for _ in range(50):
-            if op == "hit":
+            if op.startswith("message"):
+                message(store, n, op == "message-pairs")
+            elif op == "hit":
                 if not store.hit(users[n % 200]).allowed:
                     raise RuntimeError("bench bucket refused: limits too low")
             else:
@@ -64,7 +77,32 @@ def run(url: str, seconds: float, seed: int, op: str = "hit") -> int:
                 store.conn_release(ip, slot)
             n += 1
     store.close()
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu0)
     return n - seed
+
+
+def message(store, n: int, pairs: bool) -> None:
+    """The store calls of one message from one of 200 identities (see the
+    module docstring)."""
+    user = f"bench/u{n % 200}"
+    buckets = [Bucket(f"rl:id:{user}:msg:60", 10**9, 60.0),
+               Bucket(f"rl:id:{user}:msg:3600", 10**9, 3600.0),
+               Bucket(f"rl:id:{user}:rcpt:86400", 10**9, 86400.0, cost=2),
+               Bucket("rl:user:bench:msg:86400", 10**9, 86400.0)]
+    if not store.hit(buckets, dry_run=True).allowed:
+        raise RuntimeError("bench bucket refused: limits too low")
+    fps = [f"b1:{kind}:{os.getpid()}-{n}" for kind in ("t", "m0", "m1", "m2", "m3", "u")]
+    if pairs:
+        tag = hashlib.blake2b(user.encode(), digest_size=12).hexdigest()   # as the bulk check's
+        items = []
+        for fp in fps:
+            items += [(fp, user, 2), (f"{fp}:{tag}", user, 2)]
+        store.fingerprint_add_many(items, 3600.0)
+    else:
+        store.fingerprint_add_message(fps, user, 2, 3600.0)
+    if not store.hit(buckets).allowed:
+        raise RuntimeError("bench bucket refused: limits too low")
 
 
 def _child(url: str, seconds: float, seed: int, op: str,
@@ -139,9 +177,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--redis-url")
-    ap.add_argument("--op", choices=("hit", "slot", "volume"), default="hit",
+    ap.add_argument("--op", choices=("hit", "slot", "volume", "message", "message-pairs"), default="hit",
                     help="hit(): a rate-limit check; slot: take and free a connection slot; "
-                         "volume: hit() with and without volume_add()")
+                         "volume: hit() with and without volume_add(); "
+                         "message(-pairs): the store calls of one message")
+    ap.add_argument("--backends", default="memory,sqlite,redis",
+                    help="comma-separated: memory (always run: the ratios' base), sqlite, redis")
     ap.add_argument("--procs", type=int, default=2, help="processes of the second run")
     ap.add_argument("--no-sentinel", action="store_true",
                     help="skip the Redis-behind-Sentinel rows")
@@ -155,19 +196,22 @@ def main() -> None:
     server = cluster = None
     redis_url = args.redis_url
     try:
-        if redis_url is None:
+        wanted = set(args.backends.split(",")) | {"memory"}
+        if redis_url is None and "redis" in wanted:
             server = RedisServer().start()
             redis_url = server.url
-        urls = {"memory": "memory:", "sqlite": f"sqlite://{tmp}/bench.db", "redis": redis_url}
-        if not args.no_sentinel:
+        urls = {name: url for name, url in (("memory", "memory:"), ("sqlite", f"sqlite://{tmp}/bench.db"),
+                                            ("redis", redis_url)) if name in wanted}
+        if not args.no_sentinel and "redis" in wanted:
             cluster = SentinelCluster().start()
             urls["sentinel"] = cluster.url
             urls["redis-direct"] = cluster.master.url
         rows = []
         for name, url in urls.items():
-            one = run(url, args.seconds, 0, args.op) / args.seconds
+            cpu: list[float] = []
+            made = run(url, args.seconds, 0, args.op, cpu)
             many = run_procs(url, args.seconds, args.procs, args.op)
-            rows.append((name, one, many))
+            rows.append((name, made / args.seconds, many, cpu[0] / made * 1e6))
         ratios: dict[str, list[float]] = {"1": [], str(args.procs): []}
         if cluster is not None:
             for r in range(args.rounds):
@@ -186,12 +230,14 @@ def main() -> None:
         if cluster is not None:
             cluster.close()
     base = rows[0][1]
-    what = "hit() over 2 buckets" if args.op == "hit" else "conn_acquire() + conn_release()"
+    what = {"hit": "hit() over 2 buckets", "slot": "conn_acquire() + conn_release()",
+            "message": "one message's store calls", "message-pairs": "one message's store calls "
+            "(fingerprints in pairs)"}[args.op]
     print(f"{what}, {args.seconds:g} s per run, ratio to memory (1 process)")
     print(f"{'backend':12} {'1 process ops/s':>16} {'ratio':>7} "
-          f"{f'{args.procs} processes ops/s':>18} {'ratio':>7}")
-    for name, one, many in rows:
-        print(f"{name:12} {one:16,.0f} {one / base:7.3f} {many:18,.0f} {many / base:7.3f}")
+          f"{f'{args.procs} processes ops/s':>18} {'ratio':>7} {'CPU µs/op (1 process)':>22}")
+    for name, one, many, cpu_op in rows:
+        print(f"{name:12} {one:16,.0f} {one / base:7.3f} {many:18,.0f} {many / base:7.3f} {cpu_op:22.0f}")
     print(f"(memory with {args.procs} processes: separate, unshared stores; sentinel and "
           "redis-direct: the same master, with one replica)")
     for procs, values in ratios.items():

@@ -23,3 +23,26 @@ def test_every_stage_is_reported_for_both_milters(config):
     assert float(rows["total"][1]) > float(rows["total"][0])   # Outpost does more than nothing
     assert "x the do-nothing milter" in out.stdout
     assert out.stdout.startswith(f"{config} configuration")
+
+
+def test_store_trips_per_stage():
+    """``--store-trips`` counts what the store does per stage: with
+    everything on, the RCPT look at the limits is a read (no transaction,
+    no writer lock) and the end of the message makes the two write
+    transactions (bulk counts, rate-limit count), 13 statements in all
+    (54 and three transactions before)."""
+    out = subprocess.run([sys.executable, "-m", "bench.callbacks", "--messages", "30", "--config", "full",
+                          "--store-trips"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].split()[:7] == ["stage", "calls", "transactions", "writer", "lock", "statements", "reads"]
+    rows = {}
+    for line in lines[3:]:
+        name, _, rest = line.partition("  ")
+        rows[name.strip()] = [float(x) for x in rest.split()[:6]]
+    calls, tx, lock, statements, reads, writes = rows["rcpt 1"]
+    assert (tx, lock, statements, reads, writes) == (0, 0, 1, 1, 0)
+    assert rows["eom"][1:3] == [2, 2]
+    calls, tx, lock, statements, reads, writes = rows["per message"]
+    assert (tx, lock) == (2, 2) and statements < 20
+    assert rows["flush (2 s)"][1] == 2

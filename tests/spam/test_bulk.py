@@ -22,7 +22,8 @@ from outpost.store.base import FingerprintStats, StoreError
 class FailingStore:
     """A store whose backend is down (raises StoreError like every backend)."""
 
-    def fingerprint_add_many(self, items, window: float) -> list[FingerprintStats]:
+    def fingerprint_add_message(self, fps, member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
         raise StoreError("redis://127.0.0.1:1: connection refused")
 
 

@@ -340,6 +340,36 @@ def test_fingerprints_are_bounded(make_store) -> None:
     assert (stats.messages, stats.recipients, stats.members) == (3, 6, 3)
 
 
+def test_fingerprint_add_message(store: Store) -> None:
+    """One message counted under each of its fingerprints: everybody's
+    totals and the sender's own, on every backend."""
+    def add(member: str, rcpts: int, fps=("fpm1", "fpm2")) -> list[tuple[tuple, tuple]]:
+        return [(vars_of(everybody), vars_of(mine))
+                for everybody, mine in store.fingerprint_add_message(list(fps), member, rcpts, ALIVE)]
+    assert add("alice", 3) == [((1, 3, 1), (1, 3, 1))] * 2
+    assert add("bob", 2) == [((2, 5, 2), (1, 2, 1))] * 2
+    assert add("alice", 4, ("fpm1",)) == [((3, 9, 2), (2, 7, 1))]
+    assert add("carol", 1, ("fpm2", "fpm3")) == [((3, 6, 3), (1, 1, 1)), ((1, 1, 1), (1, 1, 1))]
+    assert store.fingerprint_add_message([], "alice", 1, ALIVE) == []
+    time.sleep(ALIVE + PAST)
+    assert add("alice", 5, ("fpm1",)) == [((1, 5, 1), (1, 5, 1))]
+
+
+def test_fingerprint_add_message_bounded(make_store) -> None:
+    store = make_store(max_fingerprint_entries=3)
+    for member in ("a", "b", "a", "c"):
+        (everybody, mine), = store.fingerprint_add_message(["fpmb"], member, 2, 60.0)
+    assert vars_of(everybody) == (3, 6, 3)
+    assert vars_of(mine) == (1, 2, 1)
+
+
+def test_fingerprint_add_message_checks_arguments(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.fingerprint_add_message(["fpx"], "a", -1, 60.0)
+    with pytest.raises(ValueError):
+        store.fingerprint_add_message(["fpx"], "a", 1, 0)
+
+
 def vars_of(stats) -> tuple[int, int, int]:
     return stats.messages, stats.recipients, stats.members
 
@@ -443,6 +473,115 @@ def test_race_connection_slots_exactly_limit_across_processes(store: Store) -> N
         p.stdout.close()
     assert [p.returncode for p in procs] == [0, 0]
     assert sum(int(out) for out in outputs) == 30
+
+
+def test_sqlite_dry_run_takes_no_write_lock(tmp_path) -> None:
+    """The look at the limits at RCPT writes nothing: it answers while
+    another process holds the write lock (it used to queue for it)."""
+    import fcntl
+
+    from outpost.store.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "state.db"))
+    b = [Bucket("dry/w", 1, 60.0)]
+    assert store.hit(b).allowed
+    answers: list[bool] = []
+    fd = os.open(str(tmp_path / "state.db-writer"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                  # another writer's turn
+        t = threading.Thread(target=lambda: answers.append(store.hit(b, dry_run=True).allowed))
+        t.start()
+        t.join(10)
+        assert answers == [False]                       # answered, from the count made above
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        t.join(10)
+        store.close()
+
+
+def test_sqlite_counts_a_message_once_per_fingerprint(tmp_path) -> None:
+    """fingerprint_add_message stores one entry per fingerprint: the
+    sender's totals come from everybody's entries (half the writes)."""
+    import sqlite3
+
+    from outpost.store.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "state.db"))
+    try:
+        store.fingerprint_add_message(["fa", "fb", "fc"], "alice", 2, 60.0)
+        store.fingerprint_add_message(["fa"], "bob", 1, 60.0)
+    finally:
+        store.close()
+    db = sqlite3.connect(str(tmp_path / "state.db"))
+    try:
+        rows = db.execute("SELECT fp, member FROM fingerprint ORDER BY fp, member").fetchall()
+    finally:
+        db.close()
+    assert rows == [("fa", "alice"), ("fa", "bob"), ("fb", "alice"), ("fc", "alice")]
+
+
+def test_sqlite_upgrade_keeps_the_rate_limit_counts(tmp_path) -> None:
+    """A database of an earlier version keeps its subwindows in ``rl_slot``:
+    the first start copies those still counting to ``rl_subwindow`` (once:
+    a later reset is not undone by the next start) and leaves the old table."""
+    import sqlite3
+
+    from outpost.store.sqlite import SqliteStore
+    from outpost.store.windows import subwindow_expiry, subwindow_index
+    path = str(tmp_path / "state.db")
+    now = time.time()
+    cur = subwindow_index(now, 60.0)
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE rl_slot (id TEXT NOT NULL, slot INTEGER NOT NULL, n INTEGER NOT NULL,"
+                      " expires REAL NOT NULL, PRIMARY KEY (id, slot)) WITHOUT ROWID;")
+    old.executemany("INSERT INTO rl_slot VALUES (?, ?, ?, ?)",
+                    [("up/a@60", cur, 3, subwindow_expiry(cur, 60.0)),
+                     ("up/gone@60", cur - 200, 5, subwindow_expiry(cur - 200, 60.0))])
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    try:
+        assert store.peek([Bucket("up/a", 4, 60.0)])[0].used == 3
+        assert store.hit([Bucket("up/a", 4, 60.0)]).allowed
+        assert not store.hit([Bucket("up/a", 4, 60.0)]).allowed
+        assert store.reset("up/a") == 1
+    finally:
+        store.close()
+    again = SqliteStore(path)
+    try:
+        assert again.peek([Bucket("up/a", 4, 60.0)])[0].used == 0
+    finally:
+        again.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT count(*) FROM rl_slot").fetchone()[0] == 2
+        assert db.execute("SELECT count(*) FROM rl_subwindow").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_sqlite_sweep_deletes_a_backlog_in_steps(tmp_path, monkeypatch) -> None:
+    """A sweep holds the write lock in a message's transaction: it deletes
+    at most ``_SWEEP_ROWS`` expired rows of a table, and the next
+    transactions go on with the rest (one statement took 0.9 s for a
+    minute of fingerprints at 100 msgs/s)."""
+    import sqlite3
+
+    from outpost.store import sqlite as sqlite_store
+    monkeypatch.setattr(sqlite_store, "_SWEEP_ROWS", 3)
+    store = sqlite_store.SqliteStore(str(tmp_path / "state.db"), StoreSettings(sweep_interval=3600))
+    db = sqlite3.connect(str(tmp_path / "state.db"))
+    try:
+        store.fingerprint_add_message([f"old{i}" for i in range(7)], "a", 1, 0.05)
+        time.sleep(0.05 + PAST)
+        store._next_sweep = 0.0                          # the hour is up
+        left = []
+        for n in range(4):
+            store.hit([Bucket(f"sweep/{n}", 10, 60.0)])
+            left.append(db.execute("SELECT count(*) FROM fingerprint").fetchone()[0])
+        assert left == [4, 1, 0, 0]
+    finally:
+        db.close()
+        store.close()
 
 
 def test_sqlite_side_files_follow_the_database(tmp_path) -> None:
@@ -561,7 +700,7 @@ def test_empty_buckets_expire(make_store) -> None:
         time.sleep(ALIVE + PAST)
         store.hit([Bucket("exp/trigger", 4, 60.0)])   # sweeps expired rows
         db = sqlite3.connect(store.url[len("sqlite://"):])
-        ids = [row[0] for row in db.execute("SELECT DISTINCT id FROM rl_slot ORDER BY id")]
+        ids = [row[0] for row in db.execute("SELECT DISTINCT id FROM rl_subwindow ORDER BY id")]
         events = db.execute("SELECT count(*) FROM event").fetchone()[0]
         db.close()
         assert ids == ["exp/kept@60", "exp/trigger@60"] and events == 0
@@ -579,7 +718,7 @@ def _stored_subwindows(store: Store, bucket_id: str) -> int:
     import sqlite3
     db = sqlite3.connect(store.url[len("sqlite://"):])
     try:
-        return db.execute("SELECT count(*) FROM rl_slot WHERE id = ?", (bucket_id,)).fetchone()[0]
+        return db.execute("SELECT count(*) FROM rl_subwindow WHERE id = ?", (bucket_id,)).fetchone()[0]
     finally:
         db.close()
 

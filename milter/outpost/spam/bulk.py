@@ -2,8 +2,8 @@
 
 Each message is reduced to a few content fingerprints that survive the
 per-recipient variations of a mass mailing, and every fingerprint is
-counted in the shared store (``Store.fingerprint_add``) over a sliding
-window, once for everybody and once for the sending identity:
+counted in the shared store (``Store.fingerprint_add_message``) over a
+sliding window, for everybody and for the sending identity:
 
 ``t``
     the normalised text (exact, after normalisation);
@@ -308,20 +308,16 @@ class BulkCheck(Check):
         if not fps:
             return []
         member = self.identity_key(ctx)
-        member_tag = _h(member)
         rcpts = max(1, len(ctx.recipients))
         same: Optional[tuple[str, FingerprintStats]] = None
         many: Optional[tuple[str, FingerprintStats]] = None
-        items: list[tuple[str, str, int]] = []
-        for kind, value in fps.items():
-            fp = f"{FP_VERSION}:{kind}:{value}"
-            items += [(fp, member, rcpts), (f"{fp}:{member_tag}", member, rcpts)]
         try:       # one store round trip (one transaction on sqlite) for all fingerprints
-            stats = self.store.fingerprint_add_many(items, self.settings.window)
+            stats = self.store.fingerprint_add_message(
+                [f"{FP_VERSION}:{kind}:{value}" for kind, value in fps.items()],
+                member, rcpts, self.settings.window)
         except StoreError as exc:
             raise CheckError(f"bulk: store failed: {exc}") from exc
-        for i, kind in enumerate(fps):
-            overall, mine = stats[2 * i], stats[2 * i + 1]
+        for kind, (overall, mine) in zip(fps, stats):
             if (mine.messages >= s.same_body_messages
                     and mine.recipients > s.same_body_recipients
                     and (same is None or mine.recipients > same[1].recipients)):

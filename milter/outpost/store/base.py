@@ -14,6 +14,7 @@ Any backend failure raises :class:`StoreError`; callers apply the configured
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Sequence
@@ -122,6 +123,12 @@ class VolumeCounts:
     new_domains: int        # domains not among the identity's recent ones
     baseline: tuple[float, float, float, float]   # per window: messages, recipients, domains, new domains
     since: float            # store time the record began, whole seconds (now for a new identity)
+def member_fingerprint(fp: str, member: str) -> str:
+    """The key under which :meth:`Store.fingerprint_add_message` counts
+    ``member``'s own messages of fingerprint ``fp`` (by default): ``fp``,
+    ``:`` and a 24-digit hash of the member."""
+    tag = hashlib.blake2b(member.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    return f"{fp}:{tag}"
 
 
 #: Periods of the message statistics (``stat_add`` / ``stat_read``): name ->
@@ -302,6 +309,25 @@ class Store(abc.ABC):
         the counts with this message (``dry_run``: as if counted, nothing
         is written).  The record has a fixed upper size: two lists of at
         most ``max_domains`` and ``max_recent`` hashes and eight numbers."""
+    def fingerprint_add_message(self, fps: Sequence[str], member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
+        """Count one message from identity ``member`` to ``recipients``
+        recipients under each of its content fingerprints ``fps``; return,
+        for each, (everybody's totals, ``member``'s own totals) in the
+        window, this message included.
+
+        By default each fingerprint is counted twice with
+        :meth:`fingerprint_add_many`: as ``fp`` and as ``fp`` followed by a
+        hash of the member (:func:`member_fingerprint`).  A backend may
+        instead count each message once and derive the member's totals from
+        everybody's entries (sqlite); past ``max_fingerprint_entries``
+        messages of a fingerprint in the window, the member's totals then
+        count only the entries kept."""
+        items: list[tuple[str, str, int]] = []
+        for fp in fps:
+            items += [(fp, member, recipients), (member_fingerprint(fp, member), member, recipients)]
+        stats = self.fingerprint_add_many(items, window)
+        return [(stats[2 * i], stats[2 * i + 1]) for i in range(len(fps))]
 
     # -- message statistics (outpost stats / top) ------------------------------
     @abc.abstractmethod

@@ -63,6 +63,9 @@ class ReadOnlyStore(StoreWrapper):
     def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
                    dry_run: bool = False) -> VolumeCounts:
         return self.inner.volume_add(key, domains, recipients, spec, dry_run=True)
+    def fingerprint_add_message(self, fps: Sequence[str], member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
+        return self.scratch.fingerprint_add_message(fps, member, recipients, window)
 
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:

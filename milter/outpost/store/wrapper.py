@@ -104,6 +104,9 @@ class StoreWrapper(Store):
     def volume_add(self, key: str, domains: Sequence[str], recipients: int, spec: VolumeSpec,
                    dry_run: bool = False) -> VolumeCounts:
         return self._forward(Store.volume_add, key, domains, recipients, spec, dry_run)
+    def fingerprint_add_message(self, fps: Sequence[str], member: str, recipients: int,
+                                window: float) -> list[tuple[FingerprintStats, FingerprintStats]]:
+        return self._forward(Store.fingerprint_add_message, fps, member, recipients, window)
 
     def stat_add(self, counts: Sequence[tuple[str, int]],
                  recent: Sequence[tuple[str, int]] = ()) -> None:
