@@ -191,9 +191,14 @@ def tokenize(view: MessageView) -> set[str]:
 
 @dataclass(frozen=True)
 class BayesSettings:
-    """Parameters of the classifier (Robinson/Fisher; SpamBayes defaults)."""
+    """Parameters of the classifier (Robinson/Fisher; SpamBayes defaults but ``s``)."""
 
-    unknown_word_strength: float = 0.45    # Robinson's s
+    # Robinson's s: how many messages' worth of weight the prior 0.5 has.
+    # SpamBayes' 0.45 lets a word seen in a few ham messages become a
+    # near-certain ham clue; on newer mail (temporal split of the 2002
+    # corpus, bench/spam_quality.py) 2.0 detects 91.3 % instead of 86.0 %,
+    # ham false positives 0 either way.
+    unknown_word_strength: float = 2.0
     unknown_word_prob: float = 0.5         # Robinson's x
     minimum_prob_strength: float = 0.1     # ignore tokens with |f-0.5| below this
     max_discriminators: int = 150          # strongest tokens used per message
