@@ -158,3 +158,19 @@ def test_train_from_dirs(tmp_path):
         train_from_dirs(sd, empty, min_count=1)
     with pytest.raises(NotADirectoryError):
         train_from_dirs(tmp_path / "nope", hd)
+
+
+def test_bayes_points_scaled_down_when_few_clues():
+    """A verdict from a handful of tokens (a subject and an attachment's
+    MIME headers) is not full evidence: below ``min_clues`` clues the spam
+    points shrink in proportion."""
+    m = trained()
+    msg = view(subject="Offer!", text="claim prize")
+    n = len(m.clues(tokenize(msg)))
+    assert 1 <= n < 10
+    full = BayesCheck(m, BayesCheckSettings(min_clues=1)).check(msg, CTX)
+    few = BayesCheck(m, BayesCheckSettings(min_clues=10)).check(msg, CTX)
+    assert full[0].name == few[0].name == "bayes_spam"
+    assert few[0].points == round(full[0].points * n / 10, 1) < full[0].points
+    with pytest.raises(ValueError):
+        BayesCheckSettings(min_clues=0)
