@@ -144,3 +144,9 @@ def test_store_memory_may_be_written_without_the_colon():
     assert parse_config("store: memory\n" + BASE).store == "memory:"
     assert parse_config("store: 'memory:'\n" + BASE).store == "memory:"
     assert "is not a store URL" in error_of("store: postgres://x\n" + BASE)
+
+
+def test_spam_bayes_min_clues_key():
+    config = parse_config("spam:\n  bayes: {min_clues: 5, full_at: 0.9}\n" + BASE, "t.yaml")
+    assert (config.spam.bayes.min_clues, config.spam.bayes.full_at) == (5, 0.9)
+    assert "min_clues" in error_of("spam:\n  bayes: {min_clues: 0}\n" + BASE)
