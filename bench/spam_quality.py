@@ -34,10 +34,10 @@ Usage: python -m bench.spam_quality [--quick] [--folds K] [--no-sa] [--corpus DI
 from __future__ import annotations
 
 import argparse
-import json
 import datetime
 import email.parser
 import email.utils
+import json
 import os
 import random
 import shutil
@@ -329,7 +329,8 @@ def span(part: list[Item], label: str) -> str:
     xs = [it.when for it in part if it.label == label and it.when != float("inf")]
     if not xs:
         return "%s -" % label
-    day = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d")
+    def day(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d")
     return "%s %d %s..%s" % (label, sum(it.label == label for it in part), day(min(xs)), day(max(xs)))
 
 
