@@ -276,8 +276,8 @@ def _as_user(name: str, code: str) -> subprocess.Popen:
     supplementary group), with only the Outpost sources on its path."""
     milter = str(Path(__file__).resolve().parents[2] / "milter")
     return subprocess.Popen(["setpriv", f"--reuid={name}", f"--regid={name}", "--clear-groups",
-                             "/usr/bin/python3", "-c",
-                             f"import sys; sys.path.insert(0, {milter!r})\n" + textwrap.dedent(code)],
+                             "/usr/bin/python3", "-c", textwrap.dedent(code)],
+                            env={**os.environ, "PYTHONPATH": milter},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
