@@ -136,7 +136,7 @@ def panel_entries(url: str, password: str, timeout: float = 30.0) -> str:
         pass
     with opener.open(url + "/blocked?all=1", timeout=10) as resp:
         page = resp.read().decode()
-    found = re.search(r"<p>(\d+) entr", page)
+    found = re.search(r"<p>(\d+) found in entries", page)
     return found.group(1) if found else "?"
 
 
