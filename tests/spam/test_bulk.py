@@ -13,6 +13,9 @@ from dataclasses import replace
 from typing import Iterator, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from outpost.spam.base import Attachment, CheckError, MessageView, ScanContext, Url
 from outpost.spam.bulk import BulkCheck, BulkSettings, fingerprints, minhash_bands, normalise_text
@@ -348,3 +351,32 @@ def test_parsed_messages_end_to_end(store, clock: Clock) -> None:
                                          HAM_TEXTS[i] + SIGNATURE, None))
         assert check.check(msg, ctx("alice@acme.example",
                                     [f"p{k}@example.org" for k in range(10)])) == []
+
+
+def _url_key_by_urlsplit(url: str) -> str:
+    """The URL key as ``urlsplit`` makes it (what ``_url_key`` computed
+    before its fast path): the reference of the test below."""
+    from urllib.parse import urlsplit
+
+    from outpost.spam.bulk import _PATH_TOKEN_RE
+    candidate = url if "://" in url else "http://" + url
+    try:
+        parts = urlsplit(candidate)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").rstrip(".").lower()
+    path = _PATH_TOKEN_RE.sub("#", parts.path.lower()).rstrip("/")
+    return f"{host}{path}" if host else ""
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(["http://", "HTTPS://", "ftp://", "gopher://", "www.", "//", "http:",
+                                 "x", "Ex", "0123abcd9", ".", ":", "80", "@", "u:p@", "/", "?", "#",
+                                 "%", "[", "]", "::1", " ", "\t", "\n", "\x00", "é", "\u00df", "ſ",
+                                 "\uff0e", "=", "&"]), max_size=14).map("".join))
+def test_url_key_equals_urlsplit(url: str) -> None:
+    """The URL key's fast path gives what ``urlsplit`` gives, for any URL
+    (a speed change: this passed before it too; it fails when the fast
+    path drops the query or fragment cut, the userinfo or the port)."""
+    from outpost.spam.bulk import _url_key
+    assert _url_key(url) == _url_key_by_urlsplit(url)

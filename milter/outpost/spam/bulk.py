@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 from ..core.addresses import read_addresses as getaddresses  # survives nested comments
 from ..store.base import FingerprintStats, Store, StoreError
 from .base import Check, CheckError, Evidence, MessageView, ScanContext
-from .message import address_spans
+from .message import _netloc, address_spans
 
 ON_ERROR = ("ignore", "tempfail")
 #: Version tag in every stored fingerprint: bump when normalisation changes.
@@ -159,14 +159,24 @@ def _split_personal(text: str) -> tuple[str, str]:
 
 def _url_key(url: str) -> str:
     """``host/path`` of a URL, lower-case, without query, fragment or
-    long tokens in the path."""
+    long tokens in the path: ``urlsplit``'s hostname and path, found
+    without it where ``message._netloc`` can tell the netloc (a printable
+    ASCII URL of ours: 500 links cost 4 ms of ``urlsplit``)."""
     candidate = url if "://" in url else "http://" + url
-    try:
-        parts = urlsplit(candidate)
-    except ValueError:
-        return ""
-    host = (parts.hostname or "").rstrip(".").lower()
-    path = _PATH_TOKEN_RE.sub("#", parts.path.lower()).rstrip("/")
+    netloc = _netloc(candidate)
+    if netloc:
+        rest = candidate[candidate.find(":") + 3 + len(netloc):]
+        for delim in "?#":                  # urlsplit: the path ends at the query or fragment
+            rest = rest.split(delim, 1)[0]
+        hostname = netloc.rpartition("@")[2].partition(":")[0]
+    else:
+        try:
+            parts = urlsplit(candidate)
+        except ValueError:
+            return ""
+        hostname, rest = parts.hostname or "", parts.path
+    host = hostname.rstrip(".").lower()
+    path = _PATH_TOKEN_RE.sub("#", rest.lower()).rstrip("/")
     return f"{host}{path}" if host else ""
 
 
