@@ -135,3 +135,47 @@ def test_default_checks_build_an_engine():
     got = {e.name for e in v.evidence}
     assert {"attach_double_ext", "attach_executable"} <= got
     assert v.score >= 10.0 and v.cls == "spam"     # 5 + 6, Bayes at worst -1
+
+
+def test_html_past_the_tag_bound_still_gets_a_verdict():
+    # past MAX_HTML_TAGS tags the HTML loses its tags instead of being
+    # parsed (html.parser costs about 6 µs a tag): its text and the URLs
+    # written in it are still scanned, and the message gets a verdict
+    from outpost.spam.message import MAX_HTML_TAGS
+    from tests.spam.helpers import build
+    eng = Engine(default_checks())
+    filler = "<p><b>news</b> of the week</p>\n" * MAX_HTML_TAGS          # 4 tags each
+    html = ('<html><body><a href="http://login.example.net/">www.paypal.com</a>' + filler
+            + '<p>late words here <a href="http://late.example.org/x">click</a></p></body></html>')
+    assert html.count("<") > 3 * MAX_HTML_TAGS
+    raw = build(text=None, html=html,
+                attachments=(("invoice.pdf.exe", b"MZ" * 10, "application/octet-stream"),))
+    view = eng.parse(raw)
+    assert "late words here click" in view.text and view.text.count("news of the week") == MAX_HTML_TAGS
+    assert {"login.example.net", "late.example.org"} <= {u.host for u in view.urls}
+    v = eng.scan(view, CTX)
+    got = {e.name for e in v.evidence}
+    assert {"phish_link_mismatch", "attach_double_ext", "attach_executable"} <= got
+    assert v.cls == "spam"
+
+
+def test_html_past_the_rest_bound_still_gets_a_verdict():
+    # past MAX_HTML_TAGS tags, MAX_HTML_REST_TEXT characters of HTML are
+    # made text; later text is not scanned, the URLs written in it are
+    from outpost.spam.message import MAX_HTML_REST_TEXT, MAX_HTML_TAGS
+    from tests.spam.helpers import build
+    eng = Engine(default_checks())
+    tags = "<b>x</b>" * MAX_HTML_TAGS
+    filler = "<p>plain words of the newsletter</p>\n" * (MAX_HTML_REST_TEXT // 36 + 10)
+    html = ("<html><body>" + tags + "<p>early words</p>" + filler
+            + '<p>too late <a href="http://late.example.org/x">click</a></p></body></html>')
+    assert len(html) - html.index("early words") > MAX_HTML_REST_TEXT
+    raw = build(text=None, html=html,
+                attachments=(("invoice.pdf.exe", b"MZ" * 10, "application/octet-stream"),))
+    view = eng.parse(raw)
+    assert "early words" in view.text and "plain words of the newsletter" in view.text
+    assert "too late" not in view.text
+    assert "late.example.org" in {u.host for u in view.urls}
+    v = eng.scan(view, CTX)
+    assert {"attach_double_ext", "attach_executable"} <= {e.name for e in v.evidence}
+    assert v.cls == "spam"
