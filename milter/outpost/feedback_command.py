@@ -11,7 +11,6 @@ the secret cannot be used now, so the MTA keeps the message and retries."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ from .core.feedback import (
 from .core.idtoken import Origin, TokenCodec
 from .core.keys import Target, complaint_claim_key
 from .store.base import Bucket, Store, StoreError
+from .store.filelock import held
 
 if TYPE_CHECKING:
     from .effects.reports import BlockEvent
@@ -131,15 +131,13 @@ class Spool:
         is counted at a time on this host, so two reports of one message
         never both find it uncounted."""
         where = self._dir(COUNTED)
+        lock = contextlib.ExitStack()
         try:
-            fd = os.open(where / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+            lock.enter_context(held(where / ".lock"))
         except OSError as exc:
             raise SpoolError(f"feedback spool {where}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with lock:
             yield
-        finally:
-            os.close(fd)
 
     def record_path(self, digest: str) -> Path:
         return self._dir(COUNTED) / f"{digest}.json"

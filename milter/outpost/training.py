@@ -17,7 +17,6 @@ at most ``max_kept`` messages of at most ``keep`` seconds; the oldest go."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Iterable, Iterator
 
 from .config.model import QuarantineSettings
 from .store.base import Store
+from .store.filelock import held
 
 log = logging.getLogger("outpost.training")
 
@@ -129,12 +129,8 @@ class DecisionSpool:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        fd = os.open(self._dir() / ".train.lock", os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with held(self._dir() / ".train.lock"):
             yield
-        finally:
-            os.close(fd)
 
     def train(self, store: Store) -> Learned:
         """Learn every pending message once into the store's model."""

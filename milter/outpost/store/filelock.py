@@ -1,7 +1,8 @@
 """Files next to a database, and a lock between threads and processes.
 
 Used by the sqlite store for ``<db>-writer`` (the writers' turn) and
-``<db>-conn`` (the shared connection-slot table).
+``<db>-conn`` (the shared connection-slot table); :func:`held` is the plain
+lock file the spools (reports, feedback, training) take for a short step.
 """
 
 from __future__ import annotations
@@ -11,9 +12,22 @@ import ctypes
 import fcntl
 import os
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Union
 
 from .base import StoreError
+
+
+@contextlib.contextmanager
+def held(path: Union[str, "os.PathLike[str]"]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created 0640 if
+    missing) for the ``with`` block, waiting for it with the GIL released.
+    OSError when the file cannot be opened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _flock_keeping_gil() -> Optional[Callable[[int, int], int]]:

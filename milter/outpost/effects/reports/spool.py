@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+from ...store.filelock import held
 from .arf import split_original
 from .errors import SpoolError, SpoolItemBusy, SpoolItemNotFound
 from .event import BlockEvent, clean
@@ -369,12 +369,8 @@ class Spool:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold ``.spool.lock`` (short state changes: sender and CLI)."""
-        fd = os.open(self.dir(".spool.lock"), os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with held(self.dir(".spool.lock")):
             yield
-        finally:
-            os.close(fd)
 
     def remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=False)
