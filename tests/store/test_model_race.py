@@ -19,6 +19,10 @@ import pytest
 from outpost.spam.bayes import Model
 from outpost.spam.from_config import MODEL_BLOB
 from outpost.store import StoreSettings, open_store
+from outpost.store.base import StoreError
+from outpost.store.memory import MemoryStore
+from outpost.store.wrapper import StoreWrapper
+from outpost.training import MAX_SWAPS, learn
 from tests.store.conftest import backend_url
 
 PER_PROCESS = 30
@@ -61,3 +65,36 @@ def test_two_processes_learning_at_once_lose_nothing(backend: str, request, tmp_
     assert blob is not None
     model = Model.from_bytes(blob)
     assert (model.nspam, model.nham) == (PER_PROCESS, PER_PROCESS)
+
+
+class _Interleaved(StoreWrapper):
+    """Another learner writes the model between this one's read and write,
+    ``times`` times."""
+
+    def __init__(self, inner, times: int) -> None:
+        super().__init__(inner)
+        self.times = times
+        self.swaps = 0
+
+    def swap_blob(self, name, expected, data) -> bool:
+        self.swaps += 1
+        if self.times:
+            self.times -= 1
+            learn(self.inner, [(b"Subject: other\r\n\r\nthe other learner's ham\r\n", False)])
+        return self.inner.swap_blob(name, expected, data)
+
+
+def test_a_learner_that_lost_the_race_learns_again_from_the_newer_model() -> None:
+    store = _Interleaved(MemoryStore(), times=2)
+    assert learn(store, [(b"Subject: cheap\r\n\r\nbuy now\r\n", True)]) == 1
+    assert store.swaps == 3
+    model = Model.from_bytes(store.get_blob(MODEL_BLOB) or b"")
+    assert (model.nspam, model.nham) == (1, 2)
+
+
+def test_a_model_that_keeps_changing_is_a_store_error() -> None:
+    store = _Interleaved(MemoryStore(), times=MAX_SWAPS)
+    with pytest.raises(StoreError, match="changed"):
+        learn(store, [(b"Subject: cheap\r\n\r\nbuy now\r\n", True)])
+    model = Model.from_bytes(store.get_blob(MODEL_BLOB) or b"")
+    assert (model.nspam, model.nham) == (0, MAX_SWAPS)         # nothing half-learned
