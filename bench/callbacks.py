@@ -96,12 +96,12 @@ class Context:
 #: What a stage is timed with (``--clock``): elapsed time, or the CPU time
 #: of the calling thread (steadier on a loaded machine: time the thread
 #: waits for a core is not counted).
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
-clock = CLOCKS["wall"]
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def one_message(body: bytes, times: dict[str, list[float]]) -> None:
-    """One connection with one message, through runmilter's dispatch."""
+def one_message(body: bytes, times: dict[str, list[float]], clock: Callable[[], float]) -> None:
+    """One connection with one message, through runmilter's dispatch,
+    each stage timed with ``clock``."""
     ctx = Context()
     t0 = clock()
     Milter.negotiate_callback(ctx, [Milter.CURR_ACTS, 0x1FFFFF, 0, 0])
@@ -231,7 +231,7 @@ def store_trips(runtime: Runtime, factory: Callable, messages: int, body: bytes,
     """Print what the store does per message and per statistics flush."""
     Milter.factory = factory
     for _ in range(20):                                   # warm-up: pool, first sweep
-        one_message(body, {s: [] for s in STAGES})
+        one_message(body, {s: [] for s in STAGES}, time.perf_counter)
     runtime.stats.flush()
     trips = StoreTrips(runtime)
     for _ in range(messages):
@@ -258,16 +258,17 @@ def store_trips(runtime: Runtime, factory: Callable, messages: int, body: bytes,
               + f"   {calls}")
 
 
-def measure(factory: Callable, messages: int, body: bytes) -> dict[str, float]:
-    """Median µs per stage over ``messages`` messages."""
+def measure(factory: Callable, messages: int, body: bytes,
+            clock: Callable[[], float]) -> dict[str, float]:
+    """Median µs per stage over ``messages`` messages, timed with ``clock``."""
     Milter.factory = factory
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     for _ in range(messages):
-        one_message(body, times)
+        one_message(body, times, clock)
     return {s: sorted(v)[len(v) // 2] * 1e6 for s, v in times.items()}
 
 
-def measure_core(runtime: Runtime, messages: int, body: bytes) -> float:
+def measure_core(runtime: Runtime, messages: int, body: bytes, clock: Callable[[], float]) -> float:
     """Median µs of one transaction through the policy core alone (the same
     client, envelope, headers and body as :func:`one_message`)."""
     tx = Transaction(sender="<bench@example.com>", recipients=("<rcpt@example.net>",),
@@ -326,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store-trips", action="store_true",
                         help="count the store calls and SQLite statements per stage instead")
     args = parser.parse_args(argv)
-    global clock
     clock = CLOCKS[args.clock]
     line = b"X" * 78 + b"\r\n"                  # smtp-source's filler
     body = (line * (args.body // len(line) + 1))[:args.body]
@@ -347,13 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         core = float("inf")
         try:
             for factory in configs.values():              # warm-up
-                measure(factory, 300, body)
+                measure(factory, 300, body, clock)
             for rnd in range(args.rounds):
                 order = list(configs.items())
                 for name, factory in (order if rnd % 2 == 0 else order[::-1]):
-                    for stage, us in measure(factory, args.messages, body).items():
+                    for stage, us in measure(factory, args.messages, body, clock).items():
                         best[name][stage] = min(best[name].get(stage, float("inf")), us)
-                core = min(core, measure_core(runtime, args.messages, body))
+                core = min(core, measure_core(runtime, args.messages, body, clock))
         finally:
             runtime.close()
             logging.shutdown()

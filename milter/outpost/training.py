@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .config.model import QuarantineSettings
-from .store.base import Store
+from .store.base import Store, StoreError
 from .store.filelock import held
 
 log = logging.getLogger("outpost.training")
 
 RELEASED, DELETED, LEARNED = "released", "deleted", "learned"
+MAX_SWAPS = 50                # tries to write the model over the one it was made from
 MAX_READ = 2_000_000          # bytes of a decided message read to learn from (the scan reads less)
 _SAFE_ID = re.compile(r"[^0-9A-Za-z]")
 
@@ -44,18 +45,27 @@ def learn(store: Store, messages: Iterable[tuple[bytes, bool]]) -> int:
     """Add ``(message, is_spam)`` to the operator's model in the store (a
     fresh one when there is none); the milter uses it after a reload.  How
     many were learned.  Raises ModelError (the stored model is unreadable)
-    and StoreError."""
+    and StoreError.
+
+    Another learner (``outpost feedback``, ``outpost train`` on this host or
+    another of the store) may write the model at the same moment: the new
+    model is written only over the one it was made from
+    (:meth:`~outpost.store.base.Store.swap_blob`), else made again from the
+    newer one, so no learner's messages are lost."""
     from .spam.bayes import Model, outbound_view, tokenize
     from .spam.from_config import MODEL_BLOB
-    items = list(messages)
-    if not items:
+    learned = [(tokenize(outbound_view(raw)), is_spam) for raw, is_spam in messages]
+    if not learned:
         return 0
-    blob = store.get_blob(MODEL_BLOB)
-    model = Model.from_bytes(blob) if blob else Model()
-    for raw, is_spam in items:
-        model.learn(tokenize(outbound_view(raw)), is_spam)
-    store.put_blob(MODEL_BLOB, model.pruned(min_count=1, max_tokens=60_000).to_bytes())
-    return len(items)
+    for _ in range(MAX_SWAPS):
+        blob = store.get_blob(MODEL_BLOB)
+        model = Model.from_bytes(blob) if blob else Model()
+        for tokens, is_spam in learned:
+            model.learn(tokens, is_spam)
+        if store.swap_blob(MODEL_BLOB, blob, model.pruned(min_count=1, max_tokens=60_000).to_bytes()):
+            return len(learned)
+    raise StoreError(f"the trained model changed {MAX_SWAPS} times while {len(learned)} "
+                     f"message(s) were learned into it; not learned")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import pytest
 from Milter.testctx import TestCtx as MilterTestCtx
 
 from outpost.adapter.milter import OutpostMilter
+from outpost.logs import ContextFilter
 
 
 @pytest.fixture
@@ -105,10 +106,14 @@ def test_internal_error_tempfails_and_next_message_is_fine(runtime, monkeypatch,
         return real(session, queue_id)
 
     monkeypatch.setattr(runtime.policy, "end_of_message", broken)
+    caplog.handler.addFilter(ContextFilter())          # the QID: prefix, as outpost's handlers
     ctx, rc = feed(qid="QERR1")
     assert rc == Milter.TEMPFAIL
     assert ctx._reply == ("451", "4.3.0", "Temporary local problem; please try again later")
-    assert "internal error at eom (qid=QERR1" in caplog.text and "KeyError: 'boom'" in caplog.text
+    [record] = [r for r in caplog.records if r.getMessage().startswith("internal error")]
+    assert record.getMessage() == "internal error at eom (client=192.0.2.5); answering 451 4.3.0"
+    assert (record.qid, record.qid_prefix) == ("QERR1", "QERR1: ")   # the queue id once, as prefix
+    assert "KeyError: 'boom'" in caplog.text
     assert not ctx._headerschanged and ctx._msg["X-Outpost-ID"] == "forged"   # nothing stamped
     ctx2, rc2 = feed(qid="QOK2")
     assert rc2 == Milter.CONTINUE and ctx2._msg["X-Outpost-User"] == " webfarm"
@@ -157,7 +162,7 @@ def test_error_at_a_no_reply_stage_tempfails_at_end_of_message(runtime, monkeypa
     assert ctx._eom() == Milter.TEMPFAIL
     assert ctx._reply == ("451", "4.3.0", "Temporary local problem; please try again later")
     assert not ctx._headerschanged                                 # nothing stamped
-    assert f"internal error at {stage} (qid=QNR1" in caplog.text
+    assert f"internal error at {stage} (client=192.0.2.5); answering 451 4.3.0" in caplog.text
     ctx._setsymval("i", "QNR2")
     assert ctx._envfrom("<bob@example.com>") == Milter.CONTINUE   # the next transaction is clean
     assert ctx._envrcpt("<x@dest.example>") == Milter.CONTINUE

@@ -46,3 +46,14 @@ def test_store_trips_per_stage():
     calls, tx, lock, statements, reads, writes = rows["per message"]
     assert (tx, lock) == (2, 2) and statements < 20
     assert rows["flush (2 s)"][1] == 2
+
+
+def test_stages_are_timed_with_the_clock_passed_in():
+    """``--clock`` reaches the timing as an argument, not as module state."""
+    import itertools
+
+    from bench import callbacks
+    assert not hasattr(callbacks, "clock")
+    ticks = itertools.count()
+    got = callbacks.measure(callbacks.NoopMilter, 3, b"x\r\n", lambda: float(next(ticks)))
+    assert set(got) == set(callbacks.STAGES) and set(got.values()) == {1e6}   # one tick each

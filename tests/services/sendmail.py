@@ -315,6 +315,8 @@ class SendmailInstance(MtaInstance):
         ``define(`confAUTH_OPTIONS', `A y')`` so tests can AUTH in clear.
         STARTTLS is offered either way (self-signed key in ``tls/``).
     :param mc_extra: extra ``.mc`` lines, appended after the fragment.
+    :param mc_tail: ``.mc`` lines after the ``MAILER()`` lines (where
+        ``contrib/sendmail/outpost-feedback.mc`` goes).
     :param dist: where the Sendmail binaries come from.
     """
 
@@ -326,6 +328,7 @@ class SendmailInstance(MtaInstance):
                  hostname: str = "outpost-test.localdomain",
                  require_tls: bool = False,
                  mc_extra: Sequence[str] = (),
+                 mc_tail: Sequence[str] = (),
                  fragment: str | os.PathLike = CONTRIB_FRAGMENT,
                  dist: SendmailDist | None = None) -> None:
         if "." not in hostname:
@@ -337,6 +340,7 @@ class SendmailInstance(MtaInstance):
         self.pid_path = self.base_dir / "sendmail.pid"
         access_prefixes(self.mynetworks)  # validate early
         self.mc_extra = tuple(mc_extra)
+        self.mc_tail = tuple(mc_tail)
         self.fragment = Path(fragment)
         self.dist = dist or SendmailDist()
         self.submission_port = free_port()
@@ -410,7 +414,7 @@ class SendmailInstance(MtaInstance):
         ]
         if not self.require_tls:
             lines.append("define(`confAUTH_OPTIONS', `A y')dnl")
-        lines += [*self.mc_extra, "MAILER(`local')dnl", "MAILER(`smtp')dnl", ""]
+        lines += [*self.mc_extra, "MAILER(`local')dnl", "MAILER(`smtp')dnl", *self.mc_tail, ""]
         return "\n".join(lines)
 
     def _write_config(self) -> None:

@@ -383,6 +383,21 @@ def test_blobs(store: Store) -> None:
     assert store.get_blob("model") == b"v2\x00"
 
 
+def test_swap_blob_writes_only_over_the_expected_value(store: Store) -> None:
+    assert not store.swap_blob("m", b"", b"x")         # absent is not empty
+    assert store.get_blob("m") is None
+    assert store.swap_blob("m", None, b"")
+    assert not store.swap_blob("m", None, b"x")        # empty is not absent
+    assert store.swap_blob("m", b"", b"v1")
+    big = bytes(range(256)) * 4000
+    assert not store.swap_blob("m", b"v0", big)
+    assert store.get_blob("m") == b"v1"
+    assert store.swap_blob("m", b"v1", big)
+    assert not store.swap_blob("m", big[:-1] + b"?", b"v3")
+    assert store.swap_blob("m", big, b"v3\x00")
+    assert store.get_blob("m") == b"v3\x00"
+
+
 # -- connection slots -----------------------------------------------------------------------
 
 def test_conn_slots(store: Store) -> None:

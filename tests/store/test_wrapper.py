@@ -76,6 +76,7 @@ def test_read_only_store_reads_the_real_store_and_writes_nothing() -> None:
     assert not ro.hit(b).allowed and ro.peek(b)[0].used == 1
     ro.set_lock("farm/bob", "x", None)
     ro.put_blob("model", b"other")
+    assert ro.swap_blob("model", b"m", b"other")     # as if written
     ro.record_event("hits:x", 60.0)
     ro.fingerprint_add("fp", "farm/amy", 3, 60.0)
     assert ro.conn_acquire("192.0.2.1", 1, "h:1:1") == (True, 0)

@@ -135,9 +135,10 @@ class OutpostMilter(Milter.Base):
         """Log the exception being handled and answer 451 4.3.0.  The
         transaction is failed for good: an MTA that did not wait for this
         stage's answer (a no-reply header or body), or that goes on after a
-        refused recipient, gets the 451 at end of message."""
-        log.exception("internal error at %s (qid=%s, client=%s); answering 451 4.3.0",
-                      stage, self.queue_id or "-", self.session.client_ip or "-")
+        refused recipient, gets the 451 at end of message.  The queue id
+        is the line's ``QID:`` prefix (logs.py), as on every line."""
+        log.exception("internal error at %s (client=%s); answering 451 4.3.0",
+                      stage, self.session.client_ip or "-")
         self._failed_at = stage
         self._finish(Decision(Action.TEMPFAIL, INTERNAL_ERROR, "internal_error"))
         return self._tempfail()

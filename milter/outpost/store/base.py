@@ -374,5 +374,13 @@ class Store(abc.ABC):
     def get_blob(self, name: str) -> Optional[bytes]:
         ...
 
+    @abc.abstractmethod
+    def swap_blob(self, name: str, expected: Optional[bytes], data: bytes) -> bool:
+        """Write ``data`` as blob ``name`` only if it still holds
+        ``expected`` (None: there is none), atomically against every other
+        writer of the store (other processes and relays too); whether it was
+        written.  A read-modify-write reads with :meth:`get_blob`, computes,
+        then swaps, and starts again when another writer came in between."""
+
     def close(self) -> None:  # noqa: B027 - an optional hook: stores without resources keep it  # pragma: no cover
         pass

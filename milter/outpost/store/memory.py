@@ -348,3 +348,10 @@ class MemoryStore(Store):
     def get_blob(self, name: str) -> Optional[bytes]:
         with self._mutex:
             return self._blobs.get(name)
+
+    def swap_blob(self, name: str, expected: Optional[bytes], data: bytes) -> bool:
+        with self._mutex:
+            if self._blobs.get(name) != expected:
+                return False
+            self._blobs[name] = bytes(data)
+            return True

@@ -615,6 +615,17 @@ return redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '(' .. fmt(clock() - ton
                   'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 
+# KEYS: blob.  ARGV: 1 if a value is expected (0: none), the expected value,
+# the new value.  1 when written, 0 when the blob was not the expected one.
+_SWAP_BLOB = """
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[1] == '1' and cur == ARGV[2]) or (ARGV[1] == '0' and not cur) then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"""
+
 
 class RedisStore(Store):
     """Store in a Redis server (``redis://[:password@]host:port/db`` or
@@ -655,6 +666,7 @@ class RedisStore(Store):
         self._stat_add, self._stat_read = reg(_STAT_ADD), reg(_STAT_READ)
         self._stat_series = reg(_STAT_SERIES)
         self._decision_add, self._decision_read = reg(_DECISION_ADD), reg(_DECISION_READ)
+        self._swap_blob = reg(_SWAP_BLOB)
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -930,3 +942,10 @@ class RedisStore(Store):
             value = self._r.get(f"{self._p}blob:{name}")
         # redis-py types a reply as bytes | str; this client does not decode, so it is bytes
         return None if value is None else bytes(cast(bytes, value))
+
+    def swap_blob(self, name: str, expected: Optional[bytes], data: bytes) -> bool:
+        with self._guard("swap_blob"):
+            return bool(self._swap_blob(keys=[f"{self._p}blob:{name}"],
+                                        args=[0 if expected is None else 1,
+                                              b"" if expected is None else bytes(expected),
+                                              bytes(data)]))

@@ -634,6 +634,15 @@ class SqliteStore(Store):
             row = db.execute("SELECT data FROM blob WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def swap_blob(self, name: str, expected: Optional[bytes], data: bytes) -> bool:
+        with self._tx() as db:                  # BEGIN IMMEDIATE: no writer in between
+            row = db.execute("SELECT data FROM blob WHERE name = ?", (name,)).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            db.execute("INSERT OR REPLACE INTO blob (name, data) VALUES (?, ?)",
+                       (name, bytes(data)))
+            return True
+
 
 class _Use:
     """A pooled connection of a :class:`SqliteStore` for one ``with`` block

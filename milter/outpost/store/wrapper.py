@@ -130,3 +130,6 @@ class StoreWrapper(Store):
 
     def get_blob(self, name: str) -> Optional[bytes]:
         return self._forward(Store.get_blob, name)
+
+    def swap_blob(self, name: str, expected: Optional[bytes], data: bytes) -> bool:
+        return self._forward(Store.swap_blob, name, expected, data)
