@@ -126,10 +126,29 @@ def outbound_view(raw: bytes, max_scan: int = 1_000_000,
                          max_scan=max_scan)
 
 
+#: str.translate table: every ASCII character that cannot be in a word of
+#: _WORD_RE (not a letter, digit or one of _'$%.-) → blank.
+_ASCII_NOT_IN_WORD = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) in "_'$%.-")}
+#: What a word of _WORD_RE does not start or end with, in ASCII.
+_ASCII_WORD_EDGE = "_'$%.-"
+
+
 def _words(text: str, prefix: str, out: set[str], limit: int = 100_000) -> None:
-    # tokens are a set: look at each distinct word once
-    for w in set(_WORD_RE.findall(text[:limit])):
-        w = w.lower().rstrip(".")
+    """Add the lower-case words of ``text[:limit]`` (3 to 20 characters)
+    and the shape of the longer ones to ``out``.  In ASCII text a word of
+    ``_WORD_RE`` is a run of the characters it may hold, without the ones
+    it may not start or end with: found by ``translate`` and ``split``
+    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); other
+    text by the pattern.  A word never ends with a dot (it ends with a
+    letter or digit)."""
+    text = text[:limit]
+    if text.isascii():                  # lower() keeps ASCII classes and lengths
+        words = {run.strip(_ASCII_WORD_EDGE)
+                 for run in text.lower().translate(_ASCII_NOT_IN_WORD).split()}
+        words.discard("")
+    else:
+        words = {w.lower() for w in _WORD_RE.findall(text)}
+    for w in words:
         if 3 <= len(w) <= 20:
             out.add(prefix + w)
         elif len(w) > 20:
