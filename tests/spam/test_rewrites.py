@@ -6,6 +6,7 @@ rewrite must agree with it on generated input and on the corpus."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 from typing import Optional
 
 from hypothesis import given, settings
@@ -96,3 +97,38 @@ def test_corpus_words_and_bands_equal_reference(corpus) -> None:
                                    bulk.personal_words(view, CTX))
         words = norm.split()
         assert bulk.minhash_bands(words) == _minhash_reference(words), path
+
+
+def _clues_reference(model: bayes.Model, tokens) -> list[tuple[float, str]]:
+    least = model.settings.minimum_prob_strength
+    strong = {}
+    for tok in model.counts:
+        p = model.token_prob(tok)
+        if p is not None and abs(p - 0.5) >= least:
+            strong[tok] = p
+    found = [(abs(p - 0.5), p, tok) for tok in tokens if (p := strong.get(tok)) is not None]
+    top = heapq.nlargest(model.settings.max_discriminators, found)
+    return [(p, tok) for _, p, tok in top]
+
+
+_SMALL_MODEL = bayes.Model(4, 4, {f"t{i}": [i % 5, (i * 3) % 5] for i in range(60)},
+                           bayes.BayesSettings(max_discriminators=7))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([f"t{i}" for i in range(64)]), max_size=80))
+def test_clues_equal_reference(tokens: list[str]) -> None:
+    """Clues ranked once per model give what a sort of each message's gave:
+    equal strengths (0.3 and 0.7), equal probabilities (then by token),
+    repeated tokens, fewer and more than max_discriminators."""
+    assert _SMALL_MODEL.clues(tokens) == _clues_reference(_SMALL_MODEL, tokens)
+    assert _SMALL_MODEL.clues(set(tokens)) == _clues_reference(_SMALL_MODEL, set(tokens))
+
+
+def test_corpus_clues_equal_reference(corpus) -> None:
+    model = bayes.load_default_model()
+    files = sorted(p for kind in ("spam", "ham", "hard-ham") if (corpus / kind).is_dir()
+                   for p in (corpus / kind).iterdir() if p.is_file())
+    for path in files[1::4]:
+        tokens = bayes.tokenize(parse_message(path.read_bytes()))
+        assert model.clues(tokens) == _clues_reference(model, tokens), path
