@@ -239,7 +239,7 @@ def _word_terms(word: str) -> tuple[int, int, int]:
     constants: the word as the first, second and third word of a
     shingle.  Cached: the same words come back message after message
     (8 192 words of at most 24 characters, as normalisation hides longer
-    ones: about 2 MB)."""
+    ones: 3 MB at most)."""
     h = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"),
                                        digest_size=8).digest(), "big")
     return h * _M1, h * _M2, h * _M3
