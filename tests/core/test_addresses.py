@@ -11,7 +11,7 @@ import textwrap
 from email.headerregistry import HeaderRegistry
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from outpost.config import ConfigError, parse_config
@@ -148,6 +148,68 @@ def test_read_addresses_survives_nested_comments():
     assert addresses.read_address(deep) == ("", "")
     assert addresses.read_addresses(["a@example.com, B <b@example.com>"]) == [("", "a@example.com"),
                                                                              ("B", "b@example.com")]
+
+
+def _email_getaddresses(values: list[str]) -> list[tuple[str, str]]:
+    try:
+        return email.utils.getaddresses(values)
+    except (RecursionError, ValueError, IndexError):
+        return []
+
+
+def _email_parseaddr(value: str) -> tuple[str, str]:
+    try:
+        return email.utils.parseaddr(value)
+    except (RecursionError, ValueError, IndexError):
+        return "", ""
+
+
+# address lists of everyday items (read without the parser) and near misses
+# that must go to it: dots, quotes with escapes, comments, groups, routes,
+# blanks other than one space, empty items, domain literals, controls
+_NAME_PIECES = st.sampled_from(["Ann", "Lee", "O'Neil", "Jos\u00e9", "x\u00a0y", "b.c", " ", "  ", "\t",
+                                '"', "\\", "(", ")", ",", ":", ";", "[", "]", "@", "<", ">", "\x00",
+                                "\r\n ", "-", "\u2028"])
+_NAMES = st.lists(_NAME_PIECES, max_size=5).map("".join)
+_SPECS = st.sampled_from(["a@b.example", "first.last@ex-ample.org", "A+tag=x@B.EXAMPLE", "a..b@c.example",
+                          "a@[1.2.3.4]", "a@b@c.example", ".a@b.example", "a@b.example.",
+                          "@route:a@b.example", "a b@c.example", "a@b .example", "(c)a@b.example"])
+_ITEMS = st.one_of(
+    _SPECS,
+    st.tuples(st.one_of(_NAMES, _NAMES.map(lambda n: f'"{n}"')), st.sampled_from(["", " ", "  ", "\t"]),
+              _SPECS).map(lambda t: f"{t[0]}{t[1]}<{t[2]}>"),
+    st.lists(_NAME_PIECES, max_size=4).map("".join))
+_LISTS = st.tuples(st.lists(_ITEMS, min_size=1, max_size=3),
+                   st.sampled_from([", ", ",", " , ", ",,", "; "])).map(lambda t: t[1].join(t[0]))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_LISTS, min_size=1, max_size=2))
+@example(['"Ann\\" <a@b.example>'])
+@example(["Ann\tLee <a@b.example>"])
+@example(["A.B <a@b.example>"])
+@example(["Ann  Lee <a@b.example>"])
+@example(["x\u00a0y <a@b.example>"])
+@example(['"A (b)" <a@b.example>'])
+@example(["a@b.example ,, c@d.example"])
+def test_read_addresses_equal_the_email_package(values: list[str]) -> None:
+    """Everyday addresses read without the parser give what the email
+    package gives; and so does every value (the rest goes to it)."""
+    joined = ", ".join(values)
+    plain = addresses._plain_addresses(joined)
+    if plain is not None:
+        assert plain == _email_getaddresses([joined])
+    assert addresses.read_addresses(values) == _email_getaddresses(values)
+    for value in values:
+        assert addresses.read_address(value) == _email_parseaddr(value)
+
+
+def test_plain_addresses_read_the_everyday_forms() -> None:
+    assert addresses._plain_addresses('Ann Lee <ann@x.example>, "B. Ray" <b@y.example>, c@z.example') == [
+        ("Ann Lee", "ann@x.example"), ("B. Ray", "b@y.example"), ("", "c@z.example")]
+    for odd in ("A. Lee <a@x.example>", "a@x.example,", '"a\\"b" <a@x.example>', "(c) a@x.example",
+                "A  B <a@x.example>", "<a@[1.2.3.4]>", ""):
+        assert addresses._plain_addresses(odd) is None, odd
 
 
 def test_nested_comments_within_the_limit_accepted():

@@ -14,7 +14,6 @@ tokens, so a model trained on a mailbox export scores submissions fairly.
 from __future__ import annotations
 
 import gzip
-import heapq
 import importlib.resources
 import json
 import math
@@ -126,10 +125,29 @@ def outbound_view(raw: bytes, max_scan: int = 1_000_000,
                          max_scan=max_scan)
 
 
+#: str.translate table: every ASCII character that cannot be in a word of
+#: _WORD_RE (not a letter, digit or one of _'$%.-) → blank.
+_ASCII_NOT_IN_WORD = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) in "_'$%.-")}
+#: What a word of _WORD_RE does not start or end with, in ASCII.
+_ASCII_WORD_EDGE = "_'$%.-"
+
+
 def _words(text: str, prefix: str, out: set[str], limit: int = 100_000) -> None:
-    # tokens are a set: look at each distinct word once
-    for w in set(_WORD_RE.findall(text[:limit])):
-        w = w.lower().rstrip(".")
+    """Add the lower-case words of ``text[:limit]`` (3 to 20 characters)
+    and the shape of the longer ones to ``out``.  In ASCII text a word of
+    ``_WORD_RE`` is a run of the characters it may hold, without the ones
+    it may not start or end with: found by ``translate`` and ``split``
+    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); other
+    text by the pattern.  A word never ends with a dot (it ends with a
+    letter or digit)."""
+    text = text[:limit]
+    if text.isascii():                  # lower() keeps ASCII classes and lengths
+        words = {run.strip(_ASCII_WORD_EDGE)
+                 for run in text.lower().translate(_ASCII_NOT_IN_WORD).split()}
+        words.discard("")
+    else:
+        words = {w.lower() for w in set(_WORD_RE.findall(text))}
+    for w in words:
         if 3 <= len(w) <= 20:
             out.add(prefix + w)
         elif len(w) > 20:
@@ -239,13 +257,13 @@ class Model:
         self.nham = nham
         self.counts: dict[str, list[int]] = counts if counts is not None else {}
         self.settings = settings
-        self._clue_probs: Optional[dict[str, float]] = None
+        self._clue_table: Optional[tuple[dict[str, int], list[tuple[float, str]]]] = None
 
     # -- training ------------------------------------------------------
     def learn(self, tokens: Iterable[str], is_spam: bool) -> None:
         """Add one message's tokens."""
         idx = 0 if is_spam else 1
-        self._clue_probs = None
+        self._clue_table = None
         for tok in tokens:
             c = self.counts.get(tok)
             if c is None:
@@ -296,30 +314,38 @@ class Model:
         return (st.unknown_word_strength * st.unknown_word_prob + n * p) / \
             (st.unknown_word_strength + n)
 
-    def clue_probs(self) -> dict[str, float]:
-        """Probability of every token strong enough to be a clue (at least
-        ``minimum_prob_strength`` from 0.5), computed once per model: a
-        message's tokens are then one dict lookup each (corpus mix: Bayes
-        0.47 -> 0.2 ms a message)."""
-        if self._clue_probs is None:
+    def clue_table(self) -> tuple[dict[str, int], list[tuple[float, str]]]:
+        """Every token strong enough to be a clue (at least
+        ``minimum_prob_strength`` from 0.5) in the order :meth:`clues`
+        takes them, strongest first (farthest from 0.5, then the higher
+        probability, then the token): its rank by token, and (probability,
+        token) by rank.  Computed once per model: a message's tokens are
+        then one dict lookup each (corpus mix: Bayes 0.47 -> 0.2 ms a
+        message), and its clues a sort of their ranks (0.15 -> 0.09 ms)."""
+        if self._clue_table is None:
             least = self.settings.minimum_prob_strength
-            strong = {}
+            strong = []
             for tok in self.counts:
                 p = self.token_prob(tok)
                 if p is not None and abs(p - 0.5) >= least:
-                    strong[tok] = p
-            self._clue_probs = strong
-        return self._clue_probs
+                    strong.append((abs(p - 0.5), p, tok))
+            strong.sort(reverse=True)
+            self._clue_table = ({tok: i for i, (_, _, tok) in enumerate(strong)},
+                                [(p, tok) for _, p, tok in strong])
+        return self._clue_table
+
+    def clue_probs(self) -> dict[str, float]:
+        """Probability of every token strong enough to be a clue."""
+        return {tok: p for p, tok in self.clue_table()[1]}
 
     def clues(self, tokens: Iterable[str]) -> list[tuple[float, str]]:
         """The strongest (probability, token) pairs used for a verdict: the
         ``max_discriminators`` tokens farthest from 0.5 (SpamBayes'
-        discriminators)."""
-        strong = self.clue_probs()
-        found = [(abs(p - 0.5), p, tok) for tok in tokens
-                 if (p := strong.get(tok)) is not None]
-        top = heapq.nlargest(self.settings.max_discriminators, found)
-        return [(p, tok) for _, p, tok in top]
+        discriminators), strongest first."""
+        rank, by_rank = self.clue_table()
+        found = [r for tok in tokens if (r := rank.get(tok)) is not None]
+        found.sort()
+        return [by_rank[r] for r in found[:self.settings.max_discriminators]]
 
     def score_tokens(self, tokens: Iterable[str]) -> float:
         """Spam probability (0 = ham … 1 = spam) of a token set."""
@@ -483,7 +509,7 @@ class BayesCheck(Check):
     def __init__(self, model: Model, settings: BayesCheckSettings = BayesCheckSettings()) -> None:
         self.model = model
         self.settings = settings
-        model.clue_probs()          # once, when the worker starts, not in its first message
+        model.clue_table()          # once, when the worker starts, not in its first message
 
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
         clues = self.model.clues(tokenize(msg))
