@@ -145,15 +145,14 @@ class StatsRecorder:
         if action is Action.CONTINUE:          # reset, aborted, closed: no answer
             return
         entry = Answered.of(msg, decision, queue_id)
+        rcpts = len(msg.recipients)
+        blocked = action in _BLOCKS
+        user = msg.user_name
         with self._mutex:
             if len(self._decisions) >= MAX_PENDING_DECISIONS:
                 self._decisions.popleft()
                 self.decisions_dropped += 1
             self._decisions.append(entry)
-        rcpts = len(msg.recipients)
-        blocked = action in _BLOCKS
-        user = msg.user_name
-        with self._mutex:
             c = self._counts
             c["m"] += 1
             c["rc"] += rcpts
