@@ -50,6 +50,9 @@ TEXT_FORMAT = "%(asctime)s outpost[%(process)d] %(levelname)s " + BODY
 JOURNALD_STDERR_FORMAT = "<%(priority)d>" + BODY
 SYSLOG_FORMAT = "outpost[%(process)d]: " + BODY
 
+#: ``json.dumps(obj, ensure_ascii=False, default=str)``, the encoder built once.
+_json_line = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
 #: Journal message bodies are cut here (one datagram; see :class:`JournalHandler`).
 MAX_JOURNAL_MESSAGE = 64 * 1024
 
@@ -79,27 +82,31 @@ class Fields:
         self._text: Optional[str] = None
 
     def __str__(self) -> str:
+        """``key=value`` for each value that is not ``None``: a list joined
+        by commas, ``from`` in angle brackets, ``-`` for empty, quoted when
+        it has a blank, a quote or an equals sign.  (One loop, no call per
+        value: written once per message.)"""
         if self._text is None:
-            self._text = " ".join(f"{key}={_text_value(key, value)}"
-                                  for key, value in self.data.items() if value is not None)
+            parts = []
+            for key, value in self.data.items():
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    if key == "from":
+                        parts.append(f"from=<{value}>")
+                        continue
+                elif isinstance(value, (list, tuple)):
+                    value = ",".join(map(str, value))
+                else:
+                    parts.append(f"{key}={value!s}")
+                    continue
+                if not value:
+                    value = "-"
+                elif " " in value or '"' in value or "=" in value:
+                    value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                parts.append(f"{key}={value}")
+            self._text = " ".join(parts)
         return self._text
-
-
-def _text_value(key: str, value: Any) -> str:
-    """One value of a ``key=value`` line: a list joined by commas, ``from``
-    in angle brackets, ``-`` for empty, quoted when it has a blank, a quote
-    or an equals sign."""
-    if isinstance(value, (list, tuple)):
-        value = ",".join(map(str, value))
-    elif not isinstance(value, str):
-        return str(value)
-    elif key == "from":
-        return f"<{value}>"
-    if not value:
-        return "-"
-    if " " in value or '"' in value or "=" in value:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
 
 
 class ContextFilter(logging.Filter):
@@ -171,7 +178,7 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        return _json_line(out)
 
 
 def _formatter(settings: LogSettings, text_format: str) -> logging.Formatter:

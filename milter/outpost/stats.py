@@ -91,21 +91,28 @@ class Answered(NamedTuple):
 
     def entry(self) -> DecisionEntry:
         """The decision-log entry (cleaned, bounded)."""
-        def text(value: Optional[str]) -> str:
-            return clean(value, DECISION_FIELD_MAX) if value else ""
         decision, verdict = self.decision, self.verdict
         evidence = getattr(verdict, "evidence", ()) or ()
         score = getattr(verdict, "score", None)
+        m = DECISION_FIELD_MAX
+        # clean() written out at each text (no helper call per field: this
+        # runs for every answered message on the flush thread).
         return DecisionEntry(
-            time=self.time, action=decision.action.value, reason=text(decision.reason),
-            queue_id=text(self.queue_id), user=text(self.user),
-            identity=text(self.identity), login=text(self.login), client_ip=text(self.client_ip),
-            sender=text(self.sender), recipients=self.recipients,
+            time=self.time, action=decision.action.value,
+            reason=clean(decision.reason, m) if decision.reason else "",
+            queue_id=clean(self.queue_id, m) if self.queue_id else "",
+            user=clean(self.user, m) if self.user else "",
+            identity=clean(self.identity, m) if self.identity else "",
+            login=clean(self.login, m) if self.login else "",
+            client_ip=clean(self.client_ip, m) if self.client_ip else "",
+            sender=clean(self.sender, m) if self.sender else "",
+            recipients=self.recipients,
             score=round(float(score), 2) if score is not None else None,
-            spam_class=text(self.spam_class),
-            evidence=tuple(text(f"{e.name}({e.points:.1f})") for e in evidence[:5]),
-            token=text(self.token), reply=text(str(decision.reply)) if decision.reply else "",
-            quarantine=text(decision.quarantine))
+            spam_class=clean(self.spam_class, m) if self.spam_class else "",
+            evidence=tuple([clean(f"{e.name}({e.points:.1f})", m) for e in evidence[:5]]),
+            token=clean(self.token, m) if self.token else "",
+            reply=clean(str(decision.reply), m) if decision.reply else "",
+            quarantine=clean(decision.quarantine, m) if decision.quarantine else "")
 
 
 def decision_entry(msg: Message, decision: Decision, queue_id: str = "",
@@ -138,15 +145,14 @@ class StatsRecorder:
         if action is Action.CONTINUE:          # reset, aborted, closed: no answer
             return
         entry = Answered.of(msg, decision, queue_id)
+        rcpts = len(msg.recipients)
+        blocked = action in _BLOCKS
+        user = msg.user_name
         with self._mutex:
             if len(self._decisions) >= MAX_PENDING_DECISIONS:
                 self._decisions.popleft()
                 self.decisions_dropped += 1
             self._decisions.append(entry)
-        rcpts = len(msg.recipients)
-        blocked = action in _BLOCKS
-        user = msg.user_name
-        with self._mutex:
             c = self._counts
             c["m"] += 1
             c["rc"] += rcpts

@@ -15,6 +15,8 @@ import struct
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from outpost.config.model import LogSettings
 from outpost.logs import QUEUE_ID, Fields, make_handler
@@ -262,6 +264,35 @@ def test_json_to_syslog(logger, dgram):
 def test_text_values_are_quoted_when_needed():
     text = str(Fields({"qid": "", "login": 'a "b"', "would": "reject (x=1)", "from": "", "n": None}))
     assert text == 'qid=- login="a \\"b\\"" would="reject (x=1)" from=<>'
+
+
+def _old_text_value(key, value):
+    """``Fields``' value writer before it became one loop (kept to compare)."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    elif not isinstance(value, str):
+        return str(value)
+    elif key == "from":
+        return f"<{value}>"
+    if not value:
+        return "-"
+    if " " in value or '"' in value or "=" in value:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+_text = st.text(st.sampled_from('ab =\\"-<>,\x00\n\u00e9'), max_size=8)
+_value = (st.none() | _text | st.integers() | st.floats(allow_nan=False) | st.booleans()
+          | st.lists(_text | st.integers(), max_size=3) | st.tuples(_text, st.floats()))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["from", "ip", "login", "rcpts", "evidence", "score", "k"]),
+                       _value, max_size=7))
+def test_text_line_is_unchanged(data):
+    """The ``key=value`` line is the one the former per-value writer made."""
+    expected = " ".join(f"{k}={_old_text_value(k, v)}" for k, v in data.items() if v is not None)
+    assert str(Fields(dict(data))) == expected
 
 
 def test_cli_keeps_a_level_only_setup(tmp_path):

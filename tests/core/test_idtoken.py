@@ -11,10 +11,15 @@ for a changed ciphertext or tag."""
 from __future__ import annotations
 
 import base64
+import struct
+from unittest import mock
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from outpost.core.idtoken import Origin, TokenCodec, TokenError
+from outpost.core.idtoken import Origin, TokenCodec, TokenError, _key
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 ORIGIN = Origin(user="webfarm", identity="alice@example.com", client_ip="192.0.2.5",
@@ -87,3 +92,23 @@ def test_truncated_and_extended_tokens_are_refused(codec, token):
 def test_other_secret_is_refused(token):
     with pytest.raises(TokenError, match="not made with this secret"):
         TokenCodec(SECRET[::-1]).open(token)
+
+
+_field_text = st.text(st.sampled_from("ab\x00é\udcff@."), max_size=140)
+
+
+@settings(max_examples=200, deadline=None)
+@given(user=_field_text, identity=_field_text, ip=_field_text, qid=_field_text,
+       when=st.integers(0, 2**40), nonce=st.binary(min_size=12, max_size=12))
+def test_seal_is_the_documented_layout(codec, user, identity, ip, qid, when, nonce):
+    """``seal`` makes, byte for byte, ``base64url(version | nonce |
+    AESGCM(time(4, big endian) | fields cut to 128 bytes, NULs dropped,
+    joined by NUL))`` (as it did before its constants were built once)."""
+    fields = [f.encode("utf-8", "surrogateescape")[:128].replace(b"\0", b"")
+              for f in (user, identity, ip, qid)]
+    payload = struct.pack("!I", when & 0xFFFFFFFF) + b"\0".join(fields)
+    head = bytes([1])
+    expected = token_of(head + nonce + AESGCM(_key(SECRET)).encrypt(nonce, payload, head))
+    with mock.patch("outpost.core.idtoken.os.urandom", return_value=nonce):
+        token = codec.seal(Origin(user=user, identity=identity, client_ip=ip, queue_id=qid, time=when))
+    assert token == expected

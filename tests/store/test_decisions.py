@@ -4,12 +4,19 @@ written by the workers' statistics flush, never on the reply path."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import json
+from types import SimpleNamespace
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from outpost.core.headers import clean
 from outpost.core.types import Action, Decision, Message, Reply
-from outpost.stats import MAX_PENDING_DECISIONS, StatsRecorder, decision_entry
+from outpost.stats import MAX_PENDING_DECISIONS, Answered, StatsRecorder, decision_entry
 from outpost.store import Store, StoreSettings
-from outpost.store.base import DecisionEntry, StoreError
+from outpost.store.base import DECISION_FIELD_MAX, DecisionEntry, StoreError
 from outpost.store.memory import MemoryStore
 
 
@@ -170,6 +177,63 @@ def test_entry_fields_are_bounded() -> None:
     msg = Message(user_name="u" * 5000, identity="i", sender="s\x00" * 10)
     e = decision_entry(msg, Decision(Action.ACCEPT), "Q")
     assert len(e.user) <= 320 and "\x00" not in e.sender
+
+
+_texts = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(time=st.floats(allow_nan=False, allow_infinity=False), action=_texts, reason=_texts,
+       queue_id=_texts, user=_texts, identity=_texts, login=_texts, client_ip=_texts,
+       sender=_texts, recipients=st.integers(0, 10**6),
+       score=st.none() | st.floats(allow_nan=False, allow_infinity=False), spam_class=_texts,
+       evidence=st.lists(_texts, max_size=5).map(tuple), token=_texts, reply=_texts,
+       quarantine=_texts)
+def test_entry_json_is_asdict_json(**kwargs) -> None:
+    """to_json writes what ``json.dumps(asdict(entry))`` wrote (its rewrite
+    without the deep copy), and from_json reads it back."""
+    e = DecisionEntry(**kwargs)
+    assert e.to_json() == json.dumps(dataclasses.asdict(e), separators=(",", ":"))
+    assert DecisionEntry.from_json(e.to_json()) == e
+
+
+def _old_entry(a: Answered) -> DecisionEntry:
+    """``Answered.entry`` before clean() was written out per field (kept to compare)."""
+    def text(value):
+        return clean(value, DECISION_FIELD_MAX) if value else ""
+    decision, verdict = a.decision, a.verdict
+    evidence = getattr(verdict, "evidence", ()) or ()
+    score = getattr(verdict, "score", None)
+    return DecisionEntry(
+        time=a.time, action=decision.action.value, reason=text(decision.reason),
+        queue_id=text(a.queue_id), user=text(a.user),
+        identity=text(a.identity), login=text(a.login), client_ip=text(a.client_ip),
+        sender=text(a.sender), recipients=a.recipients,
+        score=round(float(score), 2) if score is not None else None,
+        spam_class=text(a.spam_class),
+        evidence=tuple(text(f"{e.name}({e.points:.1f})") for e in evidence[:5]),
+        token=text(a.token), reply=text(str(decision.reply)) if decision.reply else "",
+        quarantine=text(decision.quarantine))
+
+
+_odd = st.text(st.sampled_from("a \x00\n\u2028é"), max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(_odd | st.none(), min_size=11, max_size=11),
+       action=st.sampled_from(list(Action)), reply=st.booleans(),
+       evidence=st.none() | st.lists(st.tuples(_odd, st.floats(-100, 100)), max_size=7))
+def test_entry_is_unchanged(texts, action, reply, evidence) -> None:
+    """The entry built at the flush is the one the former helper-per-field
+    code built, whatever the texts (controls, blanks, long)."""
+    reason, qid, user, identity, login, ip, sender, cls, token, quarantine, reply_text = texts
+    verdict = None if evidence is None else SimpleNamespace(
+        score=1.234, evidence=[SimpleNamespace(name=n, points=p) for n, p in evidence])
+    d = Decision(action, Reply("550", "5.7.1", reply_text or "no") if reply else None,
+                 reason or "", quarantine=quarantine)
+    a = Answered(1.5, d, qid or "", user, identity or "", login, ip, sender or "", 3,
+                 verdict, cls, token or "")  # type: ignore[arg-type]
+    assert a.entry() == _old_entry(a)
 
 
 def test_entry_json_ignores_unknown_fields() -> None:

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 VERSION = 1
 _FIELD_MAX = 128          # bytes kept of each text field (keeps tokens short)
 MIN_SECRET = 16
+_HEAD = bytes([VERSION])  # the token's first byte, also its associated data
+_TIME = struct.Struct("!I")
 
 
 class TokenError(ValueError):
@@ -52,13 +54,11 @@ class TokenCodec:
         self._aead = AESGCM(_key(secret))
 
     def seal(self, origin: Origin) -> str:
-        fields = [f.encode("utf-8", "surrogateescape")[:_FIELD_MAX]
-                  for f in (origin.user, origin.identity, origin.client_ip, origin.queue_id)]
-        payload = struct.pack("!I", origin.time & 0xFFFFFFFF) + b"\0".join(
-            f.replace(b"\0", b"") for f in fields)
+        payload = _TIME.pack(origin.time & 0xFFFFFFFF) + b"\0".join([
+            f.encode("utf-8", "surrogateescape")[:_FIELD_MAX].replace(b"\0", b"")
+            for f in (origin.user, origin.identity, origin.client_ip, origin.queue_id)])
         nonce = os.urandom(12)
-        head = bytes([VERSION])
-        sealed = head + nonce + self._aead.encrypt(nonce, payload, head)
+        sealed = _HEAD + nonce + self._aead.encrypt(nonce, payload, _HEAD)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def open(self, token: str) -> Origin:
@@ -73,7 +73,7 @@ class TokenCodec:
             payload = self._aead.decrypt(raw[1:13], raw[13:], raw[:1])
         except InvalidTag:
             raise TokenError("token was not made with this secret, or was altered") from None
-        (when,) = struct.unpack("!I", payload[:4])
+        (when,) = _TIME.unpack(payload[:4])
         parts = payload[4:].split(b"\0")
         if len(parts) != 4:
             raise TokenError("malformed token payload")

@@ -38,8 +38,13 @@ def removals(msg: Optional[Message], user: Optional[User]) -> Removals:
     if msg is None:
         return ()
     drop = {h.header.lower() for h in (user.identity_headers if user else ()) if h.remove}
-    out = [(name, n) for (name, _), (low, n) in zip(msg.headers, occurrences(n for n, _ in msg.headers))
-           if low in drop or hdr.is_owned(name)]
+    out = []
+    seen: dict[str, int] = {}               # occurrences(), written out: one loop per message
+    for name, _ in msg.headers:
+        low = name.lower()
+        n = seen[low] = seen.get(low, 0) + 1
+        if low in drop or hdr.is_owned(name):
+            out.append((name, n))
     out.reverse()
     return tuple(out)
 
