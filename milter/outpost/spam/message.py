@@ -774,9 +774,10 @@ def mime_fields(msg: Message) -> bytes:
     """The top-level fields :func:`parse_body` reads besides the body: every
     ``Content-*`` field, raw, in order (the MIME walk reads Content-Type,
     Content-Transfer-Encoding and Content-Disposition of the top level; the
-    parts' own fields are in the body), as unambiguous bytes."""
-    return repr([(k, v) for k, v in msg.raw_items()
-                 if k[:8].lower() == "content-"]).encode("utf-8", "surrogatepass")
+    parts' own fields are in the body), as unambiguous bytes: a field name
+    holds no colon or line end, the value's length comes first."""
+    return "\n".join([f"{k}:{len(v)}:{v}" for k, v in msg.raw_items()
+                      if k[:8].lower() == "content-"]).encode("utf-8", "surrogatepass")
 
 
 def parse_body(msg: Message, body: bytes, max_scan: int, size: int) -> ParsedBody:
