@@ -27,10 +27,12 @@ HEADER_PADDING = "header_padding"
 HEADER_PADDING_POINTS = 3.0
 
 #: The content cache (:class:`ContentCache`): entries kept, seconds an entry
-#: is used, and bytes of parsed content kept in all (bodies, text, html).
+#: is used, and the size of the entries in all, each counted as twice its
+#: body's bytes (for its urls and attachments) plus its text and html
+#: characters: a worker keeps about that much more memory at most.
 CACHE_ENTRIES = 256
 CACHE_TTL = 60.0
-CACHE_BYTES = 32 * 1024 * 1024
+CACHE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
