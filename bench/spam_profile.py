@@ -6,10 +6,14 @@ the way the policy core calls it at the end of a message
 (``Engine.parse_parts`` on the header block and the body window, then
 ``Engine.scan``), on smtp-source's filler (2 KB, 20 KB) and on the corpus
 mix (``bench/mailmix.py``).  Prints the median and quartiles of ms per
-message for parsing and for each check; ``--profile`` adds cProfile's top
-entries (by own time) for each workload.
+message for parsing and for each check (without the engine's content
+cache: each stage runs); then the whole scan (``parse_parts`` + ``scan``)
+with the content cache off and on, alternating in ``--rounds`` rounds (a
+new, empty cache each round), median and range of the rounds' ms per
+message; ``--profile`` adds cProfile's top entries (by own time) for each
+workload.
 
-    .venv/bin/python -m bench.spam_profile [--messages 300] [--profile 15]
+    .venv/bin/python -m bench.spam_profile [--messages 300] [--rounds 5] [--profile 15]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from bench.mailmix import corpus_mix, filler
 from outpost.config import parse_config
 from outpost.spam.base import ScanContext
-from outpost.spam.engine import Engine
+from outpost.spam.engine import ContentCache, Engine
 from outpost.spam.from_config import build_engine
 from outpost.store.memory import MemoryStore
 
@@ -68,6 +72,21 @@ def scan(engine: Engine, raw: bytes) -> None:
     engine.scan(view, CTX, engine.header_padding(len(head)))
 
 
+def cache_rounds(engine: Engine, msgs: list[bytes], rounds: int) -> dict[str, list[float]]:
+    """ms per message of the whole scan, cache off and on, alternating."""
+    out: dict[str, list[float]] = {"cache off": [], "cache on": []}
+    for r in range(rounds):
+        order = ("cache off", "cache on") if r % 2 == 0 else ("cache on", "cache off")
+        for mode in order:
+            engine.cache = ContentCache() if mode == "cache on" else None
+            t0 = time.process_time()
+            for raw in msgs:
+                scan(engine, raw)
+            out[mode].append((time.process_time() - t0) / len(msgs) * 1e3)
+    engine.cache = None
+    return out
+
+
 def quartiles(v: list[float]) -> tuple[float, float, float]:
     if len(v) < 2:
         return v[0], v[0], v[0]
@@ -87,11 +106,14 @@ def workloads(messages: int) -> dict[str, list[bytes]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300, help="messages per workload")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of the whole scan with the content cache off and on")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print cProfile's N top entries per workload")
     args = parser.parse_args(argv)
     engine = build_engine(parse_config(CONFIG), MemoryStore())
     assert engine is not None
+    cache, engine.cache = engine.cache, None            # the stages: each one runs
     for name, msgs in workloads(args.messages).items():
         for raw in msgs[:20]:                       # warm caches (regexes, model pages)
             scan(engine, raw)
@@ -104,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         for stage, v in sorted(times.items(), key=lambda kv: -statistics.median(kv[1])):
             q1, q2, q3 = quartiles([x * 1e3 for x in v])
             print(f"  {stage:<28}{q2:8.3f}  ({q1:.3f}-{q3:.3f})  mean {statistics.fmean(v) * 1e3:.3f}")
+        if args.rounds:
+            print(f"  whole scan, {args.rounds} rounds alternating: median (range) ms per message")
+            for mode, v in cache_rounds(engine, msgs, args.rounds).items():
+                print(f"  {mode:<28}{statistics.median(v):8.3f}  ({min(v):.3f}-{max(v):.3f})")
         if args.profile:
+            engine.cache = cache
             prof = cProfile.Profile()
             prof.enable()
             for raw in msgs:
                 scan(engine, raw)
             prof.disable()
+            engine.cache = None
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.profile)
             print("\n".join(ln for ln in out.getvalue().splitlines()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
@@ -49,6 +49,8 @@ class MessageView:
     size: int                              # full message size in bytes
     partial: bool
     raw: bytes = b""
+    #: The engine's content cache key (``Engine.content_key``), b"" if none.
+    content_key: bytes = field(default=b"", compare=False, repr=False)
 
     def header(self, name: str) -> Optional[str]:
         """First value of a header (case-insensitive), or None."""
@@ -86,6 +88,14 @@ class Check(abc.ABC):
     more pieces of evidence.  Checks must bound their own time."""
 
     name: str = ""
+    #: True when the result depends on nothing but the parsed body (text,
+    #: html, urls, attachments), the names of the header fields and whether
+    #: each is empty, and the values of the fields named in ``reads_headers``
+    #: (lower case): never on the envelope (``ctx``), the sender's counts, a
+    #: store or the network.  The engine then reuses the result for an
+    #: identical message (:class:`outpost.spam.engine.ContentCache`).
+    content_only: bool = False
+    reads_headers: frozenset[str] = frozenset()
 
     @abc.abstractmethod
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:

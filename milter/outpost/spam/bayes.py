@@ -505,6 +505,8 @@ class BayesCheck(Check):
     """Scores a message with a trained :class:`Model`."""
 
     name = "bayes"
+    content_only = True                      # tokenize() reads the view only
+    reads_headers = frozenset(_TOKEN_HEADERS)
 
     def __init__(self, model: Model, settings: BayesCheckSettings = BayesCheckSettings()) -> None:
         self.model = model

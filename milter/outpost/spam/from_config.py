@@ -8,7 +8,7 @@ from typing import Optional
 from ..config.model import Config
 from ..store.base import Store, StoreError
 from .base import Check
-from .engine import Engine, ScoringSettings, default_checks
+from .engine import ContentCache, Engine, ScoringSettings, default_checks
 
 log = logging.getLogger("outpost.spam")
 
@@ -65,4 +65,4 @@ def build_engine(config: Config, store: Optional[Store], resolver=None) -> Optio
         failure_policy={c.name: getattr(c, "on_error", "ignore") for c in checks},
         max_evidence_len=sc.max_evidence_len, max_scan=sc.max_scan,
         max_scan_headers=sc.max_scan_headers)
-    return Engine(checks, settings)
+    return Engine(checks, settings, ContentCache())

@@ -25,7 +25,7 @@ from email import policy
 from email.message import Message
 from html import unescape as html_unescape
 from html.parser import HTMLParser
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 import idna
@@ -508,12 +508,13 @@ _HEADER_PARSER = email.parser.BytesHeaderParser(policy=policy.compat32)
 class _Budget:
     """What one message's MIME walk may still spend (see :func:`_walk`)."""
 
-    __slots__ = ("multiparts", "delimiters", "guess")
+    __slots__ = ("multiparts", "delimiters", "guess", "refused")
 
     def __init__(self, size: int) -> None:
         self.multiparts = MAX_MULTIPARTS    # multipart bodies split at their boundary
         self.delimiters = MAX_DELIMITERS    # lines starting with a boundary looked at
         self.guess = size                   # bytes searched again for a guessed boundary
+        self.refused = False                # a guess was not made: over ``guess``
 
 
 def _split_head(data: bytes, default_type: str = "",
@@ -633,6 +634,8 @@ def _walk(msg: Message, body: bytes, budget: _Budget, depth: int = 0,
             m = _GUESS_BOUNDARY_RE.search(text)
             if m and m.group(1) != bnd:
                 parts, _ = _split_multipart(text, m.group(1), budget)
+        elif parts is None:
+            budget.refused = True
         if parts is None:
             yield msg, text
             return
@@ -726,19 +729,70 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
     partial = size > max_scan
     data = raw[:max_scan]
     msg, body = _split_head(data)
+    parsed = parse_body(msg, body, max_scan, len(data))
+    return MessageView(
+        headers=header_fields(msg),
+        text=parsed.text,
+        html=parsed.html,
+        urls=parsed.urls,
+        attachments=parsed.attachments,
+        size=size,
+        partial=partial,
+        raw=data,
+    )
 
-    headers = tuple(
+
+def split_head(data: bytes) -> tuple[Message, bytes]:
+    """The top-level header fields of a message (the email package's
+    :class:`Message`, compat32) and its body, as :func:`parse_message` splits them."""
+    return _split_head(data)
+
+
+def header_fields(msg: Message) -> tuple[tuple[str, str], ...]:
+    """The view's header fields: (name, decoded value), at most ``MAX_HEADERS``."""
+    return tuple(
         (str(k)[:200], decode_header_value(v))
         for k, v in msg.items()[:MAX_HEADERS]
     )
 
+
+class ParsedBody(NamedTuple):
+    """What :func:`parse_body` reads from a body: the view's text, html,
+    urls and attachments.  ``fits``: the result is the same under any scan
+    limit over the body's length (no text was cut to the limit, no
+    boundary guess was refused or went over it), so it depends only on the
+    body and the top-level header fields it reads (see :func:`mime_fields`)."""
+
+    text: str
+    html: str
+    urls: tuple[Url, ...]
+    attachments: tuple[Attachment, ...]
+    fits: bool
+
+
+def mime_fields(msg: Message) -> bytes:
+    """The top-level fields :func:`parse_body` reads besides the body: every
+    ``Content-*`` field, raw, in order (the MIME walk reads Content-Type,
+    Content-Transfer-Encoding and Content-Disposition of the top level; the
+    parts' own fields are in the body), as unambiguous bytes: a field name
+    holds no colon or line end, the value's length comes first."""
+    return "\n".join([f"{k}:{len(v)}:{v}" for k, v in msg.raw_items()
+                      if k[:8].lower() == "content-"]).encode("utf-8", "surrogatepass")
+
+
+def parse_body(msg: Message, body: bytes, max_scan: int, size: int) -> ParsedBody:
+    """The text, html, urls and attachments of the MIME tree of ``msg``
+    (its top-level header fields) and ``body``: at most ``max_scan``
+    characters of text; ``size``: the bytes a boundary guess may search
+    (:class:`_Budget`)."""
     texts: list[str] = []
     htmls: list[str] = []
     urls = _UrlSet()
     hosts = HostBudget()
     attachments: list[Attachment] = []
     text_budget = max_scan
-    for n, (part, raw_body) in enumerate(_walk(msg, body, _Budget(len(data)))):
+    budget = _Budget(size)
+    for n, (part, raw_body) in enumerate(_walk(msg, body, budget)):
         if n >= MAX_PARTS:
             break
         ctype = part.get_content_type().lower()
@@ -748,9 +802,9 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
         disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         is_text = ctype in ("text/plain", "text/html") and not filename \
             and disposition != "attachment"
-        body = _payload(part, raw_body)
+        body_ = _payload(part, raw_body)
         if is_text and text_budget > 0:
-            decoded = decode_bytes(body, part.get_content_charset())[:text_budget]
+            decoded = decode_bytes(body_, part.get_content_charset())[:text_budget]
             if ctype == "text/html":
                 htmls.append(decoded)
                 text, links = _html_to_text(decoded, hosts)
@@ -768,19 +822,20 @@ def parse_message(raw: bytes, total_size: Optional[int] = None,
                 attachments.append(Attachment(
                     filename=filename,
                     content_type=ctype,
-                    size=len(body),
-                    sha256=hashlib.sha256(body).hexdigest(),
-                    members=_zip_members(body),
+                    size=len(body_),
+                    sha256=hashlib.sha256(body_).hexdigest(),
+                    members=_zip_members(body_),
                 ))
-    return MessageView(
-        headers=headers,
+    # the limits only mattered if they were reached: text of at most the
+    # body's length left text_budget > 0 for every part under any limit over it
+    fits = (max_scan - text_budget <= len(body) < max_scan and not budget.refused
+            and size - budget.guess <= len(body))
+    return ParsedBody(
         text="\n\n".join(t for t in texts if t),
         html="\n".join(htmls)[:MAX_HTML_LEN],
         urls=tuple(urls.found.values()),
         attachments=tuple(attachments),
-        size=size,
-        partial=partial,
-        raw=data,
+        fits=fits,
     )
 
 

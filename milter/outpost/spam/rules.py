@@ -131,6 +131,8 @@ class RulesSettings:
 class Rule(Check):
     """A check that gives at most one piece of evidence named after it."""
 
+    content_only = True                      # a rule reads the view only (``match``)
+
     def __init__(self, settings: Optional[RulesSettings] = None) -> None:
         self.settings = settings if settings is not None else RulesSettings()
 
@@ -201,6 +203,8 @@ class FromDisplayAddrMismatch(Rule):
 
     name = "from_display_addr_mismatch"
 
+    reads_headers = frozenset({"from"})
+
     def match(self, msg: MessageView) -> Optional[str]:
         name, addr = _from(msg)
         dom = addr_domain(addr)
@@ -216,6 +220,8 @@ class FromBrandSpoof(Rule):
     domain does not belong to."""
 
     name = "from_brand_spoof"
+
+    reads_headers = frozenset({"from"})
 
     def match(self, msg: MessageView) -> Optional[str]:
         name, addr = _from(msg)
@@ -233,6 +239,8 @@ class ReplyToFreemail(Rule):
     """Replies go to a free-mail address of another domain than From."""
 
     name = "replyto_freemail"
+
+    reads_headers = frozenset({"reply-to", "from"})
 
     def match(self, msg: MessageView) -> Optional[str]:
         reply_to = msg.header("Reply-To")
@@ -314,6 +322,9 @@ class ManyHeaderRecipients(Rule):
     """More than ``max_header_recipients`` addresses in To and Cc."""
 
     name = "many_header_recipients"
+
+    # To and Cc differ for each recipient of a mailing: not worth a cache key (10 µs)
+    content_only = False
 
     def match(self, msg: MessageView) -> Optional[str]:
         limit = self.settings.max_header_recipients
