@@ -344,7 +344,7 @@ class SqliteStore(Store):
         back: :meth:`WindowCounts.settle` folds them): then the caller
         decides over every subwindow.  The answer is the same."""
         lowest: dict[str, tuple[int, float]] = {}        # id -> (cur - SUBWINDOWS, window)
-        ids = []
+        ids: list[object] = []
         for b in buckets:
             bid = bucket_id(b)
             if bid not in lowest:
