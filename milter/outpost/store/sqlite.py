@@ -308,6 +308,8 @@ class SqliteStore(Store):
         if dry_run:
             # Writes nothing: one read (a consistent snapshot) without the
             # write lock, like peek.  Every message asks at its first RCPT.
+            # A refusal reads the subwindows again and answers from them
+            # alone (a later snapshot, as consistent).
             with self._conn() as db:
                 now = time.time()
                 fits = self._fits(db, buckets, now)
