@@ -15,7 +15,11 @@ RCPT ``hit(dry_run=True)`` over the four buckets of the limits of
 then ``hit()`` over the four buckets;
 ``message-pairs`` is the same with the bulk check's former call, twelve
 ``fingerprint_add_many()`` items (each fingerprint also under a key of its
-sender), which runs on earlier versions too (``PYTHONPATH=OTHER/milter``).  Runs memory, sqlite (temp file) and Redis
+sender), which runs on earlier versions too (``PYTHONPATH=OTHER/milter``);
+``message-busy`` is ``message`` from four identities with windows of 3 s
+(subwindows of 50 ms) after one window of warm-up, so that every bucket
+holds its 61 subwindows, as a busy identity's do in a worker that has run
+for a day.  Runs memory, sqlite (temp file) and Redis
 (a throw-away ``redis-server`` on loopback unless ``--redis-url``), then
 Redis behind Sentinel: a throw-away master + replica + 3 Sentinels, once
 through ``redis+sentinel://`` and once straight to the same master
@@ -56,8 +60,13 @@ from tests.services.sentinel import SentinelCluster
 def run(url: str, seconds: float, seed: int, op: str = "hit", cpu: "list[float] | None" = None) -> int:
     """Run ``op`` for ``seconds``; return how many were made (and append
     this process' CPU seconds to ``cpu``)."""
-    cpu0 = time.process_time()
     store = open_store(url, StoreSettings(key_prefix="bench:", on_store_error="tempfail"))
+    if op == "message-busy":                     # one window: every subwindow filled
+        end = time.perf_counter() + BUSY_WINDOW
+        while time.perf_counter() < end:
+            message(store, seed, False, busy=True)
+            seed += 1
+    cpu0 = time.process_time()
     users = [(Bucket(f"bench/u{i}", 10**9, 60.0), Bucket(f"bench/u{i}", 10**9, 3600.0))
              for i in range(200)]
     owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -66,7 +75,7 @@ def run(url: str, seconds: float, seed: int, op: str = "hit", cpu: "list[float] 
     while time.perf_counter() < end:
         for _ in range(50):
             if op.startswith("message"):
-                message(store, n, op == "message-pairs")
+                message(store, n, op == "message-pairs", busy=op == "message-busy")
             elif op == "hit":
                 if not store.hit(users[n % 200]).allowed:
                     raise RuntimeError("bench bucket refused: limits too low")
@@ -82,14 +91,19 @@ def run(url: str, seconds: float, seed: int, op: str = "hit", cpu: "list[float] 
     return n - seed
 
 
-def message(store, n: int, pairs: bool) -> None:
-    """The store calls of one message from one of 200 identities (see the
-    module docstring)."""
-    user = f"bench/u{n % 200}"
-    buckets = [Bucket(f"rl:id:{user}:msg:60", 10**9, 60.0),
-               Bucket(f"rl:id:{user}:msg:3600", 10**9, 3600.0),
-               Bucket(f"rl:id:{user}:rcpt:86400", 10**9, 86400.0, cost=2),
-               Bucket("rl:user:bench:msg:86400", 10**9, 86400.0)]
+#: Window (s) of every bucket of ``--op message-busy``.
+BUSY_WINDOW = 3.0
+
+
+def message(store, n: int, pairs: bool, busy: bool = False) -> None:
+    """The store calls of one message from one of 200 identities (four
+    busy ones; see the module docstring)."""
+    user = f"bench/u{n % (4 if busy else 200)}"
+    windows = (BUSY_WINDOW,) * 3 if busy else (3600.0, 86400.0, 86400.0)
+    buckets = [Bucket(f"rl:id:{user}:msg:60", 10**9, BUSY_WINDOW if busy else 60.0),
+               Bucket(f"rl:id:{user}:msg:3600", 10**9, windows[0]),
+               Bucket(f"rl:id:{user}:rcpt:86400", 10**9, windows[1], cost=2),
+               Bucket("rl:user:bench:msg:86400", 10**9, windows[2])]
     if not store.hit(buckets, dry_run=True).allowed:
         raise RuntimeError("bench bucket refused: limits too low")
     fps = [f"b1:{kind}:{os.getpid()}-{n}" for kind in ("t", "m0", "m1", "m2", "m3", "u")]
@@ -177,7 +191,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--redis-url")
-    ap.add_argument("--op", choices=("hit", "slot", "volume", "message", "message-pairs"), default="hit",
+    ap.add_argument("--op", choices=("hit", "slot", "volume", "message", "message-pairs", "message-busy"),
+                    default="hit",
                     help="hit(): a rate-limit check; slot: take and free a connection slot; "
                          "volume: hit() with and without volume_add(); "
                          "message(-pairs): the store calls of one message")
@@ -232,7 +247,7 @@ def main() -> None:
     base = rows[0][1]
     what = {"hit": "hit() over 2 buckets", "slot": "conn_acquire() + conn_release()",
             "message": "one message's store calls", "message-pairs": "one message's store calls "
-            "(fingerprints in pairs)"}[args.op]
+            "(fingerprints in pairs)", "message-busy": "one message's store calls (busy buckets)"}[args.op]
     print(f"{what}, {args.seconds:g} s per run, ratio to memory (1 process)")
     print(f"{'backend':12} {'1 process ops/s':>16} {'ratio':>7} "
           f"{f'{args.procs} processes ops/s':>18} {'ratio':>7} {'CPU µs/op (1 process)':>22}")

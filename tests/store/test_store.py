@@ -363,6 +363,39 @@ def test_fingerprint_add_message_bounded(make_store) -> None:
     assert vars_of(mine) == (1, 2, 1)
 
 
+def test_fingerprint_add_many_is_add_one_by_one(make_store) -> None:
+    """Items in one call (a fingerprint twice, past the bound) count as
+    fingerprint_add of each in turn."""
+    store = make_store(max_fingerprint_entries=3)
+    items = [("m1", "a", 2), ("m2", "b", 1), ("m1", "b", 4), ("m1", "a", 1), ("m1", "c", 3),
+             ("m3", "a", 0), ("m2", "b", 5)]
+    got = [vars_of(s) for s in store.fingerprint_add_many(items, 60.0)]
+    want = [vars_of(store.fingerprint_add(f"one-{fp}", member, rcpts, 60.0))
+            for fp, member, rcpts in items]
+    assert got == want
+    assert store.fingerprint_add_many([], 60.0) == []
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_redis_fingerprints_of_a_message_in_one_round_trip(store: Store) -> None:
+    import redis
+    r = redis.Redis.from_url(store.url)
+
+    def scripts_run() -> int:
+        stats = r.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+    try:
+        store.fingerprint_add_message(["rt0"], "alice", 1, 60.0)       # loads the script
+        before = scripts_run()
+        got = store.fingerprint_add_message([f"rt{i}" for i in range(6)], "alice", 2, 60.0)
+        assert scripts_run() - before == 1
+        assert [(vars_of(a), vars_of(b)) for a, b in got] == \
+            [((2, 3, 1), (2, 3, 1))] + [((1, 2, 1), (1, 2, 1))] * 5
+    finally:
+        r.close()
+
+
 def test_fingerprint_add_message_checks_arguments(store: Store) -> None:
     with pytest.raises(ValueError):
         store.fingerprint_add_message(["fpx"], "a", -1, 60.0)
