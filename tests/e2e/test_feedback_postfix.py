@@ -34,6 +34,7 @@ from outpost.feedback_command import Spool, list_data
 from outpost.spam.bayes import Model
 from outpost.spam.from_config import MODEL_BLOB
 from outpost.store import open_store
+from tests.services.arf import complaint
 from tests.services.local_submit import sendmail
 from tests.services.postfix import PostfixInstance, parse_master_cf
 from tests.services.serviceuser import ensure_user, service_python
@@ -140,19 +141,7 @@ def send_as(pf, identity: str, subject: str):
 
 
 def arf(delivered: bytes) -> bytes:
-    """A complaint as a feedback loop sends it (RFC 5965), the receiver's copy attached."""
-    b = "----=_Part_8120_2711346"
-    return (f"From: Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>\r\n"
-            f"To: {ALIAS}\r\nSubject: Email Feedback Report for IP 192.0.2.1\r\n"
-            f"MIME-Version: 1.0\r\n"
-            f'Content-Type: multipart/report; report-type="feedback-report";\r\n\tboundary="{b}"\r\n'
-            f"\r\n--{b}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-            f"This is an email abuse report for an email message from example.com\r\n"
-            f"\r\n--{b}\r\nContent-Type: message/feedback-report\r\n\r\n"
-            f"Feedback-Type: abuse\r\nUser-Agent: Yahoo!-Mail-Feedback/2.0\r\nVersion: 0.1\r\n"
-            f"Original-Rcpt-To: redacted@yahoo.com\r\n"
-            f"\r\n--{b}\r\nContent-Type: message/rfc822\r\n\r\n").encode() \
-        + delivered.rstrip(b"\r\n") + f"\r\n\r\n--{b}--\r\n".encode()
+    return complaint(delivered, ALIAS)
 
 
 def listed(spool: Path) -> dict:
