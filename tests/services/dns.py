@@ -61,16 +61,24 @@ def free_port() -> int:
 @contextmanager
 def silent_udp_port() -> Iterator[int]:
     """Yield a UDP (and TCP) port on 127.0.0.1 where nothing ever answers."""
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-        t.bind(("127.0.0.1", port))  # bound, not listening: TCP gets refused
-        yield port
-    finally:
-        u.close()
-        t.close()
+    for _ in range(50):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            t.bind(("127.0.0.1", port))  # bound, not listening: TCP gets refused
+        except OSError:              # the TCP port of that number is taken: another one
+            u.close()
+            t.close()
+            continue
+        try:
+            yield port
+        finally:
+            u.close()
+            t.close()
+        return
+    raise DnsServerError("no free port found")
 
 
 def _zone_text(origin: str, text: str) -> str:
