@@ -409,7 +409,7 @@ class Policy:
         try:
             signatures = sender_auth.sign(self.signer, msg, removals, added) if self.signer else ()
         except Exception as exc:  # noqa: BLE001 - never relay unsigned what should be signed
-            log.error("DKIM signing failed (qid=%s): %s", msg.queue_id or "-", exc)
+            log.error("DKIM signing failed: %s", exc)   # the QID: prefix names the message
             return Decision(Action.TEMPFAIL, SIGNING_FAILED, "dkim_error")
         return Decision(Action.ACCEPT, reason="quarantine" if msg.quarantine else "ok",
                         remove_headers=removals, quarantine=msg.quarantine,
