@@ -104,7 +104,7 @@ class Limits:
         lim, ulim = user.policy.limits, user.policy.user_limits
         if not (lim.messages or lim.recipients or ulim.messages or ulim.recipients):
             return CONTINUE
-        filled = message_windows(user, msg.identity)
+        filled = self._message_windows(msg, user)
         cost = max(1, len(msg.recipients)) if not dry_run else 1
         wanted = [w.bucket(cost if w.key.counted == "rcpt" else 1) for w in filled]
         if not wanted:
@@ -122,6 +122,16 @@ class Limits:
                    "rate_limit")
         self._limit_hit(msg, user, d.reply)
         return self.enforce.block(msg, user, d)
+
+    @staticmethod
+    def _message_windows(msg: Message, user: User) -> list[LimitWindow]:
+        """:func:`message_windows` of the message, built once: the read-only
+        check at the first RCPT and the count at the end of the message use
+        the same (built again only if the identity changed)."""
+        known = msg.limit_windows
+        if known is None or known[0] != msg.identity:
+            known = msg.limit_windows = (msg.identity, message_windows(user, msg.identity))
+        return known[1]
 
     def _limit_hit(self, msg: Message, user: User, reply: Optional[Reply] = None) -> None:
         if not self.enforce.monitoring(user):
