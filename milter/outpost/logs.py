@@ -142,7 +142,8 @@ class TextFormatter(logging.Formatter):
         second = int(record.created)
         if second != self._second[0]:
             self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
-        return self.default_msec_format % (self._second[1], record.msecs)
+        text = self._second[1]
+        return self.default_msec_format % (text, record.msecs) if self.default_msec_format else text
 
 
 class JournaldStderrFormatter(logging.Formatter):
