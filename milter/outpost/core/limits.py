@@ -64,6 +64,14 @@ def buckets(user: User, identity: str, cost_rcpts: int) -> list[Bucket]:
             for w in message_windows(user, identity)]
 
 
+#: Rate-limit windows, and their buckets at cost 1 (a message; one recipient).
+WindowsAtOne = tuple[list[LimitWindow], list[Bucket]]
+
+
+def _at_one(filled: list[LimitWindow]) -> WindowsAtOne:
+    return filled, [w.bucket() for w in filled]
+
+
 class Limits:
     """Lock checks, rate-limit checks and the automatic lock of one
     configuration, against its store."""
@@ -73,6 +81,9 @@ class Limits:
         self.store = store
         self.enforce = enforce
         self.reports = reports
+        #: each user's windows as a whole, and their buckets at cost 1: the
+        #: same for every message of the user
+        self._user_windows = {u.name: (u, _at_one(windows(u, Target(u.name)))) for u in config.users}
 
     def lock_decision(self, msg: Message, user: User) -> Optional[Decision]:
         """The refusal for a locked user (as a whole) or a locked identity
@@ -104,9 +115,9 @@ class Limits:
         lim, ulim = user.policy.limits, user.policy.user_limits
         if not (lim.messages or lim.recipients or ulim.messages or ulim.recipients):
             return CONTINUE
-        filled = message_windows(user, msg.identity)
+        filled, at_one = self._message_windows(msg, user)
         cost = max(1, len(msg.recipients)) if not dry_run else 1
-        wanted = [w.bucket(cost if w.key.counted == "rcpt" else 1) for w in filled]
+        wanted = at_one if cost == 1 else [w.bucket(cost if w.key.counted == "rcpt" else 1) for w in filled]
         if not wanted:
             return CONTINUE
         try:
@@ -122,6 +133,21 @@ class Limits:
                    "rate_limit")
         self._limit_hit(msg, user, d.reply)
         return self.enforce.block(msg, user, d)
+
+    def _message_windows(self, msg: Message, user: User) -> WindowsAtOne:
+        """:func:`message_windows` of the message and their buckets at cost
+        1, built once per message (again only if the identity changed): the
+        read-only check at RCPT and the count at the end of the message
+        share them.  The user's windows as a whole come from the
+        configuration, built once."""
+        known = msg.limit_windows
+        if known is None or known[0] != msg.identity:
+            configured, whole = self._user_windows.get(user.name, (None, None))
+            if configured is not user or whole is None:
+                whole = _at_one(windows(user, Target(user.name)))
+            mine = _at_one(windows(user, Target(user.name, msg.identity)))
+            known = msg.limit_windows = (msg.identity, (mine[0] + whole[0], mine[1] + whole[1]))
+        return known[1]
 
     def _limit_hit(self, msg: Message, user: User, reply: Optional[Reply] = None) -> None:
         if not self.enforce.monitoring(user):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..spam.base import Evidence
     from ..spam.engine import Verdict
     from ..spam.message import TextAfterWindow
+    from .limits import WindowsAtOne
 
 #: Longest reply text (RFC 5321 allows 512 octets a reply line).
 MAX_REPLY_TEXT = 400
@@ -113,6 +114,7 @@ class Message:
     lock_decision: Optional[Decision] = None   # cached lock check (CONTINUE: not locked)
     user_lock_decision: Optional[Decision] = None   # the same for the user as a whole
     early_limit: Optional[Decision] = None     # cached read-only limit check at RCPT
+    limit_windows: Optional[tuple[str, "WindowsAtOne"]] = None   # (identity, its windows): core/limits.py
     started: float = 0.0                 # monotonic time of MAIL FROM
     spent: float = 0.0                   # seconds spent inside Outpost for this message
 

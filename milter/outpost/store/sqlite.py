@@ -347,8 +347,8 @@ class SqliteStore(Store):
         decides over every subwindow.  The answer is the same."""
         lowest: dict[str, tuple[int, float]] = {}        # id -> (cur - SUBWINDOWS, window)
         ids: list[object] = []
-        for b in buckets:
-            bid = bucket_id(b)
+        bids = [bucket_id(b) for b in buckets]
+        for bid, b in zip(bids, buckets):
             if bid not in lowest:
                 lowest[bid] = (subwindow_index(now, b.window) - SUBWINDOWS, b.window)
                 ids += (bid, lowest[bid][0])
@@ -361,8 +361,7 @@ class SqliteStore(Store):
             "(SELECT min(subwindow) FROM rl_subwindow r WHERE r.id = q.id), "
             "(SELECT max(subwindow) FROM rl_subwindow r WHERE r.id = q.id) FROM q", ids)}
         pending: dict[str, int] = {}
-        for b in buckets:
-            bid = bucket_id(b)
+        for bid, b in zip(bids, buckets):
             cost = pending.get(bid, 0) + b.cost
             if cost + totals[bid][0] > b.limit:
                 return None
