@@ -127,25 +127,6 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
-    """The stock formatter, its time stamp (``asctime``) the same text, the
-    local time's part of it made once a second: ``time.strftime`` was
-    about a fifth of the time a message's log line took to format."""
-
-    def __init__(self, fmt: str) -> None:
-        super().__init__(fmt)
-        self._second: tuple[int, str] = (-1, "")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:  # noqa: N802 - logging's name
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second[0]:
-            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
-        text = self._second[1]
-        return self.default_msec_format % (text, record.msecs) if self.default_msec_format else text
-
-
 class JournaldStderrFormatter(logging.Formatter):
     """sd-daemon(3) lines: each line of a record (a traceback too) carries
     the ``<N>`` priority prefix, since the journal reads them one by one."""
@@ -206,7 +187,7 @@ def _formatter(settings: LogSettings, text_format: str) -> logging.Formatter:
                              sd_priority=text_format == JOURNALD_STDERR_FORMAT)
     if text_format == JOURNALD_STDERR_FORMAT:
         return JournaldStderrFormatter(text_format)
-    return TextFormatter(text_format) if text_format == TEXT_FORMAT else logging.Formatter(text_format)
+    return logging.Formatter(text_format)
 
 
 # -- the journal's native protocol -------------------------------------------------------------

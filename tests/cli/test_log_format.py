@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from outpost.config.model import LogSettings
-from outpost.logs import QUEUE_ID, TEXT_FORMAT, Fields, TextFormatter, make_handler
+from outpost.logs import QUEUE_ID, Fields, make_handler
 
 
 @pytest.fixture
@@ -222,28 +222,6 @@ def test_stderr_elsewhere_is_timestamped(logger, tmp_path, monkeypatch):
     date, clock, rest = line.split(" ", 2)
     assert len(date) == 10 and date[4] == "-" and "," in clock
     assert rest == f"outpost[{os.getpid()}] WARNING outpost.logtest: hello there"
-
-
-def test_stderr_elsewhere_gets_the_text_formatter(logger, tmp_path, monkeypatch):
-    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
-    with open(tmp_path / "stream", "w+", encoding="utf-8") as fh:
-        handler, _ = make_handler(LogSettings(), stream=fh)
-    assert type(handler.formatter) is TextFormatter and handler.formatter._fmt == TEXT_FORMAT
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1, max_size=6),
-       st.lists(st.floats(min_value=0, max_value=0.999), max_size=4))
-def test_text_formatter_writes_the_stock_line(starts, steps):
-    """The time stamp made once a second (TextFormatter) is the stock
-    formatter's text, for records in the same second and across seconds."""
-    ours, stock = TextFormatter(TEXT_FORMAT), logging.Formatter(TEXT_FORMAT)
-    times = [t for start in starts for t in (start, *(start + step for step in steps))]
-    for created in times:
-        record = logging.LogRecord("outpost.message", logging.INFO, __file__, 1, "m=%s", ("x",), None)
-        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
-        record.qid_prefix = "Q1: "
-        assert ours.format(record) == stock.format(record)
 
 
 # -- JSON ---------------------------------------------------------------------------------
