@@ -132,3 +132,29 @@ def test_corpus_clues_equal_reference(corpus) -> None:
     for path in files[1::4]:
         tokens = bayes.tokenize(parse_message(path.read_bytes()))
         assert model.clues(tokens) == _clues_reference(model, tokens), path
+
+
+_CLAMPED_MODEL = bayes.Model(10_000_000, 3, {f"t{i}": [i * 997_003 % 10_000_001, i % 4] for i in range(60)},
+                             bayes.BayesSettings(max_discriminators=9, unknown_word_strength=1e-9))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([f"t{i}" for i in range(64)]), max_size=80),
+       st.sampled_from([_SMALL_MODEL, _CLAMPED_MODEL]))
+def test_combine_ranks_equal_combine(tokens: list[str], model: bayes.Model) -> None:
+    """The logarithms taken once per model give the very float that
+    combining each message's clues gave (no clue, one, more than
+    max_discriminators, probabilities clamped at 1e-6 and 1 - 1e-6)."""
+    ranks = model.clue_ranks(tokens)
+    assert model.combine_ranks(ranks) == bayes.Model.combine(model.clues(tokens))
+    assert model.score_tokens(tokens) == bayes.Model.combine(model.clues(tokens))
+
+
+def test_corpus_combine_ranks_equal_combine(corpus) -> None:
+    model = bayes.load_default_model()
+    files = sorted(p for kind in ("spam", "ham", "hard-ham") if (corpus / kind).is_dir()
+                   for p in (corpus / kind).iterdir() if p.is_file())
+    for path in files[1::4]:
+        tokens = bayes.tokenize(parse_message(path.read_bytes()))
+        assert model.combine_ranks(model.clue_ranks(tokens)) == \
+            bayes.Model.combine(model.clues(tokens)), path
