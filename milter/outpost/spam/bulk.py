@@ -203,6 +203,12 @@ def normalise_text(text: str, subject: str = "", personal: Iterable[str] = (),
                    max_chars: int = 20_000) -> str:
     """The normalised form of ``subject`` + ``text`` (see module docstring)."""
     body, _tail = _split_personal(text[: max_chars * 2])
+    return _normalise_body(body, subject, personal, max_chars)
+
+
+def _normalise_body(body: str, subject: str, personal: Iterable[str], max_chars: int) -> str:
+    """:func:`normalise_text` of a text whose signature and quoted part
+    :func:`_split_personal` took off: ``body``."""
     subject = _SUBJECT_PREFIX_RE.sub("", subject)
     s = (subject + "\n" + body).lower()
     if "://" in s or "www." in s:
@@ -290,8 +296,10 @@ def fingerprints(msg: MessageView, ctx: ScanContext, settings: BulkSettings) -> 
     (``t``, ``m0``…``m3``, ``u``, ``a``); empty when it has none."""
     fps: dict[str, str] = {}
     text = msg.text[: settings.max_text_chars * 2]
-    norm = normalise_text(text, msg.header("Subject") or "", personal_words(msg, ctx),
-                          settings.max_text_chars)
+    # split once for the text and the URL set (normalise_text would split it again)
+    body, tail = _split_personal(text)
+    norm = _normalise_body(body, msg.header("Subject") or "", personal_words(msg, ctx),
+                           settings.max_text_chars)
     if len(norm) >= settings.min_text_chars:
         fps["t"] = _h(norm)
         words = norm.split()
@@ -299,7 +307,6 @@ def fingerprints(msg: MessageView, ctx: ScanContext, settings: BulkSettings) -> 
             for i, band in enumerate(minhash_bands(words)):
                 fps[f"m{i}"] = band
     if settings.url_set and msg.urls:
-        _body, tail = _split_personal(text)
         own = _own_domains(msg, ctx)
         keys = {
             _url_key(u.href) for u in msg.urls
