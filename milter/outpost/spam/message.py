@@ -659,7 +659,7 @@ def _filename(part: Message) -> str:
     '' if none.  A part without Content-Disposition and without ``name``
     in its Content-Type has none: its parameters are not parsed (the
     email package parses a field's parameters in full for each one asked
-    for; corpus mix: 0.03 ms a message)."""
+    for; corpus mix: parse 0.22 -> 0.20 ms a message, median)."""
     try:
         named = "content-disposition" in part or "name" in str(part.get("content-type", "")).lower()
     except (ValueError, LookupError, TypeError):     # str() of an odd value: as before
