@@ -137,16 +137,26 @@ def _words(text: str, prefix: str, out: set[str], limit: int = 100_000) -> None:
     and the shape of the longer ones to ``out``.  In ASCII text a word of
     ``_WORD_RE`` is a run of the characters it may hold, without the ones
     it may not start or end with: found by ``translate`` and ``split``
-    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); other
-    text by the pattern.  A word never ends with a dot (it ends with a
-    letter or digit)."""
+    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); in
+    other text, so are its ASCII pieces between blanks, the rest is read
+    by the pattern.  A word never ends with a dot (it ends with a letter
+    or digit)."""
     text = text[:limit]
-    if text.isascii():                  # lower() keeps ASCII classes and lengths
-        words = {run.strip(_ASCII_WORD_EDGE)
-                 for run in text.lower().translate(_ASCII_NOT_IN_WORD).split()}
-        words.discard("")
+    if text.isascii():
+        ascii_text, other = text, ""
     else:
-        words = {w.lower() for w in set(_WORD_RE.findall(text))}
+        # a word holds no blank: the ASCII pieces between blanks are read as
+        # ASCII text, the others by the pattern (corpus mix: the words of
+        # non-ASCII texts 0.05 -> 0.037 ms a message)
+        pieces = text.split()
+        ascii_text = " ".join([p for p in pieces if p.isascii()])
+        other = " ".join([p for p in pieces if not p.isascii()])
+    # lower() keeps ASCII classes and lengths
+    words = {run.strip(_ASCII_WORD_EDGE)
+             for run in ascii_text.lower().translate(_ASCII_NOT_IN_WORD).split()}
+    words.discard("")
+    if other:
+        words.update(w.lower() for w in set(_WORD_RE.findall(other)))
     for w in words:
         if 3 <= len(w) <= 20:
             out.add(prefix + w)
