@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from dataclasses import replace
 from typing import Iterator, Optional
@@ -397,7 +398,8 @@ def _normalise_text_reference(text: str, subject: str = "", personal=(),
     if "@" in s:
         s = b._drop_addresses(s)
     s = b._GREETING_RE.sub(lambda m: m.group(1), s)
-    s = b._LONG_WORD_RE.sub(b._hide_token, s)
+    s = re.sub(r"\w{12,}", lambda m: " # " if len(m.group(0)) >= 25 or re.search(r"\d", m.group(0))
+               else m.group(0), s)
     s = b._DIGITS_RE.sub("0", s)
     skip = {w.lower() for w in personal}
     words = [w for w in b._WORD_RE.findall(s) if w not in skip]

@@ -9,7 +9,7 @@ import hashlib
 import heapq
 from typing import Optional
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from outpost.spam import bayes, bulk
@@ -132,3 +132,101 @@ def test_corpus_clues_equal_reference(corpus) -> None:
     for path in files[1::4]:
         tokens = bayes.tokenize(parse_message(path.read_bytes()))
         assert model.clues(tokens) == _clues_reference(model, tokens), path
+
+
+_CLAMPED_MODEL = bayes.Model(10_000_000, 3, {f"t{i}": [i * 997_003 % 10_000_001, i % 4] for i in range(60)},
+                             bayes.BayesSettings(max_discriminators=9, unknown_word_strength=1e-9))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([f"t{i}" for i in range(64)]), max_size=80),
+       st.sampled_from([_SMALL_MODEL, _CLAMPED_MODEL]))
+def test_combine_ranks_equal_combine(tokens: list[str], model: bayes.Model) -> None:
+    """The logarithms taken once per model give the very float that
+    combining each message's clues gave (no clue, one, more than
+    max_discriminators, probabilities clamped at 1e-6 and 1 - 1e-6)."""
+    ranks = model.clue_ranks(tokens)
+    assert model.combine_ranks(ranks) == bayes.Model.combine(model.clues(tokens))
+    assert model.score_tokens(tokens) == bayes.Model.combine(model.clues(tokens))
+
+
+def test_corpus_combine_ranks_equal_combine(corpus) -> None:
+    model = bayes.load_default_model()
+    files = sorted(p for kind in ("spam", "ham", "hard-ham") if (corpus / kind).is_dir()
+                   for p in (corpus / kind).iterdir() if p.is_file())
+    for path in files[1::4]:
+        tokens = bayes.tokenize(parse_message(path.read_bytes()))
+        assert model.combine_ranks(model.clue_ranks(tokens)) == \
+            bayes.Model.combine(model.clues(tokens)), path
+
+
+def _filename_reference(part) -> str:
+    """``message._filename`` as it was: the parameters always parsed."""
+    import email.utils
+
+    from outpost.spam.message import decode_header_value
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError, TypeError):
+        name = None
+    if name is None:
+        try:
+            param = part.get_param("name")
+        except (ValueError, LookupError, TypeError):
+            param = None
+        name = email.utils.collapse_rfc2231_value(param) if isinstance(param, tuple) else param
+    return decode_header_value(name)[:255] if name else ""
+
+
+_FIELD_PIECES = ["text/plain", "application/pdf", "attachment", "inline", ";", " ", "=", '"',
+                 "name", "NAME", "Name*", "name*0", "name*1*", "filename", "FileName*", "nam",
+                 "e", "a.pdf", "utf-8''%E2%82%AC.txt", "=?utf-8?q?x=2Ezip?=", "charset=us-ascii",
+                 "\udcff", "é", "\t", "''"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(ctype=st.one_of(st.none(), st.lists(st.sampled_from(_FIELD_PIECES), max_size=10).map("".join)),
+       disp=st.one_of(st.none(), st.lists(st.sampled_from(_FIELD_PIECES), max_size=10).map("".join)),
+       disp_name=st.sampled_from(["Content-Disposition", "content-DISPOSITION"]))
+@example(ctype='application/pdf; NAME="a.pdf"', disp=None, disp_name="Content-Disposition")
+@example(ctype="application/pdf; Name*0*=utf-8''%E2%82%AC; name*1=.txt", disp=None,
+         disp_name="Content-Disposition")
+@example(ctype="application/pdf", disp="inline; filename=a.pdf", disp_name="content-DISPOSITION")
+def test_filename_equal_reference(ctype: Optional[str], disp: Optional[str], disp_name: str) -> None:
+    """Parameters left unparsed where no name can be give the same file name
+    (it fails when the shortcut misses an upper-case, RFC 2231 or
+    Content-Disposition name)."""
+    from email.message import Message
+
+    from outpost.spam.message import _filename
+    part = Message()
+    if ctype is not None:
+        part["Content-Type"] = ctype
+    if disp is not None:
+        part[disp_name] = disp
+    assert _filename(part) == _filename_reference(part)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from(["Hi John,", "hello", "www.example.com/x", "a@b.example",
+                                      "\n-- \n", "\n> quoted http://q.example/y\n", "wrote:",
+                                      " words ", "2024", "\n", "lorem ipsum dolor sit amet "]),
+                     max_size=40).map("".join))
+def test_fingerprints_split_once(text: str) -> None:
+    """The text split once for the text and URL fingerprints gives what
+    normalise_text and the URL set gave on their own splits."""
+    from outpost.spam.base import MessageView, Url
+    from outpost.spam.message import _text_urls
+    urls = tuple(_text_urls(text)) + (Url("http://q.example/y", "q.example"),)
+    view = MessageView(headers=(("Subject", "Re: offer"), ("From", "x@sender.example")),
+                       text=text, html="", urls=urls, attachments=(), size=len(text), partial=False)
+    s = bulk.BulkSettings(min_text_chars=1, max_text_chars=200)
+    fps = bulk.fingerprints(view, CTX, s)
+    short = text[:s.max_text_chars * 2]
+    norm = bulk.normalise_text(short, "Re: offer", bulk.personal_words(view, CTX), s.max_text_chars)
+    assert fps.get("t") == (bulk._h(norm) if norm else None)
+    _body, tail = bulk._split_personal(short)
+    own = bulk._own_domains(view, CTX)
+    keys = {bulk._url_key(u.href) for u in urls
+            if u.host and not bulk._is_own(u.host, own) and u.href not in tail} - {""}
+    assert fps.get("u") == (bulk._h("\n".join(sorted(keys))) if keys else None)

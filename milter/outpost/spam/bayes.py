@@ -137,16 +137,26 @@ def _words(text: str, prefix: str, out: set[str], limit: int = 100_000) -> None:
     and the shape of the longer ones to ``out``.  In ASCII text a word of
     ``_WORD_RE`` is a run of the characters it may hold, without the ones
     it may not start or end with: found by ``translate`` and ``split``
-    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); other
-    text by the pattern.  A word never ends with a dot (it ends with a
-    letter or digit)."""
+    (corpus mix: 0.12 instead of 0.2 ms a message for the pattern); in
+    other text, so are its ASCII pieces between blanks, the rest is read
+    by the pattern.  A word never ends with a dot (it ends with a letter
+    or digit)."""
     text = text[:limit]
-    if text.isascii():                  # lower() keeps ASCII classes and lengths
-        words = {run.strip(_ASCII_WORD_EDGE)
-                 for run in text.lower().translate(_ASCII_NOT_IN_WORD).split()}
-        words.discard("")
+    if text.isascii():
+        ascii_text, other = text, ""
     else:
-        words = {w.lower() for w in set(_WORD_RE.findall(text))}
+        # a word holds no blank: the ASCII pieces between blanks are read as
+        # ASCII text, the others by the pattern (corpus mix: the words of
+        # non-ASCII texts 0.05 -> 0.037 ms a message)
+        pieces = text.split()
+        ascii_text = " ".join([p for p in pieces if p.isascii()])
+        other = " ".join([p for p in pieces if not p.isascii()])
+    # lower() keeps ASCII classes and lengths
+    words = {run.strip(_ASCII_WORD_EDGE)
+             for run in ascii_text.lower().translate(_ASCII_NOT_IN_WORD).split()}
+    words.discard("")
+    if other:
+        words.update(w.lower() for w in set(_WORD_RE.findall(other)))
     for w in words:
         if 3 <= len(w) <= 20:
             out.add(prefix + w)
@@ -258,12 +268,13 @@ class Model:
         self.counts: dict[str, list[int]] = counts if counts is not None else {}
         self.settings = settings
         self._clue_table: Optional[tuple[dict[str, int], list[tuple[float, str]]]] = None
+        self._clue_logs: Optional[list[tuple[float, float]]] = None
 
     # -- training ------------------------------------------------------
     def learn(self, tokens: Iterable[str], is_spam: bool) -> None:
         """Add one message's tokens."""
         idx = 0 if is_spam else 1
-        self._clue_table = None
+        self._clue_table = self._clue_logs = None
         for tok in tokens:
             c = self.counts.get(tok)
             if c is None:
@@ -338,18 +349,36 @@ class Model:
         """Probability of every token strong enough to be a clue."""
         return {tok: p for p, tok in self.clue_table()[1]}
 
+    def clue_ranks(self, tokens: Iterable[str]) -> list[int]:
+        """The ranks in :meth:`clue_table` of the clues :meth:`clues` gives,
+        in its order."""
+        rank = self.clue_table()[0]
+        found = [r for tok in tokens if (r := rank.get(tok)) is not None]
+        found.sort()
+        return found[:self.settings.max_discriminators]
+
     def clues(self, tokens: Iterable[str]) -> list[tuple[float, str]]:
         """The strongest (probability, token) pairs used for a verdict: the
         ``max_discriminators`` tokens farthest from 0.5 (SpamBayes'
         discriminators), strongest first."""
-        rank, by_rank = self.clue_table()
-        found = [r for tok in tokens if (r := rank.get(tok)) is not None]
-        found.sort()
-        return [by_rank[r] for r in found[:self.settings.max_discriminators]]
+        by_rank = self.clue_table()[1]
+        return [by_rank[r] for r in self.clue_ranks(tokens)]
 
     def score_tokens(self, tokens: Iterable[str]) -> float:
         """Spam probability (0 = ham … 1 = spam) of a token set."""
-        return self.combine(self.clues(tokens))
+        return self.combine_ranks(self.clue_ranks(tokens))
+
+    @staticmethod
+    def _logs(p: float) -> tuple[float, float]:
+        """The two logarithms :meth:`combine` adds up for a probability."""
+        p = min(max(p, 1e-6), 1 - 1e-6)
+        return math.log(1.0 - p), math.log(p)
+
+    @staticmethod
+    def _fisher(s_sum: float, h_sum: float, n: int) -> float:
+        s = 1.0 - _chi2q(-2.0 * s_sum, 2 * n)
+        h = 1.0 - _chi2q(-2.0 * h_sum, 2 * n)
+        return (s - h + 1.0) / 2.0
 
     @staticmethod
     def combine(clues: Sequence[tuple[float, str]]) -> float:
@@ -358,13 +387,32 @@ class Model:
             return 0.5
         h_sum = s_sum = 0.0
         for p, _ in clues:
-            p = min(max(p, 1e-6), 1 - 1e-6)
-            s_sum += math.log(1.0 - p)
-            h_sum += math.log(p)
-        n = len(clues)
-        s = 1.0 - _chi2q(-2.0 * s_sum, 2 * n)
-        h = 1.0 - _chi2q(-2.0 * h_sum, 2 * n)
-        return (s - h + 1.0) / 2.0
+            log_s, log_h = Model._logs(p)
+            s_sum += log_s
+            h_sum += log_h
+        return Model._fisher(s_sum, h_sum, len(clues))
+
+    def clue_logs(self) -> list[tuple[float, float]]:
+        """The logarithms :meth:`combine` adds for each clue, by rank in
+        :meth:`clue_table`; computed once per model."""
+        if self._clue_logs is None:
+            self._clue_logs = [self._logs(p) for p, _ in self.clue_table()[1]]
+        return self._clue_logs
+
+    def combine_ranks(self, ranks: Sequence[int]) -> float:
+        """:meth:`combine` of the clues of these ranks (:meth:`clue_ranks`),
+        the same float: the same logarithms added in the same order, taken
+        once per model instead of twice a clue (corpus mix, 73 clues a
+        message: 0.065 -> 0.02 ms)."""
+        if not ranks:
+            return 0.5
+        logs = self.clue_logs()
+        h_sum = s_sum = 0.0
+        for r in ranks:
+            log_s, log_h = logs[r]
+            s_sum += log_s
+            h_sum += log_h
+        return self._fisher(s_sum, h_sum, len(ranks))
 
     def score(self, view: MessageView) -> float:
         """Spam probability of a message."""
@@ -511,11 +559,11 @@ class BayesCheck(Check):
     def __init__(self, model: Model, settings: BayesCheckSettings = BayesCheckSettings()) -> None:
         self.model = model
         self.settings = settings
-        model.clue_table()          # once, when the worker starts, not in its first message
+        model.clue_logs()           # once, when the worker starts, not in its first message
 
     def check(self, msg: MessageView, ctx: ScanContext) -> list[Evidence]:
-        clues = self.model.clues(tokenize(msg))
-        p = self.model.combine(clues)
+        clues = self.model.clue_ranks(tokenize(msg))
+        p = self.model.combine_ranks(clues)
         pts = self.settings.points(p)
         if pts > 0 and len(clues) < self.settings.min_clues:
             pts = round(pts * len(clues) / self.settings.min_clues, 1)
