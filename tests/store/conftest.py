@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import types
 import uuid
 from typing import Callable, Iterator
 
 import pytest
 
 from outpost.store import Store, StoreSettings, open_store
+from outpost.store import sqlite as sqlite_mod
 from tests.services.redis import RedisServer
 from tests.services.sentinel import SentinelCluster
 
@@ -67,3 +69,21 @@ def make_store(backend: str, request: pytest.FixtureRequest,
 @pytest.fixture
 def store(make_store: Callable[..., Store]) -> Store:
     return make_store()
+
+
+class SqliteClock:
+    """Stands in for the ``time`` module of outpost.store.sqlite."""
+
+    def __init__(self) -> None:
+        self.t = 1.0e9
+
+    def time(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SqliteClock:
+    """The sqlite store's clock, set by the test (``clock.t``)."""
+    c = SqliteClock()
+    monkeypatch.setattr(sqlite_mod, "time", types.SimpleNamespace(time=c.time))
+    return c

@@ -7,7 +7,6 @@ version are built when it opens.  (What a busy fingerprint costs:
 from __future__ import annotations
 
 import sqlite3
-import types
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,31 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outpost.store import StoreSettings
-from outpost.store import sqlite as sqlite_mod
 from outpost.store.base import FingerprintStats
 from outpost.store.sqlite import SqliteStore
+from tests.store.conftest import SqliteClock
 
 WINDOW = 60.0
 CAP = 4
 FPS = ("f1", "f2", "f3")
 MEMBERS = ("alice", "bob", "carol")
-
-
-class Clock:
-    """Stands in for the ``time`` module of outpost.store.sqlite."""
-
-    def __init__(self) -> None:
-        self.t = 1.0e9
-
-    def time(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(sqlite_mod, "time", types.SimpleNamespace(time=c.time))
-    return c
 
 
 @dataclass
@@ -99,7 +81,7 @@ steps_st = st.lists(
 
 
 @pytest.mark.parametrize("sweep", [False, True], ids=["no-sweep", "sweep-every-transaction"])
-def test_running_totals_answer_as_the_sums_over_entries(tmp_path, clock: Clock, sweep: bool) -> None:
+def test_running_totals_answer_as_the_sums_over_entries(tmp_path, clock: SqliteClock, sweep: bool) -> None:
     n = iter(range(10**6))
 
     @settings(max_examples=150, deadline=None, database=None,
@@ -124,7 +106,7 @@ def test_running_totals_answer_as_the_sums_over_entries(tmp_path, clock: Clock, 
     check()
 
 
-def test_fingerprint_add_many_counts_as_one_by_one(tmp_path, clock: Clock) -> None:
+def test_fingerprint_add_many_counts_as_one_by_one(tmp_path, clock: SqliteClock) -> None:
     """Items of several members and a fingerprint twice in one call."""
     store = SqliteStore(f"{tmp_path}/many.db", StoreSettings(max_fingerprint_entries=CAP))
     ref = Reference(CAP)
@@ -141,7 +123,7 @@ def test_fingerprint_add_many_counts_as_one_by_one(tmp_path, clock: Clock) -> No
     store.close()
 
 
-def test_totals_of_an_earlier_version_are_built_on_open(tmp_path, clock: Clock) -> None:
+def test_totals_of_an_earlier_version_are_built_on_open(tmp_path, clock: SqliteClock) -> None:
     """A database whose entries have no running totals (the version before)
     gets them when a process opens it, and counting goes on from there."""
     path = f"{tmp_path}/old.db"

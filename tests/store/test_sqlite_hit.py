@@ -6,7 +6,6 @@ the same rows, on random histories at a fixed clock."""
 from __future__ import annotations
 
 import sqlite3
-import types
 from typing import Iterator
 
 import pytest
@@ -14,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from outpost.store import Bucket, StoreSettings
-from outpost.store import sqlite as sqlite_mod
 from outpost.store.base import HitResult
 from outpost.store.sqlite import SqliteStore
 from outpost.store.windows import (
@@ -25,6 +23,7 @@ from outpost.store.windows import (
     subwindow_index,
     window_decide,
 )
+from tests.store.conftest import SqliteClock
 
 WINDOWS = (3.0, 60.0, 3600.0)
 KEYS = ("rl:id:a", "rl:user:b")
@@ -33,25 +32,8 @@ OFFSETS = st.one_of(st.sampled_from((-SUBWINDOWS - 1, -SUBWINDOWS, -SUBWINDOWS +
                     st.integers(-130, 4))
 
 
-class Clock:
-    """Stands in for the ``time`` module of outpost.store.sqlite."""
-
-    def __init__(self) -> None:
-        self.t = 1.0e9
-
-    def time(self) -> float:
-        return self.t
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(sqlite_mod, "time", types.SimpleNamespace(time=c.time))
-    return c
-
-
-@pytest.fixture
-def stores(tmp_path, clock: Clock) -> Iterator[tuple[SqliteStore, SqliteStore]]:
+def stores(tmp_path, clock: SqliteClock) -> Iterator[tuple[SqliteStore, SqliteStore]]:
     """(new, old): two stores, no sweep (it would delete other buckets'
     expired rows at moments the two paths choose differently)."""
     pair = (SqliteStore(f"{tmp_path}/new.db", StoreSettings()),
@@ -105,7 +87,7 @@ steps_st = st.lists(st.tuples(buckets_st, st.booleans(),
                     min_size=1, max_size=4)
 
 
-def test_same_answers_waits_and_rows_as_the_code_before(stores, clock: Clock) -> None:
+def test_same_answers_waits_and_rows_as_the_code_before(stores, clock: SqliteClock) -> None:
     new, old = stores
 
     @settings(max_examples=300, deadline=None, database=None,
@@ -136,7 +118,7 @@ def busy(store: SqliteStore, bucket: Bucket, now: float, per: int, span: int = S
                      for i in range(cur - span, cur + 1)])
 
 
-def test_exactly_at_the_limit(stores, clock: Clock) -> None:
+def test_exactly_at_the_limit(stores, clock: SqliteClock) -> None:
     new, old = stores
     b = Bucket("rl:id:x", 61 * 3 + 2, 60.0, cost=2)
     for s in stores:
@@ -152,7 +134,7 @@ def test_exactly_at_the_limit(stores, clock: Clock) -> None:
     assert rows(new) == rows(old)                       # a refusal counts nothing
 
 
-def test_expired_subwindows_go_and_the_rest_counts(stores, clock: Clock) -> None:
+def test_expired_subwindows_go_and_the_rest_counts(stores, clock: SqliteClock) -> None:
     new, _ = stores
     b = Bucket("rl:id:x", 10**6, 60.0)
     busy(new, b, clock.t, 2, span=90)                   # 30 subwindows that no longer count
@@ -163,7 +145,7 @@ def test_expired_subwindows_go_and_the_rest_counts(stores, clock: Clock) -> None
     assert got[-1][2] == 3 and new.peek([b])[0].used == 61 * 2 + 1
 
 
-def test_clock_back_counts_what_is_ahead(stores, clock: Clock) -> None:
+def test_clock_back_counts_what_is_ahead(stores, clock: SqliteClock) -> None:
     new, old = stores
     b = Bucket("rl:id:x", 10, 60.0)
     for s in stores:
