@@ -29,8 +29,11 @@ def test_store_trips_per_stage():
     """``--store-trips`` counts what the store does per stage: with
     everything on, the RCPT look at the limits is a read (no transaction,
     no writer lock) and the end of the message makes the two write
-    transactions (bulk counts, rate-limit count), 13 statements in all
-    (54 and three transactions before)."""
+    transactions (bulk counts, rate-limit count).  The statements are a
+    few per fingerprint, whatever its volume: 29 in all since the running
+    totals of the bulk fingerprints (13 before them, when a count summed
+    the fingerprint's entries and cost 3.5 ms at 1 000 of them; 54 and three
+    transactions before that)."""
     out = subprocess.run([sys.executable, "-m", "bench.callbacks", "--messages", "30", "--config", "full",
                           "--store-trips"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -44,7 +47,7 @@ def test_store_trips_per_stage():
     assert (tx, lock, statements, reads, writes) == (0, 0, 1, 1, 0)
     assert rows["eom"][1:3] == [2, 2]
     calls, tx, lock, statements, reads, writes = rows["per message"]
-    assert (tx, lock) == (2, 2) and statements < 20
+    assert (tx, lock) == (2, 2) and statements <= 30
     assert rows["flush (2 s)"][1] == 2
 
 
