@@ -74,6 +74,8 @@ CREATE INDEX IF NOT EXISTS event_expires ON event (expires);
 CREATE TABLE IF NOT EXISTS lock (
     key TEXT PRIMARY KEY, locked INTEGER NOT NULL, reason TEXT, since REAL, until REAL,
     by TEXT, auto_unlocks INTEGER NOT NULL, touched REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lock_locked_until ON lock (locked, until);
+CREATE INDEX IF NOT EXISTS lock_locked_touched ON lock (locked, touched);
 CREATE TABLE IF NOT EXISTS fingerprint (
     fp TEXT NOT NULL, t REAL NOT NULL, expires REAL NOT NULL, member TEXT NOT NULL,
     recipients INTEGER NOT NULL);
@@ -627,10 +629,16 @@ class SqliteStore(Store):
         db.executemany("INSERT INTO fingerprint (fp, t, expires, member, recipients) "
                        "VALUES (?, ?, ?, ?, ?)",
                        [(fp, now, now + window, who, recipients) for fp, who, recipients in items])
-        pairs = ",".join("(?, ?)" for _ in items)
-        known = set(db.execute(
-            f"SELECT fp, member FROM fingerprint_member WHERE (fp, member) IN (VALUES {pairs})",
-            [x for fp, who, _ in items for x in (fp, who)]))
+        # the (fp, member) pairs already counted: one lookup per member in
+        # the primary key (a row-value ``(fp, member) IN (VALUES ...)``
+        # scanned the whole table, 5.6 ms a message at 10 000 messages in
+        # the window; tests/store/test_sqlite_query_plans.py)
+        by_member: dict[str, list[str]] = {}
+        for fp, who, _ in items:
+            by_member.setdefault(who, []).append(fp)
+        known = {(fp, who) for who, its in by_member.items() for (fp,) in db.execute(
+            f"SELECT fp FROM fingerprint_member WHERE member = ? AND fp IN ({','.join('?' * len(its))})",
+            (who, *its))}
         db.executemany("INSERT INTO fingerprint_member (fp, member, messages, recipients) "
                        "VALUES (?, ?, 1, ?) ON CONFLICT (fp, member) DO UPDATE SET "
                        "messages = messages + 1, recipients = recipients + excluded.recipients",
