@@ -36,12 +36,13 @@ import functools
 import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import Milter
 import yaml
@@ -53,6 +54,9 @@ from outpost.config import parse_config
 from outpost.core.idtoken import new_secret
 from outpost.core.transaction import Transaction, drive
 from outpost.runtime import Runtime
+
+if TYPE_CHECKING:
+    from outpost.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("negotiate", "connect", "mail", "rcpt", "headers", "body", "eom", "close")
@@ -139,6 +143,24 @@ TEXT_BODY = (
 TRIP_STAGES = ("connect", "mail", "rcpt 1", "rcpt 2", "headers+body", "eom", "close")
 
 
+def trace_sqlite(store: "SqliteStore", callback: Callable[[str], object]) -> None:
+    """Every connection of the sqlite ``store`` from now on calls
+    ``callback`` with each statement it runs (``sqlite3``'s trace callback,
+    values expanded); the pooled connections are closed, so none escapes."""
+    connect = store._connect
+
+    def traced_connect() -> sqlite3.Connection:
+        db = connect()
+        db.set_trace_callback(callback)
+        return db
+
+    store._connect = traced_connect                       # type: ignore[method-assign]
+    with store._pool_mutex:
+        pool, store._pool = store._pool, []
+    for db in pool:
+        db.close()
+
+
 class StoreTrips:
     """Counts, per stage, the store calls of a :class:`~outpost.runtime.Runtime`
     and the statements SQLite executes for them (its trace callback)."""
@@ -159,23 +181,14 @@ class StoreTrips:
             if hasattr(inner, name):
                 setattr(inner, name, self._counted(name, getattr(inner, name)))
         if isinstance(inner, SqliteStore):
-            connect, acquire = inner._connect, inner._writer.acquire
-
-            def traced_connect():
-                db = connect()
-                db.set_trace_callback(self._statement)
-                return db
+            acquire = inner._writer.acquire
 
             def counted_acquire():
                 self._add("writer lock")
                 acquire()
 
-            inner._connect = traced_connect               # type: ignore[method-assign]
+            trace_sqlite(inner, self._statement)
             inner._writer.acquire = counted_acquire       # type: ignore[method-assign]
-            with inner._pool_mutex:                        # every connection from now on is traced
-                pool, inner._pool = inner._pool, []
-            for db in pool:
-                db.close()
 
     def _add(self, column: str, n: int = 1) -> None:
         row = self.counts.setdefault(self.stage, dict.fromkeys(self.COLUMNS, 0))

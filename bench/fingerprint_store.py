@@ -3,7 +3,7 @@ message's six fingerprints counted (``Store.fingerprint_add_message``) when
 each already has N entries in the window, for the memory store (the
 ratios' base, the same run) and the sqlite store.
 
-    python -m bench.fingerprint_store [--entries 0,1000,5000,10000] [--distinct 0,10000,100000] [--messages 200]
+    python -m bench.fingerprint_store [--entries 0,1000,5000,10000] [--distinct 0,10000] [--messages 200]
 
 A bulk sender, or a spam run, sends one body many times an hour; every
 message of it is counted under the same fingerprints, up to
