@@ -121,6 +121,7 @@ def test_counters_by_action_and_reason_summed_over_workers(postfix, outpost, sin
     assert value(after, "outpost_store_up") == 1
     assert value(after, "outpost_store_degraded_workers") == 0
     assert ("outpost_report_spool_items", (("state", "queued"),)) in after
+    assert ("outpost_content_cache_lookups_total", (("result", "hit"),)) in after
 
 
 def test_counters_do_not_go_backwards_when_a_worker_is_killed(postfix, outpost, sink):

@@ -177,6 +177,27 @@ def test_store_fallbacks_and_degraded_state_follow_the_resilient_store():
         store.close()
 
 
+def test_content_cache_lookups_are_exported_and_never_counted_twice():
+    """The engine's content cache counts its lookups; the worker exports
+    them (on its heartbeat) as deltas, so a sync repeated adds nothing."""
+    from outpost.spam.engine import ContentCache
+    m, reg = worker_metrics()
+
+    def lookups(result):
+        return reg.get_sample_value("outpost_content_cache_lookups_total", {"result": result})
+
+    assert (lookups("hit"), lookups("miss")) == (0, 0)         # series exist from the start
+    cache = ContentCache()
+    assert cache.get(b"k") is None and cache.get(b"other") is None
+    m.sync_content_cache(cache)
+    assert (lookups("hit"), lookups("miss")) == (0, 2)
+    cache.put(b"k", "parsed", 10)
+    assert cache.get(b"k") is not None and cache.get(b"k") is not None
+    m.sync_content_cache(cache)
+    m.sync_content_cache(cache)
+    assert (lookups("hit"), lookups("miss")) == (2, 2)
+
+
 def test_decision_log_losses_are_exported_and_never_counted_twice():
     """The recorder's dropped entries and failed flushes (a real recorder
     over a store whose decision log fails) reach the counters."""

@@ -274,6 +274,9 @@ def _worker_main(config: Config, fd: int, parent: int, secrets: Optional[Secrets
                 metrics.sync_store(store)
                 if runtime.stats is not None:
                     metrics.sync_decisions(runtime.stats)
+                engine = runtime.policy.engine
+                if engine is not None and engine.cache is not None:
+                    metrics.sync_content_cache(engine.cache)
 
     try:
         register()

@@ -129,6 +129,11 @@ class WorkerMetrics:
                                          "more were waiting than a worker keeps.", **kw)
         self.decision_log_errors = Counter("outpost_decision_log_errors",
                                            "Flushes of the decision log to the store that failed.", **kw)
+        self.content_cache = Counter("outpost_content_cache_lookups",
+                                     "Lookups of the spam engine's content cache, by result (hit: "
+                                     "an earlier message with the same content was parsed, and "
+                                     "scanned by the content-only checks, already).",
+                                     ["result"], **kw)
         self.store_degraded = Gauge("outpost_store_degraded_workers",
                                     "Workers currently bypassing the shared store.",
                                     multiprocess_mode="livesum", **kw)
@@ -148,6 +153,8 @@ class WorkerMetrics:
             self.check_failures.labels(label(check), label(policy))
         self._seen = (0, 0)                     # store fallbacks, outages already counted
         self._decisions_seen = (0, 0)           # decision-log entries dropped, failed flushes
+        self._cache_seen = (0, 0)               # content cache hits, misses already counted
+        self._cache_results = (self.content_cache.labels("hit"), self.content_cache.labels("miss"))
         self._degraded = 0
         self._lock = threading.Lock()
         # Labelled children by label values (labels() costs more than the
@@ -221,6 +228,19 @@ class WorkerMetrics:
         if degraded != self._degraded:
             self._degraded = degraded
             self.store_degraded.set(degraded)
+
+    def sync_content_cache(self, cache) -> None:
+        """Export the content cache's lookups
+        (:class:`~outpost.spam.engine.ContentCache`'s ``hits`` and
+        ``misses``, counted by the cache as messages are scanned)."""
+        with self._lock:
+            seen_h, seen_m = self._cache_seen
+            hits, misses = cache.hits, cache.misses
+            self._cache_seen = (max(hits, seen_h), max(misses, seen_m))
+        if hits > seen_h:
+            self._cache_results[0].inc(hits - seen_h)
+        if misses > seen_m:
+            self._cache_results[1].inc(misses - seen_m)
 
     def sync_decisions(self, stats) -> None:
         """Export the decision log's losses (:class:`~outpost.stats.StatsRecorder`'s
