@@ -4,6 +4,7 @@ each already has N entries in the window, for the memory store (the
 ratios' base, the same run) and the sqlite store.
 
     python -m bench.fingerprint_store [--entries 0,1000,5000,10000] [--distinct 0,10000] [--messages 200]
+    python -m bench.fingerprint_store --sweep --distinct 10000,30000,100000
 
 A bulk sender, or a spam run, sends one body many times an hour; every
 message of it is counted under the same fingerprints, up to
@@ -12,6 +13,8 @@ is the other way round: every message brings new fingerprints, and an
 hour's window holds many distinct ones (``--distinct``: the messages of
 other senders, six new fingerprints each, in the window before the
 measured messages).  CPU time of this thread, µs per message.
+``--sweep``: the memory store's sweep (also each worker's fallback under
+``on_store_error: local``), the one call that runs it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,24 @@ def measure(entries: int, distinct: int, messages: int) -> tuple[float, float]:
             sqlite.close()
 
 
+def sweep_ms(distinct: int, due: int) -> float:
+    """CPU ms of the memory store's call that sweeps, with the fingerprints
+    of ``distinct`` messages in the window, the ``due`` oldest of them out
+    of it (its clock moved on: counted one a millisecond, swept at the
+    window's end for the ``due``-th)."""
+    now = [1.0e9]
+    memory = MemoryStore(StoreSettings(), clock=lambda: now[0])
+    for i in range(distinct):
+        now[0] = 1.0e9 + i / 1000
+        memory.fingerprint_add_message([f"other-{i}-{k}" for k in range(len(FPS))],
+                                       f"sender-{i % 50}", 1, WINDOW)
+    now[0] = 1.0e9 + WINDOW + due / 1000
+    memory._next_sweep = 0.0                     # the sweep is due at the next call
+    t = time.thread_time()
+    memory.fingerprint_add_message(FPS, "bench", 1, WINDOW)
+    return (time.thread_time() - t) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", default="0,1000,5000,10000",
@@ -68,7 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", default="0",
                     help="messages of six other fingerprints each in the window before, comma-separated")
     ap.add_argument("--messages", type=int, default=200, help="measured messages per size")
+    ap.add_argument("--sweep", action="store_true",
+                    help="time the memory store's sweep instead, at each --distinct")
     args = ap.parse_args(argv)
+    if args.sweep:
+        print("memory store: CPU ms of the call that sweeps, messages in the window, none or "
+              "6 000 of them due (a minute at 100 msgs/s)")
+        print(f"{'messages':>10}{'none due':>12}{'6 000 due':>12}")
+        for d in (int(x) for x in args.distinct.split(",")):
+            print(f"{d:>10}{sweep_ms(d, 0):>12.1f}{sweep_ms(d, min(d, 6000)):>12.1f}")
+        return 0
     print(f"µs per message (6 fingerprints, {args.messages} messages, CPU of this thread)")
     print(f"{'entries':>8}{'distinct':>10}{'memory':>10}{'sqlite':>10}{'sqlite/memory':>15}")
     for d in (int(x) for x in args.distinct.split(",")):
