@@ -23,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from typing import Callable
 
 from outpost.store import Store, StoreSettings
 from outpost.store.memory import MemoryStore
@@ -44,8 +45,12 @@ def fill(store: Store, entries: int) -> None:
         store.fingerprint_add_message(FPS, f"member-{i % 3}", 1, WINDOW)
 
 
-def fill_distinct(store: Store, messages: int) -> None:
+def fill_distinct(store: Store, messages: int,
+                  tick: Callable[[int], object] = lambda i: None) -> None:
+    """Count ``messages`` messages of six new fingerprints each (``tick(i)``
+    before the i-th: a store's clock moved on)."""
     for i in range(messages):
+        tick(i)
         store.fingerprint_add_message([f"other-{i}-{k}" for k in range(len(FPS))],
                                       f"sender-{i % 50}", 1, WINDOW)
 
@@ -71,10 +76,7 @@ def sweep_ms(distinct: int, due: int) -> float:
     window's end for the ``due``-th)."""
     now = [1.0e9]
     memory = MemoryStore(StoreSettings(), clock=lambda: now[0])
-    for i in range(distinct):
-        now[0] = 1.0e9 + i / 1000
-        memory.fingerprint_add_message([f"other-{i}-{k}" for k in range(len(FPS))],
-                                       f"sender-{i % 50}", 1, WINDOW)
+    fill_distinct(memory, distinct, lambda i: now.__setitem__(0, 1.0e9 + i / 1000))
     now[0] = 1.0e9 + WINDOW + due / 1000
     memory._next_sweep = 0.0                     # the sweep is due at the next call
     t = time.thread_time()

@@ -118,7 +118,6 @@ class MemoryStore(Store):
             if not log or log[-1] <= now - window:
                 del self._events[key]
         due = self._fingerprint_due
-        requeue = []
         while due and due[0][0] <= now:
             fp = due.popleft()[1]
             entry = self._fingerprints.get(fp)
@@ -127,9 +126,8 @@ class MemoryStore(Store):
             fplog, window = entry
             if not fplog.entries or fplog.entries[-1][0] <= now - window:
                 del self._fingerprints[fp]
-            else:                                   # counted since: due at its new end
-                requeue.append((fplog.entries[-1][0] + window, fp))
-        due.extend(requeue)
+            else:                   # counted since: due at its new end, after now (stops the loop)
+                due.append((fplog.entries[-1][0] + window, fp))
         self._volume = {k: v for k, v in self._volume.items() if v[1] > now}
         for key, rec in list(self._locks.items()):
             rec, _changed = rec.settle(now)
