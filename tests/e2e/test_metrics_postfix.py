@@ -123,6 +123,15 @@ def test_counters_by_action_and_reason_summed_over_workers(postfix, outpost, sin
     assert ("outpost_report_spool_items", (("state", "queued"),)) in after
     assert ("outpost_content_cache_lookups_total", (("result", "hit"),)) in after
 
+    # the three scanned messages' content-cache lookups reach the endpoint
+    # with the workers' heartbeats (every 10 s)
+    def looked_up(samples):
+        return sum(delta(samples, "outpost_content_cache_lookups_total", result=r)
+                   for r in ("hit", "miss"))
+
+    synced = wait_scrape(url, lambda samples: looked_up(samples) >= 3, timeout=25.0)
+    assert looked_up(synced) == 3
+
 
 def test_counters_do_not_go_backwards_when_a_worker_is_killed(postfix, outpost, sink):
     url = outpost.metrics_url
