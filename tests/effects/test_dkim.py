@@ -251,7 +251,8 @@ def test_settings_validation(keydir):
 
 _STREAM_PIECES = st.lists(st.sampled_from([b"a", b"xy", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n",
                                            b" \r\n", b"\t\r\n", b"\r\n\r\n", b"\r\n \r\n\t\r\n",
-                                           b"\r\n" * 7, b" " * 9, b"\xe9"]), max_size=60)
+                                           b"\r\n" * 7, b" " * 9, b"\xe9", b" " * 40,
+                                           b"\t \t" * 7]), max_size=60)
 
 
 def _whole_body_hash(canon: CanonicalizationPolicy, body: bytes) -> bytes:
@@ -281,6 +282,8 @@ def test_streamed_body_hash_equals_dkimpy(pieces, cuts, relaxed):
     b"", b"\r\n", b"\r\n" * 100_001, b"x", b"x\r", b"x\r\n\r\n\r\n", b"   ", b"  \r\n", b"\r\n   ",
     b"a  \r\n\r\n \r\n\t\r\nb\r\n\r\n", b"line\r\n" + b" " * 70_000 + b"\r\n" * 70_000,
     b"x" * 200_000 + b" \t " + b"\r\n" * 3 + b"y\r\n",
+    # every run length up to past the halving passes, tabs among the spaces
+    b"".join(b"w" + b" \t"[n % 2:n % 2 + 1] * n + b"\r\n" * (n % 3) for n in range(70)) * 50,
 ])
 def test_streamed_body_hash_edge_cases(body, relaxed):
     from outpost.effects.dkim import BodyHasher
