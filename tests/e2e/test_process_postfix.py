@@ -102,6 +102,29 @@ def _connect_from(port: int, source: str):
     return c, code
 
 
+def _comms(pid: int) -> list[str]:
+    """The kernel's names of the threads of ``pid``."""
+    return [open(f"/proc/{pid}/task/{tid}/comm").read().strip() for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_processes_and_their_threads_are_named_by_role(postfix, outpost, sink):
+    """ps, top and perf tell the master from the workers, and every
+    thread of a worker (libmilter's connection threads) is a worker's."""
+    held = [_connect_from(postfix.relay_port, "127.0.0.78") for _ in range(4)]   # open sessions
+    try:
+        assert [code for _, code in held] == [250] * 4, outpost.log()[-3000:]
+        master = outpost.proc.proc.pid
+        assert _comms(master)[0] == "outpost-master"
+        workers = _children(master)
+        assert len(workers) == 2
+        threads = [c for w in workers for c in _comms(w)]
+        assert set(threads) == {"outpost-worker"}
+        assert len(threads) >= 2 * 3 + 4        # main, heartbeat, statistics; a session's thread each
+    finally:
+        for c, _ in held:
+            c.close()
+
+
 def test_slots_of_a_killed_worker_are_reclaimed(postfix, outpost, sink):
     held = [_connect_from(postfix.relay_port, "127.0.0.77") for _ in range(10)]
     assert [code for _, code in held] == [250] * 10, outpost.log()[-3000:] + postfix.maillog()[-3000:]
