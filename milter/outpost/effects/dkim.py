@@ -272,7 +272,7 @@ def _relax_blanks(data: bytes) -> bytes:
     ``_HALVINGS`` passes the runs left (each was 65 blanks or more) go to
     one regex substitution.  At most about 12 ns a byte, whatever the
     runs' lengths; a substitution per run (``[\t ]+``) and a split per
-    line cost up to 43-65 ns a byte of blank-rich text: 0.4-0.7 s of CPU
+    line cost up to 43-65 ns a byte of blank-rich text: 0.5-1 s of CPU
     for 10 MB of double-spaced or tab-separated words (``bench/worst_case.py``)."""
     if b"\t" in data:                       # one-byte searches first
         data = data.replace(b"\t", b" ")
