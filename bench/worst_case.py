@@ -153,6 +153,8 @@ SHAPES: dict[str, Callable[[], tuple[bytes, bytes]]] = {
     "10 MB of tab-separated words": lambda: text_message(b"ab\tcd\t" * 12 + b"\r\n", size=10 * MB),
     "10 MB of lines ending in a blank": lambda: text_message(b"a \r\n", size=10 * MB),
     "10 MB of runs of 65 blanks": lambda: text_message(b"a" + b" " * 65, size=10 * MB),
+    "10 MB of blank lines": lambda: text_message(b" \r\n", size=10 * MB),
+    "10 MB of blanks and bare CRs": lambda: text_message(b"\r \r\n\t", size=10 * MB),
     "1 MB of words, a URL at the end": lambda: text_message(
         b"lorem ipsum dolor sit amet\r\n" * (MB // 28) + b"http://example.net/\r\n"),
     "100 000 URLs (text)": lambda: many_urls(100_000),

@@ -251,11 +251,39 @@ def _crlf(data: bytes) -> bytes:
     return _NL.sub(b"\r\n", data)
 
 
-_WS_LEAD = re.compile(rb"(?:[ \t]|\r\n)*")        # blanks and line ends (not a bare CR)
-_WS_TAIL_REVERSED = re.compile(rb"(?:[ \t]|\n\r)*")
-_CRLF_LEAD = re.compile(rb"(?:\r\n)*")
-_CRLF_TAIL_REVERSED = re.compile(rb"(?:\n\r)*")
 _CRLF_BLOCK = b"\r\n" * 32768
+#: A bare CR (content, not a line end) and what can follow it inside a run
+#: of blanks and line ends.
+_BARE_CR = (b"\r ", b"\r\t", b"\r\r")
+
+
+def _blank_prefix(data: bytes, strip: bytes) -> int:
+    """The length of the longest prefix of ``data`` (CRLF line ends only)
+    made of line ends and the blanks in ``strip`` (``b" \t\r\n"``; only
+    line ends with ``b"\r\n"``): what ``lstrip`` takes, up to the first bare
+    CR in it, which is content.  ``bytes`` searches, whatever the run: a
+    regex over a chunk of blank lines cost 15-20 ns a byte."""
+    end = len(data) - len(data.lstrip(strip))
+    if not end:                                 # content first: the common case
+        return 0
+    bare = [i for i in (data.find(p, 0, end) for p in _BARE_CR) if i >= 0]
+    if data[end - 1:end] == b"\r":              # not followed by LF
+        bare.append(end - 1)
+    return min(bare, default=end)
+
+
+def _blank_suffix(data: bytes, strip: bytes) -> int:
+    """Where the longest suffix of ``data`` made of line ends and blanks
+    (as :func:`_blank_prefix`) begins: what ``rstrip`` leaves, after the
+    last bare CR in the part it takes."""
+    start = len(data.rstrip(strip))
+    if start == len(data) - 2 and data.endswith(b"\r\n"):   # the common case
+        return start
+    if data.endswith(b"\r"):                    # a bare CR at the very end
+        return len(data)
+    return max(start, *(data.rfind(p, start) + 1 for p in _BARE_CR))
+
+
 #: Halving passes of :func:`_relax_blanks` before the runs left go to one
 #: regex substitution: with 6, no length of run costs more than about
 #: 12 ns a byte (fewer let runs of 2**n + 1 blanks cost up to 20).
@@ -272,7 +300,7 @@ def _relax_blanks(data: bytes) -> bytes:
     ``_HALVINGS`` passes the runs left (each was 65 blanks or more) go to
     one regex substitution.  At most about 12 ns a byte, whatever the
     runs' lengths; a substitution per run (``[\t ]+``) and a split per
-    line cost up to 43-65 ns a byte of blank-rich text: 0.5-1 s of CPU
+    line cost up to 43-65 ns a byte of blank-rich text: 0.4-1 s of CPU
     for 10 MB of double-spaced or tab-separated words (``bench/worst_case.py``)."""
     if b"\t" in data:                       # one-byte searches first
         data = data.replace(b"\t", b" ")
@@ -333,18 +361,13 @@ class BodyHasher:
             self._feed(_crlf(data))
 
     def _feed(self, data: bytes) -> None:
-        lead_re, tail_re = (_WS_LEAD, _WS_TAIL_REVERSED) if self._relaxed else (_CRLF_LEAD, _CRLF_TAIL_REVERSED)
-        m = lead_re.match(data)                      # always matches, maybe empty
-        start = m.end() if m else 0
+        strip = b" \t\r\n" if self._relaxed else b"\r\n"
+        start = _blank_prefix(data, strip)
         if start == len(data):                       # only blanks / line ends: hold them
             self._hold(data)
             return
         self._hold(data[:start])
-        strip = b" \t\r\n" if self._relaxed else b"\r\n"
-        core_end = len(data.rstrip(strip))
-        tail = data[core_end:]
-        m = tail_re.match(tail[::-1])                # a bare CR in the tail is content
-        cut = len(data) - (m.end() if m else 0)
+        cut = _blank_suffix(data, strip)             # a bare CR in the tail is content
         self._flush()
         middle = data[start:cut]
         if self._relaxed:
