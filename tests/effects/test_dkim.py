@@ -252,7 +252,8 @@ def test_settings_validation(keydir):
 _STREAM_PIECES = st.lists(st.sampled_from([b"a", b"xy", b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n",
                                            b" \r\n", b"\t\r\n", b"\r\n\r\n", b"\r\n \r\n\t\r\n",
                                            b"\r\n" * 7, b" " * 9, b"\xe9", b" " * 40,
-                                           b"\t \t" * 7]), max_size=60)
+                                           b"\t \t" * 7, b"\r\r", b"\r \r", b" \r", b"\t\r"]),
+                          max_size=60)
 
 
 def _whole_body_hash(canon: CanonicalizationPolicy, body: bytes) -> bytes:
