@@ -151,9 +151,9 @@ class WorkerMetrics:
             self.recipients_refused.labels(reason)
         for check, policy in checks:
             self.check_failures.labels(label(check), label(policy))
-        self._seen = (0, 0)                     # store fallbacks, outages already counted
-        self._decisions_seen = (0, 0)           # decision-log entries dropped, failed flushes
-        self._cache_seen = (0, 0)               # content cache hits, misses already counted
+        # what each group of running totals kept elsewhere had reached when
+        # last exported (:meth:`_add_growth`)
+        self._exported: dict[str, tuple[int, ...]] = {}
         self._cache_results = (self.content_cache.labels("hit"), self.content_cache.labels("miss"))
         self._degraded = 0
         self._lock = threading.Lock()
@@ -212,18 +212,25 @@ class WorkerMetrics:
         if reason in LIMIT_REASONS:
             self.limit_hits.labels(reason).inc()
 
+    def _add_growth(self, group: str, totals: tuple[int, ...], counters: tuple) -> None:
+        """Add to each of ``counters`` how far its running total in
+        ``totals`` (counted elsewhere: the store wrapper, the statistics
+        recorder, the content cache) grew since the last export of
+        ``group``.  No lock when nothing grew (the store's, every message)."""
+        if totals == self._exported.get(group):
+            return
+        with self._lock:
+            seen = self._exported.get(group, (0,) * len(totals))
+            self._exported[group] = tuple(max(t, s) for t, s in zip(totals, seen))
+        for total, before, counter in zip(totals, seen, counters):
+            if total > before:
+                counter.inc(total - before)
+
     def sync_store(self, store) -> None:
         """Export the store wrapper's fallback and outage counts and state
         (:class:`~outpost.store.resilient.ResilientStore`; other stores have none)."""
-        fallbacks, outages = getattr(store, "fallbacks", 0), getattr(store, "outages", 0)
-        if (fallbacks, outages) != self._seen:
-            with self._lock:
-                seen_f, seen_o = self._seen
-                self._seen = (max(fallbacks, seen_f), max(outages, seen_o))
-            if fallbacks > seen_f:
-                self.store_fallbacks.inc(fallbacks - seen_f)
-            if outages > seen_o:
-                self.store_outages.inc(outages - seen_o)
+        self._add_growth("store", (getattr(store, "fallbacks", 0), getattr(store, "outages", 0)),
+                         (self.store_fallbacks, self.store_outages))
         degraded = 1 if getattr(store, "degraded", False) else 0
         if degraded != self._degraded:
             self._degraded = degraded
@@ -233,27 +240,14 @@ class WorkerMetrics:
         """Export the content cache's lookups
         (:class:`~outpost.spam.engine.ContentCache`'s ``hits`` and
         ``misses``, counted by the cache as messages are scanned)."""
-        with self._lock:
-            seen_h, seen_m = self._cache_seen
-            hits, misses = cache.hits, cache.misses
-            self._cache_seen = (max(hits, seen_h), max(misses, seen_m))
-        if hits > seen_h:
-            self._cache_results[0].inc(hits - seen_h)
-        if misses > seen_m:
-            self._cache_results[1].inc(misses - seen_m)
+        self._add_growth("content cache", (cache.hits, cache.misses), self._cache_results)
 
     def sync_decisions(self, stats) -> None:
         """Export the decision log's losses (:class:`~outpost.stats.StatsRecorder`'s
         ``decisions_dropped`` and ``decision_errors``; the recorder counts them,
         on its flush thread)."""
-        with self._lock:
-            seen_d, seen_e = self._decisions_seen
-            dropped, errors = stats.decisions_dropped, stats.decision_errors
-            self._decisions_seen = (max(dropped, seen_d), max(errors, seen_e))
-        if dropped > seen_d:
-            self.decisions_dropped.inc(dropped - seen_d)
-        if errors > seen_e:
-            self.decision_log_errors.inc(errors - seen_e)
+        self._add_growth("decisions", (stats.decisions_dropped, stats.decision_errors),
+                         (self.decisions_dropped, self.decision_log_errors))
 
 
 # -- the endpoint side ---------------------------------------------------------------------
