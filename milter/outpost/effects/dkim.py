@@ -264,8 +264,8 @@ def _blank_prefix(data: bytes, strip: bytes) -> int:
     CR in it, which is content.  ``bytes`` searches, whatever the run: a
     regex over a chunk of blank lines cost 15-20 ns a byte."""
     end = len(data) - len(data.lstrip(strip))
-    if not end:                                 # content first: the common case
-        return 0
+    if not end:       # content first, the common case (with the suffix's: 10 µs of
+        return 0      # a 2 KB body's 20; 0.4 % of a message, plain early returns)
     bare = [i for i in (data.find(p, 0, end) for p in _BARE_CR) if i >= 0]
     if data[end - 1:end] == b"\r":              # not followed by LF
         bare.append(end - 1)
