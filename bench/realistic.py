@@ -27,6 +27,10 @@ Configurations (each its own Postfix; one loaded at a time):
                  locks, so that every message is scanned, signed and
                  delivered; ``--workers 1,2,0`` runs it with 1 and 2 workers
                  and the default (0: the number of cores) side by side;
+* ``--without spam|dkim|spam+dkim``: Outpost without the spam engine,
+                 without DKIM signing, or without both (``outpost-no-spam``,
+                 ``outpost-no-dkim``, ``outpost-no-spam-dkim``): what each
+                 part costs, in the same run;
 * ``--compare NAME=DIR``: the same Outpost configuration run from another
                  checkout (its ``milter/`` on PYTHONPATH), e.g. before a change.
 
@@ -38,7 +42,8 @@ ratios; quartiles of the ratio to OpenDKIM) and the CPU of the milter's
 processes per message (median over rounds, from /proc).
 
     .venv/bin/python -m bench.realistic [--messages 1000] [--rounds 5]
-        [--workloads 2048,20480,corpus] [--workers 0] [--compare before=DIR]
+        [--workloads 2048,20480,corpus] [--workers 0] [--without spam+dkim]
+        [--compare before=DIR]
 """
 
 from __future__ import annotations
@@ -192,10 +197,23 @@ def make_send(load: CorpusLoad | None):
 # Outpost with everything on
 # --------------------------------------------------------------------------
 
+#: What ``--without`` can leave out of Outpost's configuration.
+PARTS = ("spam", "dkim")
+
+
+def parse_without(value: str) -> frozenset[str]:
+    """``spam``, ``dkim`` or ``spam+dkim``: the parts one variant leaves out."""
+    parts = frozenset(value.split("+"))
+    if not parts or not parts <= set(PARTS):
+        raise argparse.ArgumentTypeError(f"{value!r}: parts are {', '.join(PARTS)}, joined by '+'")
+    return parts
+
+
 def outpost_full(name: str, root: Path, key: Path, repo: Path, python: str,
-                 workers: int) -> Setup:
+                 workers: int, without: frozenset[str] = frozenset()) -> Setup:
     """Outpost from ``repo``: mapping, limits (sqlite), spam engine, headers,
-    DKIM; ``workers`` 0: Outpost's default."""
+    DKIM; ``workers`` 0: Outpost's default; ``without``: the parts left
+    out (the spam engine, DKIM signing), to see what each one costs."""
     wdir = root / f"{name}.outpost"
     wdir.mkdir()
     secret = wdir / "secret"
@@ -209,8 +227,10 @@ def outpost_full(name: str, root: Path, key: Path, repo: Path, python: str,
         "hostname: relay.example.net\n"
         "report_abuse_to: abuse@example.net\n"
         "reports: {enabled: false}\n"
-        f"domains:\n  - {{name: {DOMAIN}, dkim: [{{selector: {SELECTOR}, key: {key}}}]}}\n"
-        "defaults:\n"
+        + (f"domains: [{DOMAIN}]\n" if "dkim" in without else
+           f"domains:\n  - {{name: {DOMAIN}, dkim: [{{selector: {SELECTOR}, key: {key}}}]}}\n")
+        + ("spam: {enabled: false}\n" if "spam" in without else "")
+        + "defaults:\n"
         # every message scanned and delivered: spam is accepted (and
         # stamped), no identity is locked for it
         "  spam: {on_spam: accept}\n"
@@ -226,7 +246,7 @@ def outpost_full(name: str, root: Path, key: Path, repo: Path, python: str,
     argv = [python, "-m", "outpost", "run", "-c", str(cfg), "--socket", "{socket}"]
     if workers:
         argv += ["--workers", str(workers)]
-    return Setup(name, argv, signs=True, env=env, cwd=repo)
+    return Setup(name, argv, signs="dkim" not in without, env=env, cwd=repo)
 
 
 # --------------------------------------------------------------------------
@@ -297,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="replay only this many corpus messages (0: all)")
     parser.add_argument("--compare", action="append", type=parse_compare, default=[],
                         metavar="NAME=CHECKOUT", help="also Outpost from another checkout")
+    parser.add_argument("--without", action="append", type=parse_without, default=[],
+                        metavar="PART[+PART]",
+                        help="also Outpost without the spam engine (spam), DKIM signing "
+                             "(dkim) or both (spam+dkim): what each part costs, same run")
     parser.add_argument("--skip", action="append", default=[], metavar="NAME",
                         help="leave out noop or opendkim")
     parser.add_argument("--sender", default=f"bench@{DOMAIN}")
@@ -319,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             name = "outpost" if not n else f"outpost-w{n}"
             makers.append((name, lambda name=name, n=n: outpost_full(name, root, key, REPO,
                                                                       sys.executable, n)))
+        for parts in args.without:
+            name = "outpost-no-" + "-".join(p for p in PARTS if p in parts)
+            makers.append((name, lambda name=name, parts=parts: outpost_full(
+                name, root, key, REPO, sys.executable, workers[0], parts)))
         for cname, path in args.compare:
             makers.append((cname, lambda cname=cname, path=path: outpost_full(
                 cname, root, key, path, sys.executable, workers[0])))
