@@ -477,6 +477,24 @@ def test_wrong_boundaries_nested_are_parsed_again_at_most_once():
     assert cpu < 0.1                                      # about 30 ms; once per level: 0.3 s
 
 
+@pytest.mark.parametrize("inside", ['x="1" ', "x "])
+def test_one_html_tag_of_many_attributes_costs_a_bounded_time(inside, monkeypatch):
+    # the tag bound counts tags: one tag of 160 000 attributes (950 KB) took
+    # 4.3 s of CPU, fed to html.parser in 16 KB pieces (each piece searched the
+    # tag again from its start); fed at once, 0.4 s; bounded by MAX_HTML_PARSED
+    # characters, about 20 ms (half a million name-only attributes too)
+    html = ("<html><body><p>before <a href='http://x.example/'>x</a></p><a "
+            + inside * (950_000 // len(inside)) + ">y</a></body></html>")
+    import outpost.spam.message as message
+    fed: list[int] = []
+    real = message._HtmlToText.feed
+    monkeypatch.setattr(message._HtmlToText, "feed", lambda self, data: fed.append(len(data)) or real(self, data))
+    (text, urls), cpu = _cpu(lambda: html_to_text(html))
+    assert text.startswith("before x") and [u.host for u in urls] == ["x.example"]
+    assert fed == [message.MAX_HTML_PARSED]             # once, and no more than the bound
+    assert cpu < 0.25
+
+
 def test_html_past_the_tag_bound_keeps_its_words_and_links():
     links = "".join(f'<p><a href="http://h{i}.example.net/x">site {i} word{i}</a></p>\n'
                     for i in range(1500))      # 6 tags a link; the rest under MAX_HTML_REST_TEXT
@@ -526,3 +544,20 @@ def test_bare_cr_delimiters_are_bounded_like_line_feed_ones():
     v, cpu = _cpu(lambda: parse_message(raw[:1_000_000]))
     assert v.header("from") == "a@example.org"
     assert cpu < 0.5                                      # about 20 ms
+
+
+def test_deeply_nested_html_keeps_its_text():
+    text, urls = html_to_text("<p>before <a href='http://x.example/'>x</a>" + "<div>" * 600 + "deep")
+    assert text.startswith("before x") and [u.host for u in urls] == ["x.example"]
+
+
+def test_a_head_left_open_hides_no_text():
+    # html.parser skipped everything after a <head> without </head>: a
+    # sender hid the whole body from the checks by leaving it out
+    text, urls = html_to_text("<html><head><title>t</title><body><p>buy now</p>"
+                              "<a href='http://x.example/?a=1&sect=2'>go</a></body></html>")
+    assert text == "buy now\ngo" and [u.host for u in urls] == ["x.example"]
+    # nor one ended by text or a tag that has no place in it, as browsers read it
+    assert html_to_text("<head><title>t</title>buy now")[0] == "buy now"
+    assert html_to_text("<head><meta charset=utf-8><p>buy now")[0] == "buy now"
+    assert html_to_text("<head>\n<title>the title</title>\n<style>p {}</style></head>x")[0] == "x"

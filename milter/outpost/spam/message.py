@@ -48,7 +48,9 @@ MAX_ZIP_MEMBERS = 100       # member names listed per zip attachment
 MAX_HTML_LEN = 500_000      # characters of raw HTML kept in the view
 MAX_HTML_TAGS = 1000        # tags ('<': start, end, comment) parsed as HTML; the rest loses its tags
                             # (2 000 before: same spam_quality figures, 7 ms less on 500 links)
-HTML_PIECE = 16384          # characters fed to the HTML parser at a time
+MAX_HTML_PARSED = 32_768    # characters parsed as HTML at most (the tag bound counts tags,
+                            # not what is in them: html.parser spends about 1 µs an attribute,
+                            # and one tag can hold 500 000 of them in 1 MB)
 MAX_HTML_REST_TEXT = 100_000   # characters of HTML past MAX_HTML_TAGS made text (was
                                # 200 000: 5 ms less on 50 000 links; Gmail clips HTML past
                                # ~102 KB, so newsletters stay under it); links: from all of it
@@ -359,13 +361,18 @@ class _HtmlToText(HTMLParser):
     """HTML to text, collecting links with their anchor text."""
 
     _BLOCK = frozenset("p br div tr li h1 h2 h3 h4 h5 h6 table blockquote pre hr title".split())
-    _SKIP = frozenset(("script", "style", "head"))
+    _SKIP = frozenset(("script", "style"))
+    #: What a browser keeps in <head>: any other tag, or text outside the
+    #: title, ends the head (as if </head> had been written) and shows.
+    _HEAD = frozenset("head title base link meta style script noscript template".split())
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self.links: list[tuple[str, list[str]]] = []
         self._skip = 0
+        self._head = False       # in <head>: its title and meta are not text
+        self._title = False
         self._anchor: Optional[list[str]] = None
 
     def updatepos(self, i: int, j: int) -> int:
@@ -379,6 +386,14 @@ class _HtmlToText(HTMLParser):
         return j
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, Optional[str]]]) -> None:
+        if tag == "head":
+            self._head = True
+            return
+        if self._head:
+            if tag not in self._HEAD:
+                self._head = self._title = False
+            elif tag == "title":
+                self._title = True
         if tag in self._SKIP:
             self._skip += 1
             return
@@ -397,7 +412,11 @@ class _HtmlToText(HTMLParser):
                 self.parts.append(" " + alt + " ")
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP:
+        if tag == "head":
+            self._head = self._title = False
+        elif tag == "title":
+            self._title = False
+        elif tag in self._SKIP:
             self._skip = max(0, self._skip - 1)
         elif tag == "a":
             self._anchor = None
@@ -407,6 +426,10 @@ class _HtmlToText(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._skip:
             return
+        if self._head:
+            if self._title or data.isspace():
+                return
+            self._head = False
         self.parts.append(data)
         if self._anchor is not None:
             self._anchor.append(data)
@@ -414,24 +437,27 @@ class _HtmlToText(HTMLParser):
 
 def html_to_text(html: str) -> tuple[str, list[Url]]:
     """Convert HTML to text (script/style dropped) and extract its links
-    (href with anchor text).  ``html.parser`` costs about 6 µs a tag: after
-    ``MAX_HTML_TAGS`` tags the rest is converted by dropping its tags (and
-    its links are the URLs written in it), so 1 MB of links costs 20 ms,
-    not 200."""
+    (href with anchor text).  ``html.parser`` costs about 6 µs a tag and
+    1 µs an attribute: after ``MAX_HTML_TAGS`` tags or ``MAX_HTML_PARSED``
+    characters the rest is converted by dropping its tags (and its links
+    are the URLs written in it), so 1 MB of links costs 20 ms, not 200, and
+    one tag of 500 000 attributes 20 ms, not 1.2 s."""
     text, links = _html_to_text(html)
     return text, list(links)
 
 
 def _html_to_text(html: str, budget: Optional[HostBudget] = None) -> tuple[str, Iterator[Url]]:
     """:func:`html_to_text`, its links made as they are read: the first
-    ``MAX_URLS`` links parsed, then (past ``MAX_HTML_TAGS``) at most
-    ``MAX_URLS`` URLs written in the rest."""
+    ``MAX_URLS`` links parsed, then (past ``MAX_HTML_TAGS`` tags or
+    ``MAX_HTML_PARSED`` characters) at most ``MAX_URLS`` URLs written in
+    the rest.  The part is fed to the parser at once: fed in pieces, a tag
+    or comment longer than a piece was searched again from its start with
+    every piece (one tag of 160 000 attributes: 4.3 s)."""
     parser = _HtmlToText()
-    cut = _nth(html, "<", MAX_HTML_TAGS)
+    cut = min(_nth(html, "<", MAX_HTML_TAGS), MAX_HTML_PARSED)
     rest = ""
     try:
-        for i in range(0, cut, HTML_PIECE):
-            parser.feed(html[i:min(i + HTML_PIECE, cut)])
+        parser.feed(html[:cut])
         if cut < len(html):
             rest = parser.rawdata + html[cut:]
         else:
