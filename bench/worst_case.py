@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     engine = build_engine(parse_config(CONFIG), MemoryStore())
     assert engine is not None
-    print(f"{'shape':<32}{'size':>10}{'stream':>9}{'parse':>9}{'checks':>9}{'total ms':>10}")
+    w = max(len(name) for name in SHAPES) + 2
+    print(f"{'shape':<{w}}{'size':>10}{'stream':>9}{'parse':>9}{'checks':>9}{'total ms':>10}")
     worst = ("", 0.0)
     for name, make in SHAPES.items():
         if args.only and not any(o.lower() in name.lower() for o in args.only):
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         relaxed = args.body_canonicalization == "relaxed"
         runs = [measure(engine, head, body, relaxed) for _ in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
-        print(f"{name:<32}{len(head) + len(body):>10}{med['body stream']:>9.1f}"
+        print(f"{name:<{w}}{len(head) + len(body):>10}{med['body stream']:>9.1f}"
               f"{med['parse']:>9.1f}{med['checks']:>9.1f}{med['total']:>10.1f}", flush=True)
         if med["total"] > worst[1]:
             worst = (name, med["total"])
