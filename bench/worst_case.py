@@ -185,6 +185,7 @@ SHAPES: dict[str, Callable[[], tuple[bytes, bytes]]] = {
     "1 MB HTML tag name": lambda: text_message(b"<" + b"a" * MB + b">", b"text/html"),
     "1 MB unclosed HTML attribute": lambda: text_message(b'<a href="' + b"x" * MB, b"text/html"),
     "1 MB of HTML entities": lambda: text_message(b"&amp;&#65;&lt" * (MB // 12), b"text/html"),
+    "1 MB of HTML ampersands": lambda: text_message(b"&a" * (MB // 2), b"text/html"),
 }
 
 

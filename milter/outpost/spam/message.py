@@ -51,9 +51,11 @@ MAX_HTML_TAGS = 1000        # tags ('<': start, end, comment) parsed as HTML; th
 MAX_HTML_PARSED = 32_768    # characters parsed as HTML at most (the tag bound counts tags,
                             # not what is in them: html.parser spends about 1 µs an attribute,
                             # and one tag can hold 500 000 of them in 1 MB)
-MAX_HTML_REST_TEXT = 100_000   # characters of HTML past MAX_HTML_TAGS made text (was
-                               # 200 000: 5 ms less on 50 000 links; Gmail clips HTML past
-                               # ~102 KB, so newsletters stay under it); links: from all of it
+MAX_HTML_REST_TEXT = 50_000    # characters of HTML past the parsed part made text (was
+                               # 100 000: 1 MB of '&a' cost 51 ms, 24 ms now, about 1 µs a
+                               # character reference; 200 000 before that).  With the 32 KB
+                               # parsed, about 80 KB of an HTML part are read, and Gmail clips
+                               # HTML past ~102 KB; links: from all of it
 
 # A URL in plain text: a scheme, or a bare www. host.
 _URL_RE = re.compile(
