@@ -143,6 +143,12 @@ def html_tags(size: int) -> tuple[bytes, bytes]:
                         b"text/html; charset=us-ascii")
 
 
+def html_parts(n: int, html: bytes) -> tuple[bytes, bytes]:
+    """``n`` HTML parts of ``html`` each."""
+    part = b"--hp\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n" + html + b"\r\n"
+    return HEAD + b'Content-Type: multipart/mixed; boundary="hp"', part * n + b"--hp--\r\n"
+
+
 def html_one_tag(size: int, inside: bytes) -> tuple[bytes, bytes]:
     """HTML of one tag filled with ``inside`` to about ``size`` bytes: the
     tag bound counts tags, not what is in them."""
@@ -186,6 +192,10 @@ SHAPES: dict[str, Callable[[], tuple[bytes, bytes]]] = {
     "1 MB unclosed HTML attribute": lambda: text_message(b'<a href="' + b"x" * MB, b"text/html"),
     "1 MB of HTML entities": lambda: text_message(b"&amp;&#65;&lt" * (MB // 12), b"text/html"),
     "1 MB of HTML ampersands": lambda: text_message(b"&a" * (MB // 2), b"text/html"),
+    # closing html.parser re-read each unclosed start tag to the end: 2.5 s a part
+    "30 parts of 999 unclosed HTML tags": lambda: html_parts(30, (b"<a " + b"x " * 15)[:32] * 999),
+    "1 MB of HTML padding, then text": lambda: text_message(
+        b"<p>hi</p>" + b" " * MB + b"<p>buy now</p>", b"text/html"),
 }
 
 

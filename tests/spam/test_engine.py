@@ -159,22 +159,24 @@ def test_html_past_the_tag_bound_still_gets_a_verdict():
     assert v.cls == "spam"
 
 
-def test_html_past_the_rest_bound_still_gets_a_verdict():
-    # past MAX_HTML_TAGS tags, MAX_HTML_REST_TEXT characters of HTML are
-    # made text; later text is not scanned, the URLs written in it are
-    from outpost.spam.message import MAX_HTML_REST_TEXT, MAX_HTML_TAGS
+def test_html_past_the_parsed_part_is_read_to_its_end_and_gets_a_verdict():
+    # past MAX_HTML_TAGS tags the HTML is read without its tags, to its end
+    # (cut at 100 000 characters before, so padding hid what followed);
+    # its character references are decoded in the first
+    # MAX_HTML_REST_UNESCAPE characters, the URLs written in it all found
+    from outpost.spam.message import MAX_HTML_REST_UNESCAPE, MAX_HTML_TAGS
     from tests.spam.helpers import build
     eng = Engine(default_checks())
     tags = "<b>x</b>" * MAX_HTML_TAGS
-    filler = "<p>plain words of the newsletter</p>\n" * (MAX_HTML_REST_TEXT // 36 + 10)
-    html = ("<html><body>" + tags + "<p>early words</p>" + filler
-            + '<p>too late <a href="http://late.example.org/x">click</a></p></body></html>')
-    assert len(html) - html.index("early words") > MAX_HTML_REST_TEXT
+    filler = "<p>plain words of the newsletter&nbsp;caf&eacute;</p>\n" * (MAX_HTML_REST_UNESCAPE // 30)
+    html = ("<html><body>" + tags + "<p>early words</p>" + filler + "<!-- a comment -->"
+            + '<p>late words <a href="http://late.example.org/x">click</a></p></body></html>')
     raw = build(text=None, html=html,
                 attachments=(("invoice.pdf.exe", b"MZ" * 10, "application/octet-stream"),))
     view = eng.parse(raw)
-    assert "early words" in view.text and "plain words of the newsletter" in view.text
-    assert "too late" not in view.text
+    assert "early words" in view.text and "late words click" in view.text
+    assert "comment" not in view.text
+    assert "caf\u00e9</p>" not in view.text and "caf\u00e9" in view.text and "caf&eacute;" in view.text
     assert "late.example.org" in {u.host for u in view.urls}
     v = eng.scan(view, CTX)
     assert {"attach_double_ext", "attach_executable"} <= {e.name for e in v.evidence}

@@ -42,20 +42,23 @@ MAX_PART_HEADER = 16384     # bytes of a part's header block parsed (later lines
 MAX_URLS = 500              # URLs kept
 MAX_URL_CANDIDATES = 2000   # URL-like strings of a text looked at
 MAX_HREF_LEN = 2048         # characters kept of one URL
-MAX_IDNA_CHARS = 2000       # characters of non-ASCII URL hosts converted per message (HostBudget)
+MAX_IDNA_CHARS = 2000       # characters of non-ASCII URL hosts converted per message (ScanBudget)
 MAX_ATTACHMENTS = 50        # attachments kept
 MAX_ZIP_MEMBERS = 100       # member names listed per zip attachment
 MAX_HTML_LEN = 500_000      # characters of raw HTML kept in the view
 MAX_HTML_TAGS = 1000        # tags ('<': start, end, comment) parsed as HTML; the rest loses its tags
                             # (2 000 before: same spam_quality figures, 7 ms less on 500 links)
-MAX_HTML_PARSED = 32_768    # characters parsed as HTML at most (the tag bound counts tags,
-                            # not what is in them: html.parser spends about 1 µs an attribute,
-                            # and one tag can hold 500 000 of them in 1 MB)
-MAX_HTML_REST_TEXT = 50_000    # characters of HTML past the parsed part made text (was
-                               # 100 000: 1 MB of '&a' cost 51 ms, 24 ms now, about 1 µs a
-                               # character reference; 200 000 before that).  With the 32 KB
-                               # parsed, about 80 KB of an HTML part are read, and Gmail clips
-                               # HTML past ~102 KB; links: from all of it
+MAX_HTML_PARSED = 32_768    # characters of a message parsed as HTML at most, all its parts
+                            # together (the tag bound counts tags, not what is in them:
+                            # html.parser spends about 1 µs an attribute, and one tag can
+                            # hold 500 000 of them in 1 MB); see ScanBudget
+MAX_HTML_REST = 200_000     # characters of a message's HTML past the parsed part made text
+                            # (tags, comments, scripts and styles dropped in linear passes);
+                            # its links: the URLs written in all of it.  With the parsed
+                            # part, about 230 KB of HTML are read (Gmail shows ~102 KB)
+MAX_HTML_REST_UNESCAPE = 20_000   # of which characters whose character references are
+                                  # decoded (html.unescape: about 1 µs each, 1 MB of '&a'
+                                  # was 0.5 s); the others are read as written
 
 # A URL in plain text: a scheme, or a bare www. host.
 _URL_RE = re.compile(
@@ -64,12 +67,13 @@ _URL_RE = re.compile(
 )
 _WWW_RE = re.compile(r"[wW][wW][wW]\.")
 _TRAILING_PUNCT = ".,;:!?)]}>'\""
-_WS_RE = re.compile(r"[ \t\r\f\v]+")
+_SPACES_RE = re.compile("  +")
 _NL_RE = re.compile(r"\n\s*\n+")
 _TAG_RE = re.compile(r"<[^<>]{0,4096}>")                      # bounded: linear
-_SKIPPED_OPEN_RE = re.compile(r"<(script|style)\b[^<>]{0,4096}>", re.IGNORECASE)
+_SKIPPED_OPEN_RE = re.compile(r"<(script|style)\b[^<>]{0,4096}>|<(!--)", re.IGNORECASE)
 _SKIPPED_CLOSE_RE = {"script": re.compile(r"</script\s*>", re.IGNORECASE),
-                     "style": re.compile(r"</style\s*>", re.IGNORECASE)}
+                     "style": re.compile(r"</style\s*>", re.IGNORECASE),
+                     "!--": re.compile(r"-->")}
 _HOST_OK_RE = re.compile(r"^[a-z0-9._-]+$|^\[[0-9a-f:.]+\]$")
 # An address in text: a local part of at most 64 characters (RFC 5321) and
 # a dotted domain.  Found from each '@' (see address_spans): a pattern that
@@ -154,17 +158,28 @@ def address_domains(text: str, limit: int = MAX_ADDRESSES) -> list[str]:
     return [dom for _, (_, _, dom) in zip(range(limit), address_spans(text))]
 
 
-class HostBudget:
-    """What one message may still spend on non-ASCII hosts: their
-    characters converted to ASCII, ``MAX_IDNA_CHARS`` in all (the ``idna``
-    package and the punycode codec are pure Python, about 3 µs a
-    character: 500 URLs with 60-letter IDN hosts cost 260 ms).  Past it,
-    a non-ASCII host is not converted: :func:`idna_host` gives ''."""
+class ScanBudget:
+    """What one message may still spend on its costliest steps, all its
+    parts together:
 
-    __slots__ = ("idna_chars",)
+    * ``idna_chars``: characters of non-ASCII hosts converted to ASCII,
+      ``MAX_IDNA_CHARS`` (the ``idna`` package and the punycode codec are
+      pure Python, about 3 µs a character: 500 URLs with 60-letter IDN hosts
+      cost 260 ms).  Past it, a non-ASCII host is not converted:
+      :func:`idna_host` gives '';
+    * ``html_chars``: characters parsed as HTML, ``MAX_HTML_PARSED``
+      (``html.parser`` spends about 6 µs a tag and 1 µs an attribute: 30
+      parts of 999 short tags cost 200 ms).  Past it, HTML is read by
+      linear passes (:func:`_rest_text`);
+    * ``html_rest``: characters of HTML read that way, ``MAX_HTML_REST``
+      (about 25 ns each: 29 parts of 32 KB took 25 ms)."""
+
+    __slots__ = ("idna_chars", "html_chars", "html_rest")
 
     def __init__(self) -> None:
         self.idna_chars = MAX_IDNA_CHARS
+        self.html_chars = MAX_HTML_PARSED
+        self.html_rest = MAX_HTML_REST
 
 
 @functools.lru_cache(maxsize=1024)
@@ -195,13 +210,13 @@ def _raw_labels(host: str) -> str:
     return ".".join(labels)
 
 
-def idna_host(host: str, budget: Optional[HostBudget] = None) -> str:
+def idna_host(host: str, budget: Optional[ScanBudget] = None) -> str:
     """A lower-case non-ASCII host name in its ASCII form: IDNA 2008 with
     UTS 46 mapping, as browsers resolve it (``faß.de`` is
     ``xn--fa-hia.de``, not IDNA 2003's ``fass.de``).  A host the ``idna``
     package refuses is taken as written instead: its labels, the non-ASCII
     ones punycoded.  '' for a host longer than a DNS name (253), one past
-    ``budget`` (see :class:`HostBudget`), or one whose labels do not
+    ``budget`` (see :class:`ScanBudget`), or one whose labels do not
     encode.  The one conversion of the URL hosts of messages and of
     blocklist entries."""
     if len(host) > 253:
@@ -215,7 +230,7 @@ def idna_host(host: str, budget: Optional[HostBudget] = None) -> str:
     return encoded if encoded is not None else _raw_labels(host)
 
 
-def normalise_host(host: str, budget: Optional[HostBudget] = None) -> str:
+def normalise_host(host: str, budget: Optional[ScanBudget] = None) -> str:
     """Lower-case a host name, strip a trailing dot and convert IDNs to
     their ASCII form (:func:`idna_host`).  Returns '' for hosts that are
     not names or IP literals."""
@@ -255,7 +270,7 @@ def _netloc(candidate: str) -> Optional[str]:
     return netloc
 
 
-def make_url(href: str, text: str = "", budget: Optional[HostBudget] = None) -> Optional[Url]:
+def make_url(href: str, text: str = "", budget: Optional[ScanBudget] = None) -> Optional[Url]:
     """Build a :class:`Url` from an href as written; None if it has no
     usable host (mailto:, relative links, javascript:, …).  ``budget``:
     see :func:`normalise_host`."""
@@ -327,7 +342,7 @@ def urls_in_text(text: str, limit: int = MAX_URLS) -> list[Url]:
     return list(itertools.islice(_text_urls(text), limit))
 
 
-def _text_urls(text: str, budget: Optional[HostBudget] = None) -> Iterator[Url]:
+def _text_urls(text: str, budget: Optional[ScanBudget] = None) -> Iterator[Url]:
     """:func:`urls_in_text`, made as they are read."""
     for m in itertools.islice(_url_matches(text), MAX_URL_CANDIDATES):
         u = make_url(m.group(0).rstrip(_TRAILING_PUNCT), budget=budget)
@@ -373,6 +388,7 @@ class _HtmlToText(HTMLParser):
         self.parts: list[str] = []
         self.links: list[tuple[str, list[str]]] = []
         self._skip = 0
+        self._skipped = ""       # the script or style element being skipped
         self._head = False       # in <head>: its title and meta are not text
         self._title = False
         self._anchor: Optional[list[str]] = None
@@ -398,6 +414,7 @@ class _HtmlToText(HTMLParser):
                 self._title = True
         if tag in self._SKIP:
             self._skip += 1
+            self._skipped = tag
             return
         if tag in self._BLOCK:
             self.parts.append("\n")
@@ -414,16 +431,33 @@ class _HtmlToText(HTMLParser):
                 self.parts.append(" " + alt + " ")
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._title = False
         if tag == "head":
             self._head = self._title = False
-        elif tag == "title":
-            self._title = False
         elif tag in self._SKIP:
             self._skip = max(0, self._skip - 1)
         elif tag == "a":
             self._anchor = None
         elif tag in self._BLOCK:
             self.parts.append("\n")
+
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """``<![name[ ... ]]>``: a name ``_markupbase`` does not know made
+        it raise, and the rest of the document was lost; read it as a
+        browser does, as a bogus comment up to the next ``>``.  An
+        override of internals (``_markupbase.ParserBase``), for hostile
+        input: nothing after such a section may be hidden from the checks."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            return self.parse_bogus_comment(i, report)
+
+    @property
+    def open_skipped(self) -> str:
+        """``<script>`` or ``<style>`` when the text fed so far ends inside
+        one (its content still to come), else ''."""
+        return f"<{self._skipped}>" if self._skip else ""
 
     def handle_data(self, data: str) -> None:
         if self._skip:
@@ -444,37 +478,56 @@ def html_to_text(html: str) -> tuple[str, list[Url]]:
     characters the rest is converted by dropping its tags (and its links
     are the URLs written in it), so 1 MB of links costs 20 ms, not 200, and
     one 1 MB tag of 500 000 attributes about 15 ms (10 s fed in pieces)."""
-    text, links = _html_to_text(html)
+    text, links = _html_to_text(html, ScanBudget())
     return text, list(links)
 
 
-def _html_to_text(html: str, budget: Optional[HostBudget] = None) -> tuple[str, Iterator[Url]]:
+def _html_to_text(html: str, budget: Optional[ScanBudget] = None) -> tuple[str, Iterator[Url]]:
     """:func:`html_to_text`, its links made as they are read: the first
     ``MAX_URLS`` links parsed, then (past ``MAX_HTML_TAGS`` tags or
     ``MAX_HTML_PARSED`` characters) at most ``MAX_URLS`` URLs written in
-    the rest.  The part is fed to the parser at once: fed in pieces, a tag
-    or comment longer than a piece was searched again from its start with
-    every piece (one tag of 160 000 attributes: 4.3 s)."""
+    the rest.
+
+    What the parser is given it gets at once, and it is never closed (fed
+    in pieces, a tag or comment longer than a piece was searched again from
+    its start with every piece: one tag of 160 000 attributes took 4.3 s;
+    closing re-read every unclosed start tag to the end: 1 000 of them, 3 s).
+    What it has not finished, and the rest, are read by linear passes
+    (:func:`_rest_text`).  If it gives up, the whole part is read that way."""
     parser = _HtmlToText()
-    cut = min(_nth(html, "<", MAX_HTML_TAGS), MAX_HTML_PARSED)
-    rest = ""
+    room = budget.html_chars if budget is not None else MAX_HTML_PARSED
+    window = html[:room]
+    cut = _nth(window, "<", MAX_HTML_TAGS)
+    if cut == len(window) < len(html):
+        cut = max(window.rfind("<"), 0)             # at a tag: no word cut in two
+    if budget is not None:
+        budget.html_chars -= cut
     try:
         parser.feed(html[:cut])
-        if cut < len(html):
-            rest = parser.rawdata + html[cut:]
-        else:
-            parser.close()
     except (AssertionError, ValueError):
-        # html.parser is lenient; keep what was converted so far
-        pass
+        # html.parser is lenient, but when it does give up nothing is hidden
+        parser, rest = _HtmlToText(), html
+    else:
+        rest = parser.open_skipped + parser.rawdata + html[cut:]
     text = _squash("".join(parser.parts))
     links = (make_url(href, "".join(anchor), budget) for href, anchor in parser.links)
     urls: Iterator[Url] = (u for u in links if u is not None)
     if rest:
         urls = itertools.chain(urls, itertools.islice(_text_urls(rest, budget), MAX_URLS))
-        rest = rest[:MAX_HTML_REST_TEXT]        # later text is not converted (nor scanned)
-        text += "\n" + _squash(html_unescape(_TAG_RE.sub(" ", _drop_skipped(rest))))
+        rest_room = budget.html_rest if budget is not None else MAX_HTML_REST
+        more = _rest_text(rest[:rest_room])
+        if budget is not None:
+            budget.html_rest -= min(rest_room, len(rest))
+        text = f"{text}\n{more}" if text and more else text or more
     return text, urls
+
+
+def _rest_text(html: str) -> str:
+    """The text of HTML not parsed as such: comments, scripts and styles
+    dropped, tags made blanks, character references decoded in the first
+    ``MAX_HTML_REST_UNESCAPE`` characters; linear passes."""
+    text = _TAG_RE.sub(" ", _drop_skipped(html))
+    return _squash(html_unescape(text[:MAX_HTML_REST_UNESCAPE]) + text[MAX_HTML_REST_UNESCAPE:])
 
 
 def _nth(text: str, char: str, n: int) -> int:
@@ -491,8 +544,8 @@ def _nth(text: str, char: str, n: int) -> int:
 
 
 def _drop_skipped(html: str) -> str:
-    """``html`` without its ``<script>`` and ``<style>`` elements, in one
-    pass: each opening tag is followed by one search for its closing tag;
+    """``html`` without its ``<script>`` and ``<style>`` elements and its
+    comments, in one pass: each opening is followed by one search for its end;
     once a kind has no closing tag left, its later openings are kept as
     text (a regex with a lazy body rescanned the rest from every unclosed
     ``<script>``: 15 s for 195 KB)."""
@@ -500,7 +553,7 @@ def _drop_skipped(html: str) -> str:
     pos = 0
     unclosed: set[str] = set()
     for m in _SKIPPED_OPEN_RE.finditer(html):
-        kind = m.group(1).lower()
+        kind = (m.group(1) or m.group(2)).lower()
         if m.start() < pos or kind in unclosed:
             continue
         end = _SKIPPED_CLOSE_RE[kind].search(html, m.end())
@@ -514,10 +567,14 @@ def _drop_skipped(html: str) -> str:
 
 
 def _squash(text: str) -> str:
-    """Blanks made one space, lines stripped, blank lines made one: the
-    blank pattern runs once on the whole text, not once a line (4 500
-    lines of HTML links: 4 ms)."""
-    lines = _WS_RE.sub(" ", text).split("\n")
+    """Blanks made one space, lines stripped, blank lines made one.  The
+    other blanks are made spaces by ``str.replace`` and runs of spaces
+    found from a literal: a pattern of any blank tried every character (30
+    ns each: 29 HTML parts of 32 KB past the parsed part cost 30 ms), and
+    once a line, not on the whole text (4 500 lines of HTML links: 4 ms)."""
+    if "\t" in text or "\r" in text or "\f" in text or "\v" in text:
+        text = text.replace("\t", " ").replace("\r", " ").replace("\f", " ").replace("\v", " ")
+    lines = _SPACES_RE.sub(" ", text).split("\n")
     return _NL_RE.sub("\n\n", "\n".join([ln.strip() for ln in lines])).strip()
 
 
@@ -828,7 +885,7 @@ def parse_body(msg: Message, body: bytes, max_scan: int, size: int) -> ParsedBod
     texts: list[str] = []
     htmls: list[str] = []
     urls = _UrlSet()
-    hosts = HostBudget()
+    hosts = ScanBudget()
     attachments: list[Attachment] = []
     text_budget = max_scan
     budget = _Budget(size)
