@@ -497,7 +497,7 @@ def test_one_html_tag_of_many_attributes_costs_a_bounded_time(inside, monkeypatc
 
 def test_html_past_the_tag_bound_keeps_its_words_and_links():
     links = "".join(f'<p><a href="http://h{i}.example.net/x">site {i} word{i}</a></p>\n'
-                    for i in range(800))       # 6 tags a link; the rest under MAX_HTML_REST_TEXT
+                    for i in range(800))       # 6 tags a link; the rest under MAX_HTML_REST
     html = f"<html><body><script>var hidden = 1;</script>{links}</body></html>"
     text, urls = html_to_text(html)
     assert "word0" in text and "word799" in text
