@@ -477,6 +477,15 @@ def test_wrong_boundaries_nested_are_parsed_again_at_most_once():
     assert cpu < 0.1                                      # about 30 ms; once per level: 0.3 s
 
 
+def _record_feeds(monkeypatch) -> list[int]:
+    """The lengths of the text given to the HTML parser, as it is given."""
+    import outpost.spam.message as message
+    fed: list[int] = []
+    real = message._HtmlToText.feed
+    monkeypatch.setattr(message._HtmlToText, "feed", lambda self, data: fed.append(len(data)) or real(self, data))
+    return fed
+
+
 @pytest.mark.parametrize("inside", ['x="1" ', "x "])
 def test_one_html_tag_of_many_attributes_costs_a_bounded_time(inside, monkeypatch):
     # the tag bound counts tags: one tag of 160 000 attributes (950 KB) took
@@ -486,9 +495,7 @@ def test_one_html_tag_of_many_attributes_costs_a_bounded_time(inside, monkeypatc
     html = ("<html><body><p>before <a href='http://x.example/'>x</a></p><a "
             + inside * (950_000 // len(inside)) + ">y</a></body></html>")
     import outpost.spam.message as message
-    fed: list[int] = []
-    real = message._HtmlToText.feed
-    monkeypatch.setattr(message._HtmlToText, "feed", lambda self, data: fed.append(len(data)) or real(self, data))
+    fed = _record_feeds(monkeypatch)
     (text, urls), cpu = _cpu(lambda: html_to_text(html))
     assert text.startswith("before x") and [u.host for u in urls] == ["x.example"]
     assert len(fed) == 1 and fed[0] <= message.MAX_HTML_PARSED      # once, within the bound
@@ -619,9 +626,7 @@ def test_the_html_bounds_are_for_the_whole_message(monkeypatch):
     # 32 KB to parse: html.parser reads MAX_HTML_PARSED characters of a
     # message in all, the linear passes MAX_HTML_REST more
     import outpost.spam.message as message
-    fed: list[int] = []
-    real = message._HtmlToText.feed
-    monkeypatch.setattr(message._HtmlToText, "feed", lambda self, data: fed.append(len(data)) or real(self, data))
+    fed = _record_feeds(monkeypatch)
     part = "<p>" + "<b>w</b> " * 2_200 + "</p>"                   # 20 KB, 4 401 tags
     parts = b"".join(b"--hp\r\nContent-Type: text/html\r\n\r\n%s part %d\r\n" % (part.encode(), i)
                      for i in range(30))

@@ -482,7 +482,7 @@ def html_to_text(html: str) -> tuple[str, list[Url]]:
     return text, list(links)
 
 
-def _html_to_text(html: str, budget: Optional[ScanBudget] = None) -> tuple[str, Iterator[Url]]:
+def _html_to_text(html: str, budget: ScanBudget) -> tuple[str, Iterator[Url]]:
     """:func:`html_to_text`, its links made as they are read: the first
     ``MAX_URLS`` links parsed, then (past ``MAX_HTML_TAGS`` tags or
     ``MAX_HTML_PARSED`` characters) at most ``MAX_URLS`` URLs written in
@@ -495,13 +495,11 @@ def _html_to_text(html: str, budget: Optional[ScanBudget] = None) -> tuple[str, 
     What it has not finished, and the rest, are read by linear passes
     (:func:`_rest_text`).  If it gives up, the whole part is read that way."""
     parser = _HtmlToText()
-    room = budget.html_chars if budget is not None else MAX_HTML_PARSED
-    window = html[:room]
+    window = html[:budget.html_chars]
     cut = _nth(window, "<", MAX_HTML_TAGS)
     if cut == len(window) < len(html):
         cut = max(window.rfind("<"), 0)             # at a tag: no word cut in two
-    if budget is not None:
-        budget.html_chars -= cut
+    budget.html_chars -= cut
     try:
         parser.feed(html[:cut])
     except (AssertionError, ValueError):
@@ -514,10 +512,8 @@ def _html_to_text(html: str, budget: Optional[ScanBudget] = None) -> tuple[str, 
     urls: Iterator[Url] = (u for u in links if u is not None)
     if rest:
         urls = itertools.chain(urls, itertools.islice(_text_urls(rest, budget), MAX_URLS))
-        rest_room = budget.html_rest if budget is not None else MAX_HTML_REST
-        more = _rest_text(rest[:rest_room])
-        if budget is not None:
-            budget.html_rest -= min(rest_room, len(rest))
+        more = _rest_text(rest[:budget.html_rest])
+        budget.html_rest -= min(budget.html_rest, len(rest))
         text = f"{text}\n{more}" if text and more else text or more
     return text, urls
 
